@@ -1,0 +1,3 @@
+//! Sharding: which shard a value belongs to.
+
+pub mod hash;
