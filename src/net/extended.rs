@@ -1,0 +1,104 @@
+//! The extended query protocol with pipelining: many Bind/Execute queued
+//! before one Sync, responses matched in order. This is how changes are
+//! applied without a round trip per row.
+
+use pgdog_protocol::backend::Message;
+use pgdog_protocol::frontend::{self, Format};
+
+use super::connection::Connection;
+use super::error::{ConnectionError, Result};
+
+/// Why a pipeline failed: which queued execute (0-based) and the error.
+#[derive(Debug)]
+pub struct PipelineError {
+    pub index: usize,
+    pub error: ConnectionError,
+}
+
+impl Connection {
+    /// Prepare `sql` as the named statement `name` and wait until it is ready.
+    pub async fn prepare(&mut self, name: &str, sql: &str, param_types: &[u32]) -> Result<()> {
+        frontend::parse(name, sql, param_types, self.buffer());
+        frontend::sync(self.buffer());
+        self.flush().await?;
+        let mut error = None;
+        loop {
+            match self.recv().await? {
+                Message::ParseComplete => {}
+                Message::ErrorResponse(fields) => error = Some(self.server_error(fields)),
+                Message::ReadyForQuery { .. } => break,
+                other => {
+                    self.mark_broken();
+                    return Err(self.unexpected(&other, "preparing a statement"));
+                }
+            }
+        }
+        error.map_or(Ok(()), Err)
+    }
+
+    /// Queue Bind + Execute of a prepared statement (nothing is sent yet).
+    pub fn queue_execute<'a>(
+        &mut self,
+        statement: &str,
+        param_formats: &[Format],
+        params: impl IntoIterator<Item = Option<&'a [u8]>>,
+    ) {
+        let buf = self.buffer();
+        frontend::bind("", statement, param_formats, params, &[], buf);
+        frontend::execute("", 0, buf);
+    }
+
+    /// Queue a statement without parameters through the extended protocol
+    /// (unnamed statement), so it can sit inside a pipeline.
+    pub fn queue_statement(&mut self, sql: &str) {
+        let buf = self.buffer();
+        frontend::parse("", sql, &[], buf);
+        frontend::bind("", "", &[], std::iter::empty(), &[], buf);
+        frontend::execute("", 0, buf);
+    }
+
+    /// Send Sync and read the responses of `executes` queued executes.
+    /// `affected` receives each command's row count, in order. On an error
+    /// the server skips the rest of the pipeline; the error says which
+    /// execute failed, and the connection is ready for more.
+    pub async fn sync_pipeline(&mut self, executes: usize, affected: &mut Vec<u64>) -> Result<(), PipelineError> {
+        frontend::sync(self.buffer());
+        let start = affected.len();
+        let fail = |index, error| PipelineError { index, error };
+        self.flush().await.map_err(|e| fail(0, e))?;
+        let mut error = None;
+        loop {
+            let msg = self.recv().await.map_err(|e| fail(affected.len() - start, e))?;
+            match msg {
+                Message::ParseComplete | Message::BindComplete | Message::NoData => {}
+                Message::RowDescription(_) | Message::DataRow(_) => {}
+                Message::CommandComplete { tag } => {
+                    affected.push(tag.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0));
+                }
+                Message::EmptyQueryResponse => affected.push(0),
+                Message::ErrorResponse(fields) => {
+                    error = Some(fail(affected.len() - start, self.server_error(fields)));
+                }
+                Message::ReadyForQuery { .. } => break,
+                other => {
+                    self.mark_broken();
+                    return Err(fail(affected.len() - start, self.unexpected(&other, "reading pipelined results")));
+                }
+            }
+        }
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if affected.len() - start != executes {
+            self.mark_broken();
+            return Err(fail(
+                affected.len() - start,
+                ConnectionError::Usage {
+                    server: self.addr().clone(),
+                    reason: format!("pipeline expected {executes} results, got {}", affected.len() - start),
+                },
+            ));
+        }
+        Ok(())
+    }
+}
