@@ -1,11 +1,13 @@
 //! pgdog: the data-moving part of a PostgreSQL sharding proxy.
 //!
+//! - [`config`]: `pgdog.toml` and `users.toml`.
 //! - [`net`]: client connections to Postgres (TLS, auth, queries, COPY,
 //!   replication mode) over the sans-IO `pgdog-protocol` crate.
 //! - [`sharding`]: which shard a row belongs to, exactly as PostgreSQL hash
 //!   partitioning would place it.
 //! - [`harness`]: throwaway local Postgres clusters for tests and the demo.
 
+pub mod config;
 pub mod harness;
 pub mod net;
 pub mod sharding;

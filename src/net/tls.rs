@@ -117,6 +117,27 @@ impl TlsConnector {
     }
 }
 
+/// A rustls server config for our own listener (the admin console) from a
+/// PEM certificate chain and key.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certs = load_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{}: cannot read private key: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{}: certificate and key do not fit: {e}", cert.display()))?;
+    Ok(Arc::new(config))
+}
+
+/// Check that a certificate and key load and match.
+pub fn check_server_identity(cert: &Path, key: &Path) -> Result<(), String> {
+    server_config(cert, key).map(|_| ())
+}
+
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("{}: cannot read certificates: {e}", path.display()))?

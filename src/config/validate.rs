@@ -1,0 +1,175 @@
+//! Cross-checks that TOML types alone cannot express: cluster shapes,
+//! references between sections, TLS files.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::{build_sharder, Config, ConfigError, Role};
+use crate::net::{TlsConnector, TlsMode, TlsOptions};
+
+/// Check everything; on success return the TLS connector for Postgres.
+pub(super) fn check(config: &Config) -> Result<Option<TlsConnector>, ConfigError> {
+    let invalid = |file: &Path, field: String, message: String| ConfigError::Invalid {
+        file: file.to_path_buf(),
+        field,
+        message,
+    };
+    let file = config.path.as_path();
+
+    // Every database entry names a server.
+    for (i, d) in config.databases.iter().enumerate() {
+        if d.name.is_empty() {
+            return Err(invalid(file, format!("databases[{i}].name"), "must not be empty".into()));
+        }
+        if d.host.is_empty() {
+            return Err(invalid(file, format!("databases[{i}].host"), "must not be empty".into()));
+        }
+        if d.resharding_only && d.role != Role::Replica {
+            return Err(invalid(
+                file,
+                format!("databases[{i}].resharding_only"),
+                format!("only replicas can be resharding_only, but \"{}\" shard {} is a primary", d.name, d.shard),
+            ));
+        }
+    }
+
+    // Shards of a cluster numbered 0..M-1 without gaps, one primary each.
+    let mut clusters: BTreeMap<&str, BTreeMap<usize, Vec<usize>>> = BTreeMap::new();
+    for (i, d) in config.databases.iter().enumerate() {
+        clusters.entry(&d.name).or_default().entry(d.shard).or_default().push(i);
+    }
+    for (name, shards) in &clusters {
+        let count = shards.keys().max().map(|m| m + 1).unwrap_or(0);
+        if let Some(missing) = (0..count).find(|s| !shards.contains_key(s)) {
+            return Err(invalid(
+                file,
+                "databases".into(),
+                format!(
+                    "cluster \"{name}\" has shards up to {} but none numbered {missing}; shards must be numbered 0..{} without gaps",
+                    count - 1,
+                    count - 1
+                ),
+            ));
+        }
+        for (shard, entries) in shards {
+            let primaries: Vec<usize> = entries
+                .iter()
+                .copied()
+                .filter(|&i| config.databases[i].role == Role::Primary)
+                .collect();
+            match primaries.len() {
+                1 => {}
+                0 => {
+                    return Err(invalid(
+                        file,
+                        format!("databases[{}]", entries[0]),
+                        format!("cluster \"{name}\" shard {shard} has no primary; mark one entry role = \"primary\""),
+                    ))
+                }
+                _ => {
+                    return Err(invalid(
+                        file,
+                        format!("databases[{}]", primaries[1]),
+                        format!(
+                            "cluster \"{name}\" shard {shard} has {} primaries (databases[{}]); exactly one is allowed, mark the others role = \"replica\"",
+                            primaries.len(),
+                            primaries.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("], databases[")
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    // Sharded tables refer to a cluster and their mappings fit it.
+    for (i, t) in config.sharded_tables.iter().enumerate() {
+        let Some(shards) = clusters.get(t.database.as_str()) else {
+            return Err(invalid(
+                file,
+                format!("sharded_tables[{i}].database"),
+                format!(
+                    "\"{}\" is not a cluster in [[databases]]; clusters: {}",
+                    t.database,
+                    super::quoted_list(&clusters.keys().copied().collect::<Vec<_>>())
+                ),
+            ));
+        };
+        if t.column.is_empty() {
+            return Err(invalid(file, format!("sharded_tables[{i}].column"), "must not be empty".into()));
+        }
+        let table = t.name.clone().unwrap_or_else(|| "*".into());
+        build_sharder(t, &table, shards.len()).map_err(|m| invalid(file, format!("sharded_tables[{i}]"), m))?;
+    }
+
+    // Users refer to a cluster.
+    for (i, u) in config.users.iter().enumerate() {
+        if !clusters.contains_key(u.database.as_str()) {
+            return Err(invalid(
+                &config.users_path,
+                format!("users[{i}].database"),
+                format!(
+                    "user \"{}\" is for database \"{}\", which is not a cluster in {}; clusters: {}",
+                    u.name,
+                    u.database,
+                    config.path.display(),
+                    super::quoted_list(&clusters.keys().copied().collect::<Vec<_>>())
+                ),
+            ));
+        }
+    }
+
+    // Admin console.
+    if config.admin.name.is_empty() {
+        return Err(invalid(file, "admin.name".into(), "must not be empty".into()));
+    }
+
+    // TLS towards Postgres.
+    let Some(mode) = TlsMode::parse(&config.general.tls_verify) else {
+        return Err(invalid(
+            file,
+            "general.tls_verify".into(),
+            format!(
+                "\"{}\" is not a TLS mode; use disabled, prefer, require, verify_ca or verify_full",
+                config.general.tls_verify
+            ),
+        ));
+    };
+    let tls = TlsConnector::new(&TlsOptions {
+        mode,
+        ca_file: config.general.tls_server_ca_certificate.clone(),
+        client_cert: None,
+    })
+    .map_err(|m| invalid(file, "general.tls_server_ca_certificate".into(), m))?;
+
+    // Our own listener's certificate.
+    match (&config.general.tls_certificate, &config.general.tls_private_key) {
+        (Some(cert), Some(key)) => {
+            crate::net::tls::check_server_identity(cert, key)
+                .map_err(|m| invalid(file, "general.tls_certificate".into(), m))?;
+        }
+        (Some(_), None) => {
+            return Err(invalid(
+                file,
+                "general.tls_private_key".into(),
+                "tls_certificate is set but tls_private_key is not; set both or neither".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                file,
+                "general.tls_certificate".into(),
+                "tls_private_key is set but tls_certificate is not; set both or neither".into(),
+            ))
+        }
+        (None, None) => {
+            if config.general.tls_client_required {
+                return Err(invalid(
+                    file,
+                    "general.tls_client_required".into(),
+                    "TLS for clients is required but no tls_certificate/tls_private_key is set".into(),
+                ));
+            }
+        }
+    }
+    Ok(tls)
+}
