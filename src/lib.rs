@@ -5,9 +5,14 @@
 //!   replication mode) over the sans-IO `pgdog-protocol` crate.
 //! - [`sharding`]: which shard a row belongs to, exactly as PostgreSQL hash
 //!   partitioning would place it.
+//! - [`data_sync`]: the online copy and the logical replication stream.
 //! - [`harness`]: throwaway local Postgres clusters for tests and the demo.
 
+pub mod admin;
 pub mod config;
+pub mod data_sync;
+pub mod demo;
 pub mod harness;
 pub mod net;
+pub mod report;
 pub mod sharding;

@@ -1,3 +1,291 @@
-fn main() {
-    println!("pgdog");
+//! The `pgdog` binary: the command line in front of the library.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use pgdog::config::Config;
+use pgdog::data_sync::{self, Mode, Outcome, Registry};
+use pgdog::sharding::{shards_of_values, DataType};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgdog",
+    version,
+    about = "Move data online between PostgreSQL clusters, resharding it in flight"
+)]
+struct Cli {
+    /// Path to pgdog.toml.
+    #[arg(
+        long,
+        global = true,
+        default_value = "pgdog.toml",
+        env = "PGDOG_CONFIG"
+    )]
+    config: PathBuf,
+    /// Path to users.toml.
+    #[arg(long, global = true, default_value = "users.toml", env = "PGDOG_USERS")]
+    users: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the admin console (what bare `pgdog` does).
+    Run,
+    /// Copy a publication's tables to another cluster, resharding rows, then
+    /// stream changes until stopped.
+    DataSync(DataSyncArgs),
+    /// Check pgdog.toml and users.toml and print a summary.
+    Configcheck,
+    /// Print the shard of each value, as PostgreSQL hash partitioning would.
+    Hash {
+        /// bigint, integer, smallint, uuid, varchar or text.
+        #[arg(long, value_parser = parse_data_type)]
+        data_type: DataType,
+        /// Number of shards.
+        #[arg(long)]
+        shards: NonZeroUsize,
+        /// Values in text form.
+        #[arg(required = true)]
+        values: Vec<String>,
+    },
+    /// Run a move on throwaway local clusters: a source and two
+    /// destination shards, with writes during the copy and the stream.
+    Demo(pgdog::demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct DataSyncArgs {
+    /// Source cluster (a [[databases]] name in pgdog.toml).
+    #[arg(long)]
+    from_database: String,
+    /// Source user (in users.toml).
+    #[arg(long)]
+    from_user: String,
+    /// Destination cluster.
+    #[arg(long)]
+    to_database: String,
+    /// Destination user.
+    #[arg(long)]
+    to_user: String,
+    /// Publication on the source shards.
+    #[arg(long)]
+    publication: String,
+    /// Permanent replication slot (same name on every source shard);
+    /// default pgdog_<publication>_<to-database>.
+    #[arg(long)]
+    replication_slot: Option<String>,
+    /// Copy the tables, then exit; the slot stays for --replicate-only.
+    #[arg(long, conflicts_with_all = ["replicate_only", "cleanup"])]
+    sync_only: bool,
+    /// Stream from an existing slot without copying.
+    #[arg(long, conflicts_with = "cleanup")]
+    replicate_only: bool,
+    /// Drop the replication slot(s) and pgdog's state, then exit.
+    #[arg(long)]
+    cleanup: bool,
+    /// Serve the admin console on this port while the move runs
+    /// (default: [general] port; 0 to disable).
+    #[arg(long)]
+    admin_port: Option<u16>,
+}
+
+fn parse_data_type(s: &str) -> Result<DataType, String> {
+    DataType::from_type_name(s).ok_or_else(|| {
+        format!("unknown data type \"{s}\"; use bigint, integer, smallint, uuid, varchar or text")
+    })
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGDOG_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async_main(cli))
+}
+
+fn load(cli: &Cli) -> Result<Arc<Config>, ExitCode> {
+    Config::load(&cli.config, &cli.users)
+        .map(Arc::new)
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+/// Cancel `token` on Ctrl-C or SIGTERM.
+fn stop_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("\nstopping (signal received)...");
+        token.cancel();
+    });
+}
+
+async fn async_main(cli: Cli) -> ExitCode {
+    match &cli.command {
+        None | Some(Command::Run) => {
+            let config = match load(&cli) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let token = CancellationToken::new();
+            stop_on_signals(token.clone());
+            let registry = Arc::new(Registry::default());
+            match pgdog::admin::serve(config, registry, None, token).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Configcheck) => match Config::load(&cli.config, &cli.users) {
+            Ok(c) => {
+                print!("{}", pgdog::admin::config_summary(&c));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Hash {
+            data_type,
+            shards,
+            values,
+        }) => match shards_of_values(*data_type, *shards, values) {
+            Ok(found) => {
+                for (v, s) in values.iter().zip(found) {
+                    println!("{v}\t{s}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Demo(args)) => match pgdog::demo::run(args.clone()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::DataSync(args)) => {
+            let config = match load(&cli) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            data_sync_command(config, args).await
+        }
+    }
+}
+
+async fn data_sync_command(config: Arc<Config>, args: &DataSyncArgs) -> ExitCode {
+    let mode = if args.cleanup {
+        Mode::Cleanup
+    } else if args.sync_only {
+        Mode::SyncOnly
+    } else if args.replicate_only {
+        Mode::ReplicateOnly
+    } else {
+        Mode::Full
+    };
+    let opts = data_sync::Options {
+        from_database: args.from_database.clone(),
+        from_user: args.from_user.clone(),
+        to_database: args.to_database.clone(),
+        to_user: args.to_user.clone(),
+        publication: args.publication.clone(),
+        slot: args.replication_slot.clone(),
+        mode,
+    };
+    let slot = opts.slot_name();
+    if args.replication_slot.is_none() && mode != Mode::Cleanup {
+        eprintln!("replication slot: {slot}");
+    }
+    let token = CancellationToken::new();
+    stop_on_signals(token.clone());
+    let registry = Arc::new(Registry::default());
+    let task = registry.new_task(&opts.from_database, &opts.to_database, &opts.publication);
+
+    // The admin console and metrics, while the move runs.
+    let admin_port = args.admin_port.unwrap_or(config.general.port);
+    if admin_port != 0 && mode != Mode::Cleanup {
+        let (config, registry, token) = (config.clone(), registry.clone(), token.clone());
+        tokio::spawn(async move {
+            if let Err(e) = pgdog::admin::serve(config, registry, Some(admin_port), token).await {
+                tracing::warn!("admin console not available: {e}");
+            }
+        });
+    }
+    let reporter = pgdog::report::spawn(task.clone(), token.clone());
+    let result = data_sync::run(config, opts.clone(), task, token.clone()).await;
+    token.cancel();
+    let _ = reporter.await;
+    let same = std::env::args().collect::<Vec<_>>().join(" ");
+    match result {
+        Ok(Outcome::Copied) => {
+            eprintln!("copy complete. The slot \"{slot}\" keeps the changes since; stream them with the same command and --replicate-only instead of --sync-only.");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::CleanedUp) => {
+            eprintln!("cleaned up: slot \"{slot}\" and pgdog's state are gone.");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Stopped) => {
+            eprintln!("stopped. The slot \"{slot}\" keeps every change since.");
+            eprintln!("  resume:  {same}");
+            eprintln!(
+                "  abandon: {} --cleanup   (drops the slot so the source stops keeping WAL for it)",
+                same.replace(" --replicate-only", "")
+                    .replace(" --sync-only", "")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            if !matches!(
+                e,
+                data_sync::DataSyncError::Preflight { .. } | data_sync::DataSyncError::Config(_)
+            ) {
+                eprintln!("the slot \"{slot}\" was kept: rerun the same command to resume, or add --cleanup to abandon the move.");
+            }
+            ExitCode::FAILURE
+        }
+    }
 }

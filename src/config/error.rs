@@ -36,7 +36,11 @@ impl ConfigError {
         let before = &text[..offset];
         let line = before.matches('\n').count() + 1;
         let column = offset - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-        let excerpt = text.lines().nth(line - 1).map(|l| l.trim_end().to_string()).filter(|l| !l.is_empty());
+        let excerpt = text
+            .lines()
+            .nth(line - 1)
+            .map(|l| l.trim_end().to_string())
+            .filter(|l| !l.is_empty());
         ConfigError::Parse {
             file: file.to_path_buf(),
             line,

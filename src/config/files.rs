@@ -38,8 +38,12 @@ pub struct General {
     pub tls_private_key: Option<PathBuf>,
     /// Refuse admin clients that do not use TLS (needs the two above).
     pub tls_client_required: bool,
-    /// How many table copies run at once; `None` picks from cores and shards.
+    /// How many table copies run at once per source shard; `None` picks
+    /// from the cores.
     pub resharding_parallel_copies: Option<usize>,
+    /// Tables larger than this (bytes) are copied in several ctid ranges in
+    /// parallel, within one snapshot; 0 never splits.
+    pub resharding_copy_chunk_size: u64,
     /// Where to serve OpenMetrics text; off when unset.
     pub openmetrics_port: Option<u16>,
     /// Admin connections allowed at once.
@@ -57,6 +61,7 @@ impl Default for General {
             tls_private_key: None,
             tls_client_required: false,
             resharding_parallel_copies: None,
+            resharding_copy_chunk_size: 128 * 1024 * 1024,
             openmetrics_port: None,
             max_admin_connections: 32,
         }

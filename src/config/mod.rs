@@ -9,7 +9,9 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use error::ConfigError;
-pub use files::{Admin, Database, General, MappingRule, PgdogToml, Role, ShardedTable, User, UsersToml};
+pub use files::{
+    Admin, Database, General, MappingRule, PgdogToml, Role, ShardedTable, User, UsersToml,
+};
 
 use crate::net::{ConnectOptions, TlsConnector, TlsMode};
 use crate::sharding::{DataType, Function, Mapping, Rule, Sharder, Value};
@@ -67,9 +69,16 @@ impl Config {
 
     /// Parse and check the two files' contents (paths are for messages and
     /// for resolving relative certificate paths).
-    pub fn from_strs(path: &Path, text: &str, users_path: &Path, users_text: &str) -> Result<Config, ConfigError> {
-        let pgdog: PgdogToml = toml::from_str(text).map_err(|e| ConfigError::parse(path, text, &e))?;
-        let users: UsersToml = toml::from_str(users_text).map_err(|e| ConfigError::parse(users_path, users_text, &e))?;
+    pub fn from_strs(
+        path: &Path,
+        text: &str,
+        users_path: &Path,
+        users_text: &str,
+    ) -> Result<Config, ConfigError> {
+        let pgdog: PgdogToml =
+            toml::from_str(text).map_err(|e| ConfigError::parse(path, text, &e))?;
+        let users: UsersToml = toml::from_str(users_text)
+            .map_err(|e| ConfigError::parse(users_path, users_text, &e))?;
         let mut general = pgdog.general;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
@@ -181,9 +190,14 @@ impl Config {
 
     /// Options to connect to `server` as `user`.
     pub fn connect_options(&self, server: &Database, user: &User) -> ConnectOptions {
-        ConnectOptions::new(&server.host, server.port, user.server_user(), server.database_name())
-            .password(user.server_password())
-            .tls(self.tls.clone())
+        ConnectOptions::new(
+            &server.host,
+            server.port,
+            user.server_user(),
+            server.database_name(),
+        )
+        .password(user.server_password())
+        .tls(self.tls.clone())
     }
 
     /// How `schema.table` (with these columns) is sharded in cluster
@@ -198,10 +212,13 @@ impl Config {
         columns: &[&str],
         shards: usize,
     ) -> Result<Option<(Sharder, String)>, ConfigError> {
-        let rules = self.sharded_tables.iter().filter(|t| t.database == database);
-        let named = rules
-            .clone()
-            .find(|t| t.name.as_deref() == Some(table) && t.schema.as_deref().is_none_or(|s| s == schema));
+        let rules = self
+            .sharded_tables
+            .iter()
+            .filter(|t| t.database == database);
+        let named = rules.clone().find(|t| {
+            t.name.as_deref() == Some(table) && t.schema.as_deref().is_none_or(|s| s == schema)
+        });
         let rule = match named {
             Some(r) => Some(r),
             None => rules.clone().find(|t| {
@@ -218,23 +235,32 @@ impl Config {
             .iter()
             .position(|t| std::ptr::eq(t, rule))
             .unwrap_or(0);
-        let sharder = build_sharder(rule, &format!("{schema}.{table}"), shards).map_err(|message| ConfigError::Invalid {
-            file: self.path.clone(),
-            field: format!("sharded_tables[{index}]"),
-            message,
-        })?;
+        let sharder =
+            build_sharder(rule, &format!("{schema}.{table}"), shards).map_err(|message| {
+                ConfigError::Invalid {
+                    file: self.path.clone(),
+                    field: format!("sharded_tables[{index}]"),
+                    message,
+                }
+            })?;
         Ok(Some((sharder, rule.column.clone())))
     }
 }
 
 /// A sharder for one rule; errors as text for the caller to place.
-pub(crate) fn build_sharder(rule: &ShardedTable, table: &str, shards: usize) -> Result<Sharder, String> {
+pub(crate) fn build_sharder(
+    rule: &ShardedTable,
+    table: &str,
+    shards: usize,
+) -> Result<Sharder, String> {
     let function = match &rule.mapping {
         None => Function::Hash,
         Some(entries) => {
             let mut rules = Vec::with_capacity(entries.len());
             for (i, e) in entries.iter().enumerate() {
-                let value = |v: &toml::Value| mapping_value(rule.data_type, v).map_err(|m| format!("mapping[{i}]: {m}"));
+                let value = |v: &toml::Value| {
+                    mapping_value(rule.data_type, v).map_err(|m| format!("mapping[{i}]: {m}"))
+                };
                 let r = match (&e.values, &e.start, &e.end) {
                     (Some(values), None, None) => Rule::List {
                         values: values.iter().map(value).collect::<Result<_, _>>()?,
@@ -266,14 +292,20 @@ fn mapping_value(data_type: DataType, v: &toml::Value) -> Result<Value, String> 
         toml::Value::String(s) => s.clone(),
         other => return Err(format!("{other} is not a {data_type} value")),
     };
-    data_type.parse_text(&text).map_err(|e| format!("{text:?}: {e}"))
+    data_type
+        .parse_text(&text)
+        .map_err(|e| format!("{text:?}: {e}"))
 }
 
 fn quoted_list(items: &[&str]) -> String {
     if items.is_empty() {
         return "none".into();
     }
-    items.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

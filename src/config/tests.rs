@@ -3,7 +3,12 @@ use std::path::Path;
 use super::*;
 
 fn load(pgdog: &str, users: &str) -> Result<Config, ConfigError> {
-    Config::from_strs(Path::new("/etc/pgdog/pgdog.toml"), pgdog, Path::new("/etc/pgdog/users.toml"), users)
+    Config::from_strs(
+        Path::new("/etc/pgdog/pgdog.toml"),
+        pgdog,
+        Path::new("/etc/pgdog/users.toml"),
+        users,
+    )
 }
 
 const GOOD: &str = r#"
@@ -84,16 +89,29 @@ fn loads_a_good_config() {
     assert_eq!(opts.password.as_deref(), Some("dest-secret"));
 
     // Named rule, then the column rule, then nothing (omnisharded).
-    let (s, col) = c.sharder_for("dest", "public", "users", &["id", "name"], 2).unwrap().unwrap();
+    let (s, col) = c
+        .sharder_for("dest", "public", "users", &["id", "name"], 2)
+        .unwrap()
+        .unwrap();
     assert_eq!((s.table.as_str(), col.as_str()), ("public.users", "id"));
     let (s, col) = c
         .sharder_for("dest", "public", "orders", &["id", "tenant_id"], 2)
         .unwrap()
         .unwrap();
     assert_eq!(col, "tenant_id");
-    assert_eq!(s.shard(Some(b"2"), crate::sharding::Format::Text).unwrap(), 0);
-    assert_eq!(s.shard(Some(b"150"), crate::sharding::Format::Text).unwrap(), 1);
-    assert!(c.sharder_for("dest", "public", "countries", &["code"], 2).unwrap().is_none());
+    assert_eq!(
+        s.shard(Some(b"2"), crate::sharding::Format::Text).unwrap(),
+        0
+    );
+    assert_eq!(
+        s.shard(Some(b"150"), crate::sharding::Format::Text)
+            .unwrap(),
+        1
+    );
+    assert!(c
+        .sharder_for("dest", "public", "countries", &["code"], 2)
+        .unwrap()
+        .is_none());
 }
 
 #[test]
@@ -107,7 +125,8 @@ fn passwords_never_show() {
 
 #[test]
 fn unknown_key_names_file_line_and_key() {
-    let text = "[general]\nport = 6432\n\n[[databases]]\nname = \"a\"\nhots = \"x\"\nhost = \"h\"\n";
+    let text =
+        "[general]\nport = 6432\n\n[[databases]]\nname = \"a\"\nhots = \"x\"\nhost = \"h\"\n";
     let err = load(text, "").unwrap_err().to_string();
     assert!(err.starts_with("/etc/pgdog/pgdog.toml:6:"), "{err}");
     assert!(err.contains("hots"), "{err}");
@@ -115,26 +134,36 @@ fn unknown_key_names_file_line_and_key() {
 
 #[test]
 fn wrong_type_and_missing_key() {
-    let err = load("[general]\nport = \"six\"\n", "").unwrap_err().to_string();
+    let err = load("[general]\nport = \"six\"\n", "")
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("/etc/pgdog/pgdog.toml:2:"), "{err}");
     assert!(err.contains("port = \"six\""), "{err}");
 
-    let err = load("[[databases]]\nname = \"a\"\n", "").unwrap_err().to_string();
+    let err = load("[[databases]]\nname = \"a\"\n", "")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("missing field `host`"), "{err}");
 
-    let err = load("", "[[users]]\nname = \"u\"\ndatabase = 1\n").unwrap_err().to_string();
+    let err = load("", "[[users]]\nname = \"u\"\ndatabase = 1\n")
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("/etc/pgdog/users.toml:3:"), "{err}");
 }
 
 #[test]
 fn cluster_shape_checks() {
-    let gap = "[[databases]]\nname=\"d\"\nhost=\"a\"\n[[databases]]\nname=\"d\"\nhost=\"b\"\nshard=2\n";
+    let gap =
+        "[[databases]]\nname=\"d\"\nhost=\"a\"\n[[databases]]\nname=\"d\"\nhost=\"b\"\nshard=2\n";
     let err = load(gap, "").unwrap_err().to_string();
     assert!(err.contains("none numbered 1"), "{err}");
 
     let two = "[[databases]]\nname=\"d\"\nhost=\"a\"\n[[databases]]\nname=\"d\"\nhost=\"b\"\n";
     let err = load(two, "").unwrap_err().to_string();
-    assert!(err.contains("2 primaries") && err.contains("databases[1]"), "{err}");
+    assert!(
+        err.contains("2 primaries") && err.contains("databases[1]"),
+        "{err}"
+    );
 
     let none = "[[databases]]\nname=\"d\"\nhost=\"a\"\nrole=\"replica\"\n";
     let err = load(none, "").unwrap_err().to_string();
@@ -145,11 +174,19 @@ fn cluster_shape_checks() {
 fn reference_checks() {
     let t = "[[databases]]\nname=\"d\"\nhost=\"a\"\n[[sharded_tables]]\ndatabase=\"x\"\ncolumn=\"id\"\n";
     let err = load(t, "").unwrap_err().to_string();
-    assert!(err.contains("sharded_tables[0].database") && err.contains("\"x\""), "{err}");
+    assert!(
+        err.contains("sharded_tables[0].database") && err.contains("\"x\""),
+        "{err}"
+    );
 
     let u = "[[users]]\nname=\"u\"\ndatabase=\"nope\"\n";
-    let err = load("[[databases]]\nname=\"d\"\nhost=\"a\"\n", u).unwrap_err().to_string();
-    assert!(err.contains("users.toml") && err.contains("users[0].database"), "{err}");
+    let err = load("[[databases]]\nname=\"d\"\nhost=\"a\"\n", u)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("users.toml") && err.contains("users[0].database"),
+        "{err}"
+    );
 
     let c = load(GOOD, USERS).unwrap();
     let err = c.user("nobody", "dest").unwrap_err().to_string();
@@ -173,9 +210,13 @@ fn mapping_checks() {
 
 #[test]
 fn tls_checks() {
-    let err = load("[general]\ntls_verify = \"sometimes\"\n", "").unwrap_err().to_string();
+    let err = load("[general]\ntls_verify = \"sometimes\"\n", "")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("general.tls_verify"), "{err}");
-    let err = load("[general]\ntls_verify = \"verify_full\"\n", "").unwrap_err().to_string();
+    let err = load("[general]\ntls_verify = \"verify_full\"\n", "")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("tls_server_ca_certificate"), "{err}");
     let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
     let ok = format!(
@@ -190,7 +231,10 @@ fn tls_checks() {
     let missing = ok.replace("ca.pem", "nope.pem");
     let err = load(&missing, "").unwrap_err().to_string();
     assert!(err.contains("nope.pem"), "{err}");
-    let half = format!("[general]\ntls_certificate = \"{}/server.pem\"\n", certs.display());
+    let half = format!(
+        "[general]\ntls_certificate = \"{}/server.pem\"\n",
+        certs.display()
+    );
     let err = load(&half, "").unwrap_err().to_string();
     assert!(err.contains("tls_private_key"), "{err}");
 }

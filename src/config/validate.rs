@@ -19,16 +19,27 @@ pub(super) fn check(config: &Config) -> Result<Option<TlsConnector>, ConfigError
     // Every database entry names a server.
     for (i, d) in config.databases.iter().enumerate() {
         if d.name.is_empty() {
-            return Err(invalid(file, format!("databases[{i}].name"), "must not be empty".into()));
+            return Err(invalid(
+                file,
+                format!("databases[{i}].name"),
+                "must not be empty".into(),
+            ));
         }
         if d.host.is_empty() {
-            return Err(invalid(file, format!("databases[{i}].host"), "must not be empty".into()));
+            return Err(invalid(
+                file,
+                format!("databases[{i}].host"),
+                "must not be empty".into(),
+            ));
         }
         if d.resharding_only && d.role != Role::Replica {
             return Err(invalid(
                 file,
                 format!("databases[{i}].resharding_only"),
-                format!("only replicas can be resharding_only, but \"{}\" shard {} is a primary", d.name, d.shard),
+                format!(
+                    "only replicas can be resharding_only, but \"{}\" shard {} is a primary",
+                    d.name, d.shard
+                ),
             ));
         }
     }
@@ -36,7 +47,12 @@ pub(super) fn check(config: &Config) -> Result<Option<TlsConnector>, ConfigError
     // Shards of a cluster numbered 0..M-1 without gaps, one primary each.
     let mut clusters: BTreeMap<&str, BTreeMap<usize, Vec<usize>>> = BTreeMap::new();
     for (i, d) in config.databases.iter().enumerate() {
-        clusters.entry(&d.name).or_default().entry(d.shard).or_default().push(i);
+        clusters
+            .entry(&d.name)
+            .or_default()
+            .entry(d.shard)
+            .or_default()
+            .push(i);
     }
     for (name, shards) in &clusters {
         let count = shards.keys().max().map(|m| m + 1).unwrap_or(0);
@@ -95,10 +111,15 @@ pub(super) fn check(config: &Config) -> Result<Option<TlsConnector>, ConfigError
             ));
         };
         if t.column.is_empty() {
-            return Err(invalid(file, format!("sharded_tables[{i}].column"), "must not be empty".into()));
+            return Err(invalid(
+                file,
+                format!("sharded_tables[{i}].column"),
+                "must not be empty".into(),
+            ));
         }
         let table = t.name.clone().unwrap_or_else(|| "*".into());
-        build_sharder(t, &table, shards.len()).map_err(|m| invalid(file, format!("sharded_tables[{i}]"), m))?;
+        build_sharder(t, &table, shards.len())
+            .map_err(|m| invalid(file, format!("sharded_tables[{i}]"), m))?;
     }
 
     // Users refer to a cluster.
@@ -120,7 +141,11 @@ pub(super) fn check(config: &Config) -> Result<Option<TlsConnector>, ConfigError
 
     // Admin console.
     if config.admin.name.is_empty() {
-        return Err(invalid(file, "admin.name".into(), "must not be empty".into()));
+        return Err(invalid(
+            file,
+            "admin.name".into(),
+            "must not be empty".into(),
+        ));
     }
 
     // TLS towards Postgres.
@@ -142,7 +167,10 @@ pub(super) fn check(config: &Config) -> Result<Option<TlsConnector>, ConfigError
     .map_err(|m| invalid(file, "general.tls_server_ca_certificate".into(), m))?;
 
     // Our own listener's certificate.
-    match (&config.general.tls_certificate, &config.general.tls_private_key) {
+    match (
+        &config.general.tls_certificate,
+        &config.general.tls_private_key,
+    ) {
         (Some(cert), Some(key)) => {
             crate::net::tls::check_server_identity(cert, key)
                 .map_err(|m| invalid(file, "general.tls_certificate".into(), m))?;
@@ -166,7 +194,8 @@ pub(super) fn check(config: &Config) -> Result<Option<TlsConnector>, ConfigError
                 return Err(invalid(
                     file,
                     "general.tls_client_required".into(),
-                    "TLS for clients is required but no tls_certificate/tls_private_key is set".into(),
+                    "TLS for clients is required but no tls_certificate/tls_private_key is set"
+                        .into(),
                 ));
             }
         }

@@ -167,7 +167,8 @@ impl Cluster {
         if options.ssl {
             let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
             for f in ["server.pem", "server.key", "ca.pem"] {
-                std::fs::copy(certs.join(f), self.dir.join(f)).map_err(io(format!("copying certs/{f}")))?;
+                std::fs::copy(certs.join(f), self.dir.join(f))
+                    .map_err(io(format!("copying certs/{f}")))?;
             }
             set_mode(&self.dir.join("server.key"), 0o600)?;
             conf.push_str(&format!(
@@ -213,13 +214,18 @@ impl Cluster {
         if let Some(log) = log {
             cmd.arg(log);
         }
-        let out = cmd
-            .output()
-            .map_err(io(format!("running {}", self.install.tool("pg_ctl").display())))?;
+        let out = cmd.output().map_err(io(format!(
+            "running {}",
+            self.install.tool("pg_ctl").display()
+        )))?;
         if !out.status.success() {
             return Err(HarnessError::Command {
                 command: format!("pg_ctl {}", args.join(" ")),
-                status: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+                status: format!(
+                    "{}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
                 log: self.log_path().display().to_string(),
                 tail: self.log_tail(30),
             });
@@ -274,7 +280,8 @@ impl Cluster {
 
     /// Create a database.
     pub async fn create_database(&self, name: &str) -> Result<()> {
-        self.exec("postgres", &format!("CREATE DATABASE \"{name}\"")).await
+        self.exec("postgres", &format!("CREATE DATABASE \"{name}\""))
+            .await
     }
 
     /// Stop the server (fast shutdown); `start_again` brings it back.
@@ -354,7 +361,8 @@ fn new_temp_dir() -> Result<PathBuf> {
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(format!("chmod {}", path.display())))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io(format!("chmod {}", path.display())))
 }
 
 fn append(path: &Path, text: &str) -> Result<()> {
@@ -362,7 +370,8 @@ fn append(path: &Path, text: &str) -> Result<()> {
         .append(true)
         .open(path)
         .map_err(io(format!("opening {}", path.display())))?;
-    f.write_all(text.as_bytes()).map_err(io(format!("writing {}", path.display())))
+    f.write_all(text.as_bytes())
+        .map_err(io(format!("writing {}", path.display())))
 }
 
 /// A free loopback port, as the kernel hands it out.
@@ -379,7 +388,9 @@ fn template_for(install: &PgInstall) -> Result<PathBuf> {
         .bin
         .to_string_lossy()
         .bytes()
-        .fold(0xcbf29ce484222325, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+        .fold(0xcbf29ce484222325, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
     let root = std::env::temp_dir().join("pgdog-templates");
     std::fs::create_dir_all(&root).map_err(io("creating the template directory"))?;
     let template = root.join(format!("pg{}-{key:016x}", install.major));
@@ -409,7 +420,11 @@ fn template_for(install: &PgInstall) -> Result<PathBuf> {
         if template.join("PG_VERSION").exists() {
             return Ok(());
         }
-        let staging = root.join(format!("pg{}-{key:016x}.staging-{}", install.major, std::process::id()));
+        let staging = root.join(format!(
+            "pg{}-{key:016x}.staging-{}",
+            install.major,
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(io("creating the staging directory"))?;
         chown_to_postgres(&staging).map_err(io("chown staging"))?;
@@ -417,7 +432,16 @@ fn template_for(install: &PgInstall) -> Result<PathBuf> {
         let out = pg_command(&install.tool("initdb"))
             .arg("-D")
             .arg(&data)
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
             .output()
             .map_err(io(format!("running {}", install.tool("initdb").display())))?;
         if !out.status.success() {

@@ -17,7 +17,10 @@ impl PgInstall {
         if !bin.join("initdb").exists() || !bin.join("pg_ctl").exists() {
             return None;
         }
-        let out = Command::new(bin.join("postgres")).arg("--version").output().ok()?;
+        let out = Command::new(bin.join("postgres"))
+            .arg("--version")
+            .output()
+            .ok()?;
         let text = String::from_utf8_lossy(&out.stdout);
         // "postgres (PostgreSQL) 15.18 (Debian ...)"
         let version = text.split_whitespace().nth(2)?;
@@ -110,7 +113,9 @@ impl PgInstall {
 /// Postgres refuses to run as root: when we are root, its programs run as
 /// the `postgres` OS user.
 pub fn running_as_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// A command for a Postgres program, wrapped in `runuser` when root.
@@ -132,7 +137,10 @@ pub fn chown_to_postgres(path: &Path) -> std::io::Result<()> {
             .arg(path)
             .status()?;
         if !status.success() {
-            return Err(std::io::Error::other(format!("chown postgres {} failed", path.display())));
+            return Err(std::io::Error::other(format!(
+                "chown postgres {} failed",
+                path.display()
+            )));
         }
     }
     Ok(())

@@ -3,7 +3,9 @@
 //! replication on, everything removed on drop.
 
 pub mod cluster;
+pub mod fleet;
 pub mod install;
 
 pub use cluster::{Cluster, ClusterOptions, HarnessError};
+pub use fleet::Fleet;
 pub use install::PgInstall;

@@ -2,10 +2,10 @@
 //! SCRAM-SHA-256-PLUS. The hashing is `postgres-protocol`'s; the messages
 //! are ours.
 
-use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{self, ScramSha256};
 use pgdog_protocol::backend::{Authentication, Message};
 use pgdog_protocol::frontend;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{self, ScramSha256};
 
 use super::connection::Connection;
 use super::error::{ConnectionError, Result};
@@ -72,7 +72,10 @@ async fn scram(
     mechanisms: &[pgdog_protocol::Str],
 ) -> Result<bool> {
     let offers = |m: &str| mechanisms.iter().any(|x| x.as_str() == m);
-    let cert_hash = conn.stream().peer_certificate().and_then(|der| server_end_point_hash(&der));
+    let cert_hash = conn
+        .stream()
+        .peer_certificate()
+        .and_then(|der| server_end_point_hash(&der));
     let (mechanism, binding, plus) = if conn.is_tls()
         && options.channel_binding != ChannelBinding::Disable
         && offers(sasl::SCRAM_SHA_256_PLUS)
@@ -83,13 +86,25 @@ async fn scram(
                 sasl::ChannelBinding::tls_server_end_point(hash),
                 true,
             ),
-            None => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested(), false),
+            None => (
+                sasl::SCRAM_SHA_256,
+                sasl::ChannelBinding::unrequested(),
+                false,
+            ),
         }
     } else if conn.is_tls() && options.channel_binding != ChannelBinding::Disable {
         // We could bind, the server did not offer it.
-        (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested(), false)
+        (
+            sasl::SCRAM_SHA_256,
+            sasl::ChannelBinding::unrequested(),
+            false,
+        )
     } else {
-        (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported(), false)
+        (
+            sasl::SCRAM_SHA_256,
+            sasl::ChannelBinding::unsupported(),
+            false,
+        )
     };
     if !offers(mechanism) {
         let offered: Vec<&str> = mechanisms.iter().map(|m| m.as_str()).collect();
@@ -127,13 +142,19 @@ async fn scram(
     scram.finish(&data).map_err(|e| {
         auth_error(
             conn,
-            &format!("SCRAM: the server's proof does not verify ({e}); it may not know this password"),
+            &format!(
+                "SCRAM: the server's proof does not verify ({e}); it may not know this password"
+            ),
         )
     })?;
     Ok(plus)
 }
 
-fn need_password<'a>(conn: &Connection, options: &'a ConnectOptions, method: &str) -> Result<&'a str> {
+fn need_password<'a>(
+    conn: &Connection,
+    options: &'a ConnectOptions,
+    method: &str,
+) -> Result<&'a str> {
     options.password.as_deref().ok_or_else(|| {
         auth_error(
             conn,

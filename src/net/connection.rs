@@ -235,6 +235,18 @@ impl Connection {
         }
     }
 
+    /// Whether a whole message is already buffered, so the next
+    /// [`Connection::recv`] will not wait for the network.
+    pub fn has_buffered_message(&self) -> bool {
+        match self.read_buf.get(..5) {
+            Some(h) => {
+                let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+                self.read_buf.len() > len
+            }
+            None => false,
+        }
+    }
+
     /// Read once from the socket into the read buffer.
     async fn read_more(&mut self) -> Result<()> {
         if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
@@ -285,7 +297,10 @@ impl Connection {
                 Message::ErrorResponse(fields) => error = Some(self.server_error(fields)),
                 Message::ReadyForQuery { .. } => break,
                 Message::CopyInResponse(_) => {
-                    frontend::copy_fail("pgdog: COPY FROM STDIN is not expected here", &mut self.write_buf);
+                    frontend::copy_fail(
+                        "pgdog: COPY FROM STDIN is not expected here",
+                        &mut self.write_buf,
+                    );
                     self.flush().await?;
                 }
                 Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone => {}
@@ -354,7 +369,10 @@ impl Connection {
         let _ = self.stream.shutdown().await;
     }
 
-    pub(super) fn server_error(&self, fields: pgdog_protocol::backend::ErrorFields) -> ConnectionError {
+    pub(super) fn server_error(
+        &self,
+        fields: pgdog_protocol::backend::ErrorFields,
+    ) -> ConnectionError {
         ConnectionError::Server(Box::new(ServerError {
             server: self.addr.clone(),
             fields,
@@ -404,11 +422,13 @@ async fn open_stream(options: &ConnectOptions) -> Result<Stream> {
         source,
     };
     tcp.write_all(&buf).await.map_err(io_err)?;
-    let answer = Connection::read_byte(&mut tcp).await.map_err(|source| ConnectionError::Io {
-        server: addr.clone(),
-        action: "negotiating TLS",
-        source,
-    })?;
+    let answer = Connection::read_byte(&mut tcp)
+        .await
+        .map_err(|source| ConnectionError::Io {
+            server: addr.clone(),
+            action: "negotiating TLS",
+            source,
+        })?;
     match answer {
         b'S' => {}
         b'N' => {
@@ -431,9 +451,11 @@ async fn open_stream(options: &ConnectOptions) -> Result<Stream> {
             })
         }
     }
-    let name = rustls::pki_types::ServerName::try_from(options.host.clone()).map_err(|e| ConnectionError::Tls {
-        server: addr.clone(),
-        reason: format!("invalid host name for TLS: {e}"),
+    let name = rustls::pki_types::ServerName::try_from(options.host.clone()).map_err(|e| {
+        ConnectionError::Tls {
+            server: addr.clone(),
+            reason: format!("invalid host name for TLS: {e}"),
+        }
     })?;
     let connector = tokio_rustls::TlsConnector::from(tls.config());
     match connector.connect(name, tcp).await {
@@ -458,7 +480,10 @@ pub fn parse_server_version(text: &str) -> u32 {
     let minor = parts.next().unwrap_or(0);
     if major >= 10 {
         // Only the leading number run belongs to the version.
-        let leading: String = text.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+        let leading: String = text
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
         let mut it = leading.split('.').filter(|s| !s.is_empty());
         let major = it.next().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
         let minor = it.next().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
@@ -475,7 +500,10 @@ mod tests {
 
     #[test]
     fn server_versions() {
-        assert_eq!(parse_server_version("15.18 (Debian 15.18-0+deb12u1)"), 150018);
+        assert_eq!(
+            parse_server_version("15.18 (Debian 15.18-0+deb12u1)"),
+            150018
+        );
         assert_eq!(parse_server_version("17.2"), 170002);
         assert_eq!(parse_server_version("18beta1"), 180000);
         assert_eq!(parse_server_version("9.6.3"), 90603);

@@ -182,7 +182,11 @@ impl CopyIn<'_> {
         loop {
             match self.conn.recv().await? {
                 Message::CommandComplete { tag } => {
-                    rows = tag.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                    rows = tag
+                        .rsplit(' ')
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
                 }
                 Message::ErrorResponse(fields) => error = Some(self.conn.server_error(fields)),
                 Message::ReadyForQuery { .. } => break,
@@ -207,4 +211,3 @@ impl CopyIn<'_> {
         self.conn.wait_ready().await
     }
 }
-

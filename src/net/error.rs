@@ -178,7 +178,10 @@ mod tests {
     #[test]
     fn errors_name_the_server() {
         let e = server_error("42P01");
-        assert_eq!(e.to_string(), "127.0.0.1:5432/db: FATAL: boom (SQLSTATE 42P01)");
+        assert_eq!(
+            e.to_string(),
+            "127.0.0.1:5432/db: FATAL: boom (SQLSTATE 42P01)"
+        );
         assert_eq!(e.code(), Some("42P01"));
     }
 }

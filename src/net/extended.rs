@@ -2,7 +2,7 @@
 //! before one Sync, responses matched in order. This is how changes are
 //! applied without a round trip per row.
 
-use pgdog_protocol::backend::Message;
+use pgdog_protocol::backend::{DataRow, Message};
 use pgdog_protocol::frontend::{self, Format};
 
 use super::connection::Connection;
@@ -36,6 +36,41 @@ impl Connection {
         error.map_or(Ok(()), Err)
     }
 
+    /// One statement with parameters, through the unnamed statement; rows
+    /// come back in `results` format.
+    pub async fn query_params<'a>(
+        &mut self,
+        sql: &str,
+        param_formats: &[Format],
+        params: impl IntoIterator<Item = Option<&'a [u8]>>,
+        results: Format,
+    ) -> Result<Vec<DataRow>> {
+        let buf = self.buffer();
+        frontend::parse("", sql, &[], buf);
+        frontend::bind("", "", param_formats, params, &[results], buf);
+        frontend::execute("", 0, buf);
+        frontend::sync(buf);
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.recv().await? {
+                Message::ParseComplete
+                | Message::BindComplete
+                | Message::CommandComplete { .. }
+                | Message::EmptyQueryResponse => {}
+                Message::DataRow(row) => rows.push(row),
+                Message::ErrorResponse(fields) => error = Some(self.server_error(fields)),
+                Message::ReadyForQuery { .. } => break,
+                other => {
+                    self.mark_broken();
+                    return Err(self.unexpected(&other, "running a parameterized query"));
+                }
+            }
+        }
+        error.map_or(Ok(rows), Err)
+    }
+
     /// Queue Bind + Execute of a prepared statement (nothing is sent yet).
     pub fn queue_execute<'a>(
         &mut self,
@@ -61,19 +96,31 @@ impl Connection {
     /// `affected` receives each command's row count, in order. On an error
     /// the server skips the rest of the pipeline; the error says which
     /// execute failed, and the connection is ready for more.
-    pub async fn sync_pipeline(&mut self, executes: usize, affected: &mut Vec<u64>) -> Result<(), PipelineError> {
+    pub async fn sync_pipeline(
+        &mut self,
+        executes: usize,
+        affected: &mut Vec<u64>,
+    ) -> Result<(), PipelineError> {
         frontend::sync(self.buffer());
         let start = affected.len();
         let fail = |index, error| PipelineError { index, error };
         self.flush().await.map_err(|e| fail(0, e))?;
         let mut error = None;
         loop {
-            let msg = self.recv().await.map_err(|e| fail(affected.len() - start, e))?;
+            let msg = self
+                .recv()
+                .await
+                .map_err(|e| fail(affected.len() - start, e))?;
             match msg {
                 Message::ParseComplete | Message::BindComplete | Message::NoData => {}
                 Message::RowDescription(_) | Message::DataRow(_) => {}
                 Message::CommandComplete { tag } => {
-                    affected.push(tag.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0));
+                    affected.push(
+                        tag.rsplit(' ')
+                            .next()
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(0),
+                    );
                 }
                 Message::EmptyQueryResponse => affected.push(0),
                 Message::ErrorResponse(fields) => {
@@ -82,7 +129,10 @@ impl Connection {
                 Message::ReadyForQuery { .. } => break,
                 other => {
                     self.mark_broken();
-                    return Err(fail(affected.len() - start, self.unexpected(&other, "reading pipelined results")));
+                    return Err(fail(
+                        affected.len() - start,
+                        self.unexpected(&other, "reading pipelined results"),
+                    ));
                 }
             }
         }
@@ -95,7 +145,10 @@ impl Connection {
                 affected.len() - start,
                 ConnectionError::Usage {
                     server: self.addr().clone(),
-                    reason: format!("pipeline expected {executes} results, got {}", affected.len() - start),
+                    reason: format!(
+                        "pipeline expected {executes} results, got {}",
+                        affected.len() - start
+                    ),
                 },
             ));
         }

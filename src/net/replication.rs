@@ -53,7 +53,9 @@ pub fn valid_slot_name(name: &str) -> bool {
 impl Connection {
     pub async fn identify_system(&mut self) -> Result<SystemIdentity> {
         let rows = self.query("IDENTIFY_SYSTEM").await?;
-        let row = rows.first().ok_or_else(|| self.usage("IDENTIFY_SYSTEM returned no row"))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| self.usage("IDENTIFY_SYSTEM returned no row"))?;
         Ok(SystemIdentity {
             system_id: row.text(0).unwrap_or_default().to_string(),
             timeline: row.text(1).and_then(|t| t.parse().ok()).unwrap_or(0),
@@ -91,7 +93,9 @@ impl Connection {
             format!("CREATE_REPLICATION_SLOT {name}{temp} LOGICAL pgoutput {action}")
         };
         let rows = self.query(&sql).await?;
-        let row = rows.first().ok_or_else(|| self.usage("CREATE_REPLICATION_SLOT returned no row"))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| self.usage("CREATE_REPLICATION_SLOT returned no row"))?;
         let consistent_point = row
             .text(1)
             .and_then(Lsn::parse)
@@ -108,7 +112,8 @@ impl Connection {
             return Err(self.usage(&format!("invalid replication slot name \"{name}\"")));
         }
         let wait = if wait { " WAIT" } else { "" };
-        self.execute(&format!("DROP_REPLICATION_SLOT {name}{wait}")).await
+        self.execute(&format!("DROP_REPLICATION_SLOT {name}{wait}"))
+            .await
     }
 
     /// START_REPLICATION of a logical slot from `start` with pgoutput
@@ -126,7 +131,10 @@ impl Connection {
             .iter()
             .map(|(k, v)| format!("\"{k}\" '{}'", v.replace('\'', "''")))
             .collect();
-        let sql = format!("START_REPLICATION SLOT {slot} LOGICAL {start} ({})", opts.join(", "));
+        let sql = format!(
+            "START_REPLICATION SLOT {slot} LOGICAL {start} ({})",
+            opts.join(", ")
+        );
         frontend::query(&sql, self.buffer());
         self.flush().await?;
         match self.recv().await? {
@@ -183,7 +191,9 @@ impl ReplicationStream<'_> {
                     frontend::copy_done(self.conn.buffer());
                     self.conn.flush().await?;
                 }
-                Message::CommandComplete { .. } | Message::RowDescription(_) | Message::DataRow(_) => {}
+                Message::CommandComplete { .. }
+                | Message::RowDescription(_)
+                | Message::DataRow(_) => {}
                 Message::ReadyForQuery { .. } => return Ok(None),
                 Message::ErrorResponse(fields) => {
                     let err = self.conn.server_error(fields);
@@ -198,10 +208,21 @@ impl ReplicationStream<'_> {
         }
     }
 
+    /// Whether the next [`ReplicationStream::recv`] returns without waiting.
+    pub fn has_buffered_message(&self) -> bool {
+        self.conn.has_buffered_message()
+    }
+
     /// Tell the server what has been written, flushed (durable on the
     /// destination) and applied. The slot's `confirmed_flush_lsn` follows
     /// `flush`.
-    pub async fn send_status(&mut self, write: Lsn, flush: Lsn, apply: Lsn, reply: bool) -> Result<()> {
+    pub async fn send_status(
+        &mut self,
+        write: Lsn,
+        flush: Lsn,
+        apply: Lsn,
+        reply: bool,
+    ) -> Result<()> {
         self.scratch.clear();
         ClientMessage::StandbyStatusUpdate {
             write,

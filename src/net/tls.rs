@@ -9,7 +9,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use sha2::Digest;
 
 /// How hard to insist on TLS, as libpq's `sslmode`.
@@ -81,9 +83,10 @@ impl TlsConnector {
                 ));
             };
             let roots = load_roots(ca_file)?;
-            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+            let inner =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| format!("{}: {e}", ca_file.display()))?;
             if opts.mode == TlsMode::VerifyFull {
                 inner
             } else {
@@ -144,7 +147,10 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: not a valid PEM certificate file: {e}", path.display()))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate found in the file", path.display()));
+        return Err(format!(
+            "{}: no certificate found in the file",
+            path.display()
+        ));
     }
     Ok(certs)
 }
@@ -234,7 +240,12 @@ impl ServerCertVerifier for AcceptAnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -243,7 +254,12 @@ impl ServerCertVerifier for AcceptAnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -273,7 +289,12 @@ pub fn server_end_point_hash(cert_der: &[u8]) -> Option<Vec<u8>> {
     match oid {
         o if o == SHA384_RSA || o == ECDSA_SHA384 => Some(sha2::Sha384::digest(cert_der).to_vec()),
         o if o == SHA512_RSA || o == ECDSA_SHA512 => Some(sha2::Sha512::digest(cert_der).to_vec()),
-        o if o == SHA256_RSA || o == ECDSA_SHA256 || o == SHA1_RSA || o == MD5_RSA || o == ECDSA_SHA1 => {
+        o if o == SHA256_RSA
+            || o == ECDSA_SHA256
+            || o == SHA1_RSA
+            || o == MD5_RSA
+            || o == ECDSA_SHA1 =>
+        {
             Some(sha2::Sha256::digest(cert_der).to_vec())
         }
         _ => None,
@@ -338,7 +359,10 @@ mod tests {
     #[test]
     fn der_walker_survives_garbage() {
         assert_eq!(server_end_point_hash(&[]), None);
-        assert_eq!(server_end_point_hash(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(
+            server_end_point_hash(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]),
+            None
+        );
         let der = server_cert();
         for cut in 0..der.len().min(64) {
             let _ = server_end_point_hash(&der[..cut]);

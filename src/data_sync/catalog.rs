@@ -1,0 +1,325 @@
+//! What the catalogs say: the tables of a publication with their columns,
+//! replica identity and size on a source; the matching tables on a
+//! destination.
+
+use std::fmt;
+
+use crate::net::Connection;
+
+use super::error::{DataSyncError, Result};
+
+/// `"ident"` with embedded quotes doubled.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `'literal'` with embedded quotes doubled (standard_conforming_strings).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A schema-qualified table name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    /// `"schema"."name"`, ready for SQL.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// One column of a published table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub type_oid: u32,
+    /// `format_type()`: what the destination's column must also say.
+    pub type_name: String,
+    /// Part of the replica identity (the key of `K` old tuples).
+    pub identity: bool,
+    pub not_null: bool,
+}
+
+/// A table in a publication, as one source shard sees it.
+#[derive(Debug, Clone)]
+pub struct PublishedTable {
+    pub oid: u32,
+    pub name: TableName,
+    /// `r` table, `p` partitioned table.
+    pub relkind: char,
+    /// `d` default (primary key), `i` index, `f` full, `n` nothing.
+    pub replica_identity: char,
+    /// Published, non-generated columns in attribute order.
+    pub columns: Vec<Column>,
+    /// The publication's row filter (PostgreSQL 15+), as SQL.
+    pub row_filter: Option<String>,
+    /// `pg_class.reltuples` summed over partitions; -1 when never analyzed.
+    pub estimated_rows: i64,
+    /// Heap size in bytes, summed over partitions.
+    pub bytes: u64,
+    /// For partitioned tables: leaves whose replica identity is unusable.
+    pub leaves_without_identity: Vec<String>,
+}
+
+impl PublishedTable {
+    /// Whether updates and deletes can be matched on a destination.
+    pub fn has_usable_identity(&self) -> bool {
+        match self.replica_identity {
+            'f' => true,
+            'd' | 'i' => {
+                self.columns.iter().any(|c| c.identity) && self.leaves_without_identity.is_empty()
+            }
+            _ => false,
+        }
+    }
+
+    pub fn column_names(&self) -> Vec<&str> {
+        self.columns.iter().map(|c| c.name.as_str()).collect()
+    }
+
+    /// `("a", "b")` for COPY and INSERT.
+    pub fn column_list(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Publication flags.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub via_root: bool,
+    pub all_tables: bool,
+    pub publishes_truncate: bool,
+}
+
+pub async fn publication(conn: &mut Connection, name: &str) -> Result<Option<Publication>> {
+    let rows = conn
+        .query(&format!(
+            "SELECT pubviaroot, puballtables, pubtruncate FROM pg_publication WHERE pubname = {}",
+            quote_literal(name)
+        ))
+        .await?;
+    Ok(rows.first().map(|r| Publication {
+        via_root: r.text(0) == Some("t"),
+        all_tables: r.text(1) == Some("t"),
+        publishes_truncate: r.text(2) == Some("t"),
+    }))
+}
+
+/// Every table of `publication`, with columns, identity and size.
+pub async fn publication_tables(
+    conn: &mut Connection,
+    publication: &str,
+) -> Result<Vec<PublishedTable>> {
+    let v15 = conn.server_version_num() >= 150000;
+    let extra = if v15 {
+        "pt.attnames::text, pt.rowfilter"
+    } else {
+        "NULL::text, NULL::text"
+    };
+    let sql = format!(
+        "SELECT c.oid, pt.schemaname, pt.tablename, c.relkind, c.relreplident, {extra},
+                (SELECT CASE WHEN bool_and(k.reltuples < 0) THEN -1 ELSE sum(greatest(k.reltuples, 0)) END::bigint
+                   FROM pg_class k WHERE k.oid IN (SELECT relid FROM pg_partition_tree(c.oid) WHERE isleaf UNION SELECT c.oid WHERE c.relkind <> 'p')),
+                (SELECT coalesce(sum(pg_relation_size(k.oid)), 0)::bigint
+                   FROM pg_class k WHERE k.oid IN (SELECT relid FROM pg_partition_tree(c.oid) WHERE isleaf UNION SELECT c.oid WHERE c.relkind <> 'p'))
+         FROM pg_publication_tables pt
+         JOIN pg_namespace n ON n.nspname = pt.schemaname
+         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+         WHERE pt.pubname = {}
+         ORDER BY 2, 3",
+        quote_literal(publication)
+    );
+    let rows = conn.query(&sql).await?;
+    let mut tables = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let field = |i: usize| r.text(i).unwrap_or("").to_string();
+        let oid: u32 = parse(r.text(0), "pg_class.oid")?;
+        let published: Option<Vec<String>> = r.text(5).map(parse_name_array);
+        let mut table = PublishedTable {
+            oid,
+            name: TableName {
+                schema: field(1),
+                name: field(2),
+            },
+            relkind: field(3).chars().next().unwrap_or('r'),
+            replica_identity: field(4).chars().next().unwrap_or('d'),
+            columns: Vec::new(),
+            row_filter: r.text(6).map(str::to_string),
+            estimated_rows: parse(r.text(7), "reltuples")?,
+            bytes: parse(r.text(8), "pg_relation_size")?,
+            leaves_without_identity: Vec::new(),
+        };
+        table.columns = columns(conn, oid, table.replica_identity).await?;
+        if let Some(published) = published {
+            table.columns.retain(|c| published.contains(&c.name));
+        }
+        if table.relkind == 'p' {
+            table.leaves_without_identity = leaves_without_identity(conn, oid).await?;
+        }
+        tables.push(table);
+    }
+    Ok(tables)
+}
+
+async fn columns(conn: &mut Connection, oid: u32, replident: char) -> Result<Vec<Column>> {
+    // Identity columns: the primary key for 'd', the chosen index for 'i';
+    // for 'f' every column is part of the (full) identity.
+    let identity = match replident {
+        'd' => "a.attnum = ANY ((SELECT indkey FROM pg_index WHERE indrelid = a.attrelid AND indisprimary LIMIT 1)::int2[])",
+        'i' => "a.attnum = ANY ((SELECT indkey FROM pg_index WHERE indrelid = a.attrelid AND indisreplident LIMIT 1)::int2[])",
+        'f' => "true",
+        _ => "false",
+    };
+    let sql = format!(
+        "SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod), coalesce({identity}, false), a.attnotnull
+         FROM pg_attribute a
+         WHERE a.attrelid = {oid} AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+         ORDER BY a.attnum"
+    );
+    let rows = conn.query(&sql).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Column {
+                name: r.text(0).unwrap_or("").to_string(),
+                type_oid: parse(r.text(1), "atttypid")?,
+                type_name: r.text(2).unwrap_or("").to_string(),
+                identity: r.text(3) == Some("t"),
+                not_null: r.text(4) == Some("t"),
+            })
+        })
+        .collect()
+}
+
+async fn leaves_without_identity(conn: &mut Connection, oid: u32) -> Result<Vec<String>> {
+    let sql = format!(
+        "SELECT c.oid::regclass::text FROM pg_partition_tree({oid}) t JOIN pg_class c ON c.oid = t.relid
+         WHERE t.isleaf AND NOT (c.relreplident = 'f'
+            OR (c.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
+            OR (c.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)))"
+    );
+    Ok(conn
+        .query(&sql)
+        .await?
+        .iter()
+        .filter_map(|r| r.text(0).map(str::to_string))
+        .collect())
+}
+
+/// A destination table's columns: name, `format_type`, and whether an
+/// insert may leave it out (nullable or with a default, or generated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestColumn {
+    pub name: String,
+    pub type_name: String,
+    pub optional: bool,
+    pub generated: bool,
+}
+
+/// The columns of `table` on a destination, `None` when it does not exist.
+pub async fn dest_columns(
+    conn: &mut Connection,
+    table: &TableName,
+) -> Result<Option<Vec<DestColumn>>> {
+    let sql = format!(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull OR a.atthasdef OR a.attidentity <> '', a.attgenerated <> ''
+         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+         ORDER BY a.attnum",
+        quote_literal(&table.schema),
+        quote_literal(&table.name)
+    );
+    let rows = conn.query(&sql).await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        rows.iter()
+            .map(|r| DestColumn {
+                name: r.text(0).unwrap_or("").to_string(),
+                type_name: r.text(1).unwrap_or("").to_string(),
+                optional: r.text(2) == Some("t"),
+                generated: r.text(3) == Some("t"),
+            })
+            .collect(),
+    ))
+}
+
+/// Whether `table` holds any row.
+pub async fn has_rows(conn: &mut Connection, table: &TableName) -> Result<bool> {
+    let rows = conn
+        .query(&format!("SELECT EXISTS (SELECT 1 FROM {})", table.quoted()))
+        .await?;
+    Ok(rows.first().and_then(|r| r.text(0)) == Some("t"))
+}
+
+fn parse<T: std::str::FromStr>(text: Option<&str>, what: &str) -> Result<T> {
+    text.and_then(|t| t.parse().ok()).ok_or_else(|| {
+        DataSyncError::State(format!("catalog returned an unreadable {what}: {text:?}"))
+    })
+}
+
+/// `{a,"b c"}` (a `name[]` in text form) to its elements.
+fn parse_name_array(text: &str) -> Vec<String> {
+    let inner = text.trim().trim_start_matches('{').trim_end_matches('}');
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = inner.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\\' if quoted => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    if !inner.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        let t = TableName {
+            schema: "public".into(),
+            name: "Users".into(),
+        };
+        assert_eq!(t.quoted(), "\"public\".\"Users\"");
+        assert_eq!(t.to_string(), "public.Users");
+    }
+
+    #[test]
+    fn name_arrays() {
+        assert_eq!(parse_name_array("{id,name}"), ["id", "name"]);
+        assert_eq!(
+            parse_name_array("{id,\"a b\",\"q\\\"x\"}"),
+            ["id", "a b", "q\"x"]
+        );
+        assert!(parse_name_array("{}").is_empty());
+    }
+}

@@ -1,0 +1,264 @@
+//! Copying one table from one source shard: take a snapshot whose LSN is
+//! known exactly (a temporary logical slot), copy the table in one or more
+//! ctid ranges inside that snapshot, then record on each destination shard
+//! that the copy is complete as of that LSN.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing::{debug, info};
+
+use crate::net::replication::SnapshotAction;
+use crate::net::Connection;
+
+use super::super::catalog::quote_literal;
+use super::super::error::{DataSyncError, Result};
+use super::super::state;
+use super::super::Ctx;
+use super::chunk::copy_stream;
+use super::Job;
+
+static TEMP_SLOTS: AtomicU64 = AtomicU64::new(0);
+
+/// A name for a temporary slot: unique in this process, and the pid keeps
+/// two pgdog processes apart.
+fn temp_slot_name() -> String {
+    format!(
+        "pgdog_copy_{}_{}",
+        std::process::id(),
+        TEMP_SLOTS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The `SELECT` of one range of the table, `None` for the whole table.
+fn select_sql(ctx: &Ctx, job: &Job, range: Option<(u64, Option<u64>)>) -> String {
+    let plan = &ctx.plan.tables[job.table];
+    let t = &plan.table;
+    // ONLY: a plain table's inheritance children are separate tables; a
+    // partitioned root must not have it (its rows live in the partitions).
+    let only = if t.relkind == 'p' { "" } else { "ONLY " };
+    let mut conds = Vec::new();
+    if let Some((start, end)) = range {
+        conds.push(format!("ctid >= '({start},0)'::tid"));
+        if let Some(end) = end {
+            conds.push(format!("ctid < '({end},0)'::tid"));
+        }
+    }
+    if let Some(filter) = &t.row_filter {
+        conds.push(format!("({filter})"));
+    }
+    let filter = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    format!(
+        "COPY (SELECT {} FROM {only}{}{filter}) TO STDOUT (FORMAT binary)",
+        t.column_list(),
+        t.name.quoted()
+    )
+}
+
+/// How many ranges to split a table into.
+fn ranges(ctx: &Ctx, job: &Job) -> Vec<Option<(u64, Option<u64>)>> {
+    let t = &ctx.plan.tables[job.table].table;
+    let pages = t.bytes / 8192;
+    let k = if t.relkind == 'r' && ctx.chunk_bytes > 0 {
+        (t.bytes / ctx.chunk_bytes).clamp(1, job.permits as u64)
+    } else {
+        1
+    };
+    if k <= 1 {
+        return vec![None];
+    }
+    let step = pages.div_ceil(k);
+    (0..k)
+        .map(|i| {
+            let start = i * step;
+            // The last range is open: pages added since sizing are included.
+            let end = if i + 1 == k {
+                None
+            } else {
+                Some((i + 1) * step)
+            };
+            Some((start, end))
+        })
+        .collect()
+}
+
+/// Remove what an interrupted earlier copy of this table from this source
+/// shard left on the destinations about to receive it again.
+async fn remove_partial(ctx: &Ctx, job: &Job) -> Result<()> {
+    let plan = &ctx.plan.tables[job.table];
+    let n = ctx.plan.source_shards();
+    for &d in &job.dests {
+        let mut conn = ctx.endpoints.connect_dest(d).await?;
+        match plan.source_rows_predicate(job.source_shard, n) {
+            None => {
+                conn.execute(&format!("TRUNCATE {}", plan.table.name.quoted()))
+                    .await?
+            }
+            Some(pred) => {
+                conn.execute(&format!(
+                    "DELETE FROM {} WHERE {pred}",
+                    plan.table.name.quoted()
+                ))
+                .await?
+            }
+        }
+        conn.close().await;
+    }
+    Ok(())
+}
+
+/// Copy one table from one source shard to `job.dests`.
+pub async fn run(ctx: &Ctx, job: &Job) -> Result<()> {
+    let plan = &ctx.plan.tables[job.table];
+    let name = &plan.table.name;
+    if ctx.resume {
+        remove_partial(ctx, job).await?;
+    }
+    let ranges = ranges(ctx, job);
+    let s = job.source_shard;
+    let mut repl = ctx.endpoints.connect_source(s, true).await?;
+    let temp = temp_slot_name();
+
+    let (snapshot, results) = if ranges.len() == 1 {
+        // One stream: the snapshot is used right on the slot's connection.
+        repl.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let slot = repl
+            .create_replication_slot(&temp, true, SnapshotAction::Use)
+            .await?;
+        debug!(table = %name, shard = s, lsn = %slot.consistent_point, "snapshot taken");
+        let mut dests = connect_dests(ctx, &job.dests).await?;
+        let sql = select_sql(ctx, job, None);
+        let result = copy_stream(
+            &mut repl,
+            &sql,
+            plan,
+            &mut dests,
+            ctx.plan.dest_shards(),
+            &job.progress,
+        )
+        .await?;
+        repl.execute("COMMIT").await?;
+        close_all(dests).await;
+        (slot.consistent_point, vec![result])
+    } else {
+        // Several streams share one exported snapshot: each reader imports
+        // it before the exporting connection moves on.
+        let slot = repl
+            .create_replication_slot(&temp, true, SnapshotAction::Export)
+            .await?;
+        let snapshot_name = slot.snapshot_name.clone().ok_or_else(|| {
+            DataSyncError::State(
+                "CREATE_REPLICATION_SLOT ... EXPORT returned no snapshot name".into(),
+            )
+        })?;
+        let mut readers = Vec::with_capacity(ranges.len());
+        for _ in &ranges {
+            let mut c = ctx.endpoints.connect_source(s, false).await?;
+            c.execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                quote_literal(&snapshot_name)
+            ))
+            .await?;
+            readers.push(c);
+        }
+        // Every reader holds the snapshot now; the temporary slot can go.
+        repl.close().await;
+        debug!(table = %name, shard = s, lsn = %slot.consistent_point, streams = ranges.len(), "snapshot exported");
+        let mut futures = Vec::with_capacity(ranges.len());
+        for (reader, range) in readers.into_iter().zip(ranges.iter()) {
+            let sql = select_sql(ctx, job, *range);
+            futures.push(async move {
+                let mut reader = reader;
+                let mut dests = connect_dests(ctx, &job.dests).await?;
+                let result = copy_stream(
+                    &mut reader,
+                    &sql,
+                    plan,
+                    &mut dests,
+                    ctx.plan.dest_shards(),
+                    &job.progress,
+                )
+                .await?;
+                reader.execute("COMMIT").await?;
+                close_all(dests).await;
+                reader.close().await;
+                Ok::<_, DataSyncError>(result)
+            });
+        }
+        let results = join_all(futures).await?;
+        (slot.consistent_point, results)
+    };
+
+    // Every stream committed on every destination: record the copy there.
+    let rows: u64 = results.iter().map(|r| r.rows).sum();
+    for (i, &d) in job.dests.iter().enumerate() {
+        let to_d: u64 = results
+            .iter()
+            .map(|r| r.per_dest.get(i).copied().unwrap_or(0))
+            .sum();
+        let mut conn = ctx.endpoints.connect_dest(d).await?;
+        state::record_copy(&mut conn, &ctx.plan.slot, s, name, snapshot, to_d).await?;
+        conn.close().await;
+    }
+    info!(
+        table = %name,
+        source_shard = s,
+        rows,
+        snapshot = %snapshot,
+        streams = results.len(),
+        "table copied"
+    );
+    Ok(())
+}
+
+async fn connect_dests(ctx: &Ctx, dests: &[usize]) -> Result<Vec<(usize, Connection)>> {
+    let mut out = Vec::with_capacity(dests.len());
+    for &d in dests {
+        out.push((d, ctx.endpoints.connect_dest(d).await?));
+    }
+    Ok(out)
+}
+
+async fn close_all(conns: Vec<(usize, Connection)>) {
+    for (_, c) in conns {
+        c.close().await;
+    }
+}
+
+/// Run futures concurrently; the first error wins and the rest are dropped
+/// (their connections close, so their COPYs roll back).
+async fn join_all<F, T>(futures: Vec<F>) -> Result<Vec<T>>
+where
+    F: std::future::Future<Output = Result<T>>,
+{
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<T>> = (0..futures.len()).map(|_| None).collect();
+    let mut left = futures.len();
+    std::future::poll_fn(|cx| {
+        for (i, f) in futures.iter_mut().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            if let std::task::Poll::Ready(r) = f.as_mut().poll(cx) {
+                match r {
+                    Ok(v) => {
+                        out[i] = Some(v);
+                        left -= 1;
+                    }
+                    Err(e) => return std::task::Poll::Ready(Err(e)),
+                }
+            }
+        }
+        if left == 0 {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await?;
+    Ok(out.into_iter().flatten().collect())
+}

@@ -1,0 +1,78 @@
+//! Connection options for every server of the move, from the config and
+//! the two users given on the command line.
+
+use std::sync::Arc;
+
+use crate::config::{Config, Database, Topology, User};
+use crate::net::{ConnectOptions, Connection};
+
+use super::error::Result;
+
+/// Where the source and destination shards are and who logs in.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub config: Arc<Config>,
+    pub source: Topology,
+    pub dest: Topology,
+    source_user: User,
+    dest_user: User,
+}
+
+impl Endpoints {
+    pub fn new(
+        config: Arc<Config>,
+        from_db: &str,
+        from_user: &str,
+        to_db: &str,
+        to_user: &str,
+    ) -> Result<Endpoints> {
+        let source = config.cluster(from_db)?;
+        let dest = config.cluster(to_db)?;
+        let source_user = config.user(from_user, from_db)?.clone();
+        let dest_user = config.user(to_user, to_db)?.clone();
+        Ok(Endpoints {
+            config,
+            source,
+            dest,
+            source_user,
+            dest_user,
+        })
+    }
+
+    fn options(&self, server: &Database, user: &User, role: &str) -> ConnectOptions {
+        let mut o = self.config.connect_options(server, user);
+        o.application_name = format!("pgdog data-sync {role}");
+        o
+    }
+
+    /// The primary of source shard `s`.
+    pub fn source(&self, s: usize) -> ConnectOptions {
+        self.options(&self.source.shards[s].primary, &self.source_user, "source")
+    }
+
+    /// A server of source shard `s`: the primary or one of its replicas.
+    pub fn source_server(&self, server: &Database) -> ConnectOptions {
+        self.options(server, &self.source_user, "source")
+    }
+
+    /// The primary of destination shard `d`.
+    pub fn dest(&self, d: usize) -> ConnectOptions {
+        self.options(&self.dest.shards[d].primary, &self.dest_user, "destination")
+    }
+
+    pub async fn connect_source(&self, s: usize, replication: bool) -> Result<Connection> {
+        Ok(Connection::connect(&self.source(s).replication(replication)).await?)
+    }
+
+    pub async fn connect_dest(&self, d: usize) -> Result<Connection> {
+        Ok(Connection::connect(&self.dest(d)).await?)
+    }
+
+    pub fn source_user(&self) -> &str {
+        self.source_user.server_user()
+    }
+
+    pub fn dest_user(&self) -> &str {
+        self.dest_user.server_user()
+    }
+}

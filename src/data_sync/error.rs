@@ -1,0 +1,106 @@
+//! Data-sync errors, and the one place that decides which are worth a retry.
+
+use thiserror::Error;
+
+use crate::config::ConfigError;
+use crate::net::ConnectionError;
+use crate::sharding::ShardingError;
+
+#[derive(Debug, Error)]
+pub enum DataSyncError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// A check before anything is created failed; `fix` says what to do.
+    #[error("preflight: {problem}\n  fix: {fix}")]
+    Preflight { problem: String, fix: String },
+    #[error("copying {table} from source shard {source_shard}: {error}")]
+    Copy {
+        table: String,
+        source_shard: usize,
+        #[source]
+        error: Box<DataSyncError>,
+    },
+    /// Applying a change failed on a destination.
+    #[error("applying a change to {table} at source LSN {lsn} (source shard {source_shard}, destination shard {dest_shard}): {error}")]
+    Apply {
+        table: String,
+        lsn: String,
+        source_shard: usize,
+        dest_shard: usize,
+        #[source]
+        error: Box<DataSyncError>,
+    },
+    #[error(transparent)]
+    Sharding(#[from] ShardingError),
+    #[error("protocol: {0}")]
+    Protocol(#[from] pgdog_protocol::ProtocolError),
+    /// pgdog's own state on a destination does not fit what it finds.
+    #[error("state: {0}")]
+    State(String),
+    /// The replication stream broke an invariant (a change without a
+    /// Relation message first, a commit without a begin).
+    #[error("replication stream from source shard {source_shard}: {message}")]
+    Stream {
+        source_shard: usize,
+        message: String,
+    },
+    #[error("spool file {path}: {source}")]
+    Spool {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stopped by Ctrl-C, SIGTERM or STOP_TASK: not a failure.
+    #[error("stopped")]
+    Stopped,
+}
+
+impl DataSyncError {
+    /// Whether starting the failed step again (new connections, resume
+    /// from the slot and the recorded progress) can succeed. Decided here
+    /// only.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DataSyncError::Connection(e) => e.is_transient(),
+            DataSyncError::Copy { error, .. } | DataSyncError::Apply { error, .. } => {
+                error.is_transient()
+            }
+            DataSyncError::Spool { .. } => false,
+            DataSyncError::Config(_)
+            | DataSyncError::Preflight { .. }
+            | DataSyncError::Sharding(_)
+            | DataSyncError::Protocol(_)
+            | DataSyncError::State(_)
+            | DataSyncError::Stream { .. }
+            | DataSyncError::Stopped => false,
+        }
+    }
+
+    /// The metric label of this error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DataSyncError::Config(_) => "config",
+            DataSyncError::Connection(_) => "connection",
+            DataSyncError::Preflight { .. } => "preflight",
+            DataSyncError::Copy { .. } => "copy",
+            DataSyncError::Apply { .. } => "apply",
+            DataSyncError::Sharding(_) => "sharding",
+            DataSyncError::Protocol(_) => "protocol",
+            DataSyncError::State(_) => "state",
+            DataSyncError::Stream { .. } => "stream",
+            DataSyncError::Spool { .. } => "spool",
+            DataSyncError::Stopped => "stopped",
+        }
+    }
+
+    pub fn preflight(problem: impl Into<String>, fix: impl Into<String>) -> DataSyncError {
+        DataSyncError::Preflight {
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+pub type Result<T, E = DataSyncError> = std::result::Result<T, E>;

@@ -1,0 +1,301 @@
+//! `pgdog data-sync`: move every table of a publication from a source
+//! cluster to a destination cluster while the source keeps taking writes.
+//!
+//! The flow: [`preflight`] checks everything before anything is created;
+//! a permanent logical slot is created on every source shard (it marks
+//! where streaming starts); [`copy`] copies each table in a snapshot whose
+//! LSN is known, resharding rows in flight; [`stream`] then applies the
+//! changes from the slot, skipping what each copy already holds, until
+//! stopped. Progress lives on the destinations ([`state`]), so rerunning
+//! the same command resumes.
+
+pub mod catalog;
+pub mod copy;
+pub mod endpoints;
+pub mod error;
+pub mod plan;
+pub mod preflight;
+pub mod progress;
+pub mod state;
+pub mod stream;
+pub mod verify;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Config;
+use crate::net::replication::{valid_slot_name, SnapshotAction};
+
+pub use endpoints::Endpoints;
+pub use error::{DataSyncError, Result};
+pub use plan::Plan;
+pub use progress::{Phase, Registry, Task};
+
+/// What to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Copy what is not copied yet, then stream until stopped.
+    Full,
+    /// Copy, then stop (the slot stays for a later `--replicate-only`).
+    SyncOnly,
+    /// Stream from an existing slot without copying.
+    ReplicateOnly,
+    /// Drop the slot(s) and pgdog's state, then stop.
+    Cleanup,
+}
+
+/// The command line of a move.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub from_database: String,
+    pub from_user: String,
+    pub to_database: String,
+    pub to_user: String,
+    pub publication: String,
+    /// The permanent slot's name; by default derived from the publication
+    /// and destination, so rerunning the same command resumes.
+    pub slot: Option<String>,
+    pub mode: Mode,
+}
+
+impl Options {
+    pub fn slot_name(&self) -> String {
+        self.slot
+            .clone()
+            .unwrap_or_else(|| default_slot_name(&self.publication, &self.to_database))
+    }
+}
+
+/// `pgdog_<publication>_<destination>`, lower-cased and reduced to what a
+/// slot name allows; long names keep a hash suffix so they stay unique.
+pub fn default_slot_name(publication: &str, to_database: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                let c = c.to_ascii_lowercase();
+                if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let name = format!("pgdog_{}_{}", clean(publication), clean(to_database));
+    if name.len() <= 63 {
+        return name;
+    }
+    let hash = format!("{publication}\u{0}{to_database}")
+        .bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+    format!("{}_{:08x}", &name[..54], hash as u32)
+}
+
+/// How a run ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `--sync-only` finished copying.
+    Copied,
+    /// Stopped by a signal or STOP_TASK.
+    Stopped,
+    /// `--cleanup` finished.
+    CleanedUp,
+}
+
+/// Shared by every task of one run.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub endpoints: Endpoints,
+    pub plan: Plan,
+    pub task: Arc<Task>,
+    pub shutdown: CancellationToken,
+    /// Parallel copy streams per source shard.
+    pub parallel: usize,
+    /// Split tables into ranges of about this many bytes (0: never split).
+    pub chunk_bytes: u64,
+    /// An earlier run left state: partial copies must be removed first.
+    pub resume: bool,
+}
+
+/// Default parallel copies per source shard: the cores here, at least 2,
+/// at most 8.
+pub fn default_parallel() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8)
+}
+
+/// Run a move to its end (copy, `--sync-only`, cleanup) or until
+/// `shutdown` (streaming).
+pub async fn run(
+    config: Arc<Config>,
+    opts: Options,
+    task: Arc<Task>,
+    shutdown: CancellationToken,
+) -> Result<Outcome> {
+    let result = run_inner(config, &opts, &task, shutdown).await;
+    match &result {
+        Ok(Outcome::Stopped) => task.set_phase(Phase::Stopped),
+        Ok(_) => task.set_phase(Phase::Done),
+        Err(DataSyncError::Stopped) => task.set_phase(Phase::Stopped),
+        Err(e) => {
+            task.set_error(e);
+            task.set_phase(Phase::Failed);
+        }
+    }
+    match result {
+        Err(DataSyncError::Stopped) => Ok(Outcome::Stopped),
+        other => other,
+    }
+}
+
+async fn run_inner(
+    config: Arc<Config>,
+    opts: &Options,
+    task: &Arc<Task>,
+    shutdown: CancellationToken,
+) -> Result<Outcome> {
+    let slot = opts.slot_name();
+    if !valid_slot_name(&slot) {
+        return Err(DataSyncError::preflight(
+            format!("\"{slot}\" is not a valid replication slot name"),
+            "use lower-case letters, digits and underscores, at most 63 characters",
+        ));
+    }
+    *task.slot.lock().unwrap_or_else(|e| e.into_inner()) = slot.clone();
+    let endpoints = Endpoints::new(
+        config.clone(),
+        &opts.from_database,
+        &opts.from_user,
+        &opts.to_database,
+        &opts.to_user,
+    )?;
+    if opts.mode == Mode::Cleanup {
+        cleanup(&endpoints, &slot).await?;
+        return Ok(Outcome::CleanedUp);
+    }
+
+    task.set_phase(Phase::Preflight);
+    let parallel = config
+        .general
+        .resharding_parallel_copies
+        .unwrap_or_else(default_parallel);
+    let intent = if opts.mode == Mode::ReplicateOnly {
+        preflight::Intent::ReplicateOnly
+    } else {
+        preflight::Intent::Copy
+    };
+    let findings = tokio::select! {
+        f = preflight::run(&endpoints, &opts.publication, &slot, intent, parallel) => f?,
+        _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
+    };
+    for d in 0..endpoints.dest.shards.len() {
+        let mut conn = endpoints.connect_dest(d).await?;
+        state::ensure_schema(&mut conn).await?;
+        conn.close().await;
+    }
+
+    // The permanent slots: where streaming will start.
+    for (s, exists) in findings.slot_exists.iter().enumerate() {
+        if *exists {
+            info!(source_shard = s, slot = %slot, "reusing existing replication slot");
+            continue;
+        }
+        let mut repl = endpoints.connect_source(s, true).await?;
+        let created = repl
+            .create_replication_slot(&slot, false, SnapshotAction::NoExport)
+            .await?;
+        info!(
+            source_shard = s,
+            slot = %slot,
+            lsn = %created.consistent_point,
+            "created replication slot (drop it with --cleanup if you abandon this move)"
+        );
+        repl.close().await;
+    }
+
+    let ctx = Arc::new(Ctx {
+        endpoints,
+        plan: findings.plan,
+        task: task.clone(),
+        shutdown: shutdown.clone(),
+        parallel,
+        chunk_bytes: config.general.resharding_copy_chunk_size,
+        resume: findings.slot_exists.iter().any(|e| *e),
+    });
+
+    if opts.mode != Mode::ReplicateOnly {
+        task.set_phase(Phase::Copying);
+        tokio::select! {
+            r = copy::run(ctx.clone(), &findings.finished) => r?,
+            _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
+        }
+        info!("copy complete");
+        if opts.mode == Mode::SyncOnly {
+            return Ok(Outcome::Copied);
+        }
+    }
+    if shutdown.is_cancelled() {
+        return Ok(Outcome::Stopped);
+    }
+    task.set_phase(Phase::Streaming);
+    stream::run(ctx).await?;
+    Ok(Outcome::Stopped)
+}
+
+/// Drop the slot on every source shard and pgdog's state for it on every
+/// destination shard.
+pub async fn cleanup(endpoints: &Endpoints, slot: &str) -> Result<()> {
+    for s in 0..endpoints.source.shards.len() {
+        let mut conn = endpoints.connect_source(s, false).await?;
+        match preflight::slot_info(&mut conn, slot).await? {
+            None => info!(source_shard = s, slot, "no replication slot to drop"),
+            Some(info) if info.active_pid.is_some() => {
+                return Err(DataSyncError::preflight(
+                    format!(
+                        "replication slot \"{slot}\" on source shard {s} is in use by process {}",
+                        info.active_pid.unwrap_or(0)
+                    ),
+                    "stop the pgdog data-sync that streams from it first, then run --cleanup again",
+                ))
+            }
+            Some(_) => {
+                conn.execute(&format!(
+                    "SELECT pg_drop_replication_slot({})",
+                    catalog::quote_literal(slot)
+                ))
+                .await?;
+                info!(source_shard = s, slot, "dropped replication slot");
+            }
+        }
+        conn.close().await;
+    }
+    for d in 0..endpoints.dest.shards.len() {
+        let mut conn = endpoints.connect_dest(d).await?;
+        state::forget(&mut conn, slot).await?;
+        conn.close().await;
+        info!(dest_shard = d, slot, "removed pgdog state");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_are_valid_and_stable() {
+        let n = default_slot_name("My-Pub", "dest");
+        assert_eq!(n, "pgdog_my_pub_dest");
+        assert!(valid_slot_name(&n));
+        let long = default_slot_name(&"p".repeat(80), "d");
+        assert!(long.len() <= 63 && valid_slot_name(&long));
+        assert_eq!(long, default_slot_name(&"p".repeat(80), "d"));
+        assert_ne!(long, default_slot_name(&"p".repeat(81), "d"));
+    }
+}

@@ -1,0 +1,257 @@
+//! The plan of a move: which tables, how each is split on the source and on
+//! the destination, and therefore which source shards copy it and which
+//! destination shards receive each row.
+
+use crate::config::{Config, Topology};
+use crate::sharding::{DataType, Function, Rule, Sharder, Value};
+
+use super::catalog::{quote_ident, quote_literal, PublishedTable, TableName};
+use super::error::Result;
+
+/// How rows of a table are split across one cluster's shards.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    pub sharder: Sharder,
+    /// Index of the key column in [`PublishedTable::columns`].
+    pub column: usize,
+}
+
+/// One published table and its routing.
+#[derive(Debug, Clone)]
+pub struct TablePlan {
+    /// As the first source shard sees it (preflight checks the others agree).
+    pub table: PublishedTable,
+    /// Sharding on the destination; `None` sends every row to every
+    /// destination shard (an omnisharded table, or a single shard).
+    pub dest: Option<Routing>,
+    /// Sharding on the source; `None` when the source has one shard or the
+    /// table is omnisharded there (identical on every source shard, so it is
+    /// copied and streamed from source shard 0 only).
+    pub source: Option<Routing>,
+}
+
+impl TablePlan {
+    pub fn name(&self) -> &TableName {
+        &self.table.name
+    }
+
+    /// Whether source shard `s` contributes rows and changes of this table.
+    pub fn from_source(&self, s: usize) -> bool {
+        self.source.is_some() || s == 0
+    }
+
+    /// SQL condition selecting, on a destination, the rows that came from
+    /// source shard `s` of `n`; `None` when every row did. Used to remove a
+    /// partial copy and to apply a TRUNCATE of one source shard.
+    pub fn source_rows_predicate(&self, s: usize, n: usize) -> Option<String> {
+        let routing = self.source.as_ref()?;
+        Some(shard_predicate(
+            &routing.sharder,
+            &self.table.columns[routing.column].name,
+            s,
+            n,
+        ))
+    }
+}
+
+/// SQL true for the rows whose `column` the sharder sends to shard `s` of
+/// `n`, computed by Postgres itself.
+pub fn shard_predicate(sharder: &Sharder, column: &str, s: usize, n: usize) -> String {
+    let col = quote_ident(column);
+    match &sharder.function {
+        Function::Hash => {
+            // Postgres computes the very same hash for a hash-partitioned
+            // table; pgdog's state schema has one such (empty) parent per
+            // key type. Integers of any width hash alike as bigint.
+            let (parent, cast) = match sharder.data_type {
+                DataType::Bigint | DataType::Integer | DataType::Smallint => {
+                    ("pgdog.hash_bigint", "bigint")
+                }
+                DataType::Text | DataType::Varchar => ("pgdog.hash_text", "text"),
+                DataType::Uuid => ("pgdog.hash_uuid", "uuid"),
+            };
+            format!("satisfies_hash_partition('{parent}'::regclass, {n}, {s}, {col}::{cast})")
+        }
+        Function::Mapping(mapping) => {
+            let mut case = String::from("CASE");
+            let mut default = None;
+            for rule in mapping.rules() {
+                match rule {
+                    Rule::List { values, shard } => {
+                        let list: Vec<String> = values.iter().map(sql_literal).collect();
+                        case.push_str(&format!(
+                            " WHEN {col} IN ({}) THEN {shard}",
+                            list.join(", ")
+                        ));
+                    }
+                    Rule::Range { start, end, shard } => {
+                        let mut conds = Vec::new();
+                        if let Some(v) = start {
+                            conds.push(format!("{col}{} >= {}", collate(v), sql_literal(v)));
+                        }
+                        if let Some(v) = end {
+                            conds.push(format!("{col}{} < {}", collate(v), sql_literal(v)));
+                        }
+                        case.push_str(&format!(" WHEN {} THEN {shard}", conds.join(" AND ")));
+                    }
+                    Rule::Default { shard } => default = Some(*shard),
+                }
+            }
+            match default {
+                Some(d) => case.push_str(&format!(" ELSE {d} END = {s}")),
+                None => case.push_str(&format!(" END = {s}")),
+            }
+            format!("coalesce({case}, false)")
+        }
+    }
+}
+
+/// Text ranges compare bytewise, as the `C` collation does.
+fn collate(v: &Value) -> &'static str {
+    match v {
+        Value::Text(_) => " COLLATE \"C\"",
+        _ => "",
+    }
+}
+
+fn sql_literal(v: &Value) -> String {
+    match v {
+        Value::Int(i) => i.to_string(),
+        Value::Text(t) => quote_literal(t),
+        Value::Uuid(_) => format!("{}::uuid", quote_literal(v.to_string().trim_matches('\''))),
+    }
+}
+
+/// Everything a move needs to know up front.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub slot: String,
+    pub publication: String,
+    pub source: Topology,
+    pub dest: Topology,
+    pub tables: Vec<TablePlan>,
+}
+
+impl Plan {
+    pub fn source_shards(&self) -> usize {
+        self.source.shards.len()
+    }
+
+    pub fn dest_shards(&self) -> usize {
+        self.dest.shards.len()
+    }
+
+    /// Find a table by name.
+    pub fn table(&self, name: &TableName) -> Option<usize> {
+        self.tables.iter().position(|t| &t.table.name == name)
+    }
+}
+
+/// Routing of `table` on a cluster of `shards` shards named `cluster`.
+pub fn routing(
+    config: &Config,
+    cluster: &str,
+    shards: usize,
+    table: &PublishedTable,
+) -> Result<Option<Routing>> {
+    if shards <= 1 {
+        return Ok(None);
+    }
+    let columns = table.column_names();
+    let Some((sharder, column)) = config.sharder_for(
+        cluster,
+        &table.name.schema,
+        &table.name.name,
+        &columns,
+        shards,
+    )?
+    else {
+        return Ok(None);
+    };
+    let Some(index) = table.columns.iter().position(|c| c.name == column) else {
+        return Err(super::error::DataSyncError::preflight(
+            format!(
+                "table {} is sharded on column \"{column}\" in cluster \"{cluster}\", but the publication does not publish that column",
+                table.name
+            ),
+            format!(
+                "add \"{column}\" to the publication's column list for {}, or fix the sharded_tables entry",
+                table.name
+            ),
+        ));
+    };
+    Ok(Some(Routing {
+        sharder,
+        column: index,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data_sync::catalog::Column;
+    use crate::sharding::Mapping;
+
+    fn table() -> PublishedTable {
+        PublishedTable {
+            oid: 1,
+            name: TableName {
+                schema: "public".into(),
+                name: "t".into(),
+            },
+            relkind: 'r',
+            replica_identity: 'd',
+            columns: vec![Column {
+                name: "k".into(),
+                type_oid: 25,
+                type_name: "text".into(),
+                identity: true,
+                not_null: true,
+            }],
+            row_filter: None,
+            estimated_rows: 0,
+            bytes: 0,
+            leaves_without_identity: vec![],
+        }
+    }
+
+    #[test]
+    fn predicates() {
+        let mut plan = TablePlan {
+            table: table(),
+            dest: None,
+            source: None,
+        };
+        assert_eq!(plan.source_rows_predicate(1, 3), None);
+        assert!(plan.from_source(0) && !plan.from_source(1));
+        plan.source = Some(Routing {
+            sharder: Sharder::new("t", "k", DataType::Text, Function::Hash, 3).unwrap(),
+            column: 0,
+        });
+        assert_eq!(
+            plan.source_rows_predicate(1, 3).unwrap(),
+            "satisfies_hash_partition('pgdog.hash_text'::regclass, 3, 1, \"k\"::text)"
+        );
+        let mapping = Mapping::new(vec![
+            Rule::List {
+                values: vec![Value::Text("it's".into())],
+                shard: 0,
+            },
+            Rule::Range {
+                start: Some(Value::Text("m".into())),
+                end: None,
+                shard: 1,
+            },
+            Rule::Default { shard: 2 },
+        ])
+        .unwrap();
+        plan.source = Some(Routing {
+            sharder: Sharder::new("t", "k", DataType::Text, Function::Mapping(mapping), 3).unwrap(),
+            column: 0,
+        });
+        assert_eq!(
+            plan.source_rows_predicate(2, 3).unwrap(),
+            "coalesce(CASE WHEN \"k\" IN ('it''s') THEN 0 WHEN \"k\" COLLATE \"C\" >= 'm' THEN 1 ELSE 2 END = 2, false)"
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! Live status of a data-sync task: what the terminal display, the admin
+//! console (SHOW TASKS, SHOW TABLE_COPIES, SHOW REPLICATION_SLOTS) and the
+//! metrics endpoint read. Writers are the copy and stream tasks; counters
+//! are atomics so the hot path never takes a lock.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use pgdog_protocol::Lsn;
+
+/// Where a task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Preflight,
+    Copying,
+    Streaming,
+    Stopped,
+    Failed,
+    Done,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Preflight => "preflight",
+            Phase::Copying => "copying",
+            Phase::Streaming => "streaming",
+            Phase::Stopped => "stopped",
+            Phase::Failed => "failed",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// State of one table copy (one table from one source shard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyState {
+    Pending,
+    Copying,
+    Done,
+    /// Finished by an earlier run.
+    Skipped,
+    Failed,
+}
+
+impl CopyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyState::Pending => "pending",
+            CopyState::Copying => "copying",
+            CopyState::Done => "done",
+            CopyState::Skipped => "done earlier",
+            CopyState::Failed => "failed",
+        }
+    }
+}
+
+/// One table copy's counters.
+#[derive(Debug)]
+pub struct TableCopy {
+    pub schema: String,
+    pub table: String,
+    pub source_shard: usize,
+    /// Servers the copy reads from (primary or replicas), for display.
+    pub source_hosts: Mutex<String>,
+    /// `pg_class` estimates taken at planning time (-1: unknown).
+    pub estimated_rows: i64,
+    pub estimated_bytes: u64,
+    /// Rows and bytes read from the source so far.
+    pub rows: AtomicU64,
+    pub bytes: AtomicU64,
+    pub state: Mutex<CopyState>,
+    /// Set when the copy starts and when it ends.
+    pub started: Mutex<Option<Instant>>,
+    pub finished: Mutex<Option<Instant>>,
+}
+
+impl TableCopy {
+    pub fn state(&self) -> CopyState {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_state(&self, state: CopyState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        let now = Some(Instant::now());
+        match state {
+            CopyState::Copying => *self.started.lock().unwrap_or_else(|e| e.into_inner()) = now,
+            CopyState::Done | CopyState::Failed => {
+                *self.finished.lock().unwrap_or_else(|e| e.into_inner()) = now
+            }
+            _ => {}
+        }
+    }
+
+    /// Seconds spent copying (so far, or in all).
+    pub fn elapsed(&self) -> f64 {
+        let started = *self.started.lock().unwrap_or_else(|e| e.into_inner());
+        let finished = *self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        match (started, finished) {
+            (Some(s), Some(f)) => f.duration_since(s).as_secs_f64(),
+            (Some(s), None) => s.elapsed().as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+
+    /// Progress in percent by bytes, where the size is known.
+    pub fn percent(&self) -> Option<f64> {
+        match self.state() {
+            CopyState::Done | CopyState::Skipped => Some(100.0),
+            _ if self.estimated_bytes > 0 => Some(
+                (self.bytes.load(Ordering::Relaxed) as f64 / self.estimated_bytes as f64 * 100.0)
+                    .min(99.9),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Seconds left at the current rate.
+    pub fn eta(&self) -> Option<f64> {
+        if self.state() != CopyState::Copying {
+            return None;
+        }
+        let done = self.bytes.load(Ordering::Relaxed) as f64;
+        let elapsed = self.elapsed();
+        if done <= 0.0 || elapsed <= 0.0 || self.estimated_bytes == 0 {
+            return None;
+        }
+        let rate = done / elapsed;
+        Some(((self.estimated_bytes as f64 - done).max(0.0)) / rate)
+    }
+}
+
+/// One source shard's replication stream.
+#[derive(Debug, Default)]
+pub struct Stream {
+    pub source_shard: usize,
+    pub host: String,
+    pub slot: String,
+    /// What the slot has confirmed (committed on every destination).
+    pub confirmed_flush: AtomicU64,
+    /// The source's WAL end, from keepalives and XLogData.
+    pub current_wal: AtomicU64,
+    /// Commit time (Postgres microseconds) of the last applied transaction.
+    pub last_commit_time: AtomicI64,
+    /// When (Unix microseconds) that transaction was applied.
+    pub last_apply_at: AtomicI64,
+    pub transactions: AtomicU64,
+    pub changes: AtomicU64,
+    /// Transactions skipped because the copy or an earlier run had them.
+    pub skipped: AtomicU64,
+    /// Updates and deletes that found no row on the destination (should
+    /// stay 0: anything else means the destination diverged).
+    pub missing_rows: AtomicU64,
+}
+
+impl Stream {
+    /// Bytes of WAL not yet confirmed.
+    pub fn lag_bytes(&self) -> u64 {
+        self.current_wal
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.confirmed_flush.load(Ordering::Relaxed))
+    }
+
+    /// Seconds between the last applied commit and when it was applied.
+    pub fn lag_seconds(&self) -> Option<f64> {
+        let commit = self.last_commit_time.load(Ordering::Relaxed);
+        let applied = self.last_apply_at.load(Ordering::Relaxed);
+        if commit == 0 || applied == 0 {
+            return None;
+        }
+        let commit_unix = commit + pgdog_protocol::replication::PG_EPOCH_OFFSET_MICROS;
+        Some(((applied - commit_unix) as f64 / 1e6).max(0.0))
+    }
+
+    pub fn confirmed(&self) -> Lsn {
+        Lsn(self.confirmed_flush.load(Ordering::Relaxed))
+    }
+}
+
+/// Everything about one data-sync task.
+#[derive(Debug)]
+pub struct Task {
+    pub id: u64,
+    pub source: String,
+    pub dest: String,
+    pub publication: String,
+    pub slot: Mutex<String>,
+    pub phase: Mutex<Phase>,
+    pub started: SystemTime,
+    pub started_at: Instant,
+    pub error: Mutex<Option<String>>,
+    pub copies: Mutex<Vec<Arc<TableCopy>>>,
+    pub streams: Mutex<Vec<Arc<Stream>>>,
+    /// Errors by kind, for metrics.
+    pub errors: Mutex<Vec<(&'static str, u64)>>,
+}
+
+impl Task {
+    pub fn new(id: u64, source: &str, dest: &str, publication: &str) -> Task {
+        Task {
+            id,
+            source: source.to_string(),
+            dest: dest.to_string(),
+            publication: publication.to_string(),
+            slot: Mutex::new(String::new()),
+            phase: Mutex::new(Phase::Preflight),
+            started: SystemTime::now(),
+            started_at: Instant::now(),
+            error: Mutex::new(None),
+            copies: Mutex::new(Vec::new()),
+            streams: Mutex::new(Vec::new()),
+            errors: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+    }
+
+    pub fn set_error(&self, error: &super::DataSyncError) {
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+        self.count_error(error.kind());
+    }
+
+    pub fn count_error(&self, kind: &'static str) {
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        match errors.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => errors.push((kind, 1)),
+        }
+    }
+
+    pub fn slot(&self) -> String {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn copies(&self) -> Vec<Arc<TableCopy>> {
+        self.copies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn streams(&self) -> Vec<Arc<Stream>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// All tasks of this process, for the admin console and metrics.
+#[derive(Debug, Default)]
+pub struct Registry {
+    tasks: Mutex<Vec<Arc<Task>>>,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    pub fn new_task(&self, source: &str, dest: &str, publication: &str) -> Arc<Task> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let task = Arc::new(Task::new(id, source, dest, publication));
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task.clone());
+        task
+    }
+
+    pub fn tasks(&self) -> Vec<Arc<Task>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<Task>> {
+        self.tasks().into_iter().find(|t| t.id == id)
+    }
+}

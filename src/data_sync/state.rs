@@ -1,0 +1,162 @@
+//! pgdog's own state on each destination shard, in a `pgdog` schema:
+//! which table copies finished (with the snapshot LSN that decides which
+//! streamed changes they already hold), and the last source commit applied
+//! per source shard, written in the same transaction as the changes.
+
+use std::collections::HashMap;
+
+use pgdog_protocol::Lsn;
+
+use crate::net::Connection;
+
+use super::catalog::{quote_literal, TableName};
+use super::error::{DataSyncError, Result};
+
+/// Tables and helpers pgdog creates on destinations. Idempotent.
+pub const SCHEMA_SQL: &str = "
+CREATE SCHEMA IF NOT EXISTS pgdog;
+CREATE TABLE IF NOT EXISTS pgdog.copy_progress (
+    slot_name text NOT NULL,
+    source_shard int NOT NULL,
+    table_schema text NOT NULL,
+    table_name text NOT NULL,
+    snapshot_lsn pg_lsn NOT NULL,
+    rows_copied bigint NOT NULL,
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (slot_name, source_shard, table_schema, table_name)
+);
+CREATE TABLE IF NOT EXISTS pgdog.replication_progress (
+    slot_name text NOT NULL,
+    source_shard int NOT NULL,
+    commit_lsn pg_lsn NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (slot_name, source_shard)
+);
+CREATE TABLE IF NOT EXISTS pgdog.hash_bigint (k bigint) PARTITION BY HASH (k);
+CREATE TABLE IF NOT EXISTS pgdog.hash_text (k text) PARTITION BY HASH (k);
+CREATE TABLE IF NOT EXISTS pgdog.hash_uuid (k uuid) PARTITION BY HASH (k);
+COMMENT ON SCHEMA pgdog IS 'pgdog data-sync state: safe to drop with pgdog data-sync --cleanup once the move is finished';
+";
+
+/// Statement name of the progress upsert prepared on apply connections.
+pub const RECORD_APPLIED: &str = "pgdog_record_applied";
+
+/// SQL of [`RECORD_APPLIED`]: $1 slot, $2 source shard, $3 commit LSN.
+pub const RECORD_APPLIED_SQL: &str = "INSERT INTO pgdog.replication_progress (slot_name, source_shard, commit_lsn)
+     VALUES ($1, $2::int, $3::text::pg_lsn)
+     ON CONFLICT (slot_name, source_shard) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, updated_at = now()";
+
+pub async fn ensure_schema(conn: &mut Connection) -> Result<()> {
+    // Concurrent CREATE ... IF NOT EXISTS can still collide on the catalog;
+    // serialize through an advisory lock.
+    conn.execute(&format!(
+        "BEGIN; SELECT pg_advisory_xact_lock(7205403100420); {SCHEMA_SQL} COMMIT;"
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Whether the `pgdog` schema exists (without creating it).
+pub async fn schema_exists(conn: &mut Connection) -> Result<bool> {
+    let rows = conn
+        .query("SELECT to_regclass('pgdog.copy_progress') IS NOT NULL")
+        .await?;
+    Ok(rows.first().and_then(|r| r.text(0)) == Some("t"))
+}
+
+/// Finished copies recorded for `slot`: `(source shard, table) -> snapshot LSN`.
+pub async fn finished_copies(
+    conn: &mut Connection,
+    slot: &str,
+) -> Result<HashMap<(usize, TableName), Lsn>> {
+    if !schema_exists(conn).await? {
+        return Ok(HashMap::new());
+    }
+    let rows = conn
+        .query(&format!(
+            "SELECT source_shard, table_schema, table_name, snapshot_lsn::text FROM pgdog.copy_progress WHERE slot_name = {}",
+            quote_literal(slot)
+        ))
+        .await?;
+    let mut out = HashMap::new();
+    for r in &rows {
+        let shard = r.text(0).and_then(|t| t.parse().ok()).ok_or_else(|| {
+            DataSyncError::State("pgdog.copy_progress has an unreadable source_shard".into())
+        })?;
+        let lsn = r.text(3).and_then(Lsn::parse).ok_or_else(|| {
+            DataSyncError::State("pgdog.copy_progress has an unreadable snapshot_lsn".into())
+        })?;
+        out.insert(
+            (
+                shard,
+                TableName {
+                    schema: r.text(1).unwrap_or("").into(),
+                    name: r.text(2).unwrap_or("").into(),
+                },
+            ),
+            lsn,
+        );
+    }
+    Ok(out)
+}
+
+/// Record that `table` from `source_shard` is fully copied to this shard.
+pub async fn record_copy(
+    conn: &mut Connection,
+    slot: &str,
+    source_shard: usize,
+    table: &TableName,
+    snapshot: Lsn,
+    rows: u64,
+) -> Result<()> {
+    conn.execute(&format!(
+        "INSERT INTO pgdog.copy_progress (slot_name, source_shard, table_schema, table_name, snapshot_lsn, rows_copied)
+         VALUES ({}, {source_shard}, {}, {}, '{snapshot}', {rows})
+         ON CONFLICT (slot_name, source_shard, table_schema, table_name)
+         DO UPDATE SET snapshot_lsn = EXCLUDED.snapshot_lsn, rows_copied = EXCLUDED.rows_copied, finished_at = now()",
+        quote_literal(slot),
+        quote_literal(&table.schema),
+        quote_literal(&table.name)
+    ))
+    .await?;
+    Ok(())
+}
+
+/// The last source commit applied here, per source shard.
+pub async fn applied_positions(conn: &mut Connection, slot: &str) -> Result<HashMap<usize, Lsn>> {
+    if !schema_exists(conn).await? {
+        return Ok(HashMap::new());
+    }
+    let rows = conn
+        .query(&format!(
+            "SELECT source_shard, commit_lsn::text FROM pgdog.replication_progress WHERE slot_name = {}",
+            quote_literal(slot)
+        ))
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| Some((r.text(0)?.parse().ok()?, Lsn::parse(r.text(1)?)?)))
+        .collect())
+}
+
+/// Forget everything recorded for `slot` here.
+pub async fn forget(conn: &mut Connection, slot: &str) -> Result<()> {
+    if !schema_exists(conn).await? {
+        return Ok(());
+    }
+    conn.execute(&format!(
+        "DELETE FROM pgdog.copy_progress WHERE slot_name = {0}; DELETE FROM pgdog.replication_progress WHERE slot_name = {0};",
+        quote_literal(slot)
+    ))
+    .await?;
+    // Drop the schema when no other move uses it.
+    conn.execute(
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pgdog.copy_progress) AND NOT EXISTS (SELECT 1 FROM pgdog.replication_progress) THEN
+             DROP SCHEMA pgdog CASCADE;
+           END IF;
+         END $$",
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! The streaming phase: one task per source shard reads its slot with
+//! pgoutput and applies each change on the destination shard(s) its row
+//! belongs to, exactly once.
+//!
+//! Exactly once rests on two positions per destination shard, both
+//! committed with the changes themselves: the snapshot LSN of each table's
+//! copy (a transaction committed before it is already in the copy) and the
+//! last source commit applied (a transaction at or before it is already
+//! applied). Everything else is crash-only: on any error the session is
+//! torn down and started again from the slot, which re-sends whatever was
+//! not confirmed.
+
+mod apply;
+mod relation;
+mod session;
+mod spool;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use super::error::{DataSyncError, Result};
+use super::progress;
+use super::Ctx;
+
+/// Stream every source shard until shutdown or a permanent error.
+pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
+    let n = ctx.plan.source_shards();
+    let mut set = JoinSet::new();
+    for s in 0..n {
+        let status = Arc::new(progress::Stream {
+            source_shard: s,
+            host: format!(
+                "{}:{}",
+                ctx.plan.source.shards[s].primary.host, ctx.plan.source.shards[s].primary.port
+            ),
+            slot: ctx.plan.slot.clone(),
+            ..Default::default()
+        });
+        ctx.task
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(status.clone());
+        let ctx = ctx.clone();
+        set.spawn(async move { run_source(ctx, s, status).await });
+    }
+    let mut first_error = None;
+    while let Some(joined) = set.join_next().await {
+        let result = joined
+            .unwrap_or_else(|e| Err(DataSyncError::State(format!("stream task panicked: {e}"))));
+        if let Err(e) = result {
+            if first_error.is_none() {
+                ctx.shutdown.cancel();
+                first_error = Some(e);
+            }
+        }
+    }
+    match first_error {
+        None | Some(DataSyncError::Stopped) => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+/// One source shard, with retries of transient failures.
+async fn run_source(ctx: Arc<Ctx>, s: usize, status: Arc<progress::Stream>) -> Result<()> {
+    let mut failures = 0u32;
+    loop {
+        let started = std::time::Instant::now();
+        let result = session::Session::run(&ctx, s, &status).await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(DataSyncError::Stopped) => return Ok(()),
+            Err(e) if e.is_transient() && !ctx.shutdown.is_cancelled() => {
+                ctx.task.count_error(e.kind());
+                // A session that ran a while was healthy: start counting again.
+                if started.elapsed() > Duration::from_secs(60) {
+                    failures = 0;
+                }
+                failures += 1;
+                let wait = Duration::from_millis((250u64 << failures.min(6)).min(10_000));
+                warn!(
+                    source_shard = s,
+                    "replication interrupted, reconnecting in {:.1}s: {e}",
+                    wait.as_secs_f64()
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = ctx.shutdown.cancelled() => return Ok(()),
+                }
+                info!(
+                    source_shard = s,
+                    attempt = failures,
+                    "resuming replication from the slot"
+                );
+            }
+            Err(e) => {
+                let e = match e {
+                    DataSyncError::Apply {
+                        table,
+                        lsn,
+                        dest_shard,
+                        error,
+                        ..
+                    } => DataSyncError::Apply {
+                        table,
+                        lsn,
+                        source_shard: s,
+                        dest_shard,
+                        error,
+                    },
+                    other => other,
+                };
+                return Err(e);
+            }
+        }
+    }
+}
