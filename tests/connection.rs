@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use pgdog::harness::{Cluster, ClusterOptions, PgInstall};
 use pgdog::net::replication::SnapshotAction;
-use pgdog::net::{ChannelBinding, ConnectOptions, Connection, ConnectionError, TlsConnector, TlsMode, TlsOptions};
+use pgdog::net::{
+    ChannelBinding, ConnectOptions, Connection, ConnectionError, TlsConnector, TlsMode, TlsOptions,
+};
 use pgdog_protocol::copy_binary::{Decoder, Encoder};
 use pgdog_protocol::frontend::Format;
 use pgdog_protocol::pgoutput::{self, Column};
@@ -17,7 +19,9 @@ use pgdog_protocol::replication::ServerMessage;
 use pgdog_protocol::Lsn;
 
 fn certs(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("certs").join(file)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("certs")
+        .join(file)
 }
 
 fn tls(mode: TlsMode, ca: &str) -> Option<TlsConnector> {
@@ -88,7 +92,10 @@ async fn every_auth_method(install: Option<PgInstall>) {
             tls(TlsMode::VerifyFull, "ca.pem"),
         ] {
             let want_tls = tls_conf.is_some();
-            let opts = cluster.options(user, "postgres").password(password).tls(tls_conf);
+            let opts = cluster
+                .options(user, "postgres")
+                .password(password)
+                .tls(tls_conf);
             let (who, ssl) = whoami(&opts)
                 .await
                 .unwrap_or_else(|e| panic!("{user} tls={want_tls}: {e}"));
@@ -110,11 +117,17 @@ async fn every_auth_method(install: Option<PgInstall>) {
     assert!(err.contains("channel binding is required"), "{err}");
 
     // Wrong password: the server's own error, with SQLSTATE and server.
-    let opts = cluster.options("scram_user", "postgres").password(Some("wrong"));
+    let opts = cluster
+        .options("scram_user", "postgres")
+        .password(Some("wrong"));
     let err = whoami(&opts).await.unwrap_err();
     assert_eq!(err.code(), Some("28P01"), "{err}");
     let text = err.to_string();
-    assert!(text.contains("password authentication failed") && text.contains(&format!("127.0.0.1:{}", cluster.port())), "{text}");
+    assert!(
+        text.contains("password authentication failed")
+            && text.contains(&format!("127.0.0.1:{}", cluster.port())),
+        "{text}"
+    );
     assert!(!err.is_transient());
 
     // No password configured for a password method.
@@ -128,15 +141,25 @@ async fn every_auth_method(install: Option<PgInstall>) {
         .tls(tls(TlsMode::VerifyFull, "ca.pem"));
     opts.host = "127.0.0.2".into();
     let err = whoami(&opts).await.unwrap_err().to_string();
-    assert!(err.contains("TLS") && err.contains("not valid for name"), "{err}");
+    assert!(
+        err.contains("TLS") && err.contains("not valid for name"),
+        "{err}"
+    );
     // verify-ca does not check the name.
     opts.tls = tls(TlsMode::VerifyCa, "ca.pem");
-    whoami(&opts).await.expect("verify-ca ignores the host name");
+    whoami(&opts)
+        .await
+        .expect("verify-ca ignores the host name");
     // An unknown CA fails both.
     for mode in [TlsMode::VerifyCa, TlsMode::VerifyFull] {
-        let opts = cluster.options("trust_user", "postgres").tls(tls(mode, "other-ca.pem"));
+        let opts = cluster
+            .options("trust_user", "postgres")
+            .tls(tls(mode, "other-ca.pem"));
         let err = whoami(&opts).await.unwrap_err().to_string();
-        assert!(err.contains("TLS") && err.contains("UnknownIssuer"), "{err}");
+        assert!(
+            err.contains("TLS") && err.contains("UnknownIssuer"),
+            "{err}"
+        );
     }
 }
 
@@ -157,11 +180,15 @@ async fn auth_methods_and_tls_newer_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn require_tls_against_a_server_without_it() {
     let cluster = Cluster::start_default().unwrap();
-    let opts = cluster.options("postgres", "postgres").tls(tls(TlsMode::Require, "ca.pem"));
+    let opts = cluster
+        .options("postgres", "postgres")
+        .tls(tls(TlsMode::Require, "ca.pem"));
     let err = Connection::connect(&opts).await.unwrap_err().to_string();
     assert!(err.contains("does not accept TLS"), "{err}");
     // prefer falls back to plain.
-    let opts = cluster.options("postgres", "postgres").tls(tls(TlsMode::Prefer, "ca.pem"));
+    let opts = cluster
+        .options("postgres", "postgres")
+        .tls(tls(TlsMode::Prefer, "ca.pem"));
     let c = Connection::connect(&opts).await.unwrap();
     assert!(!c.is_tls());
 }
@@ -177,12 +204,20 @@ async fn queries_pipelines_copy_and_cancel() {
     assert_eq!(err.code(), Some("42P01"));
     assert_eq!(c.query("SELECT 1").await.unwrap()[0].text(0), Some("1"));
 
-    c.execute("CREATE TABLE t (id bigint PRIMARY KEY, name text)").await.unwrap();
-    c.prepare("ins", "INSERT INTO t VALUES ($1, $2)", &[20, 25]).await.unwrap();
+    c.execute("CREATE TABLE t (id bigint PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    c.prepare("ins", "INSERT INTO t VALUES ($1, $2)", &[20, 25])
+        .await
+        .unwrap();
     for i in 0..100i64 {
         let id = i.to_be_bytes();
         let name = format!("row {i}");
-        c.queue_execute("ins", &[Format::Binary, Format::Text], [Some(&id[..]), Some(name.as_bytes())]);
+        c.queue_execute(
+            "ins",
+            &[Format::Binary, Format::Text],
+            [Some(&id[..]), Some(name.as_bytes())],
+        );
     }
     let mut affected = Vec::new();
     c.sync_pipeline(100, &mut affected).await.unwrap();
@@ -191,20 +226,30 @@ async fn queries_pipelines_copy_and_cancel() {
     // A failing statement in the middle: the error says which.
     for i in [200i64, 5, 201] {
         let id = i.to_be_bytes();
-        c.queue_execute("ins", &[Format::Binary, Format::Text], [Some(&id[..]), Some(&b"x"[..])]);
+        c.queue_execute(
+            "ins",
+            &[Format::Binary, Format::Text],
+            [Some(&id[..]), Some(&b"x"[..])],
+        );
     }
     let mut affected = Vec::new();
     let err = c.sync_pipeline(3, &mut affected).await.unwrap_err();
     assert_eq!(err.index, 1);
     assert_eq!(err.error.code(), Some("23505"));
     // Everything up to Sync is one implicit transaction: 200 was rolled back.
-    assert_eq!(c.query("SELECT count(*) FROM t").await.unwrap()[0].text(0), Some("100"));
+    assert_eq!(
+        c.query("SELECT count(*) FROM t").await.unwrap()[0].text(0),
+        Some("100")
+    );
 
     // COPY out in binary, decoded, and back in through COPY FROM.
     c.execute("CREATE TABLE t2 (LIKE t)").await.unwrap();
     let mut rows = Vec::new();
     {
-        let mut out = c.copy_out("COPY t TO STDOUT (FORMAT binary)").await.unwrap();
+        let mut out = c
+            .copy_out("COPY t TO STDOUT (FORMAT binary)")
+            .await
+            .unwrap();
         let mut dec = Decoder::new();
         while let Some(chunk) = out.next().await.unwrap() {
             dec.push(chunk).unwrap();
@@ -216,7 +261,10 @@ async fn queries_pipelines_copy_and_cancel() {
         assert_eq!(out.rows(), Some(100));
     }
     assert_eq!(rows.len(), 100);
-    let mut copy = c.copy_in("COPY t2 FROM STDIN (FORMAT binary)").await.unwrap();
+    let mut copy = c
+        .copy_in("COPY t2 FROM STDIN (FORMAT binary)")
+        .await
+        .unwrap();
     let mut buf = bytes::BytesMut::new();
     Encoder::header(&mut buf);
     copy.write(&buf);
@@ -233,10 +281,16 @@ async fn queries_pipelines_copy_and_cancel() {
     assert_eq!(same[0].text(0), Some("0"));
 
     // A failed COPY FROM leaves nothing and the connection usable.
-    let mut copy = c.copy_in("COPY t2 FROM STDIN (FORMAT binary)").await.unwrap();
+    let mut copy = c
+        .copy_in("COPY t2 FROM STDIN (FORMAT binary)")
+        .await
+        .unwrap();
     copy.write(&buf);
     copy.fail("test abort").await.unwrap();
-    assert_eq!(c.query("SELECT count(*) FROM t2").await.unwrap()[0].text(0), Some("100"));
+    assert_eq!(
+        c.query("SELECT count(*) FROM t2").await.unwrap()[0].text(0),
+        Some("100")
+    );
 
     // Cancel: a long sleep stopped by the client-side timeout.
     let err = c
@@ -286,7 +340,9 @@ async fn replication_round_trip(install: Option<PgInstall>) {
     let mut snap = Connection::connect(&cluster.options("postgres", "postgres").replication(true))
         .await
         .unwrap();
-    snap.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.unwrap();
+    snap.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .unwrap();
     let temp = snap
         .create_replication_slot("pgdog_test_tmp", true, SnapshotAction::Use)
         .await
@@ -303,15 +359,25 @@ async fn replication_round_trip(install: Option<PgInstall>) {
         .await
         .unwrap();
     // The snapshot predates the inserts.
-    assert_eq!(snap.query("SELECT count(*) FROM items").await.unwrap()[0].text(0), Some("0"));
+    assert_eq!(
+        snap.query("SELECT count(*) FROM items").await.unwrap()[0].text(0),
+        Some("0")
+    );
     snap.execute("COMMIT").await.unwrap();
 
-    let version = if repl.server_version_num() >= 160000 { 4 } else { 1 };
+    let version = if repl.server_version_num() >= 160000 {
+        4
+    } else {
+        1
+    };
     let mut stream = repl
         .start_replication(
             "pgdog_test_slot",
             Lsn::ZERO,
-            &[("proto_version", version.to_string()), ("publication_names", "\"pub\"".into())],
+            &[
+                ("proto_version", version.to_string()),
+                ("publication_names", "\"pub\"".into()),
+            ],
         )
         .await
         .unwrap();
@@ -328,24 +394,48 @@ async fn replication_round_trip(install: Option<PgInstall>) {
             ServerMessage::XLogData { data, end, .. } => {
                 last_end = last_end.max(end);
                 match decoder.decode(data).unwrap() {
-                    pgoutput::Message::Insert { new, .. } => seen.push(format!("I {}", text(new.get(1)))),
-                    pgoutput::Message::Update { new, .. } => seen.push(format!("U {}", text(new.get(1)))),
-                    pgoutput::Message::Delete { old, .. } => seen.push(format!("D {}", text(old.tuple().get(0)))),
+                    pgoutput::Message::Insert { new, .. } => {
+                        seen.push(format!("I {}", text(new.get(1))))
+                    }
+                    pgoutput::Message::Update { new, .. } => {
+                        seen.push(format!("U {}", text(new.get(1))))
+                    }
+                    pgoutput::Message::Delete { old, .. } => {
+                        seen.push(format!("D {}", text(old.tuple().get(0))))
+                    }
                     _ => {}
                 }
             }
             ServerMessage::PrimaryKeepalive { reply: true, .. } => {
-                stream.send_status(last_end, last_end, last_end, false).await.unwrap();
+                stream
+                    .send_status(last_end, last_end, last_end, false)
+                    .await
+                    .unwrap();
             }
             ServerMessage::PrimaryKeepalive { .. } => {}
         }
     }
     assert_eq!(seen, ["I one", "I two", "U uno", "D 2"]);
-    stream.send_status(last_end, last_end, last_end, false).await.unwrap();
+    stream
+        .send_status(last_end, last_end, last_end, false)
+        .await
+        .unwrap();
     stream.stop().await.unwrap();
-    repl.drop_replication_slot("pgdog_test_slot", false).await.unwrap();
-    let left = cluster.connect("postgres").await.unwrap().query("SELECT count(*) FROM pg_replication_slots").await.unwrap();
-    assert_eq!(left[0].text(0), Some("1"), "the temporary slot lives with its session");
+    repl.drop_replication_slot("pgdog_test_slot", false)
+        .await
+        .unwrap();
+    let left = cluster
+        .connect("postgres")
+        .await
+        .unwrap()
+        .query("SELECT count(*) FROM pg_replication_slots")
+        .await
+        .unwrap();
+    assert_eq!(
+        left[0].text(0),
+        Some("1"),
+        "the temporary slot lives with its session"
+    );
 }
 
 fn text(col: Option<Column<'_>>) -> String {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use pgdog_protocol::Lsn;
+use tokio_util::sync::CancellationToken;
 
 /// Where a task stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +195,10 @@ pub struct Task {
     pub streams: Mutex<Vec<Arc<Stream>>>,
     /// Errors by kind, for metrics.
     pub errors: Mutex<Vec<(&'static str, u64)>>,
+    /// Stops this task alone (the admin console's STOP_TASK cancels it):
+    /// whoever runs the task passes it, or a token it cancels, to
+    /// `data_sync::run`.
+    pub stop: CancellationToken,
 }
 
 impl Task {
@@ -211,6 +216,7 @@ impl Task {
             copies: Mutex::new(Vec::new()),
             streams: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
+            stop: CancellationToken::new(),
         }
     }
 

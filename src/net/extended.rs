@@ -112,7 +112,10 @@ impl Connection {
                 .await
                 .map_err(|e| fail(affected.len() - start, e))?;
             match msg {
-                Message::ParseComplete | Message::BindComplete | Message::NoData => {}
+                Message::ParseComplete
+                | Message::BindComplete
+                | Message::NoData
+                | Message::CloseComplete => {}
                 Message::RowDescription(_) | Message::DataRow(_) => {}
                 Message::CommandComplete { tag } => {
                     affected.push(

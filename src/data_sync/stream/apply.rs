@@ -56,6 +56,8 @@ pub struct DestApplier {
     pub conn: Connection,
     /// Prepared statement name per shape.
     prepared: HashMap<ShapeKey, String>,
+    /// Statements prepared so far: names are `pgdog_<n>`, never reused.
+    statements: u64,
     /// A group transaction is open (BEGIN queued).
     pub open: bool,
     /// Statements queued since the last Sync, with their origins.
@@ -92,6 +94,7 @@ impl DestApplier {
             shard,
             conn,
             prepared: HashMap::new(),
+            statements: 0,
             open: false,
             origins: Vec::new(),
             group_last: None,
@@ -101,9 +104,22 @@ impl DestApplier {
         })
     }
 
-    /// Forget statements of a relation whose shape changed.
+    /// Drop the statements of a relation whose shape changed (the Close
+    /// travels in the pipeline; names are never reused).
     pub fn invalidate(&mut self, relation: u32) {
-        self.prepared.retain(|k, _| k.relation != relation);
+        let conn = &mut self.conn;
+        self.prepared.retain(|k, name| {
+            if k.relation == relation {
+                pgdog_protocol::frontend::close(
+                    pgdog_protocol::frontend::Target::Statement,
+                    name,
+                    conn.buffer(),
+                );
+                false
+            } else {
+                true
+            }
+        });
     }
 
     fn begin_if_needed(&mut self) {
@@ -124,7 +140,8 @@ impl DestApplier {
             return Ok(name.clone());
         }
         let sql = statement_sql(rel, &key);
-        let name = format!("pgdog_{}", key_hash(&key));
+        self.statements += 1;
+        let name = format!("pgdog_{}", self.statements);
         // Parse goes into the pipeline: the server handles it in order,
         // and a failure shows up at the next Sync like any other.
         pgdog_protocol::frontend::parse(&name, &sql, &[], self.conn.buffer());
@@ -269,13 +286,6 @@ impl DestApplier {
             .await?;
         Ok(rows.into_iter().next())
     }
-}
-
-fn key_hash(key: &ShapeKey) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    format!("{:x}", h.finish())
 }
 
 /// SQL of a shape. Parameters follow the relation's column order: every

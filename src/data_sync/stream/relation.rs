@@ -9,7 +9,7 @@ use pgdog_protocol::pgoutput::Relation;
 use super::super::catalog::TableName;
 use super::super::plan::Plan;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelColumn {
     pub name: String,
     /// Part of the replica identity.
@@ -66,5 +66,10 @@ impl RelationInfo {
             table,
             dest_key,
         }
+    }
+
+    /// Same table, columns, keys and identity: prepared statements still fit.
+    pub fn same_shape(&self, other: &RelationInfo) -> bool {
+        self.name == other.name && self.columns == other.columns && self.full == other.full
     }
 }

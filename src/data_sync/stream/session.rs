@@ -444,8 +444,16 @@ impl<'a> Session<'a> {
         if info.table.is_none() {
             debug!(source_shard = self.s, table = %info.name, "changes of this table are not part of the move");
         }
-        for d in self.dests.iter_mut() {
-            d.invalidate(relation.oid);
+        // pgoutput repeats Relation messages (first use in a session, after
+        // cache invalidations); statements change only with the shape.
+        let changed = self
+            .relations
+            .get(&relation.oid)
+            .is_none_or(|old| !old.same_shape(&info));
+        if changed {
+            for d in self.dests.iter_mut() {
+                d.invalidate(relation.oid);
+            }
         }
         self.relations.insert(relation.oid, info);
     }

@@ -1,0 +1,335 @@
+//! Shared pieces of the end-to-end data-sync tests: running a move in
+//! process or as the real binary, a write workload, and verification.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgdog::config::Config;
+use pgdog::data_sync::catalog::TableName;
+use pgdog::data_sync::progress::Phase;
+use pgdog::data_sync::verify::{self, TableCheck, TableReport};
+use pgdog::data_sync::{self, Mode, Options, Outcome, Registry, Task};
+use pgdog::harness::Fleet;
+use pgdog::net::{ConnectOptions, Connection};
+use pgdog::sharding::{DataType, Function, Sharder};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A move running inside the test process.
+pub struct InProcess {
+    pub task: Arc<Task>,
+    pub token: CancellationToken,
+    pub handle: JoinHandle<data_sync::Result<Outcome>>,
+    pub slot: String,
+}
+
+pub fn options(publication: &str, mode: Mode) -> Options {
+    Options {
+        from_database: "source".into(),
+        from_user: "pgdog".into(),
+        to_database: "dest".into(),
+        to_user: "pgdog".into(),
+        publication: publication.into(),
+        slot: None,
+        mode,
+    }
+}
+
+/// Log to the test's output (shown for failing tests); `RUST_LOG` filters.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn start(config: Arc<Config>, opts: Options) -> InProcess {
+    init_logging();
+    let registry = Registry::default();
+    let task = registry.new_task(&opts.from_database, &opts.to_database, &opts.publication);
+    let token = CancellationToken::new();
+    let slot = opts.slot_name();
+    let handle = tokio::spawn(data_sync::run(config, opts, task.clone(), token.clone()));
+    InProcess {
+        task,
+        token,
+        handle,
+        slot,
+    }
+}
+
+impl InProcess {
+    /// Wait until streaming (the copy is done). Panics with the error if
+    /// the move fails first.
+    pub async fn wait_streaming(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.task.phase() != Phase::Streaming {
+            if self.handle.is_finished() {
+                let r = (&mut self.handle).await.unwrap();
+                panic!("data-sync ended before streaming: {r:?}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no streaming after {timeout:?}: phase {:?}",
+                self.task.phase()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(self) -> data_sync::Result<Outcome> {
+        self.token.cancel();
+        self.handle.await.unwrap()
+    }
+
+    pub fn missing_rows(&self) -> u64 {
+        self.task
+            .streams()
+            .iter()
+            .map(|s| s.missing_rows.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// A stream of small transactions on the source shards until stopped:
+/// inserts, updates (one leaving a TOASTed value unchanged, one moving a
+/// row to another shard), deletes. Works on `items` created by
+/// [`ITEMS_SCHEMA`].
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    pub done: Arc<AtomicU64>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+/// `items`: sharded by `tenant`; `id` unique across the fleet.
+pub const ITEMS_SCHEMA: &str = "
+CREATE TABLE items (
+    tenant bigint NOT NULL,
+    id bigint NOT NULL,
+    qty int NOT NULL DEFAULT 0,
+    label text,
+    big text,
+    updated timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant, id)
+);
+";
+
+/// Rows for `items` on source shard `s` of `n`: ids `s, s+n, s+2n, ...`
+/// so they never collide; every 50th row has a TOASTed `big`.
+pub fn items_rows(rows: u64, s: usize, n: usize) -> String {
+    format!(
+        "INSERT INTO items (tenant, id, qty, label, big)
+         SELECT g % 997, g, g % 100, 'item ' || g,
+                CASE WHEN g % 50 = 0 THEN (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 100) i) END
+         FROM generate_series(1, {rows}) g WHERE g % {n} = {s};
+         ANALYZE items;"
+    )
+}
+
+impl Writer {
+    /// One writer per source shard. `n` source shards, ids start above
+    /// `base` and stay unique per shard.
+    pub fn start(sources: Vec<ConnectOptions>, base: u64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let n = sources.len() as u64;
+        let handles = sources
+            .into_iter()
+            .enumerate()
+            .map(|(s, opts)| {
+                let (stop, done) = (stop.clone(), done.clone());
+                tokio::spawn(async move {
+                    let mut c = Connection::connect(&opts).await.expect("writer connects");
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let id = base + i * n + s as u64;
+                        // Tenants this source shard owns (all of them with
+                        // one source shard), so the source stays sharded.
+                        let t = tenant_of(i * 31, s, n as usize);
+                        let t2 = tenant_of(t + 1, s, n as usize);
+                        let sql = match i % 6 {
+                            0 | 1 => format!("INSERT INTO items (tenant, id, qty, label) VALUES ({t}, {id}, 1, 'new {id}')"),
+                            2 => format!("UPDATE items SET qty = qty + 1, updated = now() WHERE tenant = {t}"),
+                            3 => format!(
+                                "BEGIN; UPDATE items SET tenant = {t2} WHERE tenant = {t} AND id % 7 = 0; \
+                                 UPDATE items SET label = label || '!' WHERE tenant = {} AND big IS NOT NULL; COMMIT;",
+                                tenant_of(t + 3, s, n as usize)
+                            ),
+                            4 => format!("DELETE FROM items WHERE tenant = {t} AND qty > 90"),
+                            _ => format!("INSERT INTO items (tenant, id, label) VALUES ({t}, {id}, NULL) ON CONFLICT DO NOTHING"),
+                        };
+                        match c.execute(&sql).await {
+                            Ok(()) => {
+                                done.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // A moved row can collide with a row already at
+                            // the target key: that transaction just fails.
+                            Err(e) if e.code() == Some("23505") => {
+                                let _ = c.execute("ROLLBACK").await;
+                            }
+                            Err(e) => panic!("writer: {e}"),
+                        }
+                        if i % 20 == 0 {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Writer {
+            stop,
+            done,
+            handles,
+        }
+    }
+
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles {
+            h.await.expect("writer");
+        }
+        self.done.load(Ordering::Relaxed)
+    }
+}
+
+/// The first tenant at or after `from` (mod 997) that hash sharding over
+/// `n` source shards places on shard `s`.
+pub fn tenant_of(from: u64, s: usize, n: usize) -> u64 {
+    (0..997)
+        .map(|k| (from + k) % 997)
+        .find(|t| {
+            n == 1
+                || pgdog::sharding::hash::hash_shard(
+                    Some(pgdog::sharding::ValueRef::Int(*t as i64)),
+                    n,
+                ) == s
+        })
+        .unwrap_or(0)
+}
+
+pub fn table(name: &str) -> TableName {
+    TableName {
+        schema: "public".into(),
+        name: name.into(),
+    }
+}
+
+/// A check of a table hash-sharded by `column` over `m` shards (or copied
+/// whole when `column` is None).
+pub fn check(
+    name: &str,
+    columns: &[&str],
+    column: Option<&str>,
+    data_type: DataType,
+    m: usize,
+    source_sharded: bool,
+) -> TableCheck {
+    TableCheck {
+        table: table(name),
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+        routing: column.filter(|_| m > 1).map(|c| {
+            (
+                Sharder::new(name, c, data_type, Function::Hash, m).unwrap(),
+                c.to_string(),
+            )
+        }),
+        source_sharded,
+    }
+}
+
+pub async fn verify_equal(fleet: &Fleet, checks: &[TableCheck]) -> Vec<TableReport> {
+    let reports = verify::compare(&fleet.source_options(), &fleet.dest_options(), checks)
+        .await
+        .unwrap();
+    let rendered = verify::render(&reports);
+    eprintln!("{rendered}");
+    for r in &reports {
+        assert!(r.ok, "{} differs:\n{rendered}", r.table);
+    }
+    reports
+}
+
+/// The config files on disk, for runs of the real binary.
+pub struct ConfigFiles {
+    pub dir: PathBuf,
+}
+
+impl ConfigFiles {
+    pub fn write(fleet: &Fleet, extra: &str) -> ConfigFiles {
+        let dir = std::env::temp_dir().join(format!(
+            "pgdog-test-config-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pgdog.toml"), fleet.pgdog_toml(extra)).unwrap();
+        std::fs::write(dir.join("users.toml"), fleet.users_toml()).unwrap();
+        ConfigFiles { dir }
+    }
+
+    /// `pgdog data-sync` as a child process, its output in `log`.
+    pub fn spawn(&self, publication: &str, extra_args: &[&str], log: &str) -> Child {
+        let log = std::fs::File::create(self.dir.join(log)).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_pgdog"))
+            .arg("--config")
+            .arg(self.dir.join("pgdog.toml"))
+            .arg("--users")
+            .arg(self.dir.join("users.toml"))
+            .args([
+                "data-sync",
+                "--from-database",
+                "source",
+                "--from-user",
+                "pgdog",
+                "--to-database",
+                "dest",
+                "--to-user",
+                "pgdog",
+                "--publication",
+                publication,
+                "--admin-port",
+                "0",
+            ])
+            .args(extra_args)
+            .env("PGDOG_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log.try_clone().unwrap())
+            .spawn()
+            .expect("spawn pgdog")
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for ConfigFiles {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("pgdog logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Kills a child on drop, so a failing test leaves no pgdog running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
