@@ -2,7 +2,7 @@
 //! intervals as PostgreSQL prints them, so psql users read them the usual
 //! way and scripts can cast them (`::timestamptz`, `::interval`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A text cell; `None` is SQL NULL (psql shows it empty).
 pub type Cell = Option<String>;
@@ -74,13 +74,10 @@ pub fn interval(secs: f64) -> String {
     }
 }
 
-/// [`interval`] of a duration.
-pub fn interval_of(d: Duration) -> String {
-    interval(d.as_secs_f64())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

@@ -37,6 +37,7 @@ impl Reply {
     }
 
     /// The cell in `column` of row `row`, for tests.
+    #[cfg(test)]
     pub fn get(&self, row: usize, column: &str) -> Option<&str> {
         let i = self.columns.iter().position(|c| *c == column)?;
         self.rows.get(row)?.get(i)?.as_deref()

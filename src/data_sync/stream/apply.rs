@@ -52,6 +52,8 @@ pub struct Origin {
 /// One destination shard's apply connection.
 #[derive(Debug)]
 pub struct DestApplier {
+    /// The source shard whose changes this connection applies.
+    source_shard: usize,
     pub shard: usize,
     pub conn: Connection,
     /// Prepared statement name per shape.
@@ -72,25 +74,28 @@ pub struct DestApplier {
 }
 
 impl DestApplier {
-    pub async fn new(shard: usize, mut conn: Connection, applied: Lsn) -> Result<DestApplier> {
-        conn.execute("SET synchronous_commit = off; SET session_replication_role = replica")
-            .await
-            .or_else(|e| {
-                // session_replication_role needs superuser; without it
-                // triggers fire, which is what a plain user gets anyway.
-                if e.code() == Some("42501") {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })?;
-        if conn.transaction_status() != pgdog_protocol::backend::TransactionStatus::Idle {
-            conn.execute("ROLLBACK").await?;
+    pub async fn new(
+        source_shard: usize,
+        shard: usize,
+        mut conn: Connection,
+        applied: Lsn,
+    ) -> Result<DestApplier> {
+        // A source commit is confirmed to the slot once its destination
+        // commit returns, so that commit must be durable by then: whatever
+        // the destination's default, apply sessions commit synchronously.
+        // (Group commit keeps that to one flush per group.)
+        conn.execute("SET synchronous_commit = on").await?;
+        // Triggers and FK checks already ran on the source; replica mode
+        // skips them here. It needs superuser: without, they just fire.
+        if let Err(e) = conn.execute("SET session_replication_role = replica").await {
+            if e.code() != Some("42501") {
+                return Err(e.into());
+            }
         }
-        conn.execute("SET synchronous_commit = off").await?;
         conn.prepare(RECORD_APPLIED, RECORD_APPLIED_SQL, &[])
             .await?;
         Ok(DestApplier {
+            source_shard,
             shard,
             conn,
             prepared: HashMap::new(),
@@ -215,17 +220,23 @@ impl DestApplier {
             Err(PipelineError { index, error }) => {
                 self.open = false;
                 self.group_last = None;
+                // Statements parsed in a failed pipeline may or may not
+                // exist now: forget them all (names are never reused).
+                self.prepared.clear();
+                // A statement the server rejected is told with its origin;
+                // a lost connection is just that.
+                if error.server_error().is_none() {
+                    return Err(error.into());
+                }
                 let origin = origins.get(index).cloned().unwrap_or(Origin {
                     table: "?".into(),
                     commit_lsn: Lsn::ZERO,
                     what: "?",
                 });
-                // A failed Parse leaves a name we must not reuse.
-                self.prepared.clear();
                 Err(DataSyncError::Apply {
-                    table: origin.table.to_string(),
+                    table: format!("{} ({})", origin.table, origin.what),
                     lsn: origin.commit_lsn.to_string(),
-                    source_shard: usize::MAX,
+                    source_shard: self.source_shard,
                     dest_shard: self.shard,
                     error: Box::new(DataSyncError::Connection(error)),
                 })

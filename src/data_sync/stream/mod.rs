@@ -97,22 +97,6 @@ async fn run_source(ctx: Arc<Ctx>, s: usize, status: Arc<progress::Stream>) -> R
                 );
             }
             Err(e) => {
-                let e = match e {
-                    DataSyncError::Apply {
-                        table,
-                        lsn,
-                        dest_shard,
-                        error,
-                        ..
-                    } => DataSyncError::Apply {
-                        table,
-                        lsn,
-                        source_shard: s,
-                        dest_shard,
-                        error,
-                    },
-                    other => other,
-                };
                 return Err(e);
             }
         }

@@ -117,7 +117,7 @@ impl<'a> Session<'a> {
             }
             copied_at.push(per_table);
             applied_before.push(applied);
-            dests.push(DestApplier::new(d, conn, applied).await?);
+            dests.push(DestApplier::new(s, d, conn, applied).await?);
         }
 
         let mut repl = ctx.endpoints.connect_source(s, true).await?;

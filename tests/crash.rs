@@ -1,0 +1,216 @@
+//! The real `pgdog` binary killed with SIGKILL at random moments during the
+//! copy and during streaming, then run again, while the source keeps taking
+//! writes: the destination must end exactly equal to the source, every row
+//! on its shard, nothing lost and nothing applied twice. Also: a
+//! destination shard restarted mid-stream.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use pgdog::data_sync::Mode;
+use pgdog::harness::fleet::DATABASE;
+use pgdog::harness::{ClusterOptions, Fleet};
+use pgdog::sharding::DataType;
+
+const SHARDING: &str = "[[sharded_tables]]\ndatabase = \"dest\"\nname = \"items\"\ncolumn = \"tenant\"\ndata_type = \"bigint\"\n";
+
+/// A small deterministic generator; the seed is printed so a failure can
+/// be replayed with PGDOG_CRASH_SEED.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::env::var("PGDOG_CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("crash test seed: {seed} (rerun with PGDOG_CRASH_SEED={seed})");
+        Rng(seed | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+async fn wait_for_log(files: &ConfigFiles, log: &str, needle: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if files.log(log).contains(needle) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+fn items_check(m: usize) -> Vec<pgdog::data_sync::verify::TableCheck> {
+    vec![check(
+        "items",
+        &["tenant", "id", "qty", "label", "big", "updated"],
+        Some("tenant"),
+        DataType::Bigint,
+        m,
+        false,
+    )]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_copy_and_streaming_then_resume() {
+    let mut rng = Rng::new();
+    let fleet = Fleet::start(1, 2, ClusterOptions::default()).await.unwrap();
+    fleet.on_sources(ITEMS_SCHEMA).await.unwrap();
+    fleet.on_dests(ITEMS_SCHEMA).await.unwrap();
+    fleet.sources[0]
+        .exec(DATABASE, &items_rows(300_000, 0, 1))
+        .await
+        .unwrap();
+    fleet
+        .on_sources("CREATE PUBLICATION pub FOR TABLE items")
+        .await
+        .unwrap();
+    // Small ranges: the big table is copied in several parallel streams,
+    // so kills also land between ranges of one table.
+    let files = ConfigFiles::write(&fleet, SHARDING);
+    std::fs::write(
+        files.dir.join("pgdog.toml"),
+        fleet.pgdog_toml(SHARDING).replace(
+            "[general]\n",
+            "[general]\nresharding_copy_chunk_size = 4000000\n",
+        ),
+    )
+    .unwrap();
+
+    let writer = Writer::start(fleet.source_options(), 100_000_000);
+    let mut kills = Vec::new();
+    // Two kills during the copy, two during streaming.
+    for round in 0..4 {
+        let log = format!("run{round}.log");
+        let child = KillOnDrop(files.spawn("pub", &[], &log));
+        if round < 2 {
+            // Somewhere in the copy: wait for it to start, then a random delay.
+            assert!(
+                wait_for_log(&files, &log, "copying", Duration::from_secs(60)).await,
+                "run {round} did not start copying:\n{}",
+                files.log(&log)
+            );
+            let delay = 50 + rng.below(700);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            kills.push(format!(
+                "copy +{delay}ms (streaming: {})",
+                files.log(&log).contains("streaming changes")
+            ));
+        } else {
+            assert!(
+                wait_for_log(&files, &log, "streaming changes", Duration::from_secs(120)).await,
+                "run {round} did not reach streaming:\n{}",
+                files.log(&log)
+            );
+            let delay = 100 + rng.below(1500);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            kills.push(format!("stream +{delay}ms"));
+        }
+        drop(child); // SIGKILL
+    }
+    eprintln!("killed at: {kills:?}");
+
+    // The last run goes to the end.
+    let log = "final.log";
+    let mut child = KillOnDrop(files.spawn("pub", &[], log));
+    assert!(
+        wait_for_log(&files, log, "streaming changes", Duration::from_secs(120)).await,
+        "final run did not reach streaming:\n{}",
+        files.log(log)
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes = writer.stop().await;
+    eprintln!("{writes} source transactions during the test");
+    fleet
+        .wait_caught_up("pgdog_pub_dest", Duration::from_secs(60))
+        .await
+        .unwrap();
+    // A clean stop: SIGTERM, exit status 0, the slot kept.
+    let pid = child.0.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "clean stop exits 0: {status}\n{}",
+        files.log(log)
+    );
+    let out = files.log(log);
+    assert!(
+        out.contains("resume:") && out.contains("--cleanup"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("found no row"),
+        "an update or delete missed its row:\n{out}"
+    );
+    verify_equal(&fleet, &items_check(2)).await;
+    // Later runs resumed rather than starting over: the copy of a finished
+    // table is never repeated.
+    assert!(
+        files
+            .log("final.log")
+            .contains("every table was copied by an earlier run")
+            || files
+                .log("run3.log")
+                .contains("reusing existing replication slot")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_restart_mid_stream() {
+    let mut fleet = Fleet::start(1, 2, ClusterOptions::default()).await.unwrap();
+    fleet.on_sources(ITEMS_SCHEMA).await.unwrap();
+    fleet.on_dests(ITEMS_SCHEMA).await.unwrap();
+    fleet.sources[0]
+        .exec(DATABASE, &items_rows(5_000, 0, 1))
+        .await
+        .unwrap();
+    fleet
+        .on_sources("CREATE PUBLICATION pub FOR TABLE items")
+        .await
+        .unwrap();
+    let config = fleet.config(SHARDING).unwrap();
+    let writer = Writer::start(fleet.source_options(), 100_000_000);
+    let mut run = start(config, options("pub", Mode::Full));
+    run.wait_streaming(Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Shard 1 goes down hard and comes back; writes never stop.
+    fleet.dests[1].crash().unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fleet.dests[1].start_again().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // And a clean restart of shard 0.
+    fleet.dests[0].restart().unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    writer.stop().await;
+    fleet
+        .wait_caught_up(&run.slot, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(!run.handle.is_finished(), "the move survived the restarts");
+    let errors = run.task.errors.lock().unwrap().clone();
+    assert!(
+        !errors.is_empty(),
+        "the interruptions were seen and retried"
+    );
+    assert_eq!(run.missing_rows(), 0);
+    run.stop().await.unwrap();
+    verify_equal(&fleet, &items_check(2)).await;
+}
