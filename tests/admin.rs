@@ -417,7 +417,8 @@ async fn commands_during_a_move() {
     assert!(s[4].contains('/') && s[5].contains('/'), "LSNs: {s:?}");
     assert!(s[9].ends_with("+00"), "last applied: {s:?}");
     assert!(s[10].parse::<f64>().unwrap() >= 0.0);
-    assert!(s[11].parse::<u64>().unwrap() >= 2, "{s:?}");
+    // One simple query of two statements: one transaction.
+    assert!(s[11].parse::<u64>().unwrap() >= 1, "{s:?}");
     assert_eq!(s[14], "0", "no missing rows");
 
     // The metrics endpoint during the stream: raw socket, OpenMetrics.
@@ -822,4 +823,14 @@ async fn tls_offered_and_required() {
         }
         console.stop().await;
     }
+}
+
+#[tokio::test]
+#[ignore]
+async fn zz_manual_server() {
+    let config = config_from("", &admin_section(PASSWORD), "");
+    let token = CancellationToken::new();
+    admin::serve(config, Arc::new(Registry::default()), Some(55432), token)
+        .await
+        .unwrap();
 }

@@ -5,13 +5,15 @@
 //!
 //! - [`frame`]: split a byte stream into `(tag, body)` frames.
 //! - [`backend`]: what the server sends, typed; [`frontend`]: what we send.
-//! - [`copy_binary`]: rows of a `COPY ... (FORMAT binary)` stream.
+//! - [`copy_binary`]: rows of a `COPY ... (FORMAT binary)` stream;
+//!   [`copy_text`]: rows of a text one.
 //! - [`replication`]: the streaming replication envelope inside CopyData
 //!   (`w`, `k`, `r`, `h`).
 //! - [`pgoutput`]: logical decoding messages inside XLogData.
 
 pub mod backend;
 pub mod copy_binary;
+pub mod copy_text;
 pub mod error;
 pub mod frame;
 pub mod frontend;

@@ -49,30 +49,71 @@ impl AuthSource for AdminLogin {
     }
 }
 
-/// Build the SCRAM authenticator. With a certificate, SCRAM-SHA-256-PLUS
-/// (channel binding to it) is offered too.
-pub fn authenticator(config: &Config) -> Result<Authenticator, AdminError> {
-    // Salt and decoy: random per process.
-    let mut random = [0u8; 48];
-    rustls::crypto::ring::default_provider()
-        .secure_random
-        .fill(&mut random)
-        .map_err(|_| AdminError::Tls("no secure random numbers for the SCRAM salt".into()))?;
-    let (salt, decoy) = random.split_at(16);
-    let login = AdminLogin {
-        user: config.admin.user.clone(),
-        salt: salt.to_vec(),
-        salted_password: gen_salted_password(&config.admin.password, salt, SCRAM_ITERATIONS),
-        decoy: decoy.to_vec(),
-    };
-    let mut scram = ScramAuth::new(Arc::new(login));
+/// The SCRAM authenticators: for plain connections, and (with a
+/// certificate) for TLS ones, which offer SCRAM-SHA-256-PLUS too, bound to
+/// that certificate. libpq refuses a server that offers -PLUS without TLS,
+/// so the offer depends on the connection.
+#[derive(Clone)]
+pub struct Authenticators {
+    pub plain: Arc<Authenticator>,
+    pub tls: Option<Arc<Authenticator>>,
+}
+
+impl Authenticators {
+    pub fn new(config: &Config) -> Result<Authenticators, AdminError> {
+        let login = Arc::new(AdminLogin::new(config)?);
+        let tls = match &config.general.tls_certificate {
+            Some(cert) => {
+                let pem = std::fs::read(cert).map_err(|e| {
+                    AdminError::Tls(format!("{}: cannot read: {e}", cert.display()))
+                })?;
+                Some(Arc::new(authenticator(login.clone(), Some(&pem)).map_err(
+                    |e| AdminError::Tls(format!("{}: {e}", cert.display())),
+                )?))
+            }
+            None => None,
+        };
+        Ok(Authenticators {
+            plain: Arc::new(
+                authenticator(login, None).map_err(|e| AdminError::Auth(e.to_string()))?,
+            ),
+            tls,
+        })
+    }
+
+    /// The one for a connection.
+    pub fn for_connection(&self, secure: bool) -> Arc<Authenticator> {
+        match (&self.tls, secure) {
+            (Some(tls), true) => tls.clone(),
+            _ => self.plain.clone(),
+        }
+    }
+}
+
+impl AdminLogin {
+    fn new(config: &Config) -> Result<AdminLogin, AdminError> {
+        // Salt and decoy: random per process.
+        let mut random = [0u8; 48];
+        rustls::crypto::ring::default_provider()
+            .secure_random
+            .fill(&mut random)
+            .map_err(|_| AdminError::Auth("no secure random numbers for the SCRAM salt".into()))?;
+        let (salt, decoy) = random.split_at(16);
+        Ok(AdminLogin {
+            user: config.admin.user.clone(),
+            salt: salt.to_vec(),
+            salted_password: gen_salted_password(&config.admin.password, salt, SCRAM_ITERATIONS),
+            decoy: decoy.to_vec(),
+        })
+    }
+}
+
+/// One SCRAM authenticator; with a certificate, -PLUS is offered too.
+fn authenticator(login: Arc<AdminLogin>, cert_pem: Option<&[u8]>) -> PgWireResult<Authenticator> {
+    let mut scram = ScramAuth::new(login);
     scram.set_iterations(SCRAM_ITERATIONS);
-    if let Some(cert) = &config.general.tls_certificate {
-        let pem = std::fs::read(cert)
-            .map_err(|e| AdminError::Tls(format!("{}: cannot read: {e}", cert.display())))?;
-        scram
-            .configure_certificate(&pem)
-            .map_err(|e| AdminError::Tls(format!("{}: {e}", cert.display())))?;
+    if let Some(pem) = cert_pem {
+        scram.configure_certificate(pem)?;
     }
     let mut params = DefaultServerParameterProvider::default();
     // psql reads the major version from this for its own features.
@@ -222,6 +263,7 @@ mod tests {
         )
         .unwrap();
         // SCRAM-SHA-256-PLUS needs the certificate to load.
-        authenticator(&c).unwrap();
+        let a = Authenticators::new(&c).unwrap();
+        assert!(a.tls.is_some());
     }
 }

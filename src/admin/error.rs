@@ -21,6 +21,8 @@ pub enum AdminError {
     },
     #[error("admin console TLS: {0}; check [general] tls_certificate and tls_private_key")]
     Tls(String),
+    #[error("admin console authentication: {0}")]
+    Auth(String),
     #[error("admin console address: {0}")]
     Address(std::io::Error),
 }
@@ -33,6 +35,7 @@ pub mod sqlstate {
     pub const INVALID_CATALOG_NAME: &str = "3D000";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const INVALID_AUTHORIZATION: &str = "28000";
+    pub const INVALID_PASSWORD: &str = "28P01";
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const OBJECT_IN_USE: &str = "55006";

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::auth::{self, Admission, Authenticator};
+use super::auth::{self, Admission, Authenticators};
 use super::commands::Context;
 use super::console::Console;
 use super::error::{bind, sqlstate, AdminError, CommandError};
@@ -52,7 +52,7 @@ pub struct AdminServer {
     addr: SocketAddr,
     metrics: Option<(TcpListener, SocketAddr)>,
     tls: Option<TlsAcceptor>,
-    authenticator: Arc<Authenticator>,
+    authenticators: Authenticators,
     startup_timeout: Duration,
 }
 
@@ -70,7 +70,7 @@ impl Debug for AdminServer {
 /// What every session task shares.
 struct Shared {
     config: Arc<Config>,
-    authenticator: Arc<Authenticator>,
+    authenticators: Authenticators,
     console: Arc<Console>,
     /// Answers what this console does not do: extended queries, COPY,
     /// cancel requests (commands are short).
@@ -96,7 +96,7 @@ impl AdminServer {
             )),
             _ => None,
         };
-        let authenticator = Arc::new(auth::authenticator(&config)?);
+        let authenticators = Authenticators::new(&config)?;
         let port = port.unwrap_or(general.port);
         let (listener, addr) = bind("admin console", "[general] port", &general.host, port).await?;
         let metrics = match general.openmetrics_port {
@@ -124,7 +124,7 @@ impl AdminServer {
             addr,
             metrics,
             tls,
-            authenticator,
+            authenticators,
             startup_timeout: STARTUP_TIMEOUT,
         })
     }
@@ -155,7 +155,7 @@ impl AdminServer {
         ));
         let shared = Arc::new(Shared {
             config: self.config.clone(),
-            authenticator: self.authenticator,
+            authenticators: self.authenticators,
             console: Arc::new(Console { ctx: ctx.clone() }),
             noop: Arc::new(NoopHandler),
             tls: self.tls,
@@ -294,10 +294,12 @@ async fn session(
         None => return,
     };
     let user = startup.parameters.get("user").cloned().unwrap_or_default();
+    let secure = socket.is_secure();
     let admission = Admission {
         over_limit: !admitted,
-        secure: socket.is_secure(),
+        secure,
     };
+    let authenticator = shared.authenticators.for_connection(secure);
     if let Err(e) = auth::check_startup(&shared.config, &startup.parameters, admission) {
         info!(%peer, %user, code = e.code, "admin login refused: {}", e.message);
         refuse(&mut socket, e).await;
@@ -365,7 +367,7 @@ async fn session(
             process_message(
                 message,
                 &mut socket,
-                shared.authenticator.clone(),
+                authenticator.clone(),
                 shared.console.clone(),
                 shared.noop.clone(),
                 shared.noop.clone(),
@@ -373,7 +375,18 @@ async fn session(
             )
             .await
         };
-        if let Err(e) = result {
+        if let Err(mut e) = result {
+            if matches!(e, PgWireError::InvalidPassword(_)) {
+                // pgwire names the SCRAM user, which libpq leaves empty;
+                // say it as PostgreSQL does, with the login's user.
+                e = PgWireError::UserError(Box::new(
+                    CommandError::new(
+                        sqlstate::INVALID_PASSWORD,
+                        format!("password authentication failed for user \"{user}\""),
+                    )
+                    .into_fatal_info(),
+                ));
+            }
             let fatal = e.is_fatal();
             if fatal {
                 info!(%peer, %user, "admin session refused: {e}");

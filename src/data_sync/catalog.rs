@@ -48,6 +48,9 @@ pub struct Column {
     /// Part of the replica identity (the key of `K` old tuples).
     pub identity: bool,
     pub not_null: bool,
+    /// The binary form carries no server-specific OIDs (arrays of
+    /// user-defined types and composite types do, so they go as text).
+    pub binary_safe: bool,
 }
 
 /// A table in a publication, as one source shard sees it.
@@ -81,6 +84,12 @@ impl PublishedTable {
             }
             _ => false,
         }
+    }
+
+    /// Whether rows can travel in binary (COPY and pgoutput) between two
+    /// servers whose user-defined types have different OIDs.
+    pub fn binary_safe(&self) -> bool {
+        self.columns.iter().all(|c| c.binary_safe)
     }
 
     pub fn column_names(&self) -> Vec<&str> {
@@ -185,8 +194,11 @@ async fn columns(conn: &mut Connection, oid: u32, replident: char) -> Result<Vec
         _ => "false",
     };
     let sql = format!(
-        "SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod), coalesce({identity}, false), a.attnotnull
+        "SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod), coalesce({identity}, false), a.attnotnull,
+                NOT (t.typtype = 'c' OR coalesce(e.oid >= 16384 OR e.typtype = 'c', false))
          FROM pg_attribute a
+         JOIN pg_type t ON t.oid = a.atttypid
+         LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
          WHERE a.attrelid = {oid} AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
          ORDER BY a.attnum"
     );
@@ -199,6 +211,7 @@ async fn columns(conn: &mut Connection, oid: u32, replident: char) -> Result<Vec
                 type_name: r.text(2).unwrap_or("").to_string(),
                 identity: r.text(3) == Some("t"),
                 not_null: r.text(4) == Some("t"),
+                binary_safe: r.text(5) != Some("f"),
             })
         })
         .collect()

@@ -207,6 +207,7 @@ mod tests {
                 type_name: "text".into(),
                 identity: true,
                 not_null: true,
+                binary_safe: true,
             }],
             row_filter: None,
             estimated_rows: 0,

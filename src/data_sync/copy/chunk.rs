@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use pgdog_protocol::copy_binary::{Decoder, Encoder, TRAILER};
+use pgdog_protocol::copy_text::{self, Splitter};
 
 use crate::net::copy::CopyIn;
 use crate::net::Connection;
@@ -37,10 +38,12 @@ pub async fn copy_stream(
     progress: &TableCopy,
 ) -> Result<ChunkResult> {
     let table = &plan.table;
+    let binary = table.binary_safe();
     let copy_in_sql = format!(
-        "COPY {} ({}) FROM STDIN (FORMAT binary)",
+        "COPY {} ({}) FROM STDIN{}",
         table.name.quoted(),
-        table.column_list()
+        table.column_list(),
+        if binary { " (FORMAT binary)" } else { "" }
     );
     // Destination shard number -> index into `sinks`.
     let mut slot_of = vec![usize::MAX; dest_shards];
@@ -52,34 +55,46 @@ pub async fn copy_stream(
     Encoder::header(&mut header);
     for (_, conn) in dests.iter_mut() {
         let mut sink = conn.copy_in(&copy_in_sql).await?;
-        sink.write(&header);
+        if binary {
+            sink.write(&header);
+        }
         sinks.push(sink);
     }
 
     let mut out = source.copy_out(select).await?;
     let mut decoder = Decoder::new();
+    let mut lines = Splitter::new();
     let routing = plan.dest.as_ref();
     let mut rows = 0u64;
     let mut pending_bytes = 0u64;
     let mut pending_rows = 0u64;
     while let Some(chunk) = out.next().await? {
         pending_bytes += chunk.len() as u64;
-        decoder.push(chunk)?;
-        while let Some(row) = decoder.next_row()? {
-            pending_rows += 1;
-            match routing {
-                Some(r) => {
-                    let key = row.field(r.column).flatten();
-                    let shard = r.sharder.shard(key, Format::Binary)?;
-                    if let Some(sink) = slot_of.get(shard).and_then(|&i| sinks.get_mut(i)) {
-                        sink.write(row.as_bytes());
+        if binary {
+            decoder.push(chunk)?;
+            while let Some(row) = decoder.next_row()? {
+                pending_rows += 1;
+                let shard = match routing {
+                    Some(r) => Some(
+                        r.sharder
+                            .shard(row.field(r.column).flatten(), Format::Binary)?,
+                    ),
+                    None => None,
+                };
+                route(&mut sinks, &slot_of, shard, row.as_bytes(), b"");
+            }
+        } else {
+            lines.push(chunk);
+            while let Some(row) = lines.next_row()? {
+                pending_rows += 1;
+                let shard = match routing {
+                    Some(r) => {
+                        let key = copy_text::field(&row, r.column).flatten();
+                        Some(r.sharder.shard(key.as_deref(), Format::Text)?)
                     }
-                }
-                None => {
-                    for sink in sinks.iter_mut() {
-                        sink.write(row.as_bytes());
-                    }
-                }
+                    None => None,
+                };
+                route(&mut sinks, &slot_of, shard, &row, b"\n");
             }
         }
         for sink in sinks.iter_mut() {
@@ -94,17 +109,50 @@ pub async fn copy_stream(
             pending_bytes = 0;
         }
     }
-    decoder.finish()?;
+    if binary {
+        decoder.finish()?;
+    } else {
+        lines.finish()?;
+    }
     progress.rows.fetch_add(pending_rows, Ordering::Relaxed);
     progress.bytes.fetch_add(pending_bytes, Ordering::Relaxed);
     rows += pending_rows;
 
     let mut per_dest = vec![0; dests_len(&slot_of)];
     for (i, mut sink) in sinks.into_iter().enumerate() {
-        sink.write(TRAILER);
+        if binary {
+            sink.write(TRAILER);
+        }
         per_dest[i] = sink.finish().await?;
     }
     Ok(ChunkResult { rows, per_dest })
+}
+
+/// Send one row to its shard's sink (`None`: to every sink), followed by
+/// `end` (the newline a text row was split on).
+#[inline]
+fn route(
+    sinks: &mut [CopyIn<'_>],
+    slot_of: &[usize],
+    shard: Option<usize>,
+    row: &[u8],
+    end: &[u8],
+) {
+    match shard {
+        Some(shard) => {
+            // Shards that an earlier run already filled have no sink.
+            if let Some(sink) = slot_of.get(shard).and_then(|&i| sinks.get_mut(i)) {
+                sink.write(row);
+                sink.write(end);
+            }
+        }
+        None => {
+            for sink in sinks.iter_mut() {
+                sink.write(row);
+                sink.write(end);
+            }
+        }
+    }
 }
 
 fn dests_len(slot_of: &[usize]) -> usize {

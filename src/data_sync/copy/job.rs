@@ -51,8 +51,13 @@ fn select_sql(ctx: &Ctx, job: &Job, range: Option<(u64, Option<u64>)>) -> String
     } else {
         format!(" WHERE {}", conds.join(" AND "))
     };
+    let format = if t.binary_safe() {
+        " (FORMAT binary)"
+    } else {
+        ""
+    };
     format!(
-        "COPY (SELECT {} FROM {only}{}{filter}) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT {} FROM {only}{}{filter}) TO STDOUT{format}",
         t.column_list(),
         t.name.quoted()
     )

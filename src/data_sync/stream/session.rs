@@ -128,7 +128,15 @@ impl<'a> Session<'a> {
                 "publication_names",
                 format!("\"{}\"", plan.publication.replace('"', "\"\"")),
             ),
-            ("binary", "true".into()),
+            // Binary values unless some table has types whose binary form
+            // names server-specific OIDs.
+            (
+                "binary",
+                plan.tables
+                    .iter()
+                    .all(|t| t.table.binary_safe())
+                    .to_string(),
+            ),
         ];
         if version >= 2 {
             options.push(("streaming", "on".into()));
