@@ -314,9 +314,11 @@ async fn queries_pipelines_copy_and_cancel() {
 }
 
 async fn replication_round_trip(install: Option<PgInstall>) {
-    let mut opts = ClusterOptions::default();
-    opts.install = install;
-    let cluster = Cluster::start(opts).unwrap();
+    let cluster = Cluster::start(ClusterOptions {
+        install,
+        ..Default::default()
+    })
+    .unwrap();
     cluster
         .exec(
             "postgres",

@@ -139,7 +139,7 @@ fn collect(gauges: &Gauges) -> Vec<Family> {
     let mut elapsed = Family::new(
         "pgdog_task_elapsed_seconds",
         Gauge,
-        "Seconds since a data-sync task started.",
+        "Seconds a data-sync task has run (until it ended).",
     );
     let mut errors = Family::new(
         "pgdog_task_errors",
@@ -205,10 +205,7 @@ fn collect(gauges: &Gauges) -> Vec<Family> {
                 if p == current { 1.0 } else { 0.0 },
             );
         }
-        elapsed.add(
-            vec![("task", id.clone())],
-            task.started_at.elapsed().as_secs_f64(),
-        );
+        elapsed.add(vec![("task", id.clone())], task.elapsed().as_secs_f64());
         let counted = task
             .errors
             .lock()

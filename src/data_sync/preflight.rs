@@ -333,7 +333,7 @@ fn check_key_type(
                 "table {} is sharded on the {side} by column \"{}\" as {configured}, but the column is {}",
                 table.name, col.name, col.type_name
             ),
-            format!("set data_type in [[sharded_tables]] to match the column (bigint, integer, smallint, uuid, varchar or text)"),
+            "set data_type in [[sharded_tables]] to match the column (bigint, integer, smallint, uuid, varchar or text)",
         )),
     }
 }

@@ -199,6 +199,9 @@ pub struct Task {
     /// whoever runs the task passes it, or a token it cancels, to
     /// `data_sync::run`.
     pub stop: CancellationToken,
+    /// When the task reached stopped, failed or done, so its elapsed time
+    /// stops growing.
+    pub ended: Mutex<Option<Instant>>,
 }
 
 impl Task {
@@ -217,6 +220,7 @@ impl Task {
             streams: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
             stop: CancellationToken::new(),
+            ended: Mutex::new(None),
         }
     }
 
@@ -226,6 +230,16 @@ impl Task {
 
     pub fn set_phase(&self, phase: Phase) {
         *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+        let ended = matches!(phase, Phase::Stopped | Phase::Failed | Phase::Done);
+        *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = ended.then(Instant::now);
+    }
+
+    /// How long the task ran, or has been running.
+    pub fn elapsed(&self) -> std::time::Duration {
+        match *self.ended.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(end) => end.duration_since(self.started_at),
+            None => self.started_at.elapsed(),
+        }
     }
 
     pub fn set_error(&self, error: &super::DataSyncError) {

@@ -42,7 +42,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
 }
 
 /// How to set up a cluster.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
     pub install: Option<PgInstall>,
     /// `ssl = on` with the certificates in `certs/`.
@@ -54,18 +54,6 @@ pub struct ClusterOptions {
     pub settings: Vec<(String, String)>,
     /// Also listen on these loopback addresses (besides 127.0.0.1).
     pub extra_listen: Vec<String>,
-}
-
-impl Default for ClusterOptions {
-    fn default() -> Self {
-        Self {
-            install: None,
-            ssl: false,
-            hba: Vec::new(),
-            settings: Vec::new(),
-            extra_listen: Vec::new(),
-        }
-    }
 }
 
 impl ClusterOptions {

@@ -46,7 +46,7 @@ impl AdminCommand for ShowTasks {
                 (!slot.is_empty()).then_some(slot),
                 text(task.phase().as_str()),
                 text(timestamp(task.started)),
-                text(interval(task.started_at.elapsed().as_secs_f64())),
+                text(interval(task.elapsed().as_secs_f64())),
                 task.error(),
             ]);
         }

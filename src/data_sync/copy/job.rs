@@ -67,10 +67,9 @@ fn select_sql(ctx: &Ctx, job: &Job, range: Option<(u64, Option<u64>)>) -> String
 fn ranges(ctx: &Ctx, job: &Job) -> Vec<Option<(u64, Option<u64>)>> {
     let t = &ctx.plan.tables[job.table].table;
     let pages = t.bytes / 8192;
-    let k = if t.relkind == 'r' && ctx.chunk_bytes > 0 {
-        (t.bytes / ctx.chunk_bytes).clamp(1, job.permits as u64)
-    } else {
-        1
+    let k = match t.bytes.checked_div(ctx.chunk_bytes) {
+        Some(k) if t.relkind == 'r' => k.clamp(1, job.permits as u64),
+        _ => 1,
     };
     if k <= 1 {
         return vec![None];

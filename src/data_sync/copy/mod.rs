@@ -100,11 +100,9 @@ pub async fn run(
     for mut job in jobs {
         let pool = pools[job.source_shard].clone();
         let bytes = ctx.plan.tables[job.table].table.bytes;
-        let wanted = if ctx.chunk_bytes > 0 {
-            (bytes / ctx.chunk_bytes).clamp(1, parallel as u64) as u32
-        } else {
-            1
-        };
+        let wanted = bytes
+            .checked_div(ctx.chunk_bytes)
+            .map_or(1, |k| k.clamp(1, parallel as u64) as u32);
         let ctx = ctx.clone();
         set.spawn(async move {
             let permit = pool

@@ -606,7 +606,7 @@ impl<'a> Session<'a> {
         d: usize,
         rel: &RelationInfo,
         new: &Tuple,
-        fill: Option<&[(WireFormat, Option<Vec<u8>>)]>,
+        fill: Option<&[FillValue]>,
         origin: Origin,
     ) -> Result<()> {
         let mut formats = Vec::with_capacity(rel.columns.len());
@@ -916,5 +916,7 @@ impl<'a> Session<'a> {
     }
 }
 
-/// Values for a row's `u` columns: format and bytes, per column.
-type Fill = Vec<(WireFormat, Option<Vec<u8>>)>;
+/// A value for a `u` column: its format and bytes (`None`: NULL).
+type FillValue = (WireFormat, Option<Vec<u8>>);
+/// Values for a row's `u` columns, per column.
+type Fill = Vec<FillValue>;
