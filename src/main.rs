@@ -238,10 +238,20 @@ async fn data_sync_command(config: Arc<Config>, args: &DataSyncArgs) -> ExitCode
     if args.replication_slot.is_none() && mode != Mode::Cleanup {
         eprintln!("replication slot: {slot}");
     }
+    // `shutdown` ends the process (signals); the task's own token stops the
+    // move, from a signal or from STOP_TASK on the admin console.
     let token = CancellationToken::new();
     stop_on_signals(token.clone());
     let registry = Arc::new(Registry::default());
     let task = registry.new_task(&opts.from_database, &opts.to_database, &opts.publication);
+    let stop = task.stop.clone();
+    {
+        let (token, stop) = (token.clone(), stop.clone());
+        tokio::spawn(async move {
+            token.cancelled().await;
+            stop.cancel();
+        });
+    }
 
     // The admin console and metrics, while the move runs.
     let admin_port = args.admin_port.unwrap_or(config.general.port);
@@ -254,7 +264,7 @@ async fn data_sync_command(config: Arc<Config>, args: &DataSyncArgs) -> ExitCode
         });
     }
     let reporter = pgdog::report::spawn(task.clone(), token.clone());
-    let result = data_sync::run(config, opts.clone(), task, token.clone()).await;
+    let result = data_sync::run(config, opts.clone(), task, stop).await;
     token.cancel();
     let _ = reporter.await;
     let same = std::env::args().collect::<Vec<_>>().join(" ");

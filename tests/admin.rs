@@ -17,6 +17,7 @@ use pgdog::harness::{ClusterOptions, Fleet};
 use pgdog::net::{
     ChannelBinding, ConnectOptions, Connection, ConnectionError, TlsConnector, TlsMode, TlsOptions,
 };
+use pgdog_protocol::frontend::Format;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -112,15 +113,27 @@ async fn rows(conn: &mut Connection, sql: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// psql's output as parsed CSV: the header, then the rows.
+/// psql's `--csv` output: the header, then the rows (RFC 4180 quoting:
+/// a cell with a comma or quote is quoted, a quote inside is doubled; our
+/// cells hold no newlines).
 fn csv(out: &str) -> Vec<Vec<String>> {
     out.lines()
-        .map(|l| {
-            // Our cells hold no commas or quotes except the error column,
-            // which the tests do not split.
-            l.split(',')
-                .map(|c| c.trim_matches('"').to_string())
-                .collect()
+        .map(|line| {
+            let mut cells = vec![String::new()];
+            let mut quoted = false;
+            let mut chars = line.chars().peekable();
+            while let Some(c) = chars.next() {
+                match (c, quoted) {
+                    ('"', true) if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        cells.last_mut().unwrap().push('"');
+                    }
+                    ('"', _) => quoted = !quoted,
+                    (',', false) => cells.push(String::new()),
+                    (c, _) => cells.last_mut().unwrap().push(c),
+                }
+            }
+            cells
         })
         .collect()
 }
@@ -488,6 +501,10 @@ async fn commands_during_a_move() {
     );
     assert_eq!(d[3][..3], ["dest", "1", "primary"]);
     assert!(d.iter().skip(1).all(|r| r[6] == "yes"), "{d:?}");
+    assert!(
+        d[1][7].starts_with("logged in as \"postgres\", PostgreSQL 1"),
+        "{d:?}"
+    );
 
     let u = rows(&mut conn, "SHOW USERS").await;
     assert_eq!(
@@ -520,6 +537,11 @@ async fn commands_during_a_move() {
     assert_eq!(help[0], ["command", "description"]);
     assert_eq!(help.len(), 11, "{help:?}");
     assert!(help.iter().any(|r| r[0] == "STOP_TASK <id>"));
+    assert!(
+        help.iter()
+            .any(|r| r[0] == "SHOW TASKS" && r[1].contains("publication, slot")),
+        "{help:?}"
+    );
 
     // Errors: a SQLSTATE, the offending text, a hint; the session goes on.
     let err = conn.query("SELECT 1").await.unwrap_err();
@@ -651,6 +673,14 @@ async fn logins_and_refusals() {
         msg.contains("database \"app\" does not exist") && msg.contains("\"admin\""),
         "{msg}"
     );
+
+    // The extended protocol is refused, and the session goes on.
+    let err = conn
+        .query_params("SHOW VERSION", &[], std::iter::empty(), Format::Text)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("0A000"), "{err}");
+    assert_eq!(rows(&mut conn, "SHOW VERSION").await.len(), 1);
 
     // Garbage, and a client that never finishes its startup packet: the
     // open session does not notice; both are dropped.
@@ -823,14 +853,4 @@ async fn tls_offered_and_required() {
         }
         console.stop().await;
     }
-}
-
-#[tokio::test]
-#[ignore]
-async fn zz_manual_server() {
-    let config = config_from("", &admin_section(PASSWORD), "");
-    let token = CancellationToken::new();
-    admin::serve(config, Arc::new(Registry::default()), Some(55432), token)
-        .await
-        .unwrap();
 }

@@ -25,11 +25,23 @@ impl Rng {
 /// Values in COPY text format (no tabs, newlines or backslashes to escape).
 fn values(data_type: DataType, rng: &mut Rng) -> Vec<String> {
     let mut out: Vec<String> = match data_type {
-        DataType::Bigint => ["0", "1", "-1", "9223372036854775807", "-9223372036854775808", "2147483648", "-2147483649"]
+        DataType::Bigint => [
+            "0",
+            "1",
+            "-1",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "2147483648",
+            "-2147483649",
+        ]
+        .map(String::from)
+        .to_vec(),
+        DataType::Integer => ["0", "1", "-1", "2147483647", "-2147483648"]
             .map(String::from)
             .to_vec(),
-        DataType::Integer => ["0", "1", "-1", "2147483647", "-2147483648"].map(String::from).to_vec(),
-        DataType::Smallint => ["0", "1", "-1", "32767", "-32768"].map(String::from).to_vec(),
+        DataType::Smallint => ["0", "1", "-1", "32767", "-32768"]
+            .map(String::from)
+            .to_vec(),
         DataType::Uuid => [
             "00000000-0000-0000-0000-000000000000",
             "ffffffff-ffff-ffff-ffff-ffffffffffff",
@@ -37,11 +49,20 @@ fn values(data_type: DataType, rng: &mut Rng) -> Vec<String> {
         ]
         .map(String::from)
         .to_vec(),
-        DataType::Text | DataType::Varchar => ["", "a", "żółw", "🐢🐢🐢", "abcdefghijkl", "The quick brown fox jumps over the lazy dog"]
-            .map(String::from)
-            .to_vec(),
+        DataType::Text | DataType::Varchar => [
+            "",
+            "a",
+            "żółw",
+            "🐢🐢🐢",
+            "abcdefghijkl",
+            "The quick brown fox jumps over the lazy dog",
+        ]
+        .map(String::from)
+        .to_vec(),
     };
-    const CHARS: &[char] = &['a', 'Z', '0', ' ', '-', 'é', 'ż', 'ł', '中', '文', '🐢', 'ß', '\'', '"', '%'];
+    const CHARS: &[char] = &[
+        'a', 'Z', '0', ' ', '-', 'é', 'ż', 'ł', '中', '文', '🐢', 'ß', '\'', '"', '%',
+    ];
     for _ in 0..RANDOM {
         let r = rng.next();
         out.push(match data_type {
@@ -51,11 +72,20 @@ fn values(data_type: DataType, rng: &mut Rng) -> Vec<String> {
             DataType::Uuid => {
                 let b = [r.to_be_bytes(), rng.next().to_be_bytes()].concat();
                 let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-                format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+                format!(
+                    "{}-{}-{}-{}-{}",
+                    &h[0..8],
+                    &h[8..12],
+                    &h[12..16],
+                    &h[16..20],
+                    &h[20..32]
+                )
             }
             DataType::Text | DataType::Varchar => {
                 let len = (r % 40) as usize;
-                (0..len).map(|_| CHARS[(rng.next() % CHARS.len() as u64) as usize]).collect()
+                (0..len)
+                    .map(|_| CHARS[(rng.next() % CHARS.len() as u64) as usize])
+                    .collect()
             }
         });
     }
@@ -85,7 +115,10 @@ async fn hash_sharding_matches_postgres_partitioning() {
         .await
         .unwrap();
         let vals = values(data_type, &mut rng);
-        let mut copy = conn.copy_in(&format!("COPY vals_{name} FROM STDIN")).await.unwrap();
+        let mut copy = conn
+            .copy_in(&format!("COPY vals_{name} FROM STDIN"))
+            .await
+            .unwrap();
         for (i, v) in vals.iter().enumerate() {
             copy.write(format!("{i}\t{v}\n").as_bytes());
             copy.maybe_flush().await.unwrap();
@@ -103,14 +136,19 @@ async fn hash_sharding_matches_postgres_partitioning() {
             })
             .collect();
         let rows = conn
-            .query(&format!("SELECT v::text, {} FROM vals_{name} ORDER BY i", picks.join(", ")))
+            .query(&format!(
+                "SELECT v::text, {} FROM vals_{name} ORDER BY i",
+                picks.join(", ")
+            ))
             .await
             .unwrap();
         // The same values as the server sends them in binary.
         let mut binary = Vec::new();
         {
             let mut out = conn
-                .copy_out(&format!("COPY (SELECT v FROM vals_{name} ORDER BY i) TO STDOUT (FORMAT binary)"))
+                .copy_out(&format!(
+                    "COPY (SELECT v FROM vals_{name} ORDER BY i) TO STDOUT (FORMAT binary)"
+                ))
                 .await
                 .unwrap();
             let mut dec = Decoder::new();
@@ -143,6 +181,9 @@ async fn hash_sharding_matches_postgres_partitioning() {
                 checked += 1;
             }
         }
-        eprintln!("{name}: {checked} placements agree with PostgreSQL {}", cluster.install.major);
+        eprintln!(
+            "{name}: {checked} placements agree with PostgreSQL {}",
+            cluster.install.major
+        );
     }
 }

@@ -140,6 +140,13 @@ pub(super) fn check(config: &Config) -> Result<Option<TlsConnector>, ConfigError
     }
 
     // Admin console.
+    if config.general.max_admin_connections == 0 {
+        return Err(invalid(
+            file,
+            "general.max_admin_connections".into(),
+            "must be at least 1 (0 would refuse every admin connection)".into(),
+        ));
+    }
     if config.admin.name.is_empty() {
         return Err(invalid(
             file,
