@@ -42,28 +42,12 @@ while IFS= read -r -d '' f; do
     copied=$((copied + 1))
 done < <(captured "$fixtures/copy")
 
-# fixtures/pgoutput/*: one pgoutput message per file, either bare or as the
-# XLogData body that carried it (a 'w' byte and 24 bytes of LSNs and time
-# first; 'w' is not a pgoutput tag, so the two cannot be confused). The
-# pgoutput target reads a mode byte first: 0x03 is version 4 outside a
-# streamed transaction, 0x07 version 4 inside one (changes then carry an
-# xid first).
-while IFS= read -r -d '' f; do
-    name=$(seed_name "$f")
-    if [ "$(head -c 1 "$f" | tr -d '\0')" = w ]; then
-        skip=26
-    else
-        skip=1
-    fi
-    for mode in 03 07; do
-        { printf "\\x$mode"; tail -c "+$skip" "$f" | head -c "$max_seed"; } \
-            >"$corpus/pgoutput/$name-mode$mode"
-    done
-    copied=$((copied + 1))
-done < <(captured "$fixtures/pgoutput")
+# fixtures/pgoutput/session-*.bin are whole sessions (a u32 length before
+# each message); examples/seeds.rs splits them into one seed per message,
+# with the mode byte each needs (version, stream open or not).
 
 echo "copied $copied fixture files from $fixtures"
 
 # Generated seeds. Built in the fuzz crate's own target dir, like the
 # targets themselves.
-cargo run --quiet --manifest-path "$here/Cargo.toml" --example seeds -- "$corpus"
+cargo run --quiet --manifest-path "$here/Cargo.toml" --example seeds -- "$corpus" "$fixtures"

@@ -26,6 +26,9 @@ fn main() -> std::io::Result<()> {
     let mut out = Seeds { corpus, written: 0 };
     copy_seeds(&mut out)?;
     pgoutput_seeds(&mut out)?;
+    if let Some(fixtures) = std::env::args_os().nth(2).map(PathBuf::from) {
+        session_seeds(&mut out, &fixtures.join("pgoutput"))?;
+    }
     backend_seeds(&mut out)?;
     println!("wrote {} generated seeds", out.written);
     Ok(())
@@ -385,6 +388,53 @@ fn encode(msg: &Message) -> BytesMut {
     let mut buf = BytesMut::new();
     msg.encode(&mut buf);
     buf
+}
+
+/// Captured sessions (`fixtures/pgoutput/session-v<N>-*.bin`: a u32 length
+/// before each message) split into one seed per message, with the mode
+/// byte the message needs: its version and whether a stream was open.
+/// At most a few seeds per message tag, so a long capture does not flood
+/// the corpus.
+fn session_seeds(out: &mut Seeds, dir: &Path) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or("session").to_string();
+        let Some(version) = name
+            .strip_prefix("session-v")
+            .and_then(|r| r.split('-').next())
+            .and_then(|v| v.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let mut data = Bytes::from(std::fs::read(&path)?);
+        let mut decoder = pgdog_protocol::pgoutput::Decoder::new(version);
+        let mut per_tag = [0u8; 256];
+        let mut n = 0;
+        while data.len() >= 4 {
+            let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
+            if data.len() < 4 + len {
+                break;
+            }
+            let msg = data.slice(4..4 + len);
+            data = data.slice(4 + len..);
+            let in_stream = decoder.in_stream();
+            let tag = msg.first().copied().unwrap_or(0) as usize;
+            if decoder.decode(msg.clone()).is_err() {
+                break;
+            }
+            if per_tag[tag] < 4 {
+                per_tag[tag] += 1;
+                let mut input = vec![mode(version, in_stream)];
+                input.extend_from_slice(&msg);
+                out.write("pgoutput", &format!("fixture-{name}-{n}"), &input)?;
+            }
+            n += 1;
+        }
+    }
+    Ok(())
 }
 
 fn pgoutput_seeds(out: &mut Seeds) -> std::io::Result<()> {
