@@ -253,7 +253,17 @@ async fn run_inner(
 pub async fn cleanup(endpoints: &Endpoints, slot: &str) -> Result<()> {
     for s in 0..endpoints.source.shards.len() {
         let mut conn = endpoints.connect_source(s, false).await?;
-        match preflight::slot_info(&mut conn, slot).await? {
+        // A pgdog that just stopped may still hold the slot for a moment
+        // while its WAL sender exits: give it a few seconds.
+        let mut info = preflight::slot_info(&mut conn, slot).await?;
+        for _ in 0..50 {
+            if !info.as_ref().is_some_and(|i| i.active_pid.is_some()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            info = preflight::slot_info(&mut conn, slot).await?;
+        }
+        match info {
             None => info!(source_shard = s, slot, "no replication slot to drop"),
             Some(info) if info.active_pid.is_some() => {
                 return Err(DataSyncError::preflight(

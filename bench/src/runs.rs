@@ -1,0 +1,825 @@
+//! The measured runs and the report.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgdog::harness::fleet::DATABASE;
+use pgdog::harness::{Cluster, Fleet, PgInstall};
+use pgdog::net::Connection;
+use pgdog_protocol::Lsn;
+use tokio::process::Command;
+
+use crate::dataset::{self, TABLES};
+use crate::{median, Args};
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+/// Rows of the report: (section, what, value, baseline ratio note).
+#[derive(Debug, Default)]
+pub struct Report {
+    header: Vec<String>,
+    rows: Vec<[String; 4]>,
+}
+
+impl Report {
+    pub fn note(&mut self, line: String) {
+        eprintln!("{line}");
+        self.header.push(line);
+    }
+
+    fn row(&mut self, section: &str, what: &str, value: String, ratio: String) {
+        eprintln!("{section:<22} {what:<44} {value:>14} {ratio}");
+        self.rows.push([section.into(), what.into(), value, ratio]);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::from("# pgdog data-sync benchmark\n\n");
+        for h in &self.header {
+            out.push_str(&format!("- {h}\n"));
+        }
+        out.push_str("\n| section | what | median | vs baseline |\n|-|-|-:|-|\n");
+        for r in &self.rows {
+            out.push_str(&format!("| {} | {} | {} | {} |\n", r[0], r[1], r[2], r[3]));
+        }
+        out
+    }
+}
+
+/// What `/usr/bin/time` says of a pgdog run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    wall: f64,
+    cpu: f64,
+    max_rss_kb: u64,
+}
+
+pub struct Bench {
+    fleet: Fleet,
+    install: PgInstall,
+    pgdog: PathBuf,
+    dir: PathBuf,
+    runs: usize,
+    backlog: u64,
+    accounts: u64,
+    /// Rows of accounts, events, documents.
+    split: (u64, u64, u64),
+    /// Heap bytes of the published tables on the source.
+    heap_bytes: u64,
+    pgbench: PathBuf,
+}
+
+fn conninfo(c: &Cluster) -> String {
+    format!(
+        "host={} port={} user=postgres dbname={DATABASE}",
+        c.host(),
+        c.port()
+    )
+}
+
+impl Bench {
+    pub async fn new(fleet: Fleet, install: PgInstall, args: &Args) -> Result<Bench> {
+        fleet.on_sources(dataset::SCHEMA).await?;
+        fleet.on_dests(dataset::SCHEMA).await?;
+        eprintln!("loading {} rows on the source...", args.rows);
+        let started = Instant::now();
+        fleet.sources[0]
+            .exec(DATABASE, &dataset::load_sql(args.rows))
+            .await?;
+        fleet.sources[0].exec(DATABASE, "VACUUM ANALYZE").await?;
+        eprintln!("loaded in {:.0}s", started.elapsed().as_secs_f64());
+        let mut c = fleet.sources[0].connect(DATABASE).await?;
+        let rows = c
+            .query("SELECT sum(pg_relation_size(c.oid) + coalesce(pg_relation_size(c.reltoastrelid), 0))::bigint FROM pg_class c WHERE relname IN ('accounts', 'events', 'documents')")
+            .await?;
+        let heap_bytes = rows[0].text(0).and_then(|t| t.parse().ok()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("pgdog-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let pgbench = PgInstall::all()
+            .into_iter()
+            .map(|i| i.tool("pgbench"))
+            .find(|p| p.exists())
+            .ok_or("pgbench not found (apt-get install postgresql)")?;
+        let bench = Bench {
+            pgdog: args.pgdog.canonicalize()?,
+            fleet,
+            install,
+            dir,
+            runs: args.runs.max(1),
+            backlog: args.backlog,
+            accounts: dataset::split(args.rows).0,
+            split: dataset::split(args.rows),
+            heap_bytes,
+            pgbench,
+        };
+        bench.write_config()?;
+        Ok(bench)
+    }
+
+    /// Config with clusters `source`, `dest1` (one shard) and `dest2` (two).
+    fn write_config(&self) -> Result<()> {
+        let f = &self.fleet;
+        let mut toml = String::from("[general]\nport = 0\ntls_verify = \"disabled\"\n\n");
+        let mut server = |name: &str, c: &Cluster, shard: usize| {
+            toml.push_str(&format!(
+                "[[databases]]\nname = \"{name}\"\nhost = \"{}\"\nport = {}\nshard = {shard}\ndatabase_name = \"{DATABASE}\"\n\n",
+                c.host(),
+                c.port()
+            ));
+        };
+        server("source", &f.sources[0], 0);
+        server("dest1", &f.dests[0], 0);
+        server("dest2", &f.dests[1], 0);
+        server("dest2", &f.dests[2], 1);
+        toml.push_str(dataset::SHARDING);
+        std::fs::write(self.dir.join("pgdog.toml"), toml)?;
+        let users: String = ["source", "dest1", "dest2"]
+            .iter()
+            .map(|db| format!("[[users]]\nname = \"pgdog\"\ndatabase = \"{db}\"\nserver_user = \"postgres\"\n\n"))
+            .collect();
+        std::fs::write(self.dir.join("users.toml"), users)?;
+        Ok(())
+    }
+
+    fn dests(&self, to: &str) -> Vec<&Cluster> {
+        match to {
+            "dest1" => vec![&self.fleet.dests[0]],
+            _ => vec![&self.fleet.dests[1], &self.fleet.dests[2]],
+        }
+    }
+
+    pub async fn machine(&self, report: &mut Report) -> Result<()> {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
+            .unwrap_or_default();
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0);
+        let mem = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| {
+                t.lines().next().map(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .unwrap_or("0")
+                        .parse::<u64>()
+                        .unwrap_or(0)
+                })
+            })
+            .unwrap_or(0);
+        report.note(format!(
+            "machine: {cores} cores ({cpu}), {:.0} GiB; all servers and pgdog share it",
+            mem as f64 / 1048576.0
+        ));
+        report.note(format!(
+            "PostgreSQL {}, fsync on, synchronous_commit on; {} runs per figure, median shown",
+            self.install.major, self.runs
+        ));
+        let (a, e, d) = self.split;
+        report.note(format!(
+            "dataset: {a} accounts, {e} events, {d} TOASTed documents of ~20 kB; {:.0} MB of heap and TOAST",
+            self.heap_bytes as f64 / 1e6
+        ));
+        Ok(())
+    }
+
+    /// Empty every destination and drop pgdog's state, then checkpoint so
+    /// every run starts alike.
+    async fn reset_dests(&self) -> Result<()> {
+        for c in &self.fleet.dests {
+            c.exec(
+                DATABASE,
+                &format!(
+                    "TRUNCATE {}; DROP SCHEMA IF EXISTS pgdog CASCADE; CHECKPOINT;",
+                    TABLES.join(", ")
+                ),
+            )
+            .await?;
+        }
+        self.fleet.sources[0].exec(DATABASE, "CHECKPOINT").await?;
+        Ok(())
+    }
+
+    async fn drop_slots(&self) -> Result<()> {
+        self.fleet.sources[0]
+            .exec(
+                DATABASE,
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active",
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `pgdog data-sync` under `/usr/bin/time`; returns at once with the
+    /// child (the usage is read when it exits).
+    fn pgdog(&self, to: &str, extra: &[&str], log: &str) -> Result<tokio::process::Child> {
+        let log = std::fs::File::create(self.dir.join(log))?;
+        let child = Command::new("/usr/bin/time")
+            .args(["-f", "PGDOG_USAGE %e %U %S %M"])
+            .arg(&self.pgdog)
+            .arg("--config")
+            .arg(self.dir.join("pgdog.toml"))
+            .arg("--users")
+            .arg(self.dir.join("users.toml"))
+            .args([
+                "data-sync",
+                "--from-database",
+                "source",
+                "--from-user",
+                "pgdog",
+                "--to-database",
+                to,
+                "--to-user",
+                "pgdog",
+                "--publication",
+                "bench",
+                "--admin-port",
+                "0",
+            ])
+            .args(extra)
+            .env("PGDOG_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(child)
+    }
+
+    fn usage(&self, log: &str) -> Usage {
+        let text = std::fs::read_to_string(self.dir.join(log)).unwrap_or_default();
+        let Some(line) = text.lines().rev().find(|l| l.starts_with("PGDOG_USAGE")) else {
+            return Usage::default();
+        };
+        let v: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        Usage {
+            wall: v.first().copied().unwrap_or(0.0),
+            cpu: v.get(1).copied().unwrap_or(0.0) + v.get(2).copied().unwrap_or(0.0),
+            max_rss_kb: v.get(3).copied().unwrap_or(0.0) as u64,
+        }
+    }
+
+    async fn pgdog_sync_only(&self, to: &str, log: &str) -> Result<Usage> {
+        let status = self.pgdog(to, &["--sync-only"], log)?.wait().await?;
+        if !status.success() {
+            return Err(format!(
+                "pgdog --sync-only failed:\n{}",
+                std::fs::read_to_string(self.dir.join(log))?
+            )
+            .into());
+        }
+        Ok(self.usage(log))
+    }
+
+    async fn pgdog_cleanup(&self, to: &str) -> Result<()> {
+        let status = self
+            .pgdog(to, &["--cleanup"], "cleanup.log")?
+            .wait()
+            .await?;
+        if !status.success() {
+            return Err(format!(
+                "pgdog --cleanup failed:\n{}",
+                std::fs::read_to_string(self.dir.join("cleanup.log"))?
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// `psql -c COPY ... TO STDOUT | psql -c COPY ... FROM STDIN`, binary.
+    fn pipe(&self, table: &str, to: &Cluster) -> Result<tokio::process::Child> {
+        let psql = "psql";
+        let cmd = format!(
+            "{psql} '{}' -Xqc \"COPY {table} TO STDOUT (FORMAT binary)\" | {psql} '{}' -Xqc \"COPY {table} FROM STDIN (FORMAT binary)\"",
+            conninfo(&self.fleet.sources[0]),
+            conninfo(to)
+        );
+        Ok(Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .kill_on_drop(true)
+            .spawn()?)
+    }
+
+    async fn pipes(&self, parallel: bool) -> Result<f64> {
+        self.reset_dests().await?;
+        let to = &self.fleet.dests[0];
+        let started = Instant::now();
+        if parallel {
+            let mut children = Vec::new();
+            for t in &TABLES[..3] {
+                children.push(self.pipe(t, to)?);
+            }
+            for mut c in children {
+                if !c.wait().await?.success() {
+                    return Err("pipe failed".into());
+                }
+            }
+        } else {
+            for t in &TABLES[..3] {
+                if !self.pipe(t, to)?.wait().await?.success() {
+                    return Err("pipe failed".into());
+                }
+            }
+        }
+        Ok(started.elapsed().as_secs_f64())
+    }
+
+    async fn native_copy(&self) -> Result<f64> {
+        self.reset_dests().await?;
+        let dest = &self.fleet.dests[0];
+        let started = Instant::now();
+        dest.exec(
+            DATABASE,
+            &format!(
+                "CREATE SUBSCRIPTION bench_sub CONNECTION '{}' PUBLICATION bench WITH (binary = true)",
+                conninfo(&self.fleet.sources[0])
+            ),
+        )
+        .await?;
+        let mut c = dest.connect(DATABASE).await?;
+        loop {
+            let rows = c
+                .query("SELECT count(*) FILTER (WHERE srsubstate = 'r'), count(*) FROM pg_subscription_rel")
+                .await?;
+            let ready: u64 = rows[0].text(0).and_then(|t| t.parse().ok()).unwrap_or(0);
+            let all: u64 = rows[0].text(1).and_then(|t| t.parse().ok()).unwrap_or(0);
+            if all == TABLES.len() as u64 && ready == all {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        dest.exec(DATABASE, "DROP SUBSCRIPTION bench_sub").await?;
+        Ok(elapsed)
+    }
+
+    pub async fn copy(&self, report: &mut Report) -> Result<()> {
+        let mut seq = Vec::new();
+        let mut par = Vec::new();
+        let mut native = Vec::new();
+        let mut one = Vec::new();
+        let mut two = Vec::new();
+        let mut usage = Vec::new();
+        for run in 0..self.runs {
+            eprintln!("copy run {}/{}", run + 1, self.runs);
+            seq.push(self.pipes(false).await?);
+            par.push(self.pipes(true).await?);
+            native.push(self.native_copy().await?);
+            self.drop_slots().await?;
+            self.reset_dests().await?;
+            let u = self.pgdog_sync_only("dest1", "copy1.log").await?;
+            one.push(u.wall);
+            usage.push(u);
+            self.pgdog_cleanup("dest1").await?;
+            self.reset_dests().await?;
+            let u = self.pgdog_sync_only("dest2", "copy2.log").await?;
+            two.push(u.wall);
+            usage.push(u);
+            self.pgdog_cleanup("dest2").await?;
+        }
+        let (seq, par, native, one, two) = (
+            median(seq),
+            median(par),
+            median(native),
+            median(one),
+            median(two),
+        );
+        let secs = |v: f64| format!("{v:.2} s");
+        let ratio = |v: f64, base: f64, name: &str| format!("{:.2}x {name}", v / base);
+        report.row(
+            "copy 1→1",
+            "raw COPY binary pipe, tables one after another",
+            secs(seq),
+            "baseline".into(),
+        );
+        report.row(
+            "copy 1→1",
+            "raw COPY binary pipe, all tables at once",
+            secs(par),
+            ratio(par, seq, "sequential pipe"),
+        );
+        report.row(
+            "copy 1→1",
+            "native CREATE SUBSCRIPTION (binary)",
+            secs(native),
+            ratio(native, seq, "sequential pipe"),
+        );
+        report.row(
+            "copy 1→1",
+            "pgdog data-sync --sync-only",
+            secs(one),
+            format!(
+                "{}, {}",
+                ratio(one, seq, "sequential pipe"),
+                ratio(one, par, "parallel pipe")
+            ),
+        );
+        report.row(
+            "copy 1→2",
+            "pgdog data-sync --sync-only",
+            secs(two),
+            format!(
+                "{}, {}",
+                ratio(two, seq, "sequential pipe"),
+                ratio(two, par, "parallel pipe")
+            ),
+        );
+        let gb = self.heap_bytes as f64 / 1e9;
+        let cpu = median(usage.iter().map(|u| u.cpu / gb).collect());
+        let rss = usage.iter().map(|u| u.max_rss_kb).max().unwrap_or(0);
+        report.row(
+            "pgdog resources",
+            "CPU seconds per GB copied",
+            format!("{cpu:.2} s/GB"),
+            "target ≤ 1".into(),
+        );
+        report.row(
+            "pgdog resources",
+            "peak RSS during copy",
+            format!("{:.1} MB", rss as f64 / 1024.0),
+            "target ≤ 20".into(),
+        );
+        Ok(())
+    }
+
+    /// `backlog` single-row transactions (pgbench, 4 clients) on the source.
+    async fn write_backlog(
+        &self,
+        transactions: u64,
+        rate: Option<u64>,
+    ) -> Result<tokio::process::Child> {
+        let script = self.dir.join("backlog.sql");
+        std::fs::write(&script, dataset::pgbench_script(self.accounts))?;
+        let src = &self.fleet.sources[0];
+        let mut cmd = Command::new(&self.pgbench);
+        cmd.args([
+            "-n",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-h",
+            src.host(),
+            "-p",
+            &src.port().to_string(),
+            "-U",
+            "postgres",
+        ])
+        .arg("-f")
+        .arg(&script)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+        match rate {
+            Some(r) => cmd.args(["-R", &r.to_string(), "-T", &transactions.to_string()]),
+            None => cmd.args(["-t", &(transactions / 4).to_string()]),
+        };
+        cmd.arg(DATABASE);
+        Ok(cmd.spawn()?)
+    }
+
+    async fn current_lsn(&self) -> Result<Lsn> {
+        let mut c = self.fleet.sources[0].connect(DATABASE).await?;
+        let rows = c.query("SELECT pg_current_wal_lsn()::text").await?;
+        Ok(rows[0].text(0).and_then(Lsn::parse).unwrap_or_default())
+    }
+
+    /// Insert a marker row after the backlog; returns its id.
+    async fn marker(&self) -> Result<i64> {
+        static MARKERS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+        let id = -1 - MARKERS.fetch_add(1, Ordering::Relaxed);
+        self.fleet.sources[0]
+            .exec(DATABASE, &format!("INSERT INTO pings VALUES ({id}, now())"))
+            .await?;
+        Ok(id)
+    }
+
+    /// Seconds until the marker row is visible on one of `dests`.
+    async fn until_visible(&self, dests: &[&Cluster], id: i64, started: Instant) -> Result<f64> {
+        let mut conns = Vec::new();
+        for d in dests {
+            conns.push(d.connect(DATABASE).await?);
+        }
+        loop {
+            for c in conns.iter_mut() {
+                let rows = c
+                    .query(&format!("SELECT 1 FROM pings WHERE id = {id}"))
+                    .await?;
+                if !rows.is_empty() {
+                    return Ok(started.elapsed().as_secs_f64());
+                }
+            }
+            if started.elapsed() > Duration::from_secs(1800) {
+                return Err("marker never arrived".into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Seconds until `slot` confirms `target`.
+    async fn until_confirmed(&self, slot: &str, target: Lsn, started: Instant) -> Result<f64> {
+        let mut c = self.fleet.sources[0].connect(DATABASE).await?;
+        loop {
+            let rows = c
+                .query(&format!(
+                    "SELECT coalesce(confirmed_flush_lsn::text, '0/0') FROM pg_replication_slots WHERE slot_name = '{slot}'"
+                ))
+                .await?;
+            let at = rows
+                .first()
+                .and_then(|r| r.text(0))
+                .and_then(Lsn::parse)
+                .unwrap_or_default();
+            if at >= target {
+                return Ok(started.elapsed().as_secs_f64());
+            }
+            if started.elapsed() > Duration::from_secs(1800) {
+                return Err(format!("slot {slot} stuck at {at}, target {target}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn native_catch_up(&self) -> Result<(f64, f64)> {
+        self.reset_dests().await?;
+        let dest = &self.fleet.dests[0];
+        dest.exec(
+            DATABASE,
+            &format!(
+                "CREATE SUBSCRIPTION bench_sub CONNECTION '{}' PUBLICATION bench WITH (binary = true, slot_name = 'bench_sub')",
+                conninfo(&self.fleet.sources[0])
+            ),
+        )
+        .await?;
+        // Wait for the copy, then stop applying.
+        let mut c = dest.connect(DATABASE).await?;
+        loop {
+            let rows = c
+                .query("SELECT count(*) FILTER (WHERE srsubstate = 'r'), count(*) FROM pg_subscription_rel")
+                .await?;
+            if rows[0].text(0) == rows[0].text(1)
+                && rows[0].text(1) == Some(&TABLES.len().to_string())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        dest.exec(DATABASE, "ALTER SUBSCRIPTION bench_sub DISABLE")
+            .await?;
+        self.write_backlog(self.backlog, None).await?.wait().await?;
+        let marker = self.marker().await?;
+        let target = self.current_lsn().await?;
+        let started = Instant::now();
+        dest.exec(DATABASE, "ALTER SUBSCRIPTION bench_sub ENABLE")
+            .await?;
+        let visible = self.until_visible(&[dest], marker, started).await?;
+        let confirmed = self.until_confirmed("bench_sub", target, started).await?;
+        dest.exec(DATABASE, "DROP SUBSCRIPTION bench_sub").await?;
+        Ok((confirmed, visible))
+    }
+
+    async fn pgdog_catch_up(&self, to: &str) -> Result<(f64, f64, Usage)> {
+        self.reset_dests().await?;
+        self.pgdog_sync_only(to, "catchup-copy.log").await?;
+        self.write_backlog(self.backlog, None).await?.wait().await?;
+        let marker = self.marker().await?;
+        let target = self.current_lsn().await?;
+        let started = Instant::now();
+        let mut child = self.pgdog(to, &["--replicate-only"], "catchup.log")?;
+        let slot = format!("pgdog_bench_{to}");
+        let visible = self.until_visible(&self.dests(to), marker, started).await;
+        let t = self.until_confirmed(&slot, target, started).await;
+        terminate(&child).await;
+        child.wait().await?;
+        let (t, visible) = (t?, visible?);
+        let usage = self.usage("catchup.log");
+        self.pgdog_cleanup(to).await?;
+        Ok((t, visible, usage))
+    }
+
+    pub async fn catch_up(&self, report: &mut Report) -> Result<()> {
+        let (mut native, mut native_seen) = (Vec::new(), Vec::new());
+        let (mut one, mut one_seen) = (Vec::new(), Vec::new());
+        let (mut two, mut two_seen) = (Vec::new(), Vec::new());
+        let mut usage = Vec::new();
+        for run in 0..self.runs {
+            eprintln!("catch-up run {}/{}", run + 1, self.runs);
+            let (c, v) = self.native_catch_up().await?;
+            native.push(c);
+            native_seen.push(v);
+            let (c, v, u) = self.pgdog_catch_up("dest1").await?;
+            one.push(c);
+            one_seen.push(v);
+            usage.push(u);
+            let (c, v, u) = self.pgdog_catch_up("dest2").await?;
+            two.push(c);
+            two_seen.push(v);
+            usage.push(u);
+        }
+        let m = |v: Vec<f64>| median(v);
+        let (native, one, two) = (m(native), m(one), m(two));
+        let (native_seen, one_seen, two_seen) = (m(native_seen), m(one_seen), m(two_seen));
+        let what = format!("{} single-row transactions", self.backlog);
+        report.row(
+            "catch-up (confirmed_flush_lsn)",
+            &format!("native subscription, {what}"),
+            format!("{native:.2} s"),
+            "baseline".into(),
+        );
+        report.row(
+            "catch-up (confirmed_flush_lsn)",
+            "pgdog 1→1",
+            format!("{one:.2} s"),
+            format!("{:.2}x native", one / native),
+        );
+        report.row(
+            "catch-up (confirmed_flush_lsn)",
+            "pgdog 1→2",
+            format!("{two:.2} s"),
+            format!("{:.2}x native", two / native),
+        );
+        report.row(
+            "catch-up (last row visible)",
+            &format!("native subscription, {what}"),
+            format!("{native_seen:.2} s"),
+            "baseline".into(),
+        );
+        report.row(
+            "catch-up (last row visible)",
+            "pgdog 1→1",
+            format!("{one_seen:.2} s"),
+            format!("{:.2}x native", one_seen / native_seen),
+        );
+        report.row(
+            "catch-up (last row visible)",
+            "pgdog 1→2",
+            format!("{two_seen:.2} s"),
+            format!("{:.2}x native", two_seen / native_seen),
+        );
+        let rss = usage.iter().map(|u| u.max_rss_kb).max().unwrap_or(0);
+        let cpu = median(usage.iter().map(|u| u.cpu).collect());
+        report.row(
+            "pgdog resources",
+            "CPU seconds during catch-up",
+            format!("{cpu:.2} s"),
+            String::new(),
+        );
+        report.row(
+            "pgdog resources",
+            "peak RSS during catch-up",
+            format!("{:.1} MB", rss as f64 / 1024.0),
+            String::new(),
+        );
+        Ok(())
+    }
+
+    /// Commit-to-visible delay on the 2-shard destination while pgbench
+    /// writes at a steady rate: a ping row every 10 ms, its arrival polled.
+    pub async fn steady(&self, report: &mut Report, duration: Duration) -> Result<()> {
+        self.reset_dests().await?;
+        let mut child = self.pgdog("dest2", &[], "steady.log")?;
+        // Wait for streaming (the copy comes first).
+        let slot = "pgdog_bench_dest2";
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        loop {
+            // The permanent slot turns active when streaming starts.
+            if self.slot_active(slot).await? {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("pgdog never started streaming".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let load = self.write_backlog(duration.as_secs(), Some(500)).await?;
+        let sent: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (sent, stop) = (sent.clone(), stop.clone());
+            let opts = self.fleet.sources[0].options("postgres", DATABASE);
+            tokio::spawn(async move {
+                let mut c = Connection::connect(&opts).await?;
+                let mut id = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    id += 1;
+                    c.execute(&format!(
+                        "INSERT INTO pings VALUES ({id}, clock_timestamp())"
+                    ))
+                    .await?;
+                    sent.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id, Instant::now());
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok::<_, pgdog::net::ConnectionError>(())
+            })
+        };
+        let mut readers = Vec::new();
+        for d in self.dests("dest2") {
+            let opts = d.options("postgres", DATABASE);
+            let (sent, stop) = (sent.clone(), stop.clone());
+            readers.push(tokio::spawn(async move {
+                let mut c = Connection::connect(&opts).await?;
+                let mut seen = std::collections::HashSet::new();
+                let mut delays = Vec::new();
+                let mut after = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    let rows = c
+                        .query(&format!(
+                            "SELECT id FROM pings WHERE id > {after} ORDER BY id"
+                        ))
+                        .await?;
+                    let now = Instant::now();
+                    for r in rows {
+                        let id: i64 = r.text(0).and_then(|t| t.parse().ok()).unwrap_or(0);
+                        after = after.max(id);
+                        if seen.insert(id) {
+                            if let Some(t0) =
+                                sent.lock().unwrap_or_else(|e| e.into_inner()).get(&id)
+                            {
+                                delays.push(
+                                    now.saturating_duration_since(*t0).as_secs_f64() * 1000.0,
+                                );
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Ok::<_, pgdog::net::ConnectionError>(delays)
+            }));
+        }
+        tokio::time::sleep(duration).await;
+        stop.store(true, Ordering::Relaxed);
+        writer.await??;
+        let mut delays = Vec::new();
+        for r in readers {
+            delays.extend(r.await??);
+        }
+        drop(load);
+        terminate(&child).await;
+        child.wait().await?;
+        self.pgdog_cleanup("dest2").await?;
+        delays.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        let pct = |p: f64| {
+            delays
+                .get(((delays.len() as f64 - 1.0) * p) as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        let what = format!(
+            "commit to visible on 1→2, pgbench at 500 tx/s, {} pings",
+            delays.len()
+        );
+        report.row(
+            "steady state",
+            &format!("{what}, p50"),
+            format!("{:.1} ms", pct(0.5)),
+            String::new(),
+        );
+        report.row(
+            "steady state",
+            &format!("{what}, p99"),
+            format!("{:.1} ms", pct(0.99)),
+            "target ≤ 50 ms".into(),
+        );
+        Ok(())
+    }
+
+    async fn slot_active(&self, slot: &str) -> Result<bool> {
+        let mut c = self.fleet.sources[0].connect(DATABASE).await?;
+        let rows = c
+            .query(&format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"
+            ))
+            .await?;
+        Ok(rows[0].text(0) == Some("1"))
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGTERM to pgdog, which runs under `/usr/bin/time` (the child's child).
+async fn terminate(child: &tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("pkill")
+            .args(["-TERM", "-P", &pid.to_string()])
+            .status()
+            .await;
+    }
+}
