@@ -65,7 +65,9 @@ fn fixtures() -> PathBuf {
 async fn record_copy(cluster: &Cluster, name: &str) -> Result<(), Box<dyn std::error::Error>> {
     cluster.exec("postgres", TYPES_SQL).await?;
     let mut conn = cluster.connect("postgres").await?;
-    let mut out = conn.copy_out("COPY types TO STDOUT (FORMAT binary)").await?;
+    let mut out = conn
+        .copy_out("COPY types TO STDOUT (FORMAT binary)")
+        .await?;
     let mut bytes = Vec::new();
     while let Some(chunk) = out.next().await? {
         bytes.extend_from_slice(&chunk);
@@ -77,10 +79,16 @@ async fn record_copy(cluster: &Cluster, name: &str) -> Result<(), Box<dyn std::e
     Ok(())
 }
 
-async fn record_session(cluster: &Cluster, version: u32, name: &str) -> Result<(), Box<dyn std::error::Error>> {
+async fn record_session(
+    cluster: &Cluster,
+    version: u32,
+    name: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
     cluster.exec("postgres", SESSION_SETUP).await?;
-    let mut repl = Connection::connect(&cluster.options("postgres", "postgres").replication(true)).await?;
-    repl.create_replication_slot("fixture", false, SnapshotAction::NoExport).await?;
+    let mut repl =
+        Connection::connect(&cluster.options("postgres", "postgres").replication(true)).await?;
+    repl.create_replication_slot("fixture", false, SnapshotAction::NoExport)
+        .await?;
     for sql in SESSION_SQL {
         cluster.exec("postgres", sql).await?;
     }
@@ -93,7 +101,9 @@ async fn record_session(cluster: &Cluster, version: u32, name: &str) -> Result<(
         options.push(("streaming", "on".into()));
         options.push(("binary", "true".into()));
     }
-    let mut stream = repl.start_replication("fixture", Lsn::ZERO, &options).await?;
+    let mut stream = repl
+        .start_replication("fixture", Lsn::ZERO, &options)
+        .await?;
     let mut decoder = pgoutput::Decoder::new(version);
     let mut file = Vec::new();
     let mut commits = 0;
@@ -103,7 +113,10 @@ async fn record_session(cluster: &Cluster, version: u32, name: &str) -> Result<(
     while commits < SESSION_SQL.len() {
         let msg = tokio::time::timeout(Duration::from_secs(30), stream.recv()).await??;
         let Some(ServerMessage::XLogData { data, .. }) = msg else {
-            if let Some(ServerMessage::PrimaryKeepalive { end, reply: true, .. }) = msg {
+            if let Some(ServerMessage::PrimaryKeepalive {
+                end, reply: true, ..
+            }) = msg
+            {
                 stream.send_status(end, Lsn::ZERO, Lsn::ZERO, false).await?;
             }
             continue;
@@ -121,7 +134,11 @@ async fn record_session(cluster: &Cluster, version: u32, name: &str) -> Result<(
     let path = fixtures().join("pgoutput").join(name);
     std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
     std::fs::write(&path, &file)?;
-    println!("wrote {} ({messages} messages, {} bytes)", path.display(), file.len());
+    println!(
+        "wrote {} ({messages} messages, {} bytes)",
+        path.display(),
+        file.len()
+    );
     Ok(())
 }
 
@@ -136,13 +153,19 @@ fn options(install: PgInstall) -> ClusterOptions {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let old = PgInstall::major(15).ok_or("PostgreSQL 15 server binaries not found")?;
-    let new = PgInstall::newest_at_least(16).ok_or("no PostgreSQL 16+ found: run scripts/fetch-postgres.sh")?;
+    let new = PgInstall::newest_at_least(16)
+        .ok_or("no PostgreSQL 16+ found: run scripts/fetch-postgres.sh")?;
     for (install, version) in [(old, 1u32), (new, 4u32)] {
         let major = install.major;
         let cluster = Cluster::start(options(install.clone()))?;
         record_copy(&cluster, &format!("types-pg{major}.bin")).await?;
         let cluster = Cluster::start(options(install))?;
-        record_session(&cluster, version, &format!("session-v{version}-pg{major}.bin")).await?;
+        record_session(
+            &cluster,
+            version,
+            &format!("session-v{version}-pg{major}.bin"),
+        )
+        .await?;
     }
     Ok(())
 }

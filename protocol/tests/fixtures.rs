@@ -8,7 +8,9 @@ use pgdog_protocol::copy_binary::Decoder;
 use pgdog_protocol::pgoutput::{self, Column, Message, OldTuple};
 
 fn fixture(rel: &str) -> Bytes {
-    let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(rel);
+    let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(rel);
     Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
@@ -23,7 +25,11 @@ fn copy_rows(data: &Bytes, chunk: usize) -> Vec<Row> {
         let piece = rest.split_to(chunk.min(rest.len()));
         d.push(piece).unwrap();
         while let Some(row) = d.next_row().unwrap() {
-            rows.push((0..row.len()).map(|i| row.field(i).unwrap().map(<[u8]>::to_vec)).collect());
+            rows.push(
+                (0..row.len())
+                    .map(|i| row.field(i).unwrap().map(<[u8]>::to_vec))
+                    .collect(),
+            );
         }
     }
     d.finish().unwrap();
@@ -66,7 +72,11 @@ fn check_copy(rel: &str) {
     let whole = copy_rows(&data, data.len());
     // Any chunking gives the same rows.
     for chunk in [1, 7, 4096] {
-        assert_eq!(copy_rows(&data, chunk), whole, "{rel} in {chunk}-byte chunks");
+        assert_eq!(
+            copy_rows(&data, chunk),
+            whole,
+            "{rel} in {chunk}-byte chunks"
+        );
     }
     assert_eq!(whole.len(), 3);
     assert!(whole.iter().all(|r| r.len() == 15));
@@ -86,17 +96,33 @@ fn check_copy(rel: &str) {
     assert_eq!(be_i32(f(9)), 8825);
     assert_eq!(
         f(10),
-        [0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b, 0xb9, 0xbd, 0x38, 0x0a, 0x11]
+        [
+            0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b, 0xb9, 0xbd, 0x38,
+            0x0a, 0x11
+        ]
     );
     // jsonb: a version byte, then text.
     assert_eq!(f(11)[0], 1);
-    assert_eq!(std::str::from_utf8(&f(11)[1..]).unwrap(), r#"{"k": [1, null, "v"]}"#);
+    assert_eq!(
+        std::str::from_utf8(&f(11)[1..]).unwrap(),
+        r#"{"k": [1, null, "v"]}"#
+    );
     let (elem, ints) = array(f(12));
     assert_eq!(elem, 23, "int4[]");
-    assert_eq!(ints, vec![Some(1i32.to_be_bytes().to_vec()), None, Some(3i32.to_be_bytes().to_vec())]);
+    assert_eq!(
+        ints,
+        vec![
+            Some(1i32.to_be_bytes().to_vec()),
+            None,
+            Some(3i32.to_be_bytes().to_vec())
+        ]
+    );
     let (elem, texts) = array(f(13));
     assert_eq!(elem, 25, "text[]");
-    assert_eq!(texts, vec![Some(b"a".to_vec()), None, Some(b"b c".to_vec())]);
+    assert_eq!(
+        texts,
+        vec![Some(b"a".to_vec()), None, Some(b"b c".to_vec())]
+    );
     assert_eq!(f(14), b"happy", "an enum travels as its label");
 
     let r = &whole[1];
@@ -134,7 +160,11 @@ fn session(rel: &str, version: u32) -> Vec<Message> {
     while data.has_remaining() {
         let len = data.get_u32() as usize;
         let msg = data.split_to(len);
-        out.push(decoder.decode(msg).unwrap_or_else(|e| panic!("message {}: {e}", out.len())));
+        out.push(
+            decoder
+                .decode(msg)
+                .unwrap_or_else(|e| panic!("message {}: {e}", out.len())),
+        );
     }
     out
 }
@@ -191,47 +221,99 @@ fn check_session(rel: &str, version: u32) {
             return m.clone();
         }
     };
-    let Message::Relation { relation, .. } = next('R') else { unreachable!() };
-    assert_eq!((relation.namespace.as_str(), relation.name.as_str()), ("public", "a"));
+    let Message::Relation { relation, .. } = next('R') else {
+        unreachable!()
+    };
+    assert_eq!(
+        (relation.namespace.as_str(), relation.name.as_str()),
+        ("public", "a")
+    );
     assert_eq!(relation.columns.len(), 3);
     assert!(relation.columns[0].key && !relation.columns[1].key);
     assert_eq!(relation.columns[0].type_oid, 20);
-    let Message::Insert { new, .. } = next('I') else { unreachable!() };
+    let Message::Insert { new, .. } = next('I') else {
+        unreachable!()
+    };
     assert_eq!(value(new.get(0), binary), "1");
     assert_eq!(value(new.get(1), false), "one");
-    assert_eq!(value(new.get(2), false).len(), 400 * 32, "the TOASTed value in full");
+    assert_eq!(
+        value(new.get(2), false).len(),
+        400 * 32,
+        "the TOASTed value in full"
+    );
     // Key change: the old key, and the TOASTed value left unchanged.
-    let Message::Update { old, new, .. } = next('U') else { unreachable!() };
-    let Some(OldTuple::Key(key)) = old else { panic!("K old tuple") };
+    let Message::Update { old, new, .. } = next('U') else {
+        unreachable!()
+    };
+    let Some(OldTuple::Key(key)) = old else {
+        panic!("K old tuple")
+    };
     assert_eq!(value(key.get(0), binary), "1");
-    assert_eq!(value(key.get(1), false), "NULL", "non-key columns are NULL in a K tuple");
+    assert_eq!(
+        value(key.get(1), false),
+        "NULL",
+        "non-key columns are NULL in a K tuple"
+    );
     assert_eq!(value(new.get(0), binary), "2");
     assert_eq!(value(new.get(2), false), "UNCHANGED");
-    let Message::Update { old, new, .. } = next('U') else { unreachable!() };
+    let Message::Update { old, new, .. } = next('U') else {
+        unreachable!()
+    };
     assert!(old.is_none());
     assert_eq!(value(new.get(1), false), "two");
     assert_eq!(value(new.get(2), false), "UNCHANGED");
-    let Message::Relation { relation, .. } = next('R') else { unreachable!() };
+    let Message::Relation { relation, .. } = next('R') else {
+        unreachable!()
+    };
     assert_eq!(relation.replica_identity, b'f');
     next('I');
-    let Message::Update { old, new, .. } = next('U') else { unreachable!() };
-    let Some(OldTuple::Old(full)) = old else { panic!("O old tuple") };
+    let Message::Update { old, new, .. } = next('U') else {
+        unreachable!()
+    };
+    let Some(OldTuple::Old(full)) = old else {
+        panic!("O old tuple")
+    };
     assert_eq!(value(full.get(1), false), "x");
     assert_eq!(value(new.get(1), false), "y");
-    let Message::Delete { old: OldTuple::Key(key), .. } = next('D') else { panic!("D with K") };
+    let Message::Delete {
+        old: OldTuple::Key(key),
+        ..
+    } = next('D')
+    else {
+        panic!("D with K")
+    };
     assert_eq!(value(key.get(0), binary), "2");
-    let Message::Truncate { relations, options, .. } = next('T') else { unreachable!() };
+    let Message::Truncate {
+        relations, options, ..
+    } = next('T')
+    else {
+        unreachable!()
+    };
     assert_eq!((relations.len(), options), (2, 0));
-    let Message::Message { transactional, prefix, content, .. } = next('M') else { unreachable!() };
+    let Message::Message {
+        transactional,
+        prefix,
+        content,
+        ..
+    } = next('M')
+    else {
+        unreachable!()
+    };
     assert!(transactional);
     assert_eq!((prefix.as_str(), &content[..]), ("pgdog", &b"hello"[..]));
 
     // The large transaction: 500 inserts, streamed in progress where the
     // protocol allows it.
-    let inserts = msgs.iter().filter(|m| matches!(m, Message::Insert { .. })).count();
+    let inserts = msgs
+        .iter()
+        .filter(|m| matches!(m, Message::Insert { .. }))
+        .count();
     assert_eq!(inserts, 2 + 500);
     if version >= 2 {
-        assert!(kinds.contains('S') && kinds.contains('E') && kinds.ends_with('c'), "{kinds}");
+        assert!(
+            kinds.contains('S') && kinds.contains('E') && kinds.ends_with('c'),
+            "{kinds}"
+        );
         let streamed = msgs
             .iter()
             .filter(|m| matches!(m, Message::Insert { xid: Some(_), .. }))

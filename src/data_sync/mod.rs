@@ -257,7 +257,7 @@ pub async fn cleanup(endpoints: &Endpoints, slot: &str) -> Result<()> {
         // while its WAL sender exits: give it a few seconds.
         let mut info = preflight::slot_info(&mut conn, slot).await?;
         for _ in 0..50 {
-            if !info.as_ref().is_some_and(|i| i.active_pid.is_some()) {
+            if info.as_ref().is_none_or(|i| i.active_pid.is_none()) {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
