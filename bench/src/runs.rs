@@ -222,8 +222,14 @@ impl Bench {
     /// child (the usage is read when it exits).
     fn pgdog(&self, to: &str, extra: &[&str], log: &str) -> Result<tokio::process::Child> {
         let log = std::fs::File::create(self.dir.join(log))?;
-        let child = Command::new("/usr/bin/time")
-            .args(["-f", "PGDOG_USAGE %e %U %S %M"])
+        let mut cmd = Command::new("/usr/bin/time");
+        cmd.args(["-f", "PGDOG_USAGE %e %U %S %M"]);
+        // A profiler or tracer to run pgdog under, e.g.
+        // PGDOG_BENCH_WRAP="strace -c -f -o /tmp/strace.txt".
+        if let Ok(wrap) = std::env::var("PGDOG_BENCH_WRAP") {
+            cmd.args(wrap.split_whitespace());
+        }
+        let child = cmd
             .arg(&self.pgdog)
             .arg("--config")
             .arg(self.dir.join("pgdog.toml"))
