@@ -218,7 +218,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     );
     fleet.wait_caught_up(&slot, Duration::from_secs(60)).await?;
     eprintln!(
-        "caught up in {} ms: the slot's confirmed_flush_lsn reached pg_current_wal_lsn()",
+        "caught up in {} ms: the slot's confirmed_flush_lsn reached the source's WAL position",
         caught.elapsed().as_millis()
     );
     token.cancel();

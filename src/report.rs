@@ -46,10 +46,11 @@ pub fn copy_line(c: &TableCopy) -> String {
     let bytes = c.bytes.load(Ordering::Relaxed) as f64;
     let elapsed = c.elapsed().max(0.001);
     let mut line = format!(
-        "{}.{} [source shard {}] {} rows, {} ({}/s)",
+        "{}.{} [source shard {} from {}] {} rows, {} ({}/s)",
         c.schema,
         c.table,
         c.source_shard,
+        c.source_hosts.lock().unwrap_or_else(|e| e.into_inner()),
         rows,
         human_bytes(bytes),
         human_bytes(bytes / elapsed)

@@ -188,7 +188,7 @@ async fn destination_restart_mid_stream() {
         .unwrap();
     let config = fleet.config(SHARDING).unwrap();
     let writer = Writer::start(fleet.source_options(), 100_000_000);
-    let mut run = start(config, options("pub", Mode::Full));
+    let mut run = start(config, move_options("pub", Mode::Full));
     run.wait_streaming(Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Shard 1 goes down hard and comes back; writes never stop.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use pgdog::data_sync::{Mode, Outcome};
 use pgdog::harness::fleet::DATABASE;
-use pgdog::harness::{ClusterOptions, Fleet};
+use pgdog::harness::{ClusterOptions, Fleet, PgInstall};
 use pgdog::sharding::DataType;
 
 const EXTRA_SCHEMA: &str = "
@@ -95,7 +95,11 @@ async fn touch_omni_and_full(fleet: &Fleet) {
 }
 
 async fn run_move(n: usize, m: usize, rows: u64) {
-    let fleet = Fleet::start(n, m, ClusterOptions::default()).await.unwrap();
+    run_move_on(n, m, rows, ClusterOptions::default()).await;
+}
+
+async fn run_move_on(n: usize, m: usize, rows: u64, options: ClusterOptions) {
+    let fleet = Fleet::start(n, m, options).await.unwrap();
     load(&fleet, rows).await;
     let mut extra = sharding(&[("items", "tenant")], "dest");
     if n > 1 {
@@ -118,7 +122,7 @@ async fn run_move(n: usize, m: usize, rows: u64) {
     }
     let config = fleet.config(&extra).unwrap();
     let writer = Writer::start(fleet.source_options(), 10_000_000);
-    let mut run = start(config, options("pub", Mode::Full));
+    let mut run = start(config, move_options("pub", Mode::Full));
     run.wait_streaming(Duration::from_secs(120)).await;
     touch_omni_and_full(&fleet).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -160,4 +164,22 @@ async fn three_to_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_to_one() {
     run_move(1, 1, 20_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_two_newer_postgres() {
+    let Some(install) = PgInstall::newest_at_least(16) else {
+        eprintln!("SKIP: no PostgreSQL 16+ found (run scripts/fetch-postgres.sh)");
+        return;
+    };
+    run_move_on(
+        1,
+        2,
+        20_000,
+        ClusterOptions {
+            install: Some(install),
+            ..Default::default()
+        },
+    )
+    .await;
 }

@@ -24,7 +24,13 @@ async fn run_to_error(fleet: &Fleet, extra: &str, mode: Mode) -> String {
 async fn run_config_to_error(config: Arc<pgdog::config::Config>, mode: Mode) -> String {
     let registry = Registry::default();
     let task = registry.new_task("source", "dest", "pub");
-    let result = data_sync::run(config, options("pub", mode), task, CancellationToken::new()).await;
+    let result = data_sync::run(
+        config,
+        move_options("pub", mode),
+        task,
+        CancellationToken::new(),
+    )
+    .await;
     match result {
         Err(e @ DataSyncError::Preflight { .. }) => e.to_string(),
         other => panic!("expected a preflight error, got {other:?}"),
@@ -275,7 +281,7 @@ async fn sync_only_then_replicate_only_then_cleanup() {
     )];
 
     // Copy only; the slot stays and keeps the changes made meanwhile.
-    let run = start(config.clone(), options("pub", Mode::SyncOnly));
+    let run = start(config.clone(), move_options("pub", Mode::SyncOnly));
     let outcome = run.handle.await.unwrap().unwrap();
     assert_eq!(outcome, Outcome::Copied);
     let writer = Writer::start(fleet.source_options(), 50_000_000);
@@ -283,11 +289,11 @@ async fn sync_only_then_replicate_only_then_cleanup() {
     writer.stop().await;
 
     // A second --sync-only copies nothing again.
-    let run = start(config.clone(), options("pub", Mode::SyncOnly));
+    let run = start(config.clone(), move_options("pub", Mode::SyncOnly));
     assert_eq!(run.handle.await.unwrap().unwrap(), Outcome::Copied);
 
     // Stream what happened since the copy.
-    let mut run = start(config.clone(), options("pub", Mode::ReplicateOnly));
+    let mut run = start(config.clone(), move_options("pub", Mode::ReplicateOnly));
     run.wait_streaming(Duration::from_secs(30)).await;
     fleet
         .wait_caught_up(&run.slot, Duration::from_secs(60))
@@ -298,7 +304,7 @@ async fn sync_only_then_replicate_only_then_cleanup() {
     verify_equal(&fleet, &checks).await;
 
     // Cleanup: slot and state gone.
-    let run = start(config, options("pub", Mode::Cleanup));
+    let run = start(config, move_options("pub", Mode::Cleanup));
     assert_eq!(run.handle.await.unwrap().unwrap(), Outcome::CleanedUp);
     nothing_created(&fleet).await;
 }

@@ -122,7 +122,7 @@ async fn move_all_types(install: Option<PgInstall>) {
     fleet.on_dests(SCHEMA).await.unwrap();
     fleet.on_sources(LOAD).await.unwrap();
     let config = fleet.config(SHARDING).unwrap();
-    let mut run = start(config, options("pub", Mode::Full));
+    let mut run = start(config, move_options("pub", Mode::Full));
     run.wait_streaming(Duration::from_secs(60)).await;
     fleet.sources[0].exec(DATABASE, CHANGES).await.unwrap();
     fleet

@@ -498,7 +498,7 @@ impl Bench {
 
     async fn current_lsn(&self) -> Result<Lsn> {
         let mut c = self.fleet.sources[0].connect(DATABASE).await?;
-        let rows = c.query("SELECT pg_current_wal_lsn()::text").await?;
+        let rows = c.query("SELECT pg_current_wal_insert_lsn()::text").await?;
         Ok(rows[0].text(0).and_then(Lsn::parse).unwrap_or_default())
     }
 

@@ -16,6 +16,7 @@ pub mod error;
 pub mod plan;
 pub mod preflight;
 pub mod progress;
+pub mod replicas;
 pub mod state;
 pub mod stream;
 pub mod verify;
@@ -119,6 +120,11 @@ pub struct Ctx {
     pub chunk_bytes: u64,
     /// An earlier run left state: partial copies must be removed first.
     pub resume: bool,
+    /// Where table copies read, per source shard.
+    pub copy_sources: Vec<replicas::CopySources>,
+    /// Where each source shard's permanent slot starts: a replica must have
+    /// replayed this far before it serves a copy.
+    pub stream_start: Vec<pgdog_protocol::Lsn>,
 }
 
 /// Default parallel copies per source shard: the cores here, at least 2,
@@ -219,6 +225,13 @@ async fn run_inner(
         repl.close().await;
     }
 
+    let mut stream_start = Vec::with_capacity(endpoints.source.shards.len());
+    for s in 0..endpoints.source.shards.len() {
+        let mut conn = endpoints.connect_source(s, false).await?;
+        let info = preflight::slot_info(&mut conn, &slot).await?;
+        stream_start.push(info.and_then(|i| i.confirmed_flush).unwrap_or_default());
+        conn.close().await;
+    }
     let ctx = Arc::new(Ctx {
         endpoints,
         plan: findings.plan,
@@ -227,6 +240,8 @@ async fn run_inner(
         parallel,
         chunk_bytes: config.general.resharding_copy_chunk_size,
         resume: findings.slot_exists.iter().any(|e| *e),
+        copy_sources: findings.copy_sources.clone(),
+        stream_start,
     });
 
     if opts.mode != Mode::ReplicateOnly {

@@ -23,6 +23,8 @@ pub struct Findings {
     pub slot_exists: Vec<bool>,
     /// Finished copies recorded on each destination shard.
     pub finished: Vec<HashMap<(usize, TableName), Lsn>>,
+    /// Where table copies read, per source shard (replicas or the primary).
+    pub copy_sources: Vec<super::replicas::CopySources>,
 }
 
 /// What the run is going to do, which decides what must hold.
@@ -297,6 +299,11 @@ pub async fn run(
         finished.push(done);
         conn.close().await;
     }
+    let copy_sources = if intent == Intent::Copy {
+        super::replicas::qualify(endpoints).await?
+    } else {
+        Vec::new()
+    };
     info!(
         tables = plans.len(),
         source_shards = n,
@@ -313,6 +320,7 @@ pub async fn run(
         },
         slot_exists,
         finished,
+        copy_sources,
     })
 }
 

@@ -84,6 +84,9 @@ pub struct Cluster {
     dir: PathBuf,
     port: u16,
     running: bool,
+    /// Settings written to `postgresql.auto.conf` after the port (a
+    /// standby's connection to its primary).
+    auto_conf: String,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -101,10 +104,17 @@ impl Cluster {
             dir,
             port: 0,
             running: false,
+            auto_conf: String::new(),
         };
         cluster.init(&options)?;
-        // A port found free can be taken by someone else before the
-        // server binds it; try a few.
+        cluster.start_on_free_port()?;
+        Ok(cluster)
+    }
+
+    /// Pick a free port and start. A port found free can be taken by
+    /// someone else before the server binds it; try a few.
+    fn start_on_free_port(&mut self) -> Result<()> {
+        let cluster = self;
         let mut last = None;
         for _ in 0..5 {
             cluster.port = free_port()?;
@@ -112,12 +122,85 @@ impl Cluster {
             match cluster.pg_ctl_start() {
                 Ok(()) => {
                     cluster.running = true;
-                    return Ok(cluster);
+                    return Ok(());
                 }
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or(HarnessError::NoInstall))
+    }
+
+    /// A primary and `n` streaming standbys (hot standby feedback on, a
+    /// physical slot each). The standbys start as cold copies of the
+    /// primary's data directory, which the primary is stopped for.
+    pub async fn start_with_standbys(
+        options: ClusterOptions,
+        n: usize,
+    ) -> Result<(Cluster, Vec<Cluster>)> {
+        let mut primary = Cluster::start(options)?;
+        for i in 0..n {
+            primary
+                .exec(
+                    "postgres",
+                    &format!("SELECT pg_create_physical_replication_slot('standby{i}')"),
+                )
+                .await?;
+        }
+        primary.stop()?;
+        let mut standbys = Vec::with_capacity(n);
+        for i in 0..n {
+            let dir = new_temp_dir()?;
+            let status = Command::new("cp")
+                .arg("-a")
+                .arg(primary.data_dir())
+                .arg(dir.join("data"))
+                .status()
+                .map_err(io("copying the primary's data directory"))?;
+            if !status.success() {
+                return Err(HarnessError::Io {
+                    what: "cp -a of the primary's data directory".into(),
+                    source: std::io::Error::other("copy failed"),
+                });
+            }
+            std::fs::write(dir.join("data").join("standby.signal"), "")
+                .map_err(io("writing standby.signal"))?;
+            let mut standby = Cluster {
+                install: primary.install.clone(),
+                auto_conf: format!(
+                    "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=standby{i}'\n\
+                     primary_slot_name = 'standby{i}'\nhot_standby = on\nhot_standby_feedback = on\n\
+                     unix_socket_directories = '{}'\n",
+                    primary.port,
+                    dir.display()
+                ),
+                dir,
+                port: 0,
+                running: false,
+            };
+            chown_to_postgres(&standby.dir).map_err(io("chown of the standby directory"))?;
+            standby.start_on_free_port()?;
+            standbys.push(standby);
+        }
+        primary.start_again()?;
+        // Wait until every standby streams.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut c = primary.connect("postgres").await?;
+            let rows = c
+                .query("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+                .await?;
+            if rows[0].text(0).and_then(|t| t.parse::<usize>().ok()) == Some(n) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::Io {
+                    what: format!("waiting for {n} standbys to stream"),
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok((primary, standbys))
     }
 
     /// Start a cluster with default options.
@@ -185,7 +268,7 @@ impl Cluster {
     fn write_port(&self) -> Result<()> {
         std::fs::write(
             self.data_dir().join("postgresql.auto.conf"),
-            format!("port = {}\n", self.port),
+            format!("port = {}\n{}", self.port, self.auto_conf),
         )
         .map_err(io("writing the port"))?;
         chown_to_postgres(&self.data_dir().join("postgresql.auto.conf")).map_err(io("chown"))

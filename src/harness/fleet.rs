@@ -114,12 +114,17 @@ impl Fleet {
     }
 
     /// Wait until `slot` has confirmed every source shard's current WAL
-    /// position: the destination has everything committed before now.
+    /// insert position: the destination has everything committed before now.
     pub async fn wait_caught_up(&self, slot: &str, timeout: Duration) -> Result<(), HarnessError> {
         let deadline = Instant::now() + timeout;
         for (s, c) in self.sources.iter().enumerate() {
             let mut conn = c.connect(DATABASE).await?;
-            let rows = conn.query("SELECT pg_current_wal_lsn()::text").await?;
+            // The insert position, not pg_current_wal_lsn(): with
+            // synchronous_commit = off a transaction is committed before its
+            // WAL is written, and it must be waited for too.
+            let rows = conn
+                .query("SELECT pg_current_wal_insert_lsn()::text")
+                .await?;
             let target = rows[0].text(0).and_then(Lsn::parse).unwrap_or_default();
             loop {
                 let rows = conn

@@ -65,6 +65,12 @@ impl Connection {
         }
     }
 
+    /// [`Connection::connect`] taking its options by value (handy in
+    /// closures that build options per call).
+    pub async fn connect_owned(options: ConnectOptions) -> Result<Connection> {
+        Self::connect(&options).await
+    }
+
     async fn connect_inner(options: &ConnectOptions) -> Result<Connection> {
         let addr = options.addr();
         let stream = open_stream(options).await?;

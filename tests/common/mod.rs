@@ -28,7 +28,7 @@ pub struct InProcess {
     pub slot: String,
 }
 
-pub fn options(publication: &str, mode: Mode) -> Options {
+pub fn move_options(publication: &str, mode: Mode) -> Options {
     Options {
         from_database: "source".into(),
         from_user: "pgdog".into(),

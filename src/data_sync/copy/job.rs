@@ -123,8 +123,26 @@ pub async fn run(ctx: &Ctx, job: &Job) -> Result<()> {
     }
     let ranges = ranges(ctx, job);
     let s = job.source_shard;
-    let mut repl = ctx.endpoints.connect_source(s, true).await?;
+    let server = ctx.endpoints.source_server(&job.server);
+    let connect =
+        |replication: bool| Connection::connect_owned(server.clone().replication(replication));
+    let mut repl = connect(true).await?;
     let temp = temp_slot_name();
+    // On a standby: replayed far enough, and the primary nudged to log the
+    // running transactions the standby's slot creation waits for.
+    let _kicker = if job.on_replica {
+        let mut check = connect(false).await?;
+        let start = ctx.stream_start.get(s).copied().unwrap_or_default();
+        super::super::replicas::wait_replayed(&mut check, start, s).await?;
+        debug!(table = %name, replica = %check.addr(), replayed_past = %start, "replica ready");
+        check.close().await;
+        Some(AbortOnDrop(super::super::replicas::kick_standby_snapshots(
+            &ctx.endpoints,
+            s,
+        )))
+    } else {
+        None
+    };
 
     let (snapshot, results) = if ranges.len() == 1 {
         // One stream: the snapshot is used right on the slot's connection.
@@ -161,7 +179,7 @@ pub async fn run(ctx: &Ctx, job: &Job) -> Result<()> {
         })?;
         let mut readers = Vec::with_capacity(ranges.len());
         for _ in &ranges {
-            let mut c = ctx.endpoints.connect_source(s, false).await?;
+            let mut c = connect(false).await?;
             c.execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
                 quote_literal(&snapshot_name)
@@ -217,6 +235,15 @@ pub async fn run(ctx: &Ctx, job: &Job) -> Result<()> {
         "table copied"
     );
     Ok(())
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn connect_dests(ctx: &Ctx, dests: &[usize]) -> Result<Vec<(usize, Connection)>> {

@@ -28,6 +28,9 @@ pub struct Job {
     pub dests: Vec<usize>,
     /// Parallel streams it may use (permits it holds).
     pub permits: u32,
+    /// The server it reads: the shard's primary or one of its replicas.
+    pub server: crate::config::Database,
+    pub on_replica: bool,
     pub progress: Arc<TableCopy>,
 }
 
@@ -81,6 +84,8 @@ pub async fn run(
                 source_shard: s,
                 dests,
                 permits: 1,
+                server: ctx.plan.source.shards[s].primary.clone(),
+                on_replica: false,
                 progress,
             });
         }
@@ -89,16 +94,47 @@ pub async fn run(
         info!("every table was copied by an earlier run");
         return Ok(());
     }
+    // Where each copy reads: the replicas of its shard, evenly by bytes,
+    // or the primary.
+    for s in 0..n {
+        let Some(sources) = ctx.copy_sources.get(s) else {
+            continue;
+        };
+        let mine: Vec<usize> = (0..jobs.len())
+            .filter(|&j| jobs[j].source_shard == s)
+            .collect();
+        let sizes: Vec<u64> = mine
+            .iter()
+            .map(|&j| ctx.plan.tables[jobs[j].table].table.bytes)
+            .collect();
+        for (k, server) in mine
+            .iter()
+            .zip(super::replicas::assign(&sizes, sources.servers.len()))
+        {
+            let job = &mut jobs[*k];
+            job.server = sources.servers[server].clone();
+            job.on_replica = sources.replicas;
+            *job.progress
+                .source_hosts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) =
+                format!("{}:{}", job.server.host, job.server.port);
+        }
+    }
     // Largest first, so the long poles start early.
     jobs.sort_by_key(|j| std::cmp::Reverse(ctx.plan.tables[j.table].table.bytes));
     let parallel = ctx.parallel.max(1);
-    // One pool of streams per source shard.
-    let pools: Vec<Arc<Semaphore>> = (0..n).map(|_| Arc::new(Semaphore::new(parallel))).collect();
+    // One pool of streams per server read.
+    let mut pools: std::collections::HashMap<(String, u16), Arc<Semaphore>> =
+        std::collections::HashMap::new();
     info!(tables = jobs.len(), parallel, "copying");
 
     let mut set = JoinSet::new();
     for mut job in jobs {
-        let pool = pools[job.source_shard].clone();
+        let pool = pools
+            .entry((job.server.host.clone(), job.server.port))
+            .or_insert_with(|| Arc::new(Semaphore::new(parallel)))
+            .clone();
         let bytes = ctx.plan.tables[job.table].table.bytes;
         let wanted = bytes
             .checked_div(ctx.chunk_bytes)

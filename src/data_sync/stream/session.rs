@@ -212,6 +212,7 @@ impl<'a> Session<'a> {
                     self.handle(&mut pgoutput, data, stream).await?;
                 }
                 ServerMessage::PrimaryKeepalive { end, reply, .. } => {
+                    tracing::trace!(source_shard = self.s, %end, reply, in_txn = self.txn.is_some(), "keepalive");
                     self.saw_wal(end);
                     // Nothing in flight: everything up to the server's WAL
                     // end has been received and handled.
