@@ -11,6 +11,7 @@
 //!    subscriber was stopped: native against pgdog 1→1 and 1→2.
 //! 4. Steady state: commit-to-visible delay under a constant load.
 //! 5. pgdog's CPU seconds and peak memory (from `/usr/bin/time`).
+//! 6. Copy from 0, 1 and 2 read replicas (PostgreSQL 16+).
 //!
 //! Run it with `bench/data-sync` (builds in release mode first).
 
@@ -43,7 +44,7 @@ pub struct Args {
     /// The pgdog binary.
     #[arg(long, default_value = "target/release/pgdog")]
     pub pgdog: PathBuf,
-    /// Sections to skip: copy, catchup, steady.
+    /// Sections to skip: copy, catchup, steady, replicas.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     /// Write the report here too.
@@ -105,6 +106,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         bench
             .steady(&mut report, Duration::from_secs(args.steady_seconds))
             .await?;
+    }
+    // The four servers go before the replica set starts.
+    drop(bench);
+    if !args.skip.iter().any(|s| s == "replicas") {
+        runs::replicas(&args, &mut report).await?;
     }
     let text = report.render();
     println!("{text}");

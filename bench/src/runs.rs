@@ -829,3 +829,130 @@ async fn terminate(child: &tokio::process::Child) {
             .await;
     }
 }
+
+/// Copy from 0, 1 and 2 read replicas (PostgreSQL 16+): a primary with two
+/// standbys and a one-shard destination, the same data, pgdog --sync-only
+/// with each config.
+pub async fn replicas(args: &Args, report: &mut Report) -> Result<()> {
+    let Some(install) = PgInstall::newest_at_least(16) else {
+        report.note("replicas: skipped, no PostgreSQL 16+ (scripts/fetch-postgres.sh)".into());
+        return Ok(());
+    };
+    eprintln!(
+        "replicas: PostgreSQL {} primary with 2 standbys and a destination",
+        install.major
+    );
+    let options = pgdog::harness::ClusterOptions {
+        install: Some(install.clone()),
+        ..Default::default()
+    }
+    .setting("fsync", "on")
+    .setting("max_wal_size", "4GB")
+    .setting("shared_buffers", "256MB");
+    let (primary, standbys) = Cluster::start_with_standbys(options.clone(), 2).await?;
+    let dest = Cluster::start(options)?;
+    primary.create_database(DATABASE).await?;
+    dest.create_database(DATABASE).await?;
+    primary.exec(DATABASE, dataset::SCHEMA).await?;
+    dest.exec(DATABASE, dataset::SCHEMA).await?;
+    primary
+        .exec(DATABASE, &dataset::load_sql(args.rows))
+        .await?;
+    primary.exec(DATABASE, "VACUUM ANALYZE").await?;
+    let dir = std::env::temp_dir().join(format!("pgdog-bench-replicas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let users = "[[users]]\nname = \"pgdog\"\ndatabase = \"source\"\nserver_user = \"postgres\"\n\n[[users]]\nname = \"pgdog\"\ndatabase = \"dest1\"\nserver_user = \"postgres\"\n";
+    std::fs::write(dir.join("users.toml"), users)?;
+    let server = |name: &str, c: &Cluster, role: &str| {
+        format!(
+            "[[databases]]\nname = \"{name}\"\nhost = \"{}\"\nport = {}\nrole = \"{role}\"\ndatabase_name = \"{DATABASE}\"\n\n",
+            c.host(),
+            c.port()
+        )
+    };
+    let mut figures = Vec::new();
+    for n in 0..=2 {
+        let mut toml = String::from("[general]\nport = 0\ntls_verify = \"disabled\"\n\n");
+        toml.push_str(&server("source", &primary, "primary"));
+        for s in standbys.iter().take(n) {
+            toml.push_str(&server("source", s, "replica"));
+        }
+        toml.push_str(&server("dest1", &dest, "primary"));
+        std::fs::write(dir.join("pgdog.toml"), toml)?;
+        let mut times = Vec::new();
+        for run in 0..args.runs.max(1) {
+            eprintln!("replicas: {n} replica(s), run {}/{}", run + 1, args.runs);
+            dest.exec(
+                DATABASE,
+                &format!(
+                    "TRUNCATE {}; DROP SCHEMA IF EXISTS pgdog CASCADE; CHECKPOINT;",
+                    TABLES.join(", ")
+                ),
+            )
+            .await?;
+            primary.exec(DATABASE, "CHECKPOINT").await?;
+            let started = Instant::now();
+            let sync = |extra: &str| {
+                let mut cmd = std::process::Command::new(&args.pgdog);
+                cmd.arg("--config")
+                    .arg(dir.join("pgdog.toml"))
+                    .arg("--users")
+                    .arg(dir.join("users.toml"))
+                    .args([
+                        "data-sync",
+                        "--from-database",
+                        "source",
+                        "--from-user",
+                        "pgdog",
+                        "--to-database",
+                        "dest1",
+                        "--to-user",
+                        "pgdog",
+                        "--publication",
+                        "bench",
+                        "--admin-port",
+                        "0",
+                        extra,
+                    ])
+                    .env("PGDOG_LOG", "warn");
+                cmd
+            };
+            let out = sync("--sync-only").output()?;
+            if !out.status.success() {
+                return Err(format!(
+                    "pgdog --sync-only failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
+            times.push(started.elapsed().as_secs_f64());
+            let out = sync("--cleanup").output()?;
+            if !out.status.success() {
+                return Err(format!(
+                    "pgdog --cleanup failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
+        }
+        figures.push(median(times));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    for (n, t) in figures.iter().enumerate() {
+        let what = match n {
+            0 => format!(
+                "pgdog --sync-only from the primary (PostgreSQL {})",
+                install.major
+            ),
+            1 => "from 1 replica".to_string(),
+            _ => format!("from {n} replicas"),
+        };
+        let ratio = if n == 0 {
+            "baseline".to_string()
+        } else {
+            format!("{:.2}x primary", t / figures[0])
+        };
+        report.row("copy from replicas", &what, format!("{t:.2} s"), ratio);
+    }
+    Ok(())
+}
