@@ -61,7 +61,7 @@ impl Default for General {
             tls_private_key: None,
             tls_client_required: false,
             resharding_parallel_copies: None,
-            resharding_copy_chunk_size: 128 * 1024 * 1024,
+            resharding_copy_chunk_size: 64 * 1024 * 1024,
             openmetrics_port: None,
             max_admin_connections: 32,
         }

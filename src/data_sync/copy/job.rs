@@ -3,7 +3,7 @@
 //! ctid ranges inside that snapshot, then record on each destination shard
 //! that the copy is complete as of that LSN.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tracing::{debug, info};
 
@@ -14,7 +14,7 @@ use super::super::catalog::quote_literal;
 use super::super::error::{DataSyncError, Result};
 use super::super::state;
 use super::super::Ctx;
-use super::chunk::copy_stream;
+use super::chunk::{copy_stream, ChunkResult};
 use super::Job;
 
 static TEMP_SLOTS: AtomicU64 = AtomicU64::new(0);
@@ -67,11 +67,14 @@ fn select_sql(ctx: &Ctx, job: &Job, range: Option<(u64, Option<u64>)>) -> String
 fn ranges(ctx: &Ctx, job: &Job) -> Vec<Option<(u64, Option<u64>)>> {
     let t = &ctx.plan.tables[job.table].table;
     let pages = t.bytes / 8192;
+    // About one range per `chunk_bytes`, and at least four per stream: the
+    // job's streams take ranges from a queue, and small ranges keep them
+    // busy until the end.
     let k = match t.bytes.checked_div(ctx.chunk_bytes) {
-        Some(k) if t.relkind == 'r' => k.clamp(1, job.permits as u64),
+        Some(k) if t.relkind == 'r' && job.permits > 1 => k.max(4 * job.permits as u64).clamp(1, 64),
         _ => 1,
     };
-    if k <= 1 {
+    if k <= 1 || pages < k {
         return vec![None];
     }
     let step = pages.div_ceil(k);
@@ -177,8 +180,9 @@ pub async fn run(ctx: &Ctx, job: &Job) -> Result<()> {
                 "CREATE_REPLICATION_SLOT ... EXPORT returned no snapshot name".into(),
             )
         })?;
-        let mut readers = Vec::with_capacity(ranges.len());
-        for _ in &ranges {
+        let streams = (job.permits as usize).clamp(1, ranges.len());
+        let mut readers = Vec::with_capacity(streams);
+        for _ in 0..streams {
             let mut c = connect(false).await?;
             c.execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
@@ -189,26 +193,35 @@ pub async fn run(ctx: &Ctx, job: &Job) -> Result<()> {
         }
         // Every reader holds the snapshot now; the temporary slot can go.
         repl.close().await;
-        debug!(table = %name, shard = s, lsn = %slot.consistent_point, streams = ranges.len(), "snapshot exported");
-        let mut futures = Vec::with_capacity(ranges.len());
-        for (reader, range) in readers.into_iter().zip(ranges.iter()) {
-            let sql = select_sql(ctx, job, *range);
+        debug!(table = %name, shard = s, lsn = %slot.consistent_point, streams, ranges = ranges.len(), "snapshot exported");
+        // Each stream takes the next range until none is left, all inside
+        // its one snapshot transaction.
+        let next = AtomicUsize::new(0);
+        let mut futures = Vec::with_capacity(streams);
+        for reader in readers {
+            let (next, ranges) = (&next, &ranges);
             futures.push(async move {
                 let mut reader = reader;
                 let mut dests = connect_dests(ctx, &job.dests).await?;
-                let result = copy_stream(
-                    &mut reader,
-                    &sql,
-                    plan,
-                    &mut dests,
-                    ctx.plan.dest_shards(),
-                    &job.progress,
-                )
-                .await?;
+                let mut total = ChunkResult {
+                    rows: 0,
+                    per_dest: vec![0; job.dests.len()],
+                };
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(range) = ranges.get(i) else { break };
+                    let sql = select_sql(ctx, job, *range);
+                    let result =
+                        copy_stream(&mut reader, &sql, plan, &mut dests, ctx.plan.dest_shards(), &job.progress).await?;
+                    total.rows += result.rows;
+                    for (t, r) in total.per_dest.iter_mut().zip(&result.per_dest) {
+                        *t += r;
+                    }
+                }
                 reader.execute("COMMIT").await?;
                 close_all(dests).await;
                 reader.close().await;
-                Ok::<_, DataSyncError>(result)
+                Ok::<_, DataSyncError>(total)
             });
         }
         let results = join_all(futures).await?;
