@@ -71,7 +71,9 @@ fn ranges(ctx: &Ctx, job: &Job) -> Vec<Option<(u64, Option<u64>)>> {
     // job's streams take ranges from a queue, and small ranges keep them
     // busy until the end.
     let k = match t.bytes.checked_div(ctx.chunk_bytes) {
-        Some(k) if t.relkind == 'r' && job.permits > 1 => k.max(4 * job.permits as u64).clamp(1, 64),
+        Some(k) if t.relkind == 'r' && job.permits > 1 => {
+            k.max(4 * job.permits as u64).clamp(1, 64)
+        }
         _ => 1,
     };
     if k <= 1 || pages < k {
@@ -211,8 +213,15 @@ pub async fn run(ctx: &Ctx, job: &Job) -> Result<()> {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(range) = ranges.get(i) else { break };
                     let sql = select_sql(ctx, job, *range);
-                    let result =
-                        copy_stream(&mut reader, &sql, plan, &mut dests, ctx.plan.dest_shards(), &job.progress).await?;
+                    let result = copy_stream(
+                        &mut reader,
+                        &sql,
+                        plan,
+                        &mut dests,
+                        ctx.plan.dest_shards(),
+                        &job.progress,
+                    )
+                    .await?;
                     total.rows += result.rows;
                     for (t, r) in total.per_dest.iter_mut().zip(&result.per_dest) {
                         *t += r;

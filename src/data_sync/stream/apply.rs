@@ -1,5 +1,6 @@
 //! Applying changes on one destination shard: prepared statements per
-//! relation and shape, pipelined (Bind/Execute queued, one Sync per round),
+//! relation and shape (see [`super::sql`], fed in batches by
+//! [`super::batch`]), pipelined (Bind/Execute queued, one Sync per round),
 //! inside group transactions that also record the last applied source
 //! commit, so a change and the record of it commit together.
 
@@ -12,34 +13,15 @@ use pgdog_protocol::Lsn;
 use crate::net::extended::PipelineError;
 use crate::net::Connection;
 
-use super::super::catalog::quote_ident;
 use super::super::error::{DataSyncError, Result};
 use super::super::state::{RECORD_APPLIED, RECORD_APPLIED_SQL};
+use super::batch::Queues;
 use super::relation::RelationInfo;
+use super::sql::{statement_sql, ShapeKey};
 
 /// Statements queued since the last Sync before a round trip is forced:
 /// keeps the server's replies well inside socket buffers.
 const ROUND: usize = 2000;
-
-/// The shape of a prepared statement.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ShapeKey {
-    pub relation: u32,
-    pub kind: Kind,
-    /// Which relation columns are SET (updates) or matched (full-identity
-    /// deletes and updates); empty for the others.
-    pub mask: Vec<bool>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Insert,
-    Update,
-    Delete,
-    /// Update matched on every column (REPLICA IDENTITY FULL).
-    UpdateFull,
-    DeleteFull,
-}
 
 /// Where a queued statement came from, to say so if it fails.
 #[derive(Debug, Clone)]
@@ -47,6 +29,8 @@ pub struct Origin {
     pub table: std::sync::Arc<str>,
     pub commit_lsn: Lsn,
     pub what: &'static str,
+    /// Rows an UPDATE or DELETE statement must touch (a batch: several).
+    pub rows: u32,
 }
 
 /// One destination shard's apply connection.
@@ -71,6 +55,11 @@ pub struct DestApplier {
     /// Rows updates/deletes did not find (the destination diverged).
     pub missing_rows: u64,
     affected: Vec<u64>,
+    /// Changes waiting to go out in batches.
+    pub(super) queues: Queues,
+    /// Tables may be applied out of order within a group: the session runs
+    /// with `session_replication_role = replica`.
+    pub(super) reorder: bool,
 }
 
 impl DestApplier {
@@ -87,11 +76,11 @@ impl DestApplier {
         conn.execute("SET synchronous_commit = on").await?;
         // Triggers and FK checks already ran on the source; replica mode
         // skips them here. It needs superuser: without, they just fire.
-        if let Err(e) = conn.execute("SET session_replication_role = replica").await {
-            if e.code() != Some("42501") {
-                return Err(e.into());
-            }
-        }
+        let reorder = match conn.execute("SET session_replication_role = replica").await {
+            Ok(()) => true,
+            Err(e) if e.code() == Some("42501") => false,
+            Err(e) => return Err(e.into()),
+        };
         conn.prepare(RECORD_APPLIED, RECORD_APPLIED_SQL, &[])
             .await?;
         Ok(DestApplier {
@@ -106,6 +95,8 @@ impl DestApplier {
             applied,
             missing_rows: 0,
             affected: Vec::new(),
+            queues: Queues::default(),
+            reorder,
         })
     }
 
@@ -134,15 +125,16 @@ impl DestApplier {
                 table: "".into(),
                 commit_lsn: Lsn::ZERO,
                 what: "BEGIN",
+                rows: 0,
             });
             self.open = true;
         }
     }
 
     /// The prepared statement for a shape, preparing it on first use.
-    async fn statement(&mut self, rel: &RelationInfo, key: ShapeKey) -> Result<String> {
+    fn statement(&mut self, rel: &RelationInfo, key: ShapeKey) -> String {
         if let Some(name) = self.prepared.get(&key) {
-            return Ok(name.clone());
+            return name.clone();
         }
         let sql = statement_sql(rel, &key);
         self.statements += 1;
@@ -151,7 +143,7 @@ impl DestApplier {
         // and a failure shows up at the next Sync like any other.
         pgdog_protocol::frontend::parse(&name, &sql, &[], self.conn.buffer());
         self.prepared.insert(key, name.clone());
-        Ok(name)
+        name
     }
 
     /// Queue one statement with its parameters.
@@ -165,7 +157,7 @@ impl DestApplier {
         origin: Origin,
     ) -> Result<()> {
         self.begin_if_needed();
-        let name = self.statement(rel, key).await?;
+        let name = self.statement(rel, key);
         self.conn
             .queue_execute(&name, formats, params.iter().copied());
         self.origins.push(origin);
@@ -175,8 +167,10 @@ impl DestApplier {
         Ok(())
     }
 
-    /// Queue a statement without parameters (TRUNCATE, DELETE by predicate).
+    /// Queue a statement without parameters (TRUNCATE, DELETE by predicate),
+    /// after every change queued before it.
     pub async fn queue_sql(&mut self, sql: &str, origin: Origin) -> Result<()> {
+        self.flush().await?;
         self.begin_if_needed();
         self.conn.queue_statement(sql);
         self.origins.push(origin);
@@ -205,13 +199,13 @@ impl DestApplier {
         match result {
             Ok(()) => {
                 for (o, n) in origins.iter().zip(&self.affected) {
-                    if *n == 0 && (o.what == "UPDATE" || o.what == "DELETE") {
-                        self.missing_rows += 1;
+                    if *n < o.rows as u64 && (o.what == "UPDATE" || o.what == "DELETE") {
+                        self.missing_rows += o.rows as u64 - n;
                         tracing::warn!(
                             shard = self.shard,
                             table = %o.table,
                             lsn = %o.commit_lsn,
-                            "{} found no row on the destination", o.what
+                            "{} found {n} of {} rows on the destination", o.what, o.rows
                         );
                     }
                 }
@@ -232,6 +226,7 @@ impl DestApplier {
                     table: "?".into(),
                     commit_lsn: Lsn::ZERO,
                     what: "?",
+                    rows: 0,
                 });
                 Err(DataSyncError::Apply {
                     table: format!("{} ({})", origin.table, origin.what),
@@ -247,6 +242,7 @@ impl DestApplier {
     /// Commit the open group: record the last applied source commit for
     /// `slot`/`source_shard` in the same transaction.
     pub async fn commit(&mut self, slot: &str, source_shard: usize) -> Result<()> {
+        self.flush().await?;
         if !self.open {
             return Ok(());
         }
@@ -266,6 +262,7 @@ impl DestApplier {
                 table: "pgdog.replication_progress".into(),
                 commit_lsn: lsn,
                 what: "record",
+                rows: 0,
             });
         }
         self.conn.queue_statement("COMMIT");
@@ -273,6 +270,7 @@ impl DestApplier {
             table: "".into(),
             commit_lsn: self.group_last.unwrap_or_default(),
             what: "COMMIT",
+            rows: 0,
         });
         self.round().await?;
         self.open = false;
@@ -290,96 +288,13 @@ impl DestApplier {
         formats: &[Format],
         params: &[Option<&[u8]>],
     ) -> Result<Option<pgdog_protocol::backend::DataRow>> {
+        self.flush().await?;
         self.round().await?;
         let rows = self
             .conn
             .query_params(sql, formats, params.iter().copied(), Format::Binary)
             .await?;
         Ok(rows.into_iter().next())
-    }
-}
-
-/// SQL of a shape. Parameters follow the relation's column order: every
-/// column for INSERT; SET columns then key columns for UPDATE; key columns
-/// for DELETE; for the `Full` kinds every masked column of the old row.
-pub fn statement_sql(rel: &RelationInfo, key: &ShapeKey) -> String {
-    let table = rel.name.quoted();
-    let cols = &rel.columns;
-    match key.kind {
-        Kind::Insert => {
-            let names: Vec<String> = cols.iter().map(|c| quote_ident(&c.name)).collect();
-            let params: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
-            format!(
-                "INSERT INTO {table} ({}) VALUES ({})",
-                names.join(", "),
-                params.join(", ")
-            )
-        }
-        Kind::Update => {
-            let mut n = 0;
-            let mut set = Vec::new();
-            for (c, on) in cols.iter().zip(&key.mask) {
-                if *on {
-                    n += 1;
-                    set.push(format!("{} = ${n}", quote_ident(&c.name)));
-                }
-            }
-            let mut cond = Vec::new();
-            for c in cols.iter().filter(|c| c.key) {
-                n += 1;
-                cond.push(format!("{} = ${n}", quote_ident(&c.name)));
-            }
-            format!(
-                "UPDATE {table} SET {} WHERE {}",
-                set.join(", "),
-                cond.join(" AND ")
-            )
-        }
-        Kind::Delete => {
-            let cond: Vec<String> = cols
-                .iter()
-                .filter(|c| c.key)
-                .enumerate()
-                .map(|(i, c)| format!("{} = ${}", quote_ident(&c.name), i + 1))
-                .collect();
-            format!("DELETE FROM {table} WHERE {}", cond.join(" AND "))
-        }
-        Kind::UpdateFull | Kind::DeleteFull => {
-            // REPLICA IDENTITY FULL: touch exactly one row equal to the old one.
-            let (set_mask, match_mask) = key.mask.split_at(cols.len().min(key.mask.len()));
-            let mut n = 0;
-            let mut set = Vec::new();
-            if key.kind == Kind::UpdateFull {
-                for (c, on) in cols.iter().zip(set_mask) {
-                    if *on {
-                        n += 1;
-                        set.push(format!("{} = ${n}", quote_ident(&c.name)));
-                    }
-                }
-            }
-            let mut cond = Vec::new();
-            for (c, on) in cols.iter().zip(match_mask) {
-                if *on {
-                    n += 1;
-                    cond.push(format!(
-                        "{} IS NOT DISTINCT FROM ${n}",
-                        quote_ident(&c.name)
-                    ));
-                }
-            }
-            let pick = format!(
-                "SELECT ctid FROM {table} WHERE {} LIMIT 1",
-                cond.join(" AND ")
-            );
-            if key.kind == Kind::UpdateFull {
-                format!(
-                    "UPDATE {table} SET {} WHERE ctid = ({pick})",
-                    set.join(", ")
-                )
-            } else {
-                format!("DELETE FROM {table} WHERE ctid = ({pick})")
-            }
-        }
     }
 }
 

@@ -11,9 +11,12 @@
 //! not confirmed.
 
 mod apply;
-mod relation;
+mod batch;
+mod reader;
+pub(crate) mod relation;
 mod session;
 mod spool;
+mod sql;
 
 use std::sync::Arc;
 use std::time::Duration;

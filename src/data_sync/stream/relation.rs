@@ -14,6 +14,10 @@ pub struct RelColumn {
     pub name: String,
     /// Part of the replica identity.
     pub key: bool,
+    /// The column's type as the catalog names it (`format_type`), for the
+    /// casts of batched statements; `None` for a column the plan does not
+    /// know (added after the move started).
+    pub type_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,12 +47,16 @@ impl RelationInfo {
             name: rel.name.to_string(),
         };
         let table = plan.table(&name);
+        let known = table.map(|t| &plan.tables[t].table.columns);
         let columns: Vec<RelColumn> = rel
             .columns
             .iter()
             .map(|c| RelColumn {
                 name: c.name.to_string(),
                 key: c.key,
+                type_name: known
+                    .and_then(|cols| cols.iter().find(|k| k.name == c.name.as_str()))
+                    .map(|k| k.type_name.clone()),
             })
             .collect();
         let dest_key = table

@@ -2,6 +2,7 @@
 //! the statement(s) that apply it there (a row whose sharding key changed
 //! moves: deleted on the old shard, inserted on the new one).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use pgdog_protocol::frontend::Format as WireFormat;
@@ -10,16 +11,12 @@ use pgdog_protocol::Lsn;
 
 use super::super::super::catalog::quote_ident;
 use super::super::super::error::Result;
-use super::super::apply::{param, Kind, Origin, ShapeKey};
-use crate::sharding::Format;
-use pgdog_protocol::pgoutput::Message;
+use super::super::apply::{param, Origin};
+use super::super::batch::{Change, FillValue, Queued};
 use super::super::relation::RelationInfo;
 use super::Session;
-
-/// A value for a `u` column: its format and bytes (`None`: NULL).
-type FillValue = (WireFormat, Option<Vec<u8>>);
-/// Values for a row's `u` columns, per column.
-type Fill = Vec<FillValue>;
+use crate::sharding::Format;
+use pgdog_protocol::pgoutput::Message;
 
 impl Session<'_> {
     /// Whether destination `d` needs this transaction's change of table
@@ -94,6 +91,7 @@ impl Session<'_> {
             table: rel.display.clone(),
             commit_lsn,
             what,
+            rows: 1,
         };
         match msg {
             Message::Insert { new, .. } => {
@@ -160,154 +158,73 @@ impl Session<'_> {
     pub(super) async fn insert(
         &mut self,
         d: usize,
-        rel: &RelationInfo,
+        rel: &Arc<RelationInfo>,
         new: &Tuple,
-        fill: Option<&[FillValue]>,
+        fill: Option<Vec<FillValue>>,
         origin: Origin,
     ) -> Result<()> {
-        let mut formats = Vec::with_capacity(rel.columns.len());
-        let mut params: Vec<Option<&[u8]>> = Vec::with_capacity(rel.columns.len());
-        for (i, col) in new.columns().enumerate() {
-            match (col, fill) {
-                (Column::Unchanged, Some(fill)) => {
-                    let (f, v) = fill
-                        .get(i)
-                        .map(|(f, v)| (*f, v.as_deref()))
-                        .unwrap_or((WireFormat::Text, None));
-                    formats.push(f);
-                    params.push(v);
-                }
-                (Column::Unchanged, None) => {
-                    return Err(self.stream_error(&format!(
-                        "INSERT into {} with an unchanged TOAST value",
-                        rel.name
-                    )))
-                }
-                (c, _) => {
-                    let (f, v) = param(c);
-                    formats.push(f);
-                    params.push(v);
-                }
-            }
+        if fill.is_none() && new.columns().any(|c| matches!(c, Column::Unchanged)) {
+            return Err(self.stream_error(&format!(
+                "INSERT into {} with an unchanged TOAST value",
+                rel.name
+            )));
         }
-        let key = ShapeKey {
-            relation: rel.oid,
-            kind: Kind::Insert,
-            mask: Vec::new(),
+        let change = Change::Insert {
+            new: new.clone(),
+            fill,
         };
-        self.dests[d]
-            .queue(rel, key, &formats, &params, origin)
-            .await?;
-        self.touch(d);
-        Ok(())
+        self.queue(d, rel, change, origin).await
     }
 
     pub(super) async fn update(
         &mut self,
         d: usize,
-        rel: &RelationInfo,
+        rel: &Arc<RelationInfo>,
         old: Option<&OldTuple>,
         new: &Tuple,
         origin: Origin,
     ) -> Result<()> {
-        let mut formats = Vec::new();
-        let mut params: Vec<Option<&[u8]>> = Vec::new();
-        let mut mask = Vec::with_capacity(rel.columns.len() * 2);
-        for col in new.columns() {
-            let set = !matches!(col, Column::Unchanged);
-            mask.push(set);
-            if set {
-                let (f, v) = param(col);
-                formats.push(f);
-                params.push(v);
-            }
-        }
-        if !mask.iter().any(|m| *m) {
+        if !new.columns().any(|c| !matches!(c, Column::Unchanged)) {
+            // Nothing to set: every column is an unchanged TOAST value.
             return Ok(());
         }
-        let kind = if rel.full {
-            // Match the old row on every column it carries.
-            let Some(old) = old else {
-                return Err(self.stream_error(&format!(
-                    "UPDATE of {} (REPLICA IDENTITY FULL) without the old row",
-                    rel.name
-                )));
-            };
-            for col in old.tuple().columns() {
-                let on = !matches!(col, Column::Unchanged);
-                mask.push(on);
-                if on {
-                    let (f, v) = param(col);
-                    formats.push(f);
-                    params.push(v);
-                }
-            }
-            Kind::UpdateFull
-        } else {
-            // Key values: from the old key when the key changed, else new.
-            let source = old.map(|o| o.tuple()).unwrap_or(new);
-            for (i, col) in source.columns().enumerate() {
-                if rel.columns.get(i).is_some_and(|c| c.key) {
-                    let (f, v) = param(col);
-                    formats.push(f);
-                    params.push(v);
-                }
-            }
-            Kind::Update
+        if rel.full && old.is_none() {
+            return Err(self.stream_error(&format!(
+                "UPDATE of {} (REPLICA IDENTITY FULL) without the old row",
+                rel.name
+            )));
+        }
+        let change = Change::Update {
+            new: new.clone(),
+            old: old.cloned(),
         };
-        let key = ShapeKey {
-            relation: rel.oid,
-            kind,
-            mask,
-        };
-        self.dests[d]
-            .queue(rel, key, &formats, &params, origin)
-            .await?;
-        self.touch(d);
-        Ok(())
+        self.queue(d, rel, change, origin).await
     }
 
     pub(super) async fn delete(
         &mut self,
         d: usize,
-        rel: &RelationInfo,
+        rel: &Arc<RelationInfo>,
         old: &OldTuple,
         origin: Origin,
     ) -> Result<()> {
-        let mut formats = Vec::new();
-        let mut params: Vec<Option<&[u8]>> = Vec::new();
-        let key = if rel.full {
-            let mut mask = vec![false; rel.columns.len()];
-            for col in old.tuple().columns() {
-                let on = !matches!(col, Column::Unchanged);
-                mask.push(on);
-                if on {
-                    let (f, v) = param(col);
-                    formats.push(f);
-                    params.push(v);
-                }
-            }
-            ShapeKey {
-                relation: rel.oid,
-                kind: Kind::DeleteFull,
-                mask,
-            }
-        } else {
-            for (i, col) in old.tuple().columns().enumerate() {
-                if rel.columns.get(i).is_some_and(|c| c.key) {
-                    let (f, v) = param(col);
-                    formats.push(f);
-                    params.push(v);
-                }
-            }
-            ShapeKey {
-                relation: rel.oid,
-                kind: Kind::Delete,
-                mask: Vec::new(),
-            }
-        };
+        let change = Change::Delete { old: old.clone() };
+        self.queue(d, rel, change, origin).await
+    }
+
+    async fn queue(
+        &mut self,
+        d: usize,
+        rel: &Arc<RelationInfo>,
+        change: Change,
+        origin: Origin,
+    ) -> Result<()> {
         self.dests[d]
-            .queue(rel, key, &formats, &params, origin)
+            .push(Queued {
+                rel: rel.clone(),
+                change,
+                origin,
+            })
             .await?;
         self.touch(d);
         Ok(())
@@ -320,7 +237,7 @@ impl Session<'_> {
     /// old shard has it.
     pub(super) async fn move_row(
         &mut self,
-        rel: &RelationInfo,
+        rel: &Arc<RelationInfo>,
         from: usize,
         to: usize,
         old: &OldTuple,
@@ -332,8 +249,9 @@ impl Session<'_> {
             table: rel.display.clone(),
             commit_lsn,
             what,
+            rows: 1,
         };
-        let mut fill: Option<Fill> = None;
+        let mut fill: Option<Vec<FillValue>> = None;
         if new.columns().any(|c| matches!(c, Column::Unchanged)) {
             fill = Some(match old {
                 OldTuple::Old(t) if !t.columns().any(|c| matches!(c, Column::Unchanged)) => t
@@ -350,15 +268,19 @@ impl Session<'_> {
             self.delete(from, rel, old, origin("DELETE")).await?;
         }
         if self.wanted(to, ti) {
-            self.insert(to, rel, new, fill.as_deref(), origin("INSERT"))
-                .await?;
+            self.insert(to, rel, new, fill, origin("INSERT")).await?;
         }
         Ok(())
     }
 
     /// The current row (text values, in relation column order) on shard
     /// `d`, found by the old tuple's identity.
-    pub(super) async fn fetch_row(&mut self, d: usize, rel: &RelationInfo, old: &OldTuple) -> Result<Fill> {
+    pub(super) async fn fetch_row(
+        &mut self,
+        d: usize,
+        rel: &RelationInfo,
+        old: &OldTuple,
+    ) -> Result<Vec<FillValue>> {
         let mut conds = Vec::new();
         let mut formats = Vec::new();
         let mut params: Vec<Option<&[u8]>> = Vec::new();
@@ -401,7 +323,12 @@ impl Session<'_> {
 
     /// TRUNCATE of tables in the move: every destination shard drops the
     /// rows that came from this source shard.
-    pub(super) async fn truncate(&mut self, relations: &[u32], options: u8, commit_lsn: Lsn) -> Result<()> {
+    pub(super) async fn truncate(
+        &mut self,
+        relations: &[u32],
+        options: u8,
+        commit_lsn: Lsn,
+    ) -> Result<()> {
         let n = self.ctx.plan.source_shards();
         let mut whole = Vec::new();
         let mut partial = Vec::new();
@@ -449,6 +376,7 @@ impl Session<'_> {
                     table: tables[0].2.clone(),
                     commit_lsn,
                     what: "TRUNCATE",
+                    rows: 0,
                 };
                 self.dests[d].queue_sql(&sql, origin).await?;
                 self.touch(d);
@@ -463,6 +391,7 @@ impl Session<'_> {
                     table: name,
                     commit_lsn,
                     what: "TRUNCATE",
+                    rows: 0,
                 };
                 self.dests[d].queue_sql(&sql, origin).await?;
                 self.touch(d);
@@ -471,4 +400,3 @@ impl Session<'_> {
         Ok(())
     }
 }
-

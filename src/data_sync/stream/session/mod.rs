@@ -14,8 +14,6 @@ use pgdog_protocol::replication::ServerMessage;
 use pgdog_protocol::Lsn;
 use tracing::{debug, info};
 
-use crate::net::replication::ReplicationStream;
-
 use super::super::error::{DataSyncError, Result};
 use super::super::progress;
 use super::super::state;
@@ -46,7 +44,7 @@ pub struct Session<'a> {
     s: usize,
     status: &'a progress::Stream,
     dests: Vec<DestApplier>,
-    relations: HashMap<u32, RelationInfo>,
+    relations: HashMap<u32, std::sync::Arc<RelationInfo>>,
     /// Per destination: table index -> snapshot LSN of its copy from this
     /// source shard. Transactions committed before it are in the copy.
     copied_at: Vec<HashMap<usize, Lsn>>,
@@ -70,6 +68,10 @@ pub struct Session<'a> {
     streaming_xid: Option<u32>,
     version: u32,
     last_status: Instant,
+    /// Messages the reader task read ahead.
+    items: tokio::sync::mpsc::Receiver<super::reader::Item>,
+    /// Positions for the reader task to report.
+    status_tx: tokio::sync::watch::Sender<super::reader::Status>,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -119,9 +121,9 @@ impl<'a> Session<'a> {
             dests.push(DestApplier::new(s, d, conn, applied).await?);
         }
 
-        let mut repl = ctx.endpoints.connect_source(s, true).await?;
+        let repl = ctx.endpoints.connect_source(s, true).await?;
         let version = proto_version(repl.server_version_num());
-        let mut options: Vec<(&str, String)> = vec![
+        let mut options: Vec<(&'static str, String)> = vec![
             ("proto_version", version.to_string()),
             (
                 "publication_names",
@@ -140,9 +142,10 @@ impl<'a> Session<'a> {
         if version >= 2 {
             options.push(("streaming", "on".into()));
         }
-        let mut stream = repl
-            .start_replication(&plan.slot, Lsn::ZERO, &options)
-            .await?;
+        // The source is read in its own task, ahead of what is applied.
+        let (items_tx, items) = tokio::sync::mpsc::channel(super::reader::QUEUE);
+        let (status_tx, status_rx) = tokio::sync::watch::channel(super::reader::Status::default());
+        let reader = super::reader::spawn(repl, plan.slot.clone(), options, items_tx, status_rx);
         info!(source_shard = s, slot = %plan.slot, proto_version = version, "streaming changes");
 
         let mut session = Session {
@@ -163,41 +166,48 @@ impl<'a> Session<'a> {
             streaming_xid: None,
             version,
             last_status: Instant::now(),
+            items,
+            status_tx,
         };
-        let result = session.run_loop(&mut stream).await;
+        let result = session.run_loop().await;
         if result.is_ok() || matches!(result, Err(DataSyncError::Stopped)) {
             // Clean stop: commit what is complete, confirm it, end the stream.
             if session.txn.is_none() {
-                session.commit_group(&mut stream).await?;
+                session.commit_group().await?;
             }
-            let _ = stream.stop().await;
+            session.publish_status(true);
+            drop(session);
+            let _ = reader.await;
+        } else {
+            reader.abort();
         }
         result
     }
 
-    async fn run_loop(&mut self, stream: &mut ReplicationStream<'_>) -> Result<()> {
+    async fn run_loop(&mut self) -> Result<()> {
         let mut pgoutput = pgoutput::Decoder::new(self.version);
         let mut tick = tokio::time::interval(STATUS_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let msg = if stream.has_buffered_message() {
-                stream.recv().await?
-            } else {
-                // About to wait for the network: commit what is complete so
-                // it becomes visible now, not when more arrives.
-                if self.txn.is_none() {
-                    self.commit_group(stream).await?;
-                }
-                tokio::select! {
-                    m = stream.recv() => m?,
-                    _ = tick.tick() => {
-                        self.send_status(stream, false).await?;
-                        continue;
+            let item = match self.items.try_recv() {
+                Ok(item) => item,
+                Err(_) => {
+                    // Nothing read ahead: commit what is complete so it
+                    // becomes visible now, not when more arrives.
+                    if self.txn.is_none() {
+                        self.commit_group().await?;
                     }
-                    _ = self.ctx.shutdown.cancelled() => return Err(DataSyncError::Stopped),
+                    tokio::select! {
+                        item = self.items.recv() => item.unwrap_or(Ok(None)),
+                        _ = tick.tick() => {
+                            self.publish_status(false);
+                            continue;
+                        }
+                        _ = self.ctx.shutdown.cancelled() => return Err(DataSyncError::Stopped),
+                    }
                 }
             };
-            let Some(msg) = msg else {
+            let Some(msg) = item? else {
                 return Err(DataSyncError::Connection(
                     crate::net::ConnectionError::Closed {
                         server: self.ctx.endpoints.source(self.s).addr(),
@@ -208,7 +218,7 @@ impl<'a> Session<'a> {
             match msg {
                 ServerMessage::XLogData { end, data, .. } => {
                     self.saw_wal(end);
-                    self.handle(&mut pgoutput, data, stream).await?;
+                    self.handle(&mut pgoutput, data).await?;
                 }
                 ServerMessage::PrimaryKeepalive { end, reply, .. } => {
                     tracing::trace!(source_shard = self.s, %end, reply, in_txn = self.txn.is_some(), "keepalive");
@@ -220,17 +230,17 @@ impl<'a> Session<'a> {
                     }
                     if reply {
                         if self.txn.is_none() {
-                            self.commit_group(stream).await?;
+                            self.commit_group().await?;
                         }
-                        self.send_status(stream, false).await?;
+                        self.publish_status(false);
                     }
                 }
             }
             if self.txn.is_none() && self.group_due() {
-                self.commit_group(stream).await?;
+                self.commit_group().await?;
             }
             if self.last_status.elapsed() >= STATUS_INTERVAL {
-                self.send_status(stream, false).await?;
+                self.publish_status(false);
             }
             if self.ctx.shutdown.is_cancelled() && self.txn.is_none() {
                 return Err(DataSyncError::Stopped);
@@ -250,21 +260,21 @@ impl<'a> Session<'a> {
             || self.group_opened.is_some_and(|t| t.elapsed() >= GROUP_TIME)
     }
 
-    async fn send_status(&mut self, stream: &mut ReplicationStream<'_>, reply: bool) -> Result<()> {
-        stream
-            .send_status(
-                self.received.max(self.confirmed),
-                self.confirmed,
-                self.confirmed,
-                reply,
-            )
-            .await?;
+    /// Hand the reader the positions to report: written as far as received,
+    /// flushed as far as every destination committed.
+    fn publish_status(&mut self, stop: bool) {
+        let seq = self.status_tx.borrow().seq + 1;
+        let _ = self.status_tx.send(super::reader::Status {
+            write: self.received.max(self.confirmed),
+            flush: self.confirmed,
+            seq,
+            stop,
+        });
         self.last_status = Instant::now();
-        Ok(())
     }
 
     /// Commit the open group on every destination, then confirm.
-    async fn commit_group(&mut self, stream: &mut ReplicationStream<'_>) -> Result<()> {
+    async fn commit_group(&mut self) -> Result<()> {
         let slot = &self.ctx.plan.slot;
         let s = self.s;
         // Every shard commits at once: the group waits for the slowest
@@ -286,18 +296,13 @@ impl<'a> Session<'a> {
             self.status
                 .confirmed_flush
                 .fetch_max(self.confirmed.0, Ordering::Relaxed);
-            self.send_status(stream, false).await?;
+            self.publish_status(false);
         }
         Ok(())
     }
 
     /// One pgoutput message.
-    async fn handle(
-        &mut self,
-        decoder: &mut pgoutput::Decoder,
-        data: Bytes,
-        stream: &mut ReplicationStream<'_>,
-    ) -> Result<()> {
+    async fn handle(&mut self, decoder: &mut pgoutput::Decoder, data: Bytes) -> Result<()> {
         // Inside a stream block, changes wait on disk for their commit.
         if decoder.in_stream() && data.first() != Some(&b'E') {
             let xid = self.streaming_xid.ok_or_else(|| {
@@ -320,7 +325,7 @@ impl<'a> Session<'a> {
                 end_lsn,
                 ..
             } => self.commit(commit_lsn, end_lsn)?,
-            Message::Relation { relation, .. } => self.relation(&relation),
+            Message::Relation { relation, .. } => self.relation(&relation).await?,
             Message::Insert { .. }
             | Message::Update { .. }
             | Message::Delete { .. }
@@ -363,7 +368,7 @@ impl<'a> Session<'a> {
                     }
                     replayed += 1;
                     match msg {
-                        Message::Relation { relation, .. } => self.relation(&relation),
+                        Message::Relation { relation, .. } => self.relation(&relation).await?,
                         Message::Insert { .. }
                         | Message::Update { .. }
                         | Message::Delete { .. }
@@ -372,7 +377,7 @@ impl<'a> Session<'a> {
                     }
                     // A long replay must not starve the status updates.
                     if replayed % 1024 == 0 && self.last_status.elapsed() >= STATUS_INTERVAL {
-                        self.send_status(stream, false).await?;
+                        self.publish_status(false);
                     }
                 }
                 debug!(
@@ -448,7 +453,7 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn relation(&mut self, relation: &pgoutput::Relation) {
+    async fn relation(&mut self, relation: &pgoutput::Relation) -> Result<()> {
         let info = RelationInfo::new(relation, &self.ctx.plan);
         if info.table.is_none() {
             debug!(source_shard = self.s, table = %info.name, "changes of this table are not part of the move");
@@ -461,9 +466,13 @@ impl<'a> Session<'a> {
             .is_none_or(|old| !old.same_shape(&info));
         if changed {
             for d in self.dests.iter_mut() {
+                // Queued changes were made with the old shape: out first.
+                d.flush().await?;
                 d.invalidate(relation.oid);
             }
         }
-        self.relations.insert(relation.oid, info);
+        self.relations
+            .insert(relation.oid, std::sync::Arc::new(info));
+        Ok(())
     }
 }

@@ -1,0 +1,281 @@
+//! The SQL of each statement shape the apply side prepares: single-row
+//! INSERT, UPDATE and DELETE by replica identity, their REPLICA IDENTITY
+//! FULL forms, and multi-row batches (one statement for a run of same-shape
+//! changes, so the destination starts its executor once, not per row).
+
+use std::hash::Hash;
+
+use super::super::catalog::quote_ident;
+use super::relation::RelationInfo;
+
+/// The shape of a prepared statement.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShapeKey {
+    pub relation: u32,
+    pub kind: Kind,
+    /// Which relation columns are SET (updates) or matched (full-identity
+    /// deletes and updates); empty for the others.
+    pub mask: Vec<bool>,
+    /// Rows per statement: 1, or a batch size.
+    pub rows: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Insert,
+    Update,
+    Delete,
+    /// Update matched on every column (REPLICA IDENTITY FULL).
+    UpdateFull,
+    DeleteFull,
+}
+
+/// Parameters per row of a shape: every column for INSERT; SET columns
+/// then key columns for UPDATE; key columns for DELETE.
+pub fn params_per_row(rel: &RelationInfo, key: &ShapeKey) -> usize {
+    let keys = rel.columns.iter().filter(|c| c.key).count();
+    match key.kind {
+        Kind::Insert => rel.columns.len(),
+        Kind::Update => key.mask.iter().filter(|m| **m).count() + keys,
+        Kind::Delete => keys,
+        Kind::UpdateFull | Kind::DeleteFull => key.mask.iter().filter(|m| **m).count(),
+    }
+}
+
+/// `$n::type`, or `$n` where the type is not known.
+fn cast(n: usize, type_name: Option<&str>) -> String {
+    match type_name {
+        Some(t) => format!("${n}::{t}"),
+        None => format!("${n}"),
+    }
+}
+
+/// SQL of a shape. Parameters follow [`params_per_row`], row after row.
+pub fn statement_sql(rel: &RelationInfo, key: &ShapeKey) -> String {
+    let table = rel.name.quoted();
+    let cols = &rel.columns;
+    let rows = key.rows.max(1) as usize;
+    match key.kind {
+        Kind::Insert => {
+            let names: Vec<String> = cols.iter().map(|c| quote_ident(&c.name)).collect();
+            let per = cols.len();
+            let tuples: Vec<String> = (0..rows)
+                .map(|r| {
+                    let params: Vec<String> =
+                        (1..=per).map(|i| format!("${}", r * per + i)).collect();
+                    format!("({})", params.join(", "))
+                })
+                .collect();
+            format!(
+                "INSERT INTO {table} ({}) VALUES {}",
+                names.join(", "),
+                tuples.join(", ")
+            )
+        }
+        Kind::Update if rows == 1 => {
+            let mut n = 0;
+            let mut set = Vec::new();
+            for (c, on) in cols.iter().zip(&key.mask) {
+                if *on {
+                    n += 1;
+                    set.push(format!("{} = ${n}", quote_ident(&c.name)));
+                }
+            }
+            let mut cond = Vec::new();
+            for c in cols.iter().filter(|c| c.key) {
+                n += 1;
+                cond.push(format!("{} = ${n}", quote_ident(&c.name)));
+            }
+            format!(
+                "UPDATE {table} SET {} WHERE {}",
+                set.join(", "),
+                cond.join(" AND ")
+            )
+        }
+        Kind::Update => {
+            // UPDATE t SET a = v.p1 FROM (VALUES ($1::ty, $2::ty), ...) v(p1, p2)
+            // WHERE t.k = v.p2; the first row's casts type the VALUES list.
+            let set_cols: Vec<&super::relation::RelColumn> = cols
+                .iter()
+                .zip(&key.mask)
+                .filter(|(_, on)| **on)
+                .map(|(c, _)| c)
+                .collect();
+            let key_cols: Vec<&super::relation::RelColumn> =
+                cols.iter().filter(|c| c.key).collect();
+            let per = set_cols.len() + key_cols.len();
+            let all: Vec<&super::relation::RelColumn> =
+                set_cols.iter().chain(&key_cols).copied().collect();
+            let values: Vec<String> = (0..rows)
+                .map(|r| {
+                    let params: Vec<String> = all
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| cast(r * per + i + 1, c.type_name.as_deref()))
+                        .collect();
+                    format!("({})", params.join(", "))
+                })
+                .collect();
+            let aliases: Vec<String> = (1..=per).map(|i| format!("p{i}")).collect();
+            let set: Vec<String> = set_cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{} = v.p{}", quote_ident(&c.name), i + 1))
+                .collect();
+            let cond: Vec<String> = key_cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("t.{} = v.p{}", quote_ident(&c.name), set_cols.len() + i + 1))
+                .collect();
+            format!(
+                "UPDATE {table} AS t SET {} FROM (VALUES {}) AS v({}) WHERE {}",
+                set.join(", "),
+                values.join(", "),
+                aliases.join(", "),
+                cond.join(" AND ")
+            )
+        }
+        Kind::Delete if rows == 1 => {
+            let cond: Vec<String> = cols
+                .iter()
+                .filter(|c| c.key)
+                .enumerate()
+                .map(|(i, c)| format!("{} = ${}", quote_ident(&c.name), i + 1))
+                .collect();
+            format!("DELETE FROM {table} WHERE {}", cond.join(" AND "))
+        }
+        Kind::Delete => {
+            let key_cols: Vec<&super::relation::RelColumn> =
+                cols.iter().filter(|c| c.key).collect();
+            let per = key_cols.len();
+            let values: Vec<String> = (0..rows)
+                .map(|r| {
+                    let params: Vec<String> = key_cols
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| cast(r * per + i + 1, c.type_name.as_deref()))
+                        .collect();
+                    format!("({})", params.join(", "))
+                })
+                .collect();
+            let aliases: Vec<String> = (1..=per).map(|i| format!("p{i}")).collect();
+            let cond: Vec<String> = key_cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("t.{} = v.p{}", quote_ident(&c.name), i + 1))
+                .collect();
+            format!(
+                "DELETE FROM {table} AS t USING (VALUES {}) AS v({}) WHERE {}",
+                values.join(", "),
+                aliases.join(", "),
+                cond.join(" AND ")
+            )
+        }
+        Kind::UpdateFull | Kind::DeleteFull => {
+            // REPLICA IDENTITY FULL: touch exactly one row equal to the old one.
+            let (set_mask, match_mask) = key.mask.split_at(cols.len().min(key.mask.len()));
+            let mut n = 0;
+            let mut set = Vec::new();
+            if key.kind == Kind::UpdateFull {
+                for (c, on) in cols.iter().zip(set_mask) {
+                    if *on {
+                        n += 1;
+                        set.push(format!("{} = ${n}", quote_ident(&c.name)));
+                    }
+                }
+            }
+            let mut cond = Vec::new();
+            for (c, on) in cols.iter().zip(match_mask) {
+                if *on {
+                    n += 1;
+                    cond.push(format!(
+                        "{} IS NOT DISTINCT FROM ${n}",
+                        quote_ident(&c.name)
+                    ));
+                }
+            }
+            let pick = format!(
+                "SELECT ctid FROM {table} WHERE {} LIMIT 1",
+                cond.join(" AND ")
+            );
+            if key.kind == Kind::UpdateFull {
+                format!(
+                    "UPDATE {table} SET {} WHERE ctid = ({pick})",
+                    set.join(", ")
+                )
+            } else {
+                format!("DELETE FROM {table} WHERE ctid = ({pick})")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::data_sync::catalog::TableName;
+    use crate::data_sync::stream::relation::RelColumn;
+
+    fn rel() -> RelationInfo {
+        RelationInfo {
+            oid: 1,
+            name: TableName {
+                schema: "public".into(),
+                name: "t".into(),
+            },
+            display: Arc::from("public.t"),
+            columns: vec![
+                RelColumn {
+                    name: "id".into(),
+                    key: true,
+                    type_name: Some("bigint".into()),
+                },
+                RelColumn {
+                    name: "v".into(),
+                    key: false,
+                    type_name: Some("text".into()),
+                },
+            ],
+            full: false,
+            table: Some(0),
+            dest_key: Some(0),
+        }
+    }
+
+    fn key(kind: Kind, mask: Vec<bool>, rows: u16) -> ShapeKey {
+        ShapeKey {
+            relation: 1,
+            kind,
+            mask,
+            rows,
+        }
+    }
+
+    #[test]
+    fn single_and_batched_shapes() {
+        let r = rel();
+        assert_eq!(
+            statement_sql(&r, &key(Kind::Insert, vec![], 2)),
+            "INSERT INTO \"public\".\"t\" (\"id\", \"v\") VALUES ($1, $2), ($3, $4)"
+        );
+        assert_eq!(
+            statement_sql(&r, &key(Kind::Update, vec![false, true], 1)),
+            "UPDATE \"public\".\"t\" SET \"v\" = $1 WHERE \"id\" = $2"
+        );
+        assert_eq!(
+            statement_sql(&r, &key(Kind::Update, vec![false, true], 2)),
+            "UPDATE \"public\".\"t\" AS t SET \"v\" = v.p1 FROM (VALUES ($1::text, $2::bigint), ($3::text, $4::bigint)) AS v(p1, p2) WHERE t.\"id\" = v.p2"
+        );
+        assert_eq!(
+            statement_sql(&r, &key(Kind::Delete, vec![], 3)),
+            "DELETE FROM \"public\".\"t\" AS t USING (VALUES ($1::bigint), ($2::bigint), ($3::bigint)) AS v(p1) WHERE t.\"id\" = v.p1"
+        );
+        assert_eq!(
+            params_per_row(&r, &key(Kind::Update, vec![true, true], 9)),
+            3
+        );
+        assert_eq!(params_per_row(&r, &key(Kind::Delete, vec![], 9)), 1);
+    }
+}
