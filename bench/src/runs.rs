@@ -251,7 +251,10 @@ impl Bench {
                 "0",
             ])
             .args(extra)
-            .env("PGDOG_LOG", "warn")
+            .env(
+                "PGDOG_LOG",
+                std::env::var("PGDOG_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -610,6 +613,20 @@ impl Bench {
         terminate(&child).await;
         child.wait().await?;
         let (t, visible) = (t?, visible?);
+        if std::env::var("PGDOG_BENCH_LOG").is_ok() {
+            let log = std::fs::read_to_string(self.dir.join("catchup.log")).unwrap_or_default();
+            eprintln!(
+                "--- pgdog log, catch-up to {to} ---\n{}",
+                log.lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
         let usage = self.usage("catchup.log");
         self.pgdog_cleanup(to).await?;
         Ok((t, visible, usage))

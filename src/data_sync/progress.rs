@@ -153,6 +153,8 @@ pub struct Stream {
     /// Updates and deletes that found no row on the destination (should
     /// stay 0: anything else means the destination diverged).
     pub missing_rows: AtomicU64,
+    /// Destination transactions that applied them (group commits).
+    pub groups: AtomicU64,
 }
 
 impl Stream {

@@ -74,6 +74,10 @@ impl DestApplier {
         // the destination's default, apply sessions commit synchronously.
         // (Group commit keeps that to one flush per group.)
         conn.execute("SET synchronous_commit = on").await?;
+        // Every statement is a key lookup or an insert: the generic plan is
+        // the right one, and planning a 256-row batch per execution is not.
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+            .await?;
         // Triggers and FK checks already ran on the source; replica mode
         // skips them here. It needs superuser: without, they just fire.
         let reorder = match conn.execute("SET session_replication_role = replica").await {

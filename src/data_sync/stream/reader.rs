@@ -11,9 +11,13 @@ use tokio::task::JoinHandle;
 
 use crate::net::{Connection, ConnectionError};
 
-/// Messages read ahead at most: enough to ride out a group commit, small
-/// enough to keep memory flat (messages share the read buffer's chunks).
-pub const QUEUE: usize = 8192;
+/// Batches read ahead at most, and messages per batch: together enough to
+/// ride out a group commit, small enough to keep memory flat (messages
+/// share the read buffer's chunks). Batching what is already buffered
+/// keeps the hand-over to the session at one wake-up per read, not per
+/// message.
+pub const QUEUE: usize = 16;
+const BATCH: usize = 1024;
 
 /// What the session wants the slot told.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,7 +31,8 @@ pub struct Status {
     pub stop: bool,
 }
 
-pub type Item = Result<Option<ServerMessage>, ConnectionError>;
+/// Messages in order; `Ok(None)` when the server ended the stream.
+pub type Item = Result<Option<Vec<ServerMessage>>, ConnectionError>;
 
 /// Start reading `slot` on `repl` from where the slot stands.
 pub fn spawn(
@@ -81,9 +86,33 @@ pub fn spawn(
                     }
                 }
             };
-            let end = !matches!(item, Ok(Some(_)));
-            permit.send(item);
-            if end {
+            let first = match item {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    permit.send(Ok(None));
+                    return Ok(());
+                }
+                Err(e) => {
+                    permit.send(Err(e));
+                    return Ok(());
+                }
+            };
+            let mut batch = Vec::with_capacity(64);
+            batch.push(first);
+            // Everything already read comes along, without waiting.
+            let mut ended = None;
+            while batch.len() < BATCH && stream.has_buffered_message() {
+                match stream.recv().await {
+                    Ok(Some(m)) => batch.push(m),
+                    other => {
+                        ended = Some(other.map(|_| None));
+                        break;
+                    }
+                }
+            }
+            permit.send(Ok(Some(batch)));
+            if let Some(end) = ended {
+                let _ = out.send(end).await;
                 return Ok(());
             }
         }

@@ -28,6 +28,13 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 const GROUP_TRANSACTIONS: usize = 5_000;
 /// ...or when it has been open this long.
 const GROUP_TIME: Duration = Duration::from_millis(200);
+/// One message from the reader, or the end of the stream.
+type ReadItem = Result<Option<ServerMessage>, crate::net::ConnectionError>;
+
+/// When the source has nothing more right now, a group younger than this
+/// waits for more before committing: commit delay stays small, and a
+/// stream that just keeps pace still commits in batches.
+const COMMIT_LINGER: Duration = Duration::from_millis(5);
 
 /// The source transaction being received.
 #[derive(Debug)]
@@ -68,8 +75,9 @@ pub struct Session<'a> {
     streaming_xid: Option<u32>,
     version: u32,
     last_status: Instant,
-    /// Messages the reader task read ahead.
+    /// Batches the reader task read ahead, and the rest of the current one.
     items: tokio::sync::mpsc::Receiver<super::reader::Item>,
+    read: std::collections::VecDeque<ServerMessage>,
     /// Positions for the reader task to report.
     status_tx: tokio::sync::watch::Sender<super::reader::Status>,
 }
@@ -167,6 +175,7 @@ impl<'a> Session<'a> {
             version,
             last_status: Instant::now(),
             items,
+            read: std::collections::VecDeque::new(),
             status_tx,
         };
         let result = session.run_loop().await;
@@ -176,6 +185,13 @@ impl<'a> Session<'a> {
                 session.commit_group().await?;
             }
             session.publish_status(true);
+            info!(
+                source_shard = s,
+                transactions = status.transactions.load(Ordering::Relaxed),
+                changes = status.changes.load(Ordering::Relaxed),
+                groups = status.groups.load(Ordering::Relaxed),
+                "replication stopped"
+            );
             drop(session);
             let _ = reader.await;
         } else {
@@ -189,53 +205,28 @@ impl<'a> Session<'a> {
         let mut tick = tokio::time::interval(STATUS_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let item = match self.items.try_recv() {
-                Ok(item) => item,
-                Err(_) => {
-                    // Nothing read ahead: commit what is complete so it
-                    // becomes visible now, not when more arrives.
-                    if self.txn.is_none() {
-                        self.commit_group().await?;
-                    }
-                    tokio::select! {
-                        item = self.items.recv() => item.unwrap_or(Ok(None)),
-                        _ = tick.tick() => {
-                            self.publish_status(false);
-                            continue;
-                        }
-                        _ = self.ctx.shutdown.cancelled() => return Err(DataSyncError::Stopped),
-                    }
-                }
-            };
-            let Some(msg) = item? else {
-                return Err(DataSyncError::Connection(
-                    crate::net::ConnectionError::Closed {
-                        server: self.ctx.endpoints.source(self.s).addr(),
-                        during: Some("streaming replication"),
-                    },
-                ));
-            };
-            match msg {
-                ServerMessage::XLogData { end, data, .. } => {
-                    self.saw_wal(end);
-                    self.handle(&mut pgoutput, data).await?;
-                }
-                ServerMessage::PrimaryKeepalive { end, reply, .. } => {
-                    tracing::trace!(source_shard = self.s, %end, reply, in_txn = self.txn.is_some(), "keepalive");
-                    self.saw_wal(end);
-                    // Nothing in flight: everything up to the server's WAL
-                    // end has been received and handled.
-                    if self.txn.is_none() && self.spools.is_empty() {
-                        self.processed = self.processed.max(end);
-                    }
-                    if reply {
+            let item = match self.next_read() {
+                Some(item) => item,
+                None => match self.linger().await {
+                    Some(item) => item,
+                    None => {
+                        // Commit what is complete so it becomes visible now,
+                        // not when more arrives.
                         if self.txn.is_none() {
                             self.commit_group().await?;
                         }
-                        self.publish_status(false);
+                        tokio::select! {
+                            batch = self.items.recv() => self.take(batch),
+                            _ = tick.tick() => {
+                                self.publish_status(false);
+                                continue;
+                            }
+                            _ = self.ctx.shutdown.cancelled() => return Err(DataSyncError::Stopped),
+                        }
                     }
-                }
-            }
+                },
+            };
+            self.handle_item(item, &mut pgoutput).await?;
             if self.txn.is_none() && self.group_due() {
                 self.commit_group().await?;
             }
@@ -246,6 +237,82 @@ impl<'a> Session<'a> {
                 return Err(DataSyncError::Stopped);
             }
         }
+    }
+
+    /// The next message already read, if any, without waiting.
+    fn next_read(&mut self) -> Option<ReadItem> {
+        if let Some(m) = self.read.pop_front() {
+            return Some(Ok(Some(m)));
+        }
+        match self.items.try_recv() {
+            Ok(batch) => Some(self.take(Some(batch))),
+            Err(_) => None,
+        }
+    }
+
+    /// Unpack a batch from the reader: its first message now, the rest
+    /// kept in order.
+    fn take(&mut self, batch: Option<super::reader::Item>) -> ReadItem {
+        match batch {
+            None | Some(Ok(None)) => Ok(None),
+            Some(Err(e)) => Err(e),
+            Some(Ok(Some(messages))) => {
+                self.read.extend(messages);
+                Ok(self.read.pop_front())
+            }
+        }
+    }
+
+    /// Nothing read ahead: a young group waits a moment for more (one
+    /// commit, one flush, for many transactions). The item, if one came.
+    async fn linger(&mut self) -> Option<ReadItem> {
+        if self.txn.is_some() {
+            return None;
+        }
+        let age = self.group_opened?.elapsed();
+        let wait = COMMIT_LINGER.checked_sub(age)?;
+        match tokio::time::timeout(wait, self.items.recv()).await {
+            Ok(batch) => Some(self.take(batch)),
+            Err(_) => None,
+        }
+    }
+
+    /// One item from the reader: a WAL message or keepalive, or the end.
+    async fn handle_item(
+        &mut self,
+        item: ReadItem,
+        pgoutput: &mut pgoutput::Decoder,
+    ) -> Result<()> {
+        let Some(msg) = item? else {
+            return Err(DataSyncError::Connection(
+                crate::net::ConnectionError::Closed {
+                    server: self.ctx.endpoints.source(self.s).addr(),
+                    during: Some("streaming replication"),
+                },
+            ));
+        };
+        match msg {
+            ServerMessage::XLogData { end, data, .. } => {
+                self.saw_wal(end);
+                self.handle(pgoutput, data).await?;
+            }
+            ServerMessage::PrimaryKeepalive { end, reply, .. } => {
+                tracing::trace!(source_shard = self.s, %end, reply, in_txn = self.txn.is_some(), "keepalive");
+                self.saw_wal(end);
+                // Nothing in flight: everything up to the server's WAL
+                // end has been received and handled.
+                if self.txn.is_none() && self.spools.is_empty() {
+                    self.processed = self.processed.max(end);
+                }
+                if reply {
+                    if self.txn.is_none() {
+                        self.commit_group().await?;
+                    }
+                    self.publish_status(false);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn saw_wal(&mut self, end: Lsn) {
@@ -281,6 +348,7 @@ impl<'a> Session<'a> {
         // flush, not for the sum of them.
         futures::future::try_join_all(self.dests.iter_mut().map(|d| d.commit(slot, s))).await?;
         if self.group_txns > 0 {
+            self.status.groups.fetch_add(1, Ordering::Relaxed);
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_micros() as i64)
