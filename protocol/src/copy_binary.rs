@@ -51,23 +51,69 @@ impl Row {
         &self.data
     }
 
+    /// The same row, borrowed.
+    pub fn as_ref(&self) -> RowRef<'_> {
+        RowRef {
+            data: &self.data,
+            fields: self.fields,
+            has_oid: self.has_oid,
+        }
+    }
+
     /// Byte range of each field inside [`Row::as_bytes`], `None` for NULL.
     pub fn ranges(&self) -> FieldRanges<'_> {
-        let mut pos = 2;
-        if self.has_oid {
-            pos += 4 + read_len(&self.data, pos).max(0) as usize;
-        }
-        FieldRanges {
-            data: &self.data,
-            pos,
-            left: self.fields,
-        }
+        self.as_ref().ranges()
     }
 
     /// Field `i`: `None` when out of range, `Some(None)` when NULL.
     pub fn field(&self, i: usize) -> Option<Option<&[u8]>> {
         let range = self.ranges().nth(i)?;
         Some(range.map(|r| &self.data[r]))
+    }
+}
+
+/// A row borrowed from the chunk it arrived in (see
+/// [`Decoder::push_slice`]): what the hot path routes without taking a
+/// reference count per row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowRef<'a> {
+    data: &'a [u8],
+    fields: u16,
+    has_oid: bool,
+}
+
+impl<'a> RowRef<'a> {
+    pub fn len(&self) -> usize {
+        self.fields as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields == 0
+    }
+
+    /// The tuple exactly as it was on the wire.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// Byte range of each field inside [`RowRef::as_bytes`].
+    pub fn ranges(&self) -> FieldRanges<'a> {
+        let mut pos = 2;
+        if self.has_oid {
+            pos += 4 + read_len(self.data, pos).max(0) as usize;
+        }
+        FieldRanges {
+            data: self.data,
+            pos,
+            left: self.fields,
+        }
+    }
+
+    /// Field `i`: `None` when out of range, `Some(None)` when NULL.
+    pub fn field(&self, i: usize) -> Option<Option<&'a [u8]>> {
+        let data = self.data;
+        let range = self.ranges().nth(i)?;
+        Some(range.map(|r| &data[r]))
     }
 }
 
@@ -187,6 +233,56 @@ impl Decoder {
             return Err(ProtocolError::Copy("data after the trailer"));
         }
         self.current = chunk;
+        Ok(())
+    }
+
+    /// Feed a chunk by reference and hand each complete row to `on_row`
+    /// as a borrowed [`RowRef`]: no allocation or reference count per row
+    /// when rows lie inside the chunk (as Postgres sends them: one
+    /// CopyData per row). The header, a row spanning chunks and everything
+    /// after the trailer take the general path.
+    pub fn push_slice<E: From<ProtocolError>>(
+        &mut self,
+        chunk: &[u8],
+        mut on_row: impl FnMut(RowRef<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if self.state != State::Rows || !self.carry.is_empty() || !self.current.is_empty() {
+            self.push(Bytes::copy_from_slice(chunk))?;
+            while let Some(row) = self.next_row()? {
+                on_row(row.as_ref())?;
+            }
+            return Ok(());
+        }
+        let mut pos = 0;
+        while pos < chunk.len() {
+            let rest = &chunk[pos..];
+            let mut scan = self.fresh_scan();
+            match scan_row(rest, &mut scan)? {
+                Progress::Row { end, fields } => {
+                    self.check_fields(fields)?;
+                    on_row(RowRef {
+                        data: &rest[..end],
+                        fields,
+                        has_oid: self.has_oids,
+                    })?;
+                    pos += end;
+                }
+                Progress::Trailer => {
+                    self.state = State::Done;
+                    if pos + 2 != chunk.len() {
+                        return Err(ProtocolError::Copy("data after the trailer").into());
+                    }
+                    return Ok(());
+                }
+                Progress::Need(_) => {
+                    // The row goes on in the next chunk.
+                    self.carry.extend_from_slice(rest);
+                    self.scan = scan;
+                    self.check_size()?;
+                    return Ok(());
+                }
+            }
+        }
         Ok(())
     }
 
@@ -553,6 +649,38 @@ mod tests {
     }
 
     #[test]
+    fn borrowed_rows_match_owned_rows_under_any_chunking() {
+        let rows = sample();
+        let data = stream(&rows);
+        for cut in [HEADER_LEN, 1, 7, 25, data.len() - 3] {
+            let mut d = Decoder::new();
+            let mut out = Vec::new();
+            for chunk in [&data[..cut], &data[cut..]] {
+                d.push_slice(chunk, |row| {
+                    out.push(
+                        (0..row.len())
+                            .map(|i| row.field(i).unwrap().map(|f| f.to_vec()))
+                            .collect::<Vec<_>>(),
+                    );
+                    Ok::<(), ProtocolError>(())
+                })
+                .unwrap();
+            }
+            d.finish().unwrap();
+            assert_eq!(out, rows, "cut at {cut}");
+        }
+        // Garbage after the trailer, inside the same chunk.
+        let mut bad = data.clone();
+        bad.push(1);
+        let mut d = Decoder::new();
+        d.push_slice(&bad[..HEADER_LEN], |_| Ok::<(), ProtocolError>(()))
+            .unwrap();
+        assert!(d
+            .push_slice(&bad[HEADER_LEN..], |_| Ok::<(), ProtocolError>(()))
+            .is_err());
+    }
+
+    #[test]
     fn header_checks() {
         let mut d = Decoder::new();
         d.push(Bytes::from_static(b"PGCOPX")).unwrap();
@@ -666,7 +794,23 @@ mod tests {
         #[test]
         fn round_trip_any_chunking(rows in arb_rows(), cuts in proptest::collection::vec(any::<usize>(), 0..10)) {
             let data = stream(&rows);
-            prop_assert_eq!(decode_in_chunks(&data, &cuts).unwrap(), rows);
+            prop_assert_eq!(decode_in_chunks(&data, &cuts).unwrap(), rows.clone());
+            // The borrowed path gives the same rows.
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+            points.push(data.len());
+            points.sort();
+            let mut d = Decoder::new();
+            let mut out = Vec::new();
+            let mut start = 0;
+            for end in points {
+                d.push_slice(&data[start..end], |row| {
+                    out.push((0..row.len()).map(|i| row.field(i).unwrap().map(|f| f.to_vec())).collect::<Vec<_>>());
+                    Ok::<(), ProtocolError>(())
+                }).unwrap();
+                start = end;
+            }
+            d.finish().unwrap();
+            prop_assert_eq!(out, rows);
         }
 
         #[test]

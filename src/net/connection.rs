@@ -253,6 +253,67 @@ impl Connection {
         }
     }
 
+    /// Hand the body of every complete CopyData at the front of the read
+    /// buffer to `f`, by reference, and drop them from the buffer. Stops at
+    /// the first message that is not CopyData or not complete; returns how
+    /// many were handed over and their body bytes.
+    pub(super) fn drain_copy_data<E: From<ConnectionError>>(
+        &mut self,
+        mut f: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(usize, usize), E> {
+        let mut pos = 0;
+        let mut frames = 0;
+        let mut total = 0;
+        let buf = &self.read_buf[..];
+        while let Some(h) = buf.get(pos..pos + 5) {
+            if h[0] != b'd' {
+                break;
+            }
+            let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+            if len < 4 {
+                self.broken = true;
+                return Err(ConnectionError::Protocol {
+                    server: self.addr.clone(),
+                    source: pgdog_protocol::ProtocolError::LengthTooSmall {
+                        tag: b'd',
+                        len: len as u32,
+                    },
+                }
+                .into());
+            }
+            let Some(body) = buf.get(pos + 5..pos + 1 + len) else {
+                break;
+            };
+            f(body)?;
+            frames += 1;
+            total += body.len();
+            pos += 1 + len;
+        }
+        bytes::Buf::advance(&mut self.read_buf, pos);
+        Ok((frames, total))
+    }
+
+    /// The front of the read buffer is a CopyData not yet complete (or
+    /// nothing): more must be read before [`Connection::drain_copy_data`]
+    /// can go on.
+    pub(super) fn front_needs_more(&self) -> bool {
+        match self.read_buf.get(..5) {
+            None => self.read_buf.first().is_none_or(|&t| t == b'd'),
+            Some(h) => {
+                let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+                h[0] == b'd' && self.read_buf.len() < 1 + len
+            }
+        }
+    }
+
+    /// Read more from the socket.
+    pub(super) async fn fill(&mut self) -> Result<()> {
+        if self.broken {
+            return Err(self.broken_error());
+        }
+        self.read_more().await
+    }
+
     /// Read once from the socket into the read buffer.
     async fn read_more(&mut self) -> Result<()> {
         if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {

@@ -8,7 +8,7 @@ use pgdog_protocol::backend::{CopyResponse, Message};
 use pgdog_protocol::frontend;
 
 use super::connection::Connection;
-use super::error::Result;
+use super::error::{ConnectionError, Result};
 
 /// Write the sink's buffer out once it holds this much.
 pub const COPY_IN_FLUSH: usize = 256 * 1024;
@@ -111,6 +111,37 @@ impl CopyOut<'_> {
                     return Err(self.conn.unexpected(&other, "reading COPY TO STDOUT"));
                 }
             }
+        }
+    }
+
+    /// Hand every CopyData body already read to `f` by reference, reading
+    /// more first if none is complete: the allocation-free form of
+    /// [`CopyOut::next`]. Returns the body bytes handed over, or `None`
+    /// once the COPY completed.
+    pub async fn next_batch<E: From<ConnectionError>>(
+        &mut self,
+        mut f: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<Option<usize>, E> {
+        if self.finished {
+            return Ok(None);
+        }
+        loop {
+            let (frames, bytes) = self.conn.drain_copy_data(&mut f)?;
+            if frames > 0 {
+                return Ok(Some(bytes));
+            }
+            if self.conn.front_needs_more() {
+                self.conn.fill().await?;
+                continue;
+            }
+            // Something else is next: the end of the COPY, or an error.
+            return match self.next().await? {
+                Some(data) => {
+                    f(&data)?;
+                    Ok(Some(data.len()))
+                }
+                None => Ok(None),
+            };
         }
     }
 

@@ -14,7 +14,7 @@ use crate::net::copy::CopyIn;
 use crate::net::Connection;
 use crate::sharding::Format;
 
-use super::super::error::Result;
+use super::super::error::{DataSyncError, Result};
 use super::super::plan::TablePlan;
 use super::super::progress::TableCopy;
 
@@ -68,35 +68,49 @@ pub async fn copy_stream(
     let mut rows = 0u64;
     let mut pending_bytes = 0u64;
     let mut pending_rows = 0u64;
-    while let Some(chunk) = out.next().await? {
-        pending_bytes += chunk.len() as u64;
-        if binary {
-            decoder.push(chunk)?;
-            while let Some(row) = decoder.next_row()? {
-                pending_rows += 1;
-                let shard = match routing {
-                    Some(r) => Some(
-                        r.sharder
-                            .shard(row.field(r.column).flatten(), Format::Binary)?,
-                    ),
-                    None => None,
-                };
-                route(&mut sinks, &slot_of, shard, row.as_bytes(), b"");
-            }
+    loop {
+        // Every row already read goes out before the next await: rows are
+        // routed straight from the read buffer, without a copy or a
+        // reference count per row.
+        let got = if binary {
+            out.next_batch(|body| {
+                decoder.push_slice(body, |row| {
+                    pending_rows += 1;
+                    let shard = match routing {
+                        Some(r) => Some(
+                            r.sharder
+                                .shard(row.field(r.column).flatten(), Format::Binary)?,
+                        ),
+                        None => None,
+                    };
+                    route(&mut sinks, &slot_of, shard, row.as_bytes(), b"");
+                    Ok::<(), DataSyncError>(())
+                })
+            })
+            .await?
         } else {
-            lines.push(chunk);
-            while let Some(row) = lines.next_row()? {
-                pending_rows += 1;
-                let shard = match routing {
-                    Some(r) => {
-                        let key = copy_text::field(&row, r.column).flatten();
-                        Some(r.sharder.shard(key.as_deref(), Format::Text)?)
+            match out.next().await? {
+                Some(chunk) => {
+                    let n = chunk.len();
+                    lines.push(chunk);
+                    while let Some(row) = lines.next_row()? {
+                        pending_rows += 1;
+                        let shard = match routing {
+                            Some(r) => {
+                                let key = copy_text::field(&row, r.column).flatten();
+                                Some(r.sharder.shard(key.as_deref(), Format::Text)?)
+                            }
+                            None => None,
+                        };
+                        route(&mut sinks, &slot_of, shard, &row, b"\n");
                     }
-                    None => None,
-                };
-                route(&mut sinks, &slot_of, shard, &row, b"\n");
+                    Some(n)
+                }
+                None => None,
             }
-        }
+        };
+        let Some(n) = got else { break };
+        pending_bytes += n as u64;
         for sink in sinks.iter_mut() {
             sink.maybe_flush().await?;
         }
