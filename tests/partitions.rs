@@ -24,7 +24,8 @@ CREATE TABLE m2024 PARTITION OF measurements FOR VALUES FROM ('2024-01-01') TO (
 CREATE TABLE m2025 PARTITION OF measurements FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
 ";
 
-const SHARDING: &str = "[[sharded_tables]]\ndatabase = \"dest\"\ncolumn = \"id\"\ndata_type = \"bigint\"\n";
+const SHARDING: &str =
+    "[[sharded_tables]]\ndatabase = \"dest\"\ncolumn = \"id\"\ndata_type = \"bigint\"\n";
 
 async fn partitioned(via_root: bool) {
     init_logging();
@@ -42,12 +43,7 @@ async fn partitioned(via_root: bool) {
     let config = fleet.config(SHARDING).unwrap();
     let mut run = start(config, move_options("pub", Mode::Full));
     run.wait_streaming(Duration::from_secs(60)).await;
-    let tables: Vec<String> = run
-        .task
-        .copies()
-        .iter()
-        .map(|c| c.table.clone())
-        .collect();
+    let tables: Vec<String> = run.task.copies().iter().map(|c| c.table.clone()).collect();
     if via_root {
         assert_eq!(tables, ["measurements"], "copied through the root");
     } else {
@@ -66,12 +62,29 @@ async fn partitioned(via_root: bool) {
         )
         .await
         .unwrap();
-    fleet.wait_caught_up(&run.slot, Duration::from_secs(60)).await.unwrap();
+    fleet
+        .wait_caught_up(&run.slot, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(run.missing_rows(), 0);
     run.stop().await.unwrap();
-    let mut checks = vec![check("measurements", &["id", "at", "v"], Some("id"), DataType::Bigint, 2, false)];
+    let mut checks = vec![check(
+        "measurements",
+        &["id", "at", "v"],
+        Some("id"),
+        DataType::Bigint,
+        2,
+        false,
+    )];
     for leaf in ["m2024", "m2025"] {
-        checks.push(check(leaf, &["id", "at", "v"], Some("id"), DataType::Bigint, 2, false));
+        checks.push(check(
+            leaf,
+            &["id", "at", "v"],
+            Some("id"),
+            DataType::Bigint,
+            2,
+            false,
+        ));
     }
     verify_equal(&fleet, &checks).await;
 }

@@ -127,13 +127,12 @@ pub struct Ctx {
     pub stream_start: Vec<pgdog_protocol::Lsn>,
 }
 
-/// Default parallel copies per source shard: the cores here, at least 2,
-/// at most 8.
+/// Default parallel copies per server read: twice the cores here (a copy
+/// stream waits on the network and the servers about half the time), at
+/// least 2, at most 16.
 pub fn default_parallel() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 8)
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    (cores * 2).clamp(2, 16)
 }
 
 /// Run a move to its end (copy, `--sync-only`, cleanup) or until
