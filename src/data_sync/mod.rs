@@ -131,7 +131,9 @@ pub struct Ctx {
 /// stream waits on the network and the servers about half the time), at
 /// least 2, at most 16.
 pub fn default_parallel() -> usize {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     (cores * 2).clamp(2, 16)
 }
 
