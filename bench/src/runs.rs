@@ -49,11 +49,13 @@ impl Report {
     }
 }
 
-/// What `/usr/bin/time` says of a pgdog run.
-#[derive(Debug, Clone, Copy, Default)]
+/// What `/usr/bin/time` says of a run.
+#[derive(Debug, Clone, Copy)]
 struct Usage {
     wall: f64,
+    /// User plus system CPU seconds.
     cpu: f64,
+    user: f64,
     max_rss_kb: u64,
 }
 
@@ -125,7 +127,11 @@ impl Bench {
         let mut toml = String::from("[general]\nport = 0\ntls_verify = \"disabled\"\n");
         // To compare parallelism settings: PGDOG_BENCH_PARALLEL=3.
         if let Ok(n) = std::env::var("PGDOG_BENCH_PARALLEL") {
-            toml.push_str(&format!("resharding_parallel_copies = {}\n", n.trim()));
+            let n: usize = n
+                .trim()
+                .parse()
+                .map_err(|_| format!("PGDOG_BENCH_PARALLEL={n:?}: expected a number of copies"))?;
+            toml.push_str(&format!("resharding_parallel_copies = {n}\n"));
         }
         toml.push('\n');
         let mut server = |name: &str, c: &Cluster, shard: usize| {
@@ -267,21 +273,35 @@ impl Bench {
         Ok(child)
     }
 
-    fn usage(&self, log: &str) -> Usage {
-        let text = std::fs::read_to_string(self.dir.join(log)).unwrap_or_default();
-        let Some(line) = text.lines().rev().find(|l| l.starts_with("PGDOG_USAGE")) else {
-            return Usage::default();
+    /// The `/usr/bin/time` line in `log`; without one the figures would be
+    /// zeros, so its absence is an error.
+    fn usage(&self, log: &str) -> Result<Usage> {
+        let path = self.dir.join(log);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let v: Vec<f64> = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("PGDOG_USAGE"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let [wall, user, sys, rss] = v[..] else {
+            return Err(format!(
+                "{}: no usage line from /usr/bin/time (PGDOG_USAGE wall user sys rss)",
+                path.display()
+            )
+            .into());
         };
-        let v: Vec<f64> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        Usage {
-            wall: v.first().copied().unwrap_or(0.0),
-            cpu: v.get(1).copied().unwrap_or(0.0) + v.get(2).copied().unwrap_or(0.0),
-            max_rss_kb: v.get(3).copied().unwrap_or(0.0) as u64,
-        }
+        Ok(Usage {
+            wall,
+            cpu: user + sys,
+            user,
+            max_rss_kb: rss as u64,
+        })
     }
 
     async fn pgdog_sync_only(&self, to: &str, log: &str) -> Result<Usage> {
@@ -293,7 +313,7 @@ impl Bench {
             )
             .into());
         }
-        Ok(self.usage(log))
+        self.usage(log)
     }
 
     async fn pgdog_cleanup(&self, to: &str) -> Result<()> {
@@ -311,9 +331,9 @@ impl Bench {
         Ok(())
     }
 
-    /// `psql -c COPY ... TO STDOUT | psql -c COPY ... FROM STDIN`, binary.
-    /// One `psql | psql` pipe, under `/usr/bin/time` so the CPU of both
-    /// psql processes is known (a shell's usage includes its children's).
+    /// `psql -c COPY ... TO STDOUT | psql -c COPY ... FROM STDIN`, binary,
+    /// under `/usr/bin/time` so the CPU of both psql processes is known (a
+    /// shell's usage includes its children's).
     fn pipe(&self, table: &str, to: &Cluster) -> Result<tokio::process::Child> {
         let psql = "psql";
         let cmd = format!(
@@ -354,10 +374,10 @@ impl Bench {
             }
         }
         let wall = started.elapsed().as_secs_f64();
-        let cpu = TABLES[..3]
-            .iter()
-            .map(|t| self.usage(&format!("pipe-{t}.time")).cpu)
-            .sum();
+        let mut cpu = 0.0;
+        for t in &TABLES[..3] {
+            cpu += self.usage(&format!("pipe-{t}.time"))?.cpu;
+        }
         Ok((wall, cpu))
     }
 
@@ -466,11 +486,12 @@ impl Bench {
         );
         let gb = self.heap_bytes as f64 / 1e9;
         let cpu = median(usage.iter().map(|u| u.cpu / gb).collect());
+        let user = median(usage.iter().map(|u| u.user / gb).collect());
         let rss = usage.iter().map(|u| u.max_rss_kb).max().unwrap_or(0);
         report.row(
             "pgdog resources",
             "CPU seconds per GB copied",
-            format!("{cpu:.2} s/GB"),
+            format!("{cpu:.2} s/GB ({user:.2} user)"),
             format!(
                 "target ≤ 1; the sequential pipe's two psql processes: {:.2} s/GB",
                 median(pipe_cpu) / gb
@@ -649,7 +670,7 @@ impl Bench {
                     .join("\n")
             );
         }
-        let usage = self.usage("catchup.log");
+        let usage = self.usage("catchup.log")?;
         self.pgdog_cleanup(to).await?;
         Ok((t, visible, usage))
     }
