@@ -134,23 +134,32 @@ async fn each_preflight_error() {
     expect(&err, &["sharded on column \"nope\"", "does not publish"]);
     let err = run_to_error(&fleet, &SHARDING.replace("bigint", "uuid"), Mode::Full).await;
     expect(&err, &["as uuid, but the column is bigint", "data_type"]);
+    // Several problems at once: all of them named in one run.
     fleet
-        .on_sources("CREATE TABLE loose (id bigint PRIMARY KEY, owner bigint); ALTER PUBLICATION pub ADD TABLE loose;")
+        .on_sources("CREATE TABLE loose (id bigint PRIMARY KEY, owner bigint NOT NULL, made bigint GENERATED ALWAYS AS (owner * 2) STORED); ALTER PUBLICATION pub ADD TABLE loose;")
         .await
         .unwrap();
     fleet
-        .on_dests("CREATE TABLE loose (id bigint PRIMARY KEY, owner bigint)")
+        .on_dests("CREATE TABLE loose (id bigint, owner int, made bigint GENERATED ALWAYS AS (owner * 3) STORED)")
         .await
         .unwrap();
-    let loose = format!("{SHARDING}\n[[sharded_tables]]\ndatabase = \"dest\"\nname = \"loose\"\ncolumn = \"owner\"\n");
+    let loose = format!("{SHARDING}\n[[sharded_tables]]\ndatabase = \"dest\"\nname = \"loose\"\ncolumn = \"owner\"\ndata_type = \"bigint\"\n");
     let err = run_to_error(&fleet, &loose, Mode::Full).await;
     expect(
         &err,
         &[
-            "sharded on \"owner\", which is not part of its replica identity",
-            "REPLICA IDENTITY FULL",
+            "preflight found",
+            "column public.loose.owner is bigint on the source but integer on destination shard 0",
+            "generated column public.loose.made is computed as",
+            "INSERT ... ON CONFLICT (id)",
+            "no unique index on exactly those columns",
         ],
     );
+    // Fixed, a table sharded outside its identity is moved, not refused.
+    fleet
+        .on_dests("DROP TABLE loose; CREATE TABLE loose (id bigint PRIMARY KEY, owner bigint NOT NULL, made bigint GENERATED ALWAYS AS (owner * 2) STORED)")
+        .await
+        .unwrap();
     fleet
         .on_sources("ALTER PUBLICATION pub DROP TABLE loose")
         .await

@@ -72,6 +72,9 @@ pub struct PublishedTable {
     pub bytes: u64,
     /// For partitioned tables: leaves whose replica identity is unusable.
     pub leaves_without_identity: Vec<String>,
+    /// Stored generated columns (name, expression): never copied or
+    /// streamed; the destination must compute them the same way.
+    pub generated: Vec<(String, String)>,
 }
 
 impl PublishedTable {
@@ -171,8 +174,9 @@ pub async fn publication_tables(
             estimated_rows: parse(r.text(7), "reltuples")?,
             bytes: parse(r.text(8), "pg_relation_size")?,
             leaves_without_identity: Vec::new(),
+            generated: Vec::new(),
         };
-        table.columns = columns(conn, oid, table.replica_identity).await?;
+        (table.columns, table.generated) = columns(conn, oid, table.replica_identity).await?;
         if let Some(published) = published {
             table.columns.retain(|c| published.contains(&c.name));
         }
@@ -184,7 +188,13 @@ pub async fn publication_tables(
     Ok(tables)
 }
 
-async fn columns(conn: &mut Connection, oid: u32, replident: char) -> Result<Vec<Column>> {
+/// The plain columns of a table and its stored generated ones (name,
+/// expression).
+async fn columns(
+    conn: &mut Connection,
+    oid: u32,
+    replident: char,
+) -> Result<(Vec<Column>, Vec<(String, String)>)> {
     // Identity columns: the primary key for 'd', the chosen index for 'i';
     // for 'f' every column is part of the (full) identity.
     let identity = match replident {
@@ -195,26 +205,34 @@ async fn columns(conn: &mut Connection, oid: u32, replident: char) -> Result<Vec
     };
     let sql = format!(
         "SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod), coalesce({identity}, false), a.attnotnull,
-                NOT (t.typtype = 'c' OR coalesce(e.oid >= 16384 OR e.typtype = 'c', false))
+                NOT (t.typtype = 'c' OR coalesce(e.oid >= 16384 OR e.typtype = 'c', false)),
+                a.attgenerated <> '', pg_get_expr(d.adbin, d.adrelid)
          FROM pg_attribute a
          JOIN pg_type t ON t.oid = a.atttypid
          LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
-         WHERE a.attrelid = {oid} AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+         LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE a.attrelid = {oid} AND a.attnum > 0 AND NOT a.attisdropped
          ORDER BY a.attnum"
     );
     let rows = conn.query(&sql).await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Column {
-                name: r.text(0).unwrap_or("").to_string(),
-                type_oid: parse(r.text(1), "atttypid")?,
-                type_name: r.text(2).unwrap_or("").to_string(),
-                identity: r.text(3) == Some("t"),
-                not_null: r.text(4) == Some("t"),
-                binary_safe: r.text(5) != Some("f"),
-            })
-        })
-        .collect()
+    let mut plain = Vec::with_capacity(rows.len());
+    let mut generated = Vec::new();
+    for r in &rows {
+        let name = r.text(0).unwrap_or("").to_string();
+        if r.text(6) == Some("t") {
+            generated.push((name, r.text(7).unwrap_or("").to_string()));
+            continue;
+        }
+        plain.push(Column {
+            name,
+            type_oid: parse(r.text(1), "atttypid")?,
+            type_name: r.text(2).unwrap_or("").to_string(),
+            identity: r.text(3) == Some("t"),
+            not_null: r.text(4) == Some("t"),
+            binary_safe: r.text(5) != Some("f"),
+        });
+    }
+    Ok((plain, generated))
 }
 
 async fn leaves_without_identity(conn: &mut Connection, oid: u32) -> Result<Vec<String>> {
@@ -232,43 +250,159 @@ async fn leaves_without_identity(conn: &mut Connection, oid: u32) -> Result<Vec<
         .collect())
 }
 
-/// A destination table's columns: name, `format_type`, and whether an
-/// insert may leave it out (nullable or with a default, or generated).
+/// A destination table's column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestColumn {
     pub name: String,
+    /// `format_type()`.
     pub type_name: String,
+    /// An insert may leave it out: nullable, with a default, identity or
+    /// generated.
     pub optional: bool,
-    pub generated: bool,
+    /// The expression of a stored generated column.
+    pub generated: Option<String>,
+    /// `GENERATED ALWAYS AS IDENTITY`: inserts need `OVERRIDING SYSTEM
+    /// VALUE`, and an UPDATE may not set it.
+    pub identity_always: bool,
 }
 
-/// The columns of `table` on a destination, `None` when it does not exist.
-pub async fn dest_columns(
-    conn: &mut Connection,
-    table: &TableName,
-) -> Result<Option<Vec<DestColumn>>> {
-    let sql = format!(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull OR a.atthasdef OR a.attidentity <> '', a.attgenerated <> ''
-         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
-         ORDER BY a.attnum",
-        quote_literal(&table.schema),
-        quote_literal(&table.name)
-    );
-    let rows = conn.query(&sql).await?;
-    if rows.is_empty() {
-        return Ok(None);
+/// A unique index or exclusion constraint of a destination table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UniqueIndex {
+    /// Its key columns (expressions left out).
+    pub columns: Vec<String>,
+    /// Unique, checked row by row, on columns only, without a predicate:
+    /// usable as an `ON CONFLICT` arbiter.
+    pub plain: bool,
+    /// Checked at commit (`DEFERRABLE INITIALLY DEFERRED`), not row by row.
+    pub deferred: bool,
+}
+
+/// What a destination shard has for one table of the move.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DestTable {
+    /// `r` table, `p` partitioned table.
+    pub relkind: char,
+    pub columns: Vec<DestColumn>,
+    pub unique: Vec<UniqueIndex>,
+    /// Other tables with a foreign key to this one: a TRUNCATE of it alone
+    /// would fail there.
+    pub referenced_by: Vec<TableName>,
+}
+
+impl DestTable {
+    /// A plain unique index on exactly `columns` (any order): what an
+    /// `INSERT ... ON CONFLICT (columns)` needs.
+    pub fn has_arbiter(&self, columns: &[&str]) -> bool {
+        self.unique.iter().any(|u| {
+            u.plain
+                && !u.deferred
+                && u.columns.len() == columns.len()
+                && columns.iter().all(|c| u.columns.iter().any(|k| k == c))
+        })
     }
-    Ok(Some(
-        rows.iter()
-            .map(|r| DestColumn {
-                name: r.text(0).unwrap_or("").to_string(),
-                type_name: r.text(1).unwrap_or("").to_string(),
-                optional: r.text(2) == Some("t"),
-                generated: r.text(3) == Some("t"),
-            })
-            .collect(),
-    ))
+
+    /// Whether a unique check could see the order in which rows of one
+    /// multi-row UPDATE are changed: some row-by-row unique index or
+    /// exclusion constraint does not contain every identity column (one
+    /// that does cannot conflict between two rows keeping their keys).
+    pub fn order_visible(&self, identity: &[&str]) -> bool {
+        self.unique.iter().any(|u| {
+            !u.deferred && !(u.plain && identity.iter().all(|c| u.columns.iter().any(|k| k == c)))
+        })
+    }
+}
+
+/// `table` on a destination, `None` when it does not exist there.
+pub async fn dest_table(conn: &mut Connection, table: &TableName) -> Result<Option<DestTable>> {
+    use pgdog_protocol::frontend::Format;
+    let quoted = table.quoted();
+    let param = [Some(quoted.as_bytes())];
+    let head = conn
+        .query_params(
+            "SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass($1) AND c.relkind IN ('r', 'p')",
+            &[Format::Text],
+            param,
+            Format::Text,
+        )
+        .await?;
+    let Some(relkind) = head
+        .first()
+        .and_then(|r| r.text(0))
+        .and_then(|t| t.chars().next())
+    else {
+        return Ok(None);
+    };
+    let rows = conn
+        .query_params(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+                    NOT a.attnotnull OR a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
+                    CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END,
+                    a.attidentity = 'a'
+             FROM pg_attribute a
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum",
+            &[Format::Text],
+            param,
+            Format::Text,
+        )
+        .await?;
+    let columns = rows
+        .iter()
+        .map(|r| DestColumn {
+            name: r.text(0).unwrap_or("").to_string(),
+            type_name: r.text(1).unwrap_or("").to_string(),
+            optional: r.text(2) == Some("t"),
+            generated: r.text(3).map(str::to_string),
+            identity_always: r.text(4) == Some("t"),
+        })
+        .collect();
+    let rows = conn
+        .query_params(
+            "SELECT (SELECT array_agg(a.attname ORDER BY k.n) FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n)
+                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum)::text,
+                    i.indisunique AND i.indexprs IS NULL AND i.indpred IS NULL,
+                    NOT i.indimmediate
+             FROM pg_index i
+             WHERE i.indrelid = to_regclass($1) AND (i.indisunique OR i.indisexclusion)",
+            &[Format::Text],
+            param,
+            Format::Text,
+        )
+        .await?;
+    let unique = rows
+        .iter()
+        .map(|r| UniqueIndex {
+            columns: r.text(0).map(parse_name_array).unwrap_or_default(),
+            plain: r.text(1) == Some("t"),
+            deferred: r.text(2) == Some("t"),
+        })
+        .collect();
+    let rows = conn
+        .query_params(
+            "SELECT DISTINCT n.nspname, c.relname
+             FROM pg_constraint f JOIN pg_class c ON c.oid = f.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE f.contype = 'f' AND f.confrelid = to_regclass($1) AND f.conrelid <> f.confrelid
+               AND f.conparentid = 0",
+            &[Format::Text],
+            param,
+            Format::Text,
+        )
+        .await?;
+    let referenced_by = rows
+        .iter()
+        .map(|r| TableName {
+            schema: r.text(0).unwrap_or("").to_string(),
+            name: r.text(1).unwrap_or("").to_string(),
+        })
+        .collect();
+    Ok(Some(DestTable {
+        relkind,
+        columns,
+        unique,
+        referenced_by,
+    }))
 }
 
 /// Whether `table` holds any row.

@@ -8,6 +8,23 @@ use crate::net::{ConnectOptions, Connection};
 
 use super::error::Result;
 
+/// Startup settings of every session pgdog opens, whatever the server,
+/// database or role defaults say. No timeout: a copy, a slot creation
+/// waiting for old transactions, a snapshot held open for the whole copy
+/// and an apply session idle between changes all legitimately take long.
+/// Text values in a fixed format, as a subscription's walsender and table
+/// sync read them: dates in ISO, intervals in the postgres style, floats
+/// with every digit (so they survive the trip exactly).
+pub const SESSION_SETTINGS: [(&str, &str); 7] = [
+    ("statement_timeout", "0"),
+    ("lock_timeout", "0"),
+    ("idle_in_transaction_session_timeout", "0"),
+    ("idle_session_timeout", "0"),
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+];
+
 /// Where the source and destination shards are and who logs in.
 #[derive(Debug, Clone)]
 pub struct Endpoints {
@@ -42,6 +59,11 @@ impl Endpoints {
     fn options(&self, server: &Database, user: &User, role: &str) -> ConnectOptions {
         let mut o = self.config.connect_options(server, user);
         o.application_name = format!("pgdog data-sync {role}");
+        o.params.extend(
+            SESSION_SETTINGS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         o
     }
 
@@ -64,8 +86,16 @@ impl Endpoints {
         Ok(Connection::connect(&self.source(s).replication(replication)).await?)
     }
 
+    /// A session on destination shard `d` that behaves like a
+    /// subscription's apply worker: `session_replication_role = replica`,
+    /// so foreign keys and ordinary triggers (checked and fired on the
+    /// source already) do not fire, and tables fill in any order.
+    /// Preflight checks the user may set it.
     pub async fn connect_dest(&self, d: usize) -> Result<Connection> {
-        Ok(Connection::connect(&self.dest(d)).await?)
+        let mut conn = Connection::connect(&self.dest(d)).await?;
+        conn.execute("SET session_replication_role = replica")
+            .await?;
+        Ok(conn)
     }
 
     pub fn source_user(&self) -> &str {

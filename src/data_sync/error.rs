@@ -12,9 +12,10 @@ pub enum DataSyncError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Connection(#[from] ConnectionError),
-    /// A check before anything is created failed; `fix` says what to do.
-    #[error("preflight: {problem}\n  fix: {fix}")]
-    Preflight { problem: String, fix: String },
+    /// Checks before anything is created failed: every problem found, each
+    /// with what to do about it.
+    #[error("{}", render_problems(problems))]
+    Preflight { problems: Vec<Problem> },
     #[error("copying {table} from source shard {source_shard}: {error}")]
     Copy {
         table: String,
@@ -97,8 +98,30 @@ impl DataSyncError {
 
     pub fn preflight(problem: impl Into<String>, fix: impl Into<String>) -> DataSyncError {
         DataSyncError::Preflight {
-            problem: problem.into(),
-            fix: fix.into(),
+            problems: vec![Problem {
+                problem: problem.into(),
+                fix: fix.into(),
+            }],
+        }
+    }
+}
+
+/// One thing a preflight check found wrong, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub problem: String,
+    pub fix: String,
+}
+
+fn render_problems(problems: &[Problem]) -> String {
+    match problems {
+        [one] => format!("preflight: {}\n  fix: {}", one.problem, one.fix),
+        many => {
+            let mut out = format!("preflight found {} problems:", many.len());
+            for (i, p) in many.iter().enumerate() {
+                out.push_str(&format!("\n{}. {}\n   fix: {}", i + 1, p.problem, p.fix));
+            }
+            out
         }
     }
 }

@@ -5,7 +5,7 @@
 use crate::config::{Config, Topology};
 use crate::sharding::{DataType, Function, Rule, Sharder, Value};
 
-use super::catalog::{quote_ident, quote_literal, PublishedTable, TableName};
+use super::catalog::{quote_ident, quote_literal, DestTable, PublishedTable, TableName};
 use super::error::Result;
 
 /// How rows of a table are split across one cluster's shards.
@@ -28,11 +28,44 @@ pub struct TablePlan {
     /// table is omnisharded there (identical on every source shard, so it is
     /// copied and streamed from source shard 0 only).
     pub source: Option<Routing>,
+    /// The table as destination shard 0 has it (preflight checks every
+    /// shard has the published columns).
+    pub dest_table: DestTable,
 }
 
 impl TablePlan {
     pub fn name(&self) -> &TableName {
         &self.table.name
+    }
+
+    /// The replica identity's columns (every column for FULL).
+    pub fn identity_columns(&self) -> Vec<&str> {
+        self.table
+            .columns
+            .iter()
+            .filter(|c| c.identity)
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
+    /// Sharded on the destination by a column the old tuple of an UPDATE
+    /// or DELETE does not carry (not in the replica identity): the shard a
+    /// row leaves is not known from the change itself.
+    pub fn key_outside_identity(&self) -> bool {
+        self.dest
+            .as_ref()
+            .is_some_and(|r| !self.table.columns[r.column].identity)
+    }
+
+    /// `ONLY ` for a plain table (its inheritance children are tables of
+    /// their own), nothing for a partitioned one (its rows live in the
+    /// partitions).
+    pub fn only(&self) -> &'static str {
+        if self.dest_table.relkind == 'p' {
+            ""
+        } else {
+            "ONLY "
+        }
     }
 
     /// Whether source shard `s` contributes rows and changes of this table.
@@ -213,6 +246,7 @@ mod tests {
             estimated_rows: 0,
             bytes: 0,
             leaves_without_identity: vec![],
+            generated: vec![],
         }
     }
 
@@ -222,6 +256,7 @@ mod tests {
             table: table(),
             dest: None,
             source: None,
+            dest_table: DestTable::default(),
         };
         assert_eq!(plan.source_rows_predicate(1, 3), None);
         assert!(plan.from_source(0) && !plan.from_source(1));

@@ -3,15 +3,16 @@
 
 use std::collections::HashMap;
 
+use pgdog_protocol::backend::DataRow;
 use pgdog_protocol::Lsn;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::net::{ConnectOptions, Connection};
 use crate::sharding::DataType;
 
-use super::catalog::{self, quote_literal, PublishedTable, TableName};
+use super::catalog::{self, quote_literal, DestTable, PublishedTable, TableName};
 use super::endpoints::Endpoints;
-use super::error::{DataSyncError, Result};
+use super::error::{DataSyncError, Problem, Result};
 use super::plan::{routing, Plan, TablePlan};
 use super::state;
 
@@ -25,6 +26,9 @@ pub struct Findings {
     pub finished: Vec<HashMap<(usize, TableName), Lsn>>,
     /// Where table copies read, per source shard (replicas or the primary).
     pub copy_sources: Vec<super::replicas::CopySources>,
+    /// What the operator should know but need not fix (tables whose
+    /// changes are broadcast, tables `--replicate-only` never copied).
+    pub notes: Vec<String>,
 }
 
 /// What the run is going to do, which decides what must hold.
@@ -57,6 +61,46 @@ async fn connect(opts: &ConnectOptions, what: &str) -> Result<Connection> {
     })
 }
 
+/// Everything preflight found wrong, collected so one run names them all.
+#[derive(Debug, Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, problem: impl Into<String>, fix: impl Into<String>) {
+        self.0.push(Problem {
+            problem: problem.into(),
+            fix: fix.into(),
+        });
+    }
+
+    /// Keep the problems of a check that returns a preflight error; any
+    /// other error (a lost connection) ends preflight at once.
+    fn take(&mut self, result: Result<()>) -> Result<()> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(DataSyncError::Preflight { problems }) => {
+                self.0.extend(problems);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn into_result(self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(DataSyncError::Preflight { problems: self.0 })
+        }
+    }
+}
+
+/// The first row of a catalog query, or an error naming the query.
+fn first_row<'r>(rows: &'r [DataRow], what: &str) -> Result<&'r DataRow> {
+    rows.first()
+        .ok_or_else(|| DataSyncError::State(format!("{what} returned no row")))
+}
+
 pub async fn run(
     endpoints: &Endpoints,
     publication: &str,
@@ -67,52 +111,62 @@ pub async fn run(
     let n = endpoints.source.shards.len();
     let m = endpoints.dest.shards.len();
     let config = &endpoints.config;
+    let mut problems = Problems::default();
+    let mut notes = Vec::new();
 
     // Sources: reachable, logical WAL, replication rights, the publication.
-    let mut source_tables: Vec<Vec<PublishedTable>> = Vec::with_capacity(n);
+    let mut source_tables: Vec<Option<Vec<PublishedTable>>> = Vec::with_capacity(n);
     let mut slot_exists = Vec::with_capacity(n);
     for s in 0..n {
         let opts = endpoints.source(s);
         let what = format!("source shard {s} ({}:{})", opts.host, opts.port);
-        let mut conn = connect(&opts, &what).await?;
+        slot_exists.push(false);
+        source_tables.push(None);
+        let mut conn = match connect(&opts, &what).await {
+            Ok(c) => c,
+            Err(e) => {
+                problems.take(Err(e))?;
+                continue;
+            }
+        };
         let version = conn.server_version_num();
         if version < 140000 {
-            return Err(DataSyncError::preflight(
+            problems.push(
                 format!("{what} runs PostgreSQL {}, older than 14", conn.param("server_version").unwrap_or("?")),
                 "upgrade the source to PostgreSQL 14 or newer (binary pgoutput and TID range scans are needed)",
-            ));
+            );
+            continue;
         }
-        let rows = conn
-            .query("SELECT current_setting('wal_level'), (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
+        let settings_sql = "SELECT current_setting('wal_level'), (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
                            current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots),
-                           current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)")
-            .await?;
-        let row = &rows[0];
+                           current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)";
+        let rows = conn.query(settings_sql).await?;
+        let row = first_row(&rows, "the source settings query")?;
         if row.text(0) != Some("logical") {
-            return Err(DataSyncError::preflight(
+            problems.push(
                 format!("{what} has wal_level = {}, logical replication needs logical", row.text(0).unwrap_or("?")),
                 "set wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart the server",
-            ));
+            );
         }
         if row.text(1) != Some("t") {
-            return Err(DataSyncError::preflight(
+            problems.push(
                 format!("user \"{}\" on {what} may not use replication", opts.user),
                 format!(
                     "ALTER ROLE \"{}\" REPLICATION; (and allow it in pg_hba.conf)",
                     opts.user
                 ),
-            ));
+            );
         }
         let exists = slot_info(&mut conn, slot).await?;
         if let Some(info) = &exists {
             if info.plugin != "pgoutput" || info.database != opts.database {
-                return Err(DataSyncError::preflight(
+                problems.push(
                     format!(
                         "{what} already has a replication slot \"{slot}\" for plugin {} on database {}, not pgoutput on {}",
                         info.plugin, info.database, opts.database
                     ),
                     "pick another name with --replication-slot, or drop that slot if it is unused",
-                ));
+                );
             }
         }
         let free_slots: i64 = row.text(2).and_then(|t| t.parse().ok()).unwrap_or(0);
@@ -127,43 +181,44 @@ pub async fn run(
         let need_slots = copies + if exists.is_some() { 0 } else { 1 };
         let need_senders = copies.max(1);
         if free_slots < need_slots {
-            return Err(DataSyncError::preflight(
+            problems.push(
                 format!("{what} has {free_slots} free replication slots, this move needs {need_slots} ({copies} parallel copies plus the permanent slot)"),
                 "raise max_replication_slots on the source (restart needed) or lower resharding_parallel_copies",
-            ));
+            );
         }
         if free_senders < need_senders {
-            return Err(DataSyncError::preflight(
+            problems.push(
                 format!("{what} has {free_senders} free WAL senders, this move needs {need_senders}"),
                 "raise max_wal_senders on the source (restart needed) or lower resharding_parallel_copies",
-            ));
+            );
         }
         if intent == Intent::ReplicateOnly && exists.is_none() {
-            return Err(DataSyncError::preflight(
+            problems.push(
                 format!("--replicate-only needs the replication slot \"{slot}\", which does not exist on {what}"),
                 "run the copy first (without --replicate-only, or with --sync-only), or pass the slot's name with --replication-slot",
-            ));
+            );
         }
-        slot_exists.push(exists.is_some());
+        slot_exists[s] = exists.is_some();
 
         if catalog::publication(&mut conn, publication)
             .await?
             .is_none()
         {
-            return Err(DataSyncError::preflight(
+            problems.push(
                 format!("publication \"{publication}\" does not exist on {what}"),
                 format!("on every source shard: CREATE PUBLICATION {} FOR TABLE ... (or FOR ALL TABLES)", catalog::quote_ident(publication)),
-            ));
+            );
+            continue;
         }
         let tables = catalog::publication_tables(&mut conn, publication).await?;
         if tables.is_empty() {
-            return Err(DataSyncError::preflight(
+            problems.push(
                 format!("publication \"{publication}\" on {what} has no tables"),
                 format!(
                     "ALTER PUBLICATION {} ADD TABLE ...",
                     catalog::quote_ident(publication)
                 ),
-            ));
+            );
         }
         for t in &tables {
             if !t.has_usable_identity() {
@@ -175,52 +230,69 @@ pub async fn run(
                         t.leaves_without_identity.join(", ")
                     )
                 };
-                return Err(DataSyncError::preflight(
+                problems.push(
                     format!("table {} on {what} has no usable replica identity{leaves}, so its updates and deletes cannot be replicated", t.name),
                     format!("add a primary key, or ALTER TABLE {} REPLICA IDENTITY FULL (or USING INDEX a unique index on NOT NULL columns)", t.name.quoted()),
-                ));
+                );
             }
         }
-        if let Some(first) = source_tables.first() {
-            compare_sources(first, &tables, s)?;
+        if let Some(Some(first)) = source_tables.first() {
+            problems.take(compare_sources(first, &tables, s))?;
         }
-        source_tables.push(tables);
+        source_tables[s] = Some(tables);
         conn.close().await;
     }
-    let tables = source_tables.swap_remove(0);
+    let Some(Some(tables)) = source_tables.into_iter().next() else {
+        // Source shard 0 could not be read: nothing to plan with.
+        problems.into_result()?;
+        return Err(DataSyncError::State(
+            "source shard 0 returned no publication tables".into(),
+        ));
+    };
 
     // Routing on both sides.
     let mut plans = Vec::with_capacity(tables.len());
     for table in tables {
-        let source = routing(config, &endpoints.source.name, n, &table)?;
-        let dest = routing(config, &endpoints.dest.name, m, &table)?;
+        let source = routing(config, &endpoints.source.name, n, &table);
+        let dest = routing(config, &endpoints.dest.name, m, &table);
+        let (source, dest) = match (source, dest) {
+            (Ok(s), Ok(d)) => (s, d),
+            (s, d) => {
+                problems.take(s.map(|_| ()))?;
+                problems.take(d.map(|_| ()))?;
+                continue;
+            }
+        };
         for (side, r) in [("destination", &dest), ("source", &source)] {
             if let Some(r) = r {
                 let col = &table.columns[r.column];
-                check_key_type(&table, col, r.sharder.data_type, side)?;
-            }
-        }
-        if let Some(r) = &dest {
-            let col = &table.columns[r.column];
-            if table.replica_identity != 'f' && !col.identity {
-                return Err(DataSyncError::preflight(
-                    format!(
-                        "table {} is sharded on \"{}\", which is not part of its replica identity: an UPDATE that changes it could not be routed to the row's old shard",
-                        table.name, col.name
-                    ),
-                    format!(
-                        "include \"{}\" in the primary key (or the REPLICA IDENTITY index), or ALTER TABLE {} REPLICA IDENTITY FULL",
-                        col.name,
-                        table.name.quoted()
-                    ),
-                ));
+                problems.take(check_key_type(&table, col, r.sharder.data_type, side))?;
             }
         }
         plans.push(TablePlan {
             table,
             dest,
             source,
+            dest_table: Default::default(),
         });
+    }
+    for plan in &plans {
+        if plan.key_outside_identity() && plan.table.replica_identity != 'f' {
+            let key = &plan.table.columns[plan.dest.as_ref().map_or(0, |r| r.column)].name;
+            let note = format!(
+                "table {} is sharded on \"{key}\", which its replica identity ({}) does not include: an UPDATE cannot tell which shard the row was on, so it is applied as an upsert on the row's shard and a delete by identity on every other shard (one extra statement per other shard); a DELETE runs on every shard",
+                plan.table.name,
+                plan.identity_columns().join(", ")
+            );
+            info!("{note}");
+            notes.push(note);
+        }
+    }
+    // A table with no sharding rule on a multi-shard source is copied and
+    // streamed from shard 0 alone, which is right only if every shard
+    // holds the same rows.
+    if n > 1 {
+        problems.take(check_omnisharded_sources(endpoints, &plans).await)?;
     }
 
     // Destinations: reachable, tables present and matching, empty unless
@@ -231,74 +303,70 @@ pub async fn run(
     for d in 0..m {
         let opts = endpoints.dest(d);
         let what = format!("destination shard {d} ({}:{})", opts.host, opts.port);
-        let mut conn = connect(&opts, &what).await?;
+        let mut conn = match connect(&opts, &what).await {
+            Ok(c) => c,
+            Err(e) => {
+                problems.take(Err(e))?;
+                finished.push(HashMap::new());
+                continue;
+            }
+        };
+        // Like a subscription's apply worker: foreign keys and user
+        // triggers do not fire, so copy and apply order do not matter.
+        match conn.execute("SET session_replication_role = replica").await {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("42501") => problems.push(
+                format!("user \"{}\" on {what} may not set session_replication_role, which pgdog sets to replica so foreign keys and triggers already checked on the source do not fire again", opts.user),
+                format!("use a superuser, or on PostgreSQL 15+: GRANT SET ON PARAMETER session_replication_role TO \"{}\"", opts.user),
+            ),
+            Err(e) => return Err(e.into()),
+        }
         let done = state::finished_copies(&mut conn, slot).await?;
-        for plan in &plans {
+        for plan in plans.iter_mut() {
             let t = &plan.table;
-            let Some(cols) = catalog::dest_columns(&mut conn, &t.name).await? else {
-                return Err(DataSyncError::preflight(
+            let Some(dest) = catalog::dest_table(&mut conn, &t.name).await? else {
+                problems.push(
                     format!("table {} does not exist on {what}", t.name),
                     "create the schema on every destination shard first, e.g. pg_dump --schema-only from the source, restored into each destination",
-                ));
+                );
+                continue;
             };
-            for c in &t.columns {
-                match cols.iter().find(|dc| dc.name == c.name) {
-                    None => {
-                        return Err(DataSyncError::preflight(
-                            format!("column {}.{} ({}) is missing on {what}", t.name, c.name, c.type_name),
-                            format!("ALTER TABLE {} ADD COLUMN {} {} on that shard", t.name.quoted(), catalog::quote_ident(&c.name), c.type_name),
-                        ))
-                    }
-                    Some(dc) if dc.type_name != c.type_name => {
-                        return Err(DataSyncError::preflight(
-                            format!(
-                                "column {}.{} is {} on the source but {} on {what}; binary COPY needs the same types",
-                                t.name, c.name, c.type_name, dc.type_name
-                            ),
-                            format!("ALTER TABLE {} ALTER COLUMN {} TYPE {} on that shard", t.name.quoted(), catalog::quote_ident(&c.name), c.type_name),
-                        ))
-                    }
-                    Some(dc) if dc.generated => {
-                        return Err(DataSyncError::preflight(
-                            format!("column {}.{} is generated on {what} but not on the source", t.name, c.name),
-                            "make the destination column a plain column, as on the source",
-                        ))
-                    }
-                    Some(_) => {}
-                }
-            }
-            if let Some(extra) = cols.iter().find(|dc| {
-                !dc.optional && !dc.generated && !t.columns.iter().any(|c| c.name == dc.name)
-            }) {
-                return Err(DataSyncError::preflight(
-                    format!(
-                        "column {}.{} on {what} is NOT NULL without a default and is not published by the source, so no row could be inserted",
-                        t.name, extra.name
-                    ),
-                    "give it a default, drop NOT NULL, or add it to the publication",
-                ));
-            }
+            check_dest_table(plan, &dest, &what, &mut problems);
             if intent == Intent::Copy && fresh && catalog::has_rows(&mut conn, &t.name).await? {
-                return Err(DataSyncError::preflight(
+                problems.push(
                     format!("table {} on {what} already has rows, and no copy of it by slot \"{slot}\" is recorded there", t.name),
                     format!(
                         "pgdog copies into empty tables: TRUNCATE {} on that shard; or, to resume an earlier run, pass its --replication-slot",
                         t.name.quoted()
                     ),
-                ));
+                );
+            }
+            if intent == Intent::ReplicateOnly
+                && (0..n).any(|s| plan.from_source(s) && !done.contains_key(&(s, t.name.clone())))
+            {
+                let note = format!(
+                    "table {} has no copy recorded on {what} for slot \"{slot}\": --replicate-only applies its changes from now on, but rows it had before are not there unless they were loaded by other means",
+                    t.name
+                );
+                warn!("{note}");
+                notes.push(note);
+            }
+            if d == 0 {
+                plan.dest_table = dest;
             }
         }
         // Progress recorded for a slot that no longer exists: the changes
         // between that copy and now are gone from the WAL.
         if !done.is_empty() && slot_exists.iter().any(|e| !e) {
-            return Err(DataSyncError::preflight(
+            problems.push(
                 format!("{what} has copy progress recorded for slot \"{slot}\", but that slot no longer exists on every source shard; changes made since that copy cannot be streamed"),
                 "start over: pgdog data-sync ... --cleanup, TRUNCATE the destination tables, then run the move again",
-            ));
+            );
         }
         finished.push(done);
         conn.close().await;
     }
+    problems.into_result()?;
     let copy_sources = if intent == Intent::Copy {
         super::replicas::qualify(endpoints).await?
     } else {
@@ -321,7 +389,132 @@ pub async fn run(
         slot_exists,
         finished,
         copy_sources,
+        notes,
     })
+}
+
+/// A destination table against the published one: every published column
+/// there with the same type, generated columns computed alike, inserts
+/// possible, and what streaming needs of its indexes.
+fn check_dest_table(plan: &TablePlan, dest: &DestTable, what: &str, problems: &mut Problems) {
+    let t = &plan.table;
+    for c in &t.columns {
+        match dest.columns.iter().find(|dc| dc.name == c.name) {
+            None => problems.push(
+                format!("column {}.{} ({}) is missing on {what}", t.name, c.name, c.type_name),
+                format!("ALTER TABLE {} ADD COLUMN {} {} on that shard", t.name.quoted(), catalog::quote_ident(&c.name), c.type_name),
+            ),
+            Some(dc) if dc.type_name != c.type_name => problems.push(
+                format!(
+                    "column {}.{} is {} on the source but {} on {what}; binary COPY needs the same types",
+                    t.name, c.name, c.type_name, dc.type_name
+                ),
+                format!("ALTER TABLE {} ALTER COLUMN {} TYPE {} on that shard", t.name.quoted(), catalog::quote_ident(&c.name), c.type_name),
+            ),
+            Some(dc) if dc.generated.is_some() => problems.push(
+                format!("column {}.{} is generated on {what} but a plain column on the source, so the copied values would be replaced", t.name, c.name),
+                "make the destination column a plain column, as on the source",
+            ),
+            Some(_) => {}
+        }
+    }
+    for (name, expr) in &t.generated {
+        match dest.columns.iter().find(|dc| &dc.name == name) {
+            // Not there: nothing to compute, nothing to differ.
+            None => {}
+            Some(dc) => match &dc.generated {
+                Some(dexpr) if dexpr == expr => {}
+                Some(dexpr) => problems.push(
+                    format!("generated column {}.{name} is computed as ({expr}) on the source but as ({dexpr}) on {what}", t.name),
+                    format!("make the destination compute it the same way: ALTER TABLE {} DROP COLUMN {}, then add it again as GENERATED ALWAYS AS ({expr}) STORED", t.name.quoted(), catalog::quote_ident(name)),
+                ),
+                None => problems.push(
+                    format!("column {}.{name} is generated on the source ({expr}) but a plain column on {what}: generated values are not replicated, so it would stay empty", t.name),
+                    format!("make it GENERATED ALWAYS AS ({expr}) STORED on the destination, as on the source"),
+                ),
+            },
+        }
+    }
+    if let Some(extra) = dest
+        .columns
+        .iter()
+        .find(|dc| !dc.optional && !t.columns.iter().any(|c| c.name == dc.name))
+    {
+        problems.push(
+            format!(
+                "column {}.{} on {what} is NOT NULL without a default and is not published by the source, so no row could be inserted",
+                t.name, extra.name
+            ),
+            "give it a default, drop NOT NULL, or add it to the publication",
+        );
+    }
+    let identity = plan.identity_columns();
+    if plan.key_outside_identity() && t.replica_identity != 'f' && !dest.has_arbiter(&identity) {
+        problems.push(
+            format!(
+                "table {} is sharded outside its replica identity, so its updates are applied as INSERT ... ON CONFLICT ({}), but {what} has no unique index on exactly those columns",
+                t.name,
+                identity.join(", ")
+            ),
+            format!("create the source's primary key (or replica identity index) on {} there, as pg_dump --schema-only does", t.name.quoted()),
+        );
+    }
+}
+
+/// Tables without a sharding rule on a multi-shard source are read from
+/// shard 0 only: every shard must hold the same rows. Row counts per shard
+/// are compared (exactly, with `count(*)`).
+async fn check_omnisharded_sources(endpoints: &Endpoints, plans: &[TablePlan]) -> Result<()> {
+    let omni: Vec<&TablePlan> = plans.iter().filter(|p| p.source.is_none()).collect();
+    if omni.is_empty() {
+        return Ok(());
+    }
+    let mut counts: Vec<Vec<i64>> = vec![Vec::new(); omni.len()];
+    for s in 0..endpoints.source.shards.len() {
+        let mut conn = endpoints.connect_source(s, false).await?;
+        // One query for all of them.
+        let parts: Vec<String> = omni
+            .iter()
+            .map(|p| {
+                let only = if p.table.relkind == 'p' { "" } else { "ONLY " };
+                format!("(SELECT count(*) FROM {only}{})", p.table.name.quoted())
+            })
+            .collect();
+        let rows = conn.query(&format!("SELECT {}", parts.join(", "))).await?;
+        let row = first_row(&rows, "the row counts of unsharded source tables")?;
+        for (i, c) in counts.iter_mut().enumerate() {
+            c.push(row.text(i).and_then(|t| t.parse().ok()).ok_or_else(|| {
+                DataSyncError::State(format!(
+                    "row count of {} on source shard {s} is unreadable",
+                    omni[i].table.name
+                ))
+            })?);
+        }
+        conn.close().await;
+    }
+    let mut problems = Problems::default();
+    for (p, c) in omni.iter().zip(&counts) {
+        if c.iter().any(|x| *x != c[0]) {
+            let list: Vec<String> = c
+                .iter()
+                .enumerate()
+                .map(|(s, x)| format!("shard {s}: {x}"))
+                .collect();
+            problems.push(
+                format!(
+                    "table {} has no sharding rule for the source cluster \"{}\", so it is taken to be identical on every source shard and copied from shard 0 only, but its row counts differ ({})",
+                    p.table.name,
+                    endpoints.source.name,
+                    list.join(", ")
+                ),
+                format!(
+                    "add a [[sharded_tables]] entry for {} with database = \"{}\" naming its sharding column, or make the table identical on every source shard",
+                    p.table.name, endpoints.source.name
+                ),
+            );
+        }
+    }
+    problems.into_result()
 }
 
 /// A sharding key whose column type cannot be parsed as the configured type

@@ -131,13 +131,16 @@ impl ConnectionError {
 /// connection exceptions (class 08), operator intervention (57P01-57P03:
 /// shutdown, crash, not yet accepting), too many connections, out of
 /// memory or disk (class 53), serialization failures and deadlocks (40001,
-/// 40P01), and an `idle_in_transaction_session_timeout` (25P03).
+/// 40P01), and an `idle_in_transaction_session_timeout` (25P03). Not a
+/// query cancel (57014): pgdog sets no statement timeout, so a cancel is
+/// somebody stopping pgdog's query on purpose, and retrying it forever
+/// would fight them.
 pub fn sqlstate_is_transient(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("53")
         || matches!(
             code,
-            "57P01" | "57P02" | "57P03" | "57014" | "40001" | "40P01" | "25P03" | "55006"
+            "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "25P03" | "55006"
         )
 }
 
@@ -171,6 +174,7 @@ mod tests {
         assert!(server_error("08006").is_transient());
         assert!(server_error("53300").is_transient());
         assert!(!server_error("23505").is_transient(), "unique violation");
+        assert!(!server_error("57014").is_transient(), "query cancel");
         assert!(!server_error("42P01").is_transient(), "missing table");
         assert!(!server_error("28P01").is_transient(), "bad password");
     }

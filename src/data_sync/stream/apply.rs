@@ -1,13 +1,13 @@
-//! Applying changes on one destination shard: prepared statements per
-//! relation and shape (see [`super::sql`], fed in batches by
-//! [`super::batch`]), pipelined (Bind/Execute queued, one Sync per round),
-//! inside group transactions that also record the last applied source
-//! commit, so a change and the record of it commit together.
+//! Applying changes on one destination shard: changes wait in per-table
+//! queues and go out as multi-row statements where they can (which ones,
+//! [`super::batch`] decides), through prepared statements per relation and
+//! shape ([`super::sql`]), pipelined (Bind/Execute queued, one Sync per
+//! round), inside group transactions that also record the last applied
+//! source commit, so a change and the record of it commit together.
 
 use std::collections::HashMap;
 
 use pgdog_protocol::frontend::Format;
-use pgdog_protocol::pgoutput::Column;
 use pgdog_protocol::Lsn;
 
 use crate::net::extended::PipelineError;
@@ -15,23 +15,16 @@ use crate::net::Connection;
 
 use super::super::error::{DataSyncError, Result};
 use super::super::state::{RECORD_APPLIED, RECORD_APPLIED_SQL};
-use super::batch::Queues;
+use super::batch::{statements, Origin, Queued, Queues, Statement};
 use super::relation::RelationInfo;
 use super::sql::{statement_sql, ShapeKey};
 
 /// Statements queued since the last Sync before a round trip is forced:
-/// keeps the server's replies well inside socket buffers.
+/// keeps the server's replies well inside socket buffers...
 const ROUND: usize = 2000;
-
-/// Where a queued statement came from, to say so if it fails.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    pub table: std::sync::Arc<str>,
-    pub commit_lsn: Lsn,
-    pub what: &'static str,
-    /// Rows an UPDATE or DELETE statement must touch (a batch: several).
-    pub rows: u32,
-}
+/// ...and bytes waiting to be written: keeps the pipeline's memory flat
+/// with wide rows.
+const ROUND_BYTES: usize = 8 << 20;
 
 /// One destination shard's apply connection.
 #[derive(Debug)]
@@ -40,7 +33,8 @@ pub struct DestApplier {
     source_shard: usize,
     pub shard: usize,
     pub conn: Connection,
-    /// Prepared statement name per shape.
+    /// Prepared statement name per shape: a shape is parsed once per
+    /// session.
     prepared: HashMap<ShapeKey, String>,
     /// Statements prepared so far: names are `pgdog_<n>`, never reused.
     statements: u64,
@@ -54,12 +48,10 @@ pub struct DestApplier {
     pub applied: Lsn,
     /// Rows updates/deletes did not find (the destination diverged).
     pub missing_rows: u64,
+    /// Rows each statement of the last round affected, reused per round.
     affected: Vec<u64>,
     /// Changes waiting to go out in batches.
-    pub(super) queues: Queues,
-    /// Tables may be applied out of order within a group: the session runs
-    /// with `session_replication_role = replica`.
-    pub(super) reorder: bool,
+    queues: Queues,
 }
 
 impl DestApplier {
@@ -78,13 +70,6 @@ impl DestApplier {
         // the right one, and planning a 256-row batch per execution is not.
         conn.execute("SET plan_cache_mode = force_generic_plan")
             .await?;
-        // Triggers and FK checks already ran on the source; replica mode
-        // skips them here. It needs superuser: without, they just fire.
-        let reorder = match conn.execute("SET session_replication_role = replica").await {
-            Ok(()) => true,
-            Err(e) if e.code() == Some("42501") => false,
-            Err(e) => return Err(e.into()),
-        };
         conn.prepare(RECORD_APPLIED, RECORD_APPLIED_SQL, &[])
             .await?;
         Ok(DestApplier {
@@ -100,7 +85,6 @@ impl DestApplier {
             missing_rows: 0,
             affected: Vec::new(),
             queues: Queues::default(),
-            reorder,
         })
     }
 
@@ -150,22 +134,32 @@ impl DestApplier {
         name
     }
 
+    /// Queue a change; full queues are flushed.
+    pub async fn push(&mut self, q: Queued) -> Result<()> {
+        if self.queues.push(q) {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Send every queued change, in order, batching runs.
+    pub async fn flush(&mut self) -> Result<()> {
+        for items in self.queues.take() {
+            for st in statements(&items) {
+                self.send(st).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Queue one statement with its parameters.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn queue(
-        &mut self,
-        rel: &RelationInfo,
-        key: ShapeKey,
-        formats: &[Format],
-        params: &[Option<&[u8]>],
-        origin: Origin,
-    ) -> Result<()> {
+    async fn send(&mut self, st: Statement<'_>) -> Result<()> {
         self.begin_if_needed();
-        let name = self.statement(rel, key);
+        let name = self.statement(st.rel, st.shape);
         self.conn
-            .queue_execute(&name, formats, params.iter().copied());
-        self.origins.push(origin);
-        if self.origins.len() >= ROUND {
+            .queue_execute(&name, &st.formats, st.params.iter().copied());
+        self.origins.push(st.origin);
+        if self.origins.len() >= ROUND || self.conn.pending_write() >= ROUND_BYTES {
             self.round().await?;
         }
         Ok(())
@@ -284,8 +278,9 @@ impl DestApplier {
         Ok(())
     }
 
-    /// Read one row (binary results) inside the open group, after
-    /// everything queued so far.
+    /// Run one statement that returns at most a row (binary results)
+    /// inside the open group, after everything queued so far: a read, or a
+    /// `DELETE ... RETURNING` that commits with the group.
     pub async fn fetch(
         &mut self,
         sql: &str,
@@ -293,21 +288,12 @@ impl DestApplier {
         params: &[Option<&[u8]>],
     ) -> Result<Option<pgdog_protocol::backend::DataRow>> {
         self.flush().await?;
+        self.begin_if_needed();
         self.round().await?;
         let rows = self
             .conn
             .query_params(sql, formats, params.iter().copied(), Format::Binary)
             .await?;
         Ok(rows.into_iter().next())
-    }
-}
-
-/// Parameter format and bytes of a tuple column (`u` has none: callers
-/// leave such columns out).
-pub fn param(col: Column<'_>) -> (Format, Option<&[u8]>) {
-    match col {
-        Column::Null | Column::Unchanged => (Format::Text, None),
-        Column::Text(v) => (Format::Text, Some(v)),
-        Column::Binary(v) => (Format::Binary, Some(v)),
     }
 }

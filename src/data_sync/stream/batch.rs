@@ -1,11 +1,13 @@
 //! Changes wait briefly in a destination's queue and go out in batches: a
-//! run of inserts, key-preserving updates with the same columns, or
-//! deletes, of one table, with distinct keys, becomes one multi-row
-//! statement. Order within a table is always kept. Across tables it is kept
-//! too, unless the destination session runs with
-//! `session_replication_role = replica` (no foreign-key or trigger checks):
-//! then each table has its own queue, which makes the runs long; a group
-//! commits atomically, so nobody sees the reordering.
+//! run of inserts, upserts, key-preserving updates with the same columns,
+//! or deletes, of one table, with distinct keys, becomes one multi-row
+//! statement. Order within a table is always kept. Each table has its own
+//! queue, which makes the runs long: apply sessions run with
+//! `session_replication_role = replica` (no foreign-key checks), and a
+//! group commits atomically, so nobody sees tables reordered.
+//!
+//! This module only decides what goes into which statement; the applier
+//! ([`super::apply`]) owns the queues and sends the statements.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,13 +15,22 @@ use std::sync::Arc;
 use pgdog_protocol::frontend::Format;
 use pgdog_protocol::pgoutput::{Column, OldTuple, Tuple};
 
-use super::super::error::Result;
-use super::apply::{param, DestApplier, Origin};
 use super::relation::RelationInfo;
 use super::sql::{params_per_row, Kind, ShapeKey};
+use pgdog_protocol::Lsn;
 
 /// A value for a `u` column of a moved row: its format and bytes.
 pub type FillValue = (Format, Option<Vec<u8>>);
+
+/// Where a queued statement came from, to say so if it fails.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub table: std::sync::Arc<str>,
+    pub commit_lsn: Lsn,
+    pub what: &'static str,
+    /// Rows an UPDATE or DELETE statement must touch (a batch: several).
+    pub rows: u32,
+}
 
 /// One change waiting to be applied.
 #[derive(Debug, Clone)]
@@ -28,6 +39,11 @@ pub enum Change {
     Insert {
         new: Tuple,
         fill: Option<Vec<FillValue>>,
+    },
+    /// Insert, or update the row with the same identity (every column is
+    /// known: no `u` values).
+    Upsert {
+        new: Tuple,
     },
     Update {
         new: Tuple,
@@ -45,22 +61,87 @@ pub struct Queued {
     pub origin: Origin,
 }
 
-/// Flush a queue once it holds this many changes.
+impl Queued {
+    /// Bytes of row data it carries (what the statement's parameters
+    /// will take).
+    fn size(&self) -> usize {
+        match &self.change {
+            Change::Insert { new, fill } => {
+                new.raw().len()
+                    + fill.as_ref().map_or(0, |f| {
+                        f.iter().map(|(_, v)| v.as_ref().map_or(0, Vec::len)).sum()
+                    })
+            }
+            Change::Upsert { new } => new.raw().len(),
+            Change::Update { new, old } => {
+                new.raw().len() + old.as_ref().map_or(0, |o| o.tuple().raw().len())
+            }
+            Change::Delete { old } => old.tuple().raw().len(),
+        }
+    }
+}
+
+/// Flush the queues once they hold this many changes...
 const QUEUE_LIMIT: usize = 4096;
+/// ...or this many bytes of row data: memory is bounded in bytes, however
+/// wide the rows.
+const QUEUE_BYTES: usize = 8 << 20;
 /// Batch sizes tried, largest first (a few shapes, each prepared once).
 const BATCHES: [usize; 3] = [256, 32, 4];
-/// Bind parameters per statement at most.
+/// Bind parameters per statement at most (the protocol's count is 16 bits).
 const MAX_PARAMS: usize = 65_535;
+/// Parameter bytes per multi-row statement at most: far below the 1 GB
+/// the server accepts in one message, and small enough that a batch of
+/// wide rows does not hold much memory.
+const BATCH_BYTES: usize = 4 << 20;
 
-/// The per-destination queues.
+/// The changes waiting on one destination, one queue per table.
 #[derive(Debug, Default)]
-pub struct Queues {
-    /// One queue per table when reordering across tables is allowed, else
-    /// a single one (key 0).
-    by_key: HashMap<u32, Vec<Queued>>,
-    /// Keys in first-use order, for a stable flush order.
+pub(super) struct Queues {
+    /// Queued changes per relation OID, each in source order.
+    by_table: HashMap<u32, Vec<Queued>>,
+    /// Relations in first-use order, for a stable flush order.
     order: Vec<u32>,
+    /// Changes queued in all, and their bytes: the flush thresholds.
     pending: usize,
+    bytes: usize,
+}
+
+impl Queues {
+    /// Queue a change; true when the queues are full and must be flushed.
+    pub(super) fn push(&mut self, q: Queued) -> bool {
+        self.bytes += q.size();
+        self.pending += 1;
+        let queue = self.by_table.entry(q.rel.oid).or_default();
+        if queue.is_empty() {
+            self.order.push(q.rel.oid);
+        }
+        queue.push(q);
+        self.pending >= QUEUE_LIMIT || self.bytes >= QUEUE_BYTES
+    }
+
+    /// Everything queued, per table, in first-use order; the queues are
+    /// empty afterwards.
+    pub(super) fn take(&mut self) -> Vec<Vec<Queued>> {
+        self.pending = 0;
+        self.bytes = 0;
+        let order = std::mem::take(&mut self.order);
+        order
+            .into_iter()
+            .filter_map(|oid| self.by_table.remove(&oid))
+            .collect()
+    }
+}
+
+/// One statement to send: its shape and parameters, borrowed from the
+/// queued changes.
+#[derive(Debug)]
+pub(super) struct Statement<'a> {
+    pub rel: &'a Arc<RelationInfo>,
+    pub shape: ShapeKey,
+    pub formats: Vec<Format>,
+    pub params: Vec<Option<&'a [u8]>>,
+    pub origin: Origin,
 }
 
 /// What makes changes batchable together; `None`: apply alone.
@@ -81,40 +162,45 @@ fn run_key(q: &Queued) -> Option<RunKey> {
         .iter()
         .filter(|c| c.key)
         .all(|c| c.type_name.is_some());
+    let key = |kind, mask| {
+        Some(RunKey {
+            relation: rel.oid,
+            kind,
+            mask,
+        })
+    };
     match &q.change {
         Change::Insert { new, fill: None } => {
             if new.columns().any(|c| matches!(c, Column::Unchanged)) {
                 return None;
             }
-            Some(RunKey {
-                relation: rel.oid,
-                kind: Kind::Insert,
-                mask: Vec::new(),
-            })
+            key(Kind::Insert, Vec::new())
         }
-        Change::Update { new, old: None } => {
+        // VALUES are inserted in order: a unique check sees the source's
+        // order, as it does for inserts.
+        Change::Upsert { .. } => key(Kind::Upsert, Vec::new()),
+        // UPDATE ... FROM (VALUES ...) changes rows in whatever order its
+        // join produces: only where no unique check can see that order.
+        Change::Update { new, old: None } if !rel.ordered_updates => {
             let mask: Vec<bool> = new
                 .columns()
-                .map(|c| !matches!(c, Column::Unchanged))
+                .enumerate()
+                .map(|(i, c)| rel.sets(i, &c))
                 .collect();
             let typed = rel
                 .columns
                 .iter()
                 .zip(&mask)
                 .all(|(c, on)| !on || c.type_name.is_some());
-            (typed && typed_keys && mask.iter().any(|m| *m)).then_some(RunKey {
-                relation: rel.oid,
-                kind: Kind::Update,
-                mask,
-            })
+            if typed && typed_keys && mask.iter().any(|m| *m) {
+                key(Kind::Update, mask)
+            } else {
+                None
+            }
         }
         Change::Delete {
             old: OldTuple::Key(_),
-        } if typed_keys => Some(RunKey {
-            relation: rel.oid,
-            kind: Kind::Delete,
-            mask: Vec::new(),
-        }),
+        } if typed_keys => key(Kind::Delete, Vec::new()),
         _ => None,
     }
 }
@@ -123,18 +209,107 @@ fn run_key(q: &Queued) -> Option<RunKey> {
 /// distinct (two changes of one row must stay in order, not in one batch).
 fn row_key(q: &Queued) -> Vec<u8> {
     let tuple = match &q.change {
-        Change::Insert { new, .. } | Change::Update { new, .. } => new,
+        Change::Insert { new, .. } | Change::Upsert { new } | Change::Update { new, .. } => new,
         Change::Delete { old } => old.tuple(),
     };
     let mut out = Vec::new();
     for (i, c) in tuple.columns().enumerate() {
         if q.rel.columns.get(i).is_some_and(|rc| rc.key) {
             let v = c.bytes().unwrap_or(&[]);
-            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(&(v.len() as u64).to_be_bytes());
             out.extend_from_slice(v);
         }
     }
     out
+}
+
+/// The statements for one table's queue, in order.
+pub(super) fn statements(items: &[Queued]) -> Vec<Statement<'_>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < items.len() {
+        let Some(key) = run_key(&items[i]) else {
+            out.push(statement(&items[i..i + 1], None));
+            i += 1;
+            continue;
+        };
+        // The run: same shape, distinct rows.
+        let mut seen = HashSet::new();
+        seen.insert(row_key(&items[i]));
+        let mut j = i + 1;
+        while j < items.len()
+            && run_key(&items[j]).as_ref() == Some(&key)
+            && seen.insert(row_key(&items[j]))
+        {
+            j += 1;
+        }
+        let per = params_per_row(
+            &items[i].rel,
+            &ShapeKey {
+                relation: key.relation,
+                kind: key.kind,
+                mask: key.mask.clone(),
+                rows: 1,
+            },
+        )
+        .max(1);
+        let mut k = i;
+        while k < j {
+            let left = j - k;
+            let size = BATCHES
+                .iter()
+                .copied()
+                .find(|&b| {
+                    b <= left
+                        && b * per <= MAX_PARAMS
+                        && items[k..k + b].iter().map(Queued::size).sum::<usize>() <= BATCH_BYTES
+                })
+                .unwrap_or(1);
+            out.push(statement(&items[k..k + size], Some(&key)));
+            k += size;
+        }
+        i = j;
+    }
+    out
+}
+
+/// One statement for `items` (all of one shape when `key` is given).
+fn statement<'a>(items: &'a [Queued], key: Option<&RunKey>) -> Statement<'a> {
+    let first = &items[0];
+    let kind = match (&first.change, first.rel.full) {
+        (Change::Insert { .. }, _) => Kind::Insert,
+        (Change::Upsert { .. }, _) => Kind::Upsert,
+        (Change::Update { .. }, false) => Kind::Update,
+        (Change::Update { .. }, true) => Kind::UpdateFull,
+        (Change::Delete { .. }, false) => Kind::Delete,
+        (Change::Delete { .. }, true) => Kind::DeleteFull,
+    };
+    let mut formats = Vec::new();
+    let mut params = Vec::new();
+    let mut mask = key.map(|k| k.mask.clone()).unwrap_or_default();
+    for q in items {
+        push_params(q, kind, &mut mask, &mut formats, &mut params);
+    }
+    let mut origin = first.origin.clone();
+    // Rows the statement must find: broadcast deletes expect none.
+    origin.rows = items.iter().map(|q| q.origin.rows).sum();
+    origin.commit_lsn = items
+        .iter()
+        .map(|q| q.origin.commit_lsn)
+        .max()
+        .unwrap_or_default();
+    Statement {
+        rel: &first.rel,
+        shape: ShapeKey {
+            relation: first.rel.oid,
+            kind,
+            mask,
+            rows: items.len() as u16,
+        },
+        formats,
+        params,
+        origin,
+    }
 }
 
 /// Append one change's parameters in shape order.
@@ -165,10 +340,15 @@ fn push_params<'a>(
                 }
             }
         }
+        (Change::Upsert { new }, _) => {
+            for c in new.columns() {
+                add(param(c));
+            }
+        }
         (Change::Update { new, old }, Kind::Update) => {
             mask.clear();
-            for c in new.columns() {
-                let set = !matches!(c, Column::Unchanged);
+            for (i, c) in new.columns().enumerate() {
+                let set = rel.sets(i, &c);
                 mask.push(set);
                 if set {
                     add(param(c));
@@ -184,8 +364,8 @@ fn push_params<'a>(
         }
         (Change::Update { new, old }, Kind::UpdateFull) => {
             mask.clear();
-            for c in new.columns() {
-                let set = !matches!(c, Column::Unchanged);
+            for (i, c) in new.columns().enumerate() {
+                let set = rel.sets(i, &c);
                 mask.push(set);
                 if set {
                     add(param(c));
@@ -223,107 +403,12 @@ fn push_params<'a>(
     }
 }
 
-impl DestApplier {
-    /// Queue a change; a full queue is flushed.
-    pub async fn push(&mut self, q: Queued) -> Result<()> {
-        let key = if self.reorder { q.rel.oid } else { 0 };
-        let queue = self.queues.by_key.entry(key).or_default();
-        if queue.is_empty() {
-            self.queues.order.push(key);
-        }
-        queue.push(q);
-        self.queues.pending += 1;
-        if self.queues.pending >= QUEUE_LIMIT {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Send every queued change, in order, batching runs.
-    pub async fn flush(&mut self) -> Result<()> {
-        let order = std::mem::take(&mut self.queues.order);
-        for key in order {
-            let items = self.queues.by_key.remove(&key).unwrap_or_default();
-            self.queues.pending -= items.len();
-            self.flush_items(&items).await?;
-        }
-        Ok(())
-    }
-
-    async fn flush_items(&mut self, items: &[Queued]) -> Result<()> {
-        let mut i = 0;
-        while i < items.len() {
-            let Some(key) = run_key(&items[i]) else {
-                self.emit(&items[i..i + 1], None).await?;
-                i += 1;
-                continue;
-            };
-            // The run: same shape, distinct rows.
-            let mut seen = HashSet::new();
-            seen.insert(row_key(&items[i]));
-            let mut j = i + 1;
-            while j < items.len()
-                && run_key(&items[j]).as_ref() == Some(&key)
-                && seen.insert(row_key(&items[j]))
-            {
-                j += 1;
-            }
-            let per = params_per_row(
-                &items[i].rel,
-                &ShapeKey {
-                    relation: key.relation,
-                    kind: key.kind,
-                    mask: key.mask.clone(),
-                    rows: 1,
-                },
-            )
-            .max(1);
-            let mut k = i;
-            while k < j {
-                let left = j - k;
-                let size = BATCHES
-                    .iter()
-                    .copied()
-                    .find(|&b| b <= left && b * per <= MAX_PARAMS)
-                    .unwrap_or(1);
-                self.emit(&items[k..k + size], Some(&key)).await?;
-                k += size;
-            }
-            i = j;
-        }
-        Ok(())
-    }
-
-    /// One statement for `items` (all of one shape when `key` is given).
-    async fn emit(&mut self, items: &[Queued], key: Option<&RunKey>) -> Result<()> {
-        let first = &items[0];
-        let kind = match (&first.change, first.rel.full) {
-            (Change::Insert { .. }, _) => Kind::Insert,
-            (Change::Update { .. }, false) => Kind::Update,
-            (Change::Update { .. }, true) => Kind::UpdateFull,
-            (Change::Delete { .. }, false) => Kind::Delete,
-            (Change::Delete { .. }, true) => Kind::DeleteFull,
-        };
-        let mut formats = Vec::new();
-        let mut params = Vec::new();
-        let mut mask = key.map(|k| k.mask.clone()).unwrap_or_default();
-        for q in items {
-            push_params(q, kind, &mut mask, &mut formats, &mut params);
-        }
-        let shape = ShapeKey {
-            relation: first.rel.oid,
-            kind,
-            mask,
-            rows: items.len() as u16,
-        };
-        let mut origin = first.origin.clone();
-        origin.rows = items.len() as u32;
-        origin.commit_lsn = items
-            .iter()
-            .map(|q| q.origin.commit_lsn)
-            .max()
-            .unwrap_or_default();
-        self.queue(&first.rel, shape, &formats, &params, origin)
-            .await
+/// Parameter format and bytes of a tuple column (`u` has none: callers
+/// leave such columns out).
+pub fn param(col: Column<'_>) -> (Format, Option<&[u8]>) {
+    match col {
+        Column::Null | Column::Unchanged => (Format::Text, None),
+        Column::Text(v) => (Format::Text, Some(v)),
+        Column::Binary(v) => (Format::Binary, Some(v)),
     }
 }

@@ -23,6 +23,10 @@ pub struct ShapeKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Insert,
+    /// Insert, or update the row with the same identity: an UPDATE whose
+    /// row may have come from another shard (sharding key outside the
+    /// replica identity).
+    Upsert,
     Update,
     Delete,
     /// Update matched on every column (REPLICA IDENTITY FULL).
@@ -35,7 +39,7 @@ pub enum Kind {
 pub fn params_per_row(rel: &RelationInfo, key: &ShapeKey) -> usize {
     let keys = rel.columns.iter().filter(|c| c.key).count();
     match key.kind {
-        Kind::Insert => rel.columns.len(),
+        Kind::Insert | Kind::Upsert => rel.columns.len(),
         Kind::Update => key.mask.iter().filter(|m| **m).count() + keys,
         Kind::Delete => keys,
         Kind::UpdateFull | Kind::DeleteFull => key.mask.iter().filter(|m| **m).count(),
@@ -50,26 +54,56 @@ fn cast(n: usize, type_name: Option<&str>) -> String {
     }
 }
 
+/// `INSERT INTO t (a, b) [OVERRIDING SYSTEM VALUE] VALUES ($1, $2), ...`
+fn insert_sql(rel: &RelationInfo, rows: usize) -> String {
+    let names: Vec<String> = rel.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let per = rel.columns.len();
+    let tuples: Vec<String> = (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (1..=per).map(|i| format!("${}", r * per + i)).collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    let overriding = if rel.overriding() {
+        " OVERRIDING SYSTEM VALUE"
+    } else {
+        ""
+    };
+    format!(
+        "INSERT INTO {} ({}){overriding} VALUES {}",
+        rel.name.quoted(),
+        names.join(", "),
+        tuples.join(", ")
+    )
+}
+
 /// SQL of a shape. Parameters follow [`params_per_row`], row after row.
 pub fn statement_sql(rel: &RelationInfo, key: &ShapeKey) -> String {
-    let table = rel.name.quoted();
+    let table = format!("{}{}", rel.only(), rel.name.quoted());
     let cols = &rel.columns;
     let rows = key.rows.max(1) as usize;
     match key.kind {
-        Kind::Insert => {
-            let names: Vec<String> = cols.iter().map(|c| quote_ident(&c.name)).collect();
-            let per = cols.len();
-            let tuples: Vec<String> = (0..rows)
-                .map(|r| {
-                    let params: Vec<String> =
-                        (1..=per).map(|i| format!("${}", r * per + i)).collect();
-                    format!("({})", params.join(", "))
-                })
+        Kind::Insert => insert_sql(rel, rows),
+        Kind::Upsert => {
+            let keys: Vec<String> = cols
+                .iter()
+                .filter(|c| c.key)
+                .map(|c| quote_ident(&c.name))
                 .collect();
+            let set: Vec<String> = cols
+                .iter()
+                .filter(|c| !c.key && !c.always)
+                .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
+                .collect();
+            let action = if set.is_empty() {
+                "NOTHING".to_string()
+            } else {
+                format!("UPDATE SET {}", set.join(", "))
+            };
             format!(
-                "INSERT INTO {table} ({}) VALUES {}",
-                names.join(", "),
-                tuples.join(", ")
+                "{} ON CONFLICT ({}) DO {action}",
+                insert_sql(rel, rows),
+                keys.join(", ")
             )
         }
         Kind::Update if rows == 1 => {
@@ -194,17 +228,32 @@ pub fn statement_sql(rel: &RelationInfo, key: &ShapeKey) -> String {
                     ));
                 }
             }
-            let pick = format!(
-                "SELECT ctid FROM {table} WHERE {} LIMIT 1",
-                cond.join(" AND ")
-            );
-            if key.kind == Kind::UpdateFull {
-                format!(
-                    "UPDATE {table} SET {} WHERE ctid = ({pick})",
-                    set.join(", ")
-                )
+            let cond = cond.join(" AND ");
+            if rel.partitioned {
+                // A ctid is unique within one partition only: the row is
+                // its partition (tableoid) and its ctid there.
+                let pick = format!(
+                    "WITH pgdog_row AS (SELECT tableoid AS o, ctid AS c FROM {table} WHERE {cond} LIMIT 1)"
+                );
+                let at = "pgdog_t.tableoid = pgdog_row.o AND pgdog_t.ctid = pgdog_row.c";
+                if key.kind == Kind::UpdateFull {
+                    format!(
+                        "{pick} UPDATE {table} AS pgdog_t SET {} FROM pgdog_row WHERE {at}",
+                        set.join(", ")
+                    )
+                } else {
+                    format!("{pick} DELETE FROM {table} AS pgdog_t USING pgdog_row WHERE {at}")
+                }
             } else {
-                format!("DELETE FROM {table} WHERE ctid = ({pick})")
+                let pick = format!("SELECT ctid FROM {table} WHERE {cond} LIMIT 1");
+                if key.kind == Kind::UpdateFull {
+                    format!(
+                        "UPDATE {table} SET {} WHERE ctid = ({pick})",
+                        set.join(", ")
+                    )
+                } else {
+                    format!("DELETE FROM {table} WHERE ctid = ({pick})")
+                }
             }
         }
     }
@@ -231,16 +280,21 @@ mod tests {
                     name: "id".into(),
                     key: true,
                     type_name: Some("bigint".into()),
+                    always: false,
                 },
                 RelColumn {
                     name: "v".into(),
                     key: false,
                     type_name: Some("text".into()),
+                    always: false,
                 },
             ],
             full: false,
             table: Some(0),
             dest_key: Some(0),
+            key_outside_identity: false,
+            partitioned: false,
+            ordered_updates: false,
         }
     }
 
@@ -262,19 +316,40 @@ mod tests {
         );
         assert_eq!(
             statement_sql(&r, &key(Kind::Update, vec![false, true], 1)),
-            "UPDATE \"public\".\"t\" SET \"v\" = $1 WHERE \"id\" = $2"
+            "UPDATE ONLY \"public\".\"t\" SET \"v\" = $1 WHERE \"id\" = $2"
         );
         assert_eq!(
             statement_sql(&r, &key(Kind::Update, vec![false, true], 2)),
-            "UPDATE \"public\".\"t\" AS t SET \"v\" = v.p1 FROM (VALUES ($1::text, $2::bigint), ($3::text, $4::bigint)) AS v(p1, p2) WHERE t.\"id\" = v.p2"
+            "UPDATE ONLY \"public\".\"t\" AS t SET \"v\" = v.p1 FROM (VALUES ($1::text, $2::bigint), ($3::text, $4::bigint)) AS v(p1, p2) WHERE t.\"id\" = v.p2"
         );
         assert_eq!(
             statement_sql(&r, &key(Kind::Delete, vec![], 3)),
-            "DELETE FROM \"public\".\"t\" AS t USING (VALUES ($1::bigint), ($2::bigint), ($3::bigint)) AS v(p1) WHERE t.\"id\" = v.p1"
+            "DELETE FROM ONLY \"public\".\"t\" AS t USING (VALUES ($1::bigint), ($2::bigint), ($3::bigint)) AS v(p1) WHERE t.\"id\" = v.p1"
         );
         assert_eq!(
             params_per_row(&r, &key(Kind::Update, vec![true, true], 9)),
             3
+        );
+        assert_eq!(params_per_row(&r, &key(Kind::Upsert, vec![], 9)), 2);
+    }
+
+    #[test]
+    fn identity_upsert_and_partitions() {
+        let mut r = rel();
+        r.columns[0].always = true;
+        assert_eq!(
+            statement_sql(&r, &key(Kind::Upsert, vec![], 2)),
+            "INSERT INTO \"public\".\"t\" (\"id\", \"v\") OVERRIDING SYSTEM VALUE VALUES ($1, $2), ($3, $4) ON CONFLICT (\"id\") DO UPDATE SET \"v\" = EXCLUDED.\"v\""
+        );
+        r.partitioned = true;
+        assert_eq!(
+            statement_sql(&r, &key(Kind::DeleteFull, vec![false, false, true, true], 1)),
+            "WITH pgdog_row AS (SELECT tableoid AS o, ctid AS c FROM \"public\".\"t\" WHERE \"id\" IS NOT DISTINCT FROM $1 AND \"v\" IS NOT DISTINCT FROM $2 LIMIT 1) DELETE FROM \"public\".\"t\" AS pgdog_t USING pgdog_row WHERE pgdog_t.tableoid = pgdog_row.o AND pgdog_t.ctid = pgdog_row.c"
+        );
+        r.partitioned = false;
+        assert_eq!(
+            statement_sql(&r, &key(Kind::DeleteFull, vec![false, false, true, true], 1)),
+            "DELETE FROM ONLY \"public\".\"t\" WHERE ctid = (SELECT ctid FROM ONLY \"public\".\"t\" WHERE \"id\" IS NOT DISTINCT FROM $1 AND \"v\" IS NOT DISTINCT FROM $2 LIMIT 1)"
         );
         assert_eq!(params_per_row(&r, &key(Kind::Delete, vec![], 9)), 1);
     }

@@ -1,22 +1,57 @@
 //! Applying one change: which destination shard(s) its row goes to, and
-//! the statement(s) that apply it there (a row whose sharding key changed
-//! moves: deleted on the old shard, inserted on the new one).
+//! the statement(s) that apply it there. A row whose sharding key changed
+//! moves: deleted on the old shard, inserted on the new one. Where the old
+//! tuple cannot say which shard that was (the key is outside the replica
+//! identity), the new shard gets an upsert and every other shard a delete
+//! by identity, all in the same destination group.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use pgdog_protocol::frontend::Format as WireFormat;
-use pgdog_protocol::pgoutput::{Column, OldTuple, Tuple};
+use pgdog_protocol::pgoutput::{Column, Message, OldTuple, Tuple};
 use pgdog_protocol::Lsn;
+use tracing::warn;
 
 use super::super::super::catalog::quote_ident;
 use super::super::super::error::Result;
-use super::super::apply::{param, Origin};
-use super::super::batch::{Change, FillValue, Queued};
+use super::super::batch::{param, Change, FillValue, Origin, Queued};
 use super::super::relation::RelationInfo;
 use super::Session;
 use crate::sharding::Format;
-use pgdog_protocol::pgoutput::Message;
+
+/// The columns that identify a row (the key, or every column for FULL)
+/// with their values from `tuple`, as `col IS NOT DISTINCT FROM $n`.
+struct Identity<'t> {
+    conds: Vec<String>,
+    formats: Vec<WireFormat>,
+    params: Vec<Option<&'t [u8]>>,
+}
+
+fn identity<'t>(rel: &RelationInfo, tuple: &'t Tuple) -> Identity<'t> {
+    let mut id = Identity {
+        conds: Vec::new(),
+        formats: Vec::new(),
+        params: Vec::new(),
+    };
+    for (i, col) in tuple.columns().enumerate() {
+        let Some(c) = rel.columns.get(i) else {
+            continue;
+        };
+        if !(c.key || rel.full) || matches!(col, Column::Unchanged) {
+            continue;
+        }
+        let (f, v) = param(col);
+        id.formats.push(f);
+        id.params.push(v);
+        id.conds.push(format!(
+            "{} IS NOT DISTINCT FROM ${}",
+            quote_ident(&c.name),
+            id.params.len()
+        ));
+    }
+    id
+}
 
 impl Session<'_> {
     /// Whether destination `d` needs this transaction's change of table
@@ -53,6 +88,15 @@ impl Session<'_> {
         Ok(Some(shard))
     }
 
+    /// The shard an old tuple's row is on, when the old tuple says.
+    fn old_shard(&self, rel: &RelationInfo, old: &OldTuple) -> Result<Option<usize>> {
+        if rel.key_outside_identity {
+            // A `K` tuple has NULL where the key is: it says nothing.
+            return Ok(None);
+        }
+        self.shard_of(rel, old.tuple())
+    }
+
     pub(super) fn targets(&self, shard: Option<usize>) -> Vec<usize> {
         match shard {
             Some(d) => vec![d],
@@ -87,20 +131,25 @@ impl Session<'_> {
             // Omnisharded on the source: source shard 0 speaks for it.
             return Ok(());
         }
-        let origin = |what| Origin {
+        let origin = |what, rows| Origin {
             table: rel.display.clone(),
             commit_lsn,
             what,
-            rows: 1,
+            rows,
         };
         match msg {
             Message::Insert { new, .. } => {
                 let shard = self.shard_of(&rel, &new)?;
                 for d in self.targets(shard) {
                     if self.wanted(d, ti) {
-                        self.insert(d, &rel, &new, None, origin("INSERT")).await?;
+                        self.insert(d, &rel, &new, None, origin("INSERT", 1))
+                            .await?;
                     }
                 }
+            }
+            Message::Update { old, new, .. } if rel.key_outside_identity => {
+                self.update_anywhere(&rel, ti, old.as_ref(), &new, commit_lsn)
+                    .await?;
             }
             Message::Update { old, new, .. } => {
                 let new_shard = self.shard_of(&rel, &new)?;
@@ -108,12 +157,17 @@ impl Session<'_> {
                     Some(o) => self.shard_of(&rel, o.tuple())?,
                     None => new_shard,
                 };
-                if rel.dest_key.is_some()
+                let moved = rel.dest_key.is_some()
                     && new_shard.is_some()
                     && old_shard.is_some()
-                    && old_shard != new_shard
-                {
-                    // The sharding key changed: the row moves.
+                    && old_shard != new_shard;
+                // An identity column the destination generates ALWAYS
+                // cannot be SET: a change of it is a delete and an insert.
+                let rewrite = rel.always_in_key()
+                    && old
+                        .as_ref()
+                        .is_some_and(|o| always_changed(&rel, o.tuple(), &new));
+                if moved {
                     let (from, to) = (old_shard.unwrap_or(0), new_shard.unwrap_or(0));
                     let Some(old) = old else {
                         return Err(self.stream_error("key change without the old key"));
@@ -122,24 +176,121 @@ impl Session<'_> {
                         self.move_row(&rel, from, to, &old, &new, commit_lsn)
                             .await?;
                     }
-                } else {
+                } else if let (true, Some(old)) = (rewrite, &old) {
                     for d in self.targets(new_shard.or(old_shard)) {
                         if self.wanted(d, ti) {
-                            self.update(d, &rel, old.as_ref(), &new, origin("UPDATE"))
+                            self.move_row(&rel, d, d, old, &new, commit_lsn).await?;
+                        }
+                    }
+                } else {
+                    // A key we cannot read (TOASTed, unchanged) may be on
+                    // any shard: broadcast, and expect no row on most.
+                    let shard = new_shard.or(old_shard);
+                    let rows = u32::from(shard.is_some() || rel.dest_key.is_none());
+                    for d in self.targets(shard) {
+                        if self.wanted(d, ti) {
+                            self.update(d, &rel, old.as_ref(), &new, origin("UPDATE", rows))
                                 .await?;
                         }
                     }
                 }
             }
             Message::Delete { old, .. } => {
-                let shard = self.shard_of(&rel, old.tuple())?;
+                let shard = self.old_shard(&rel, &old)?;
+                let rows = u32::from(shard.is_some() || rel.dest_key.is_none());
                 for d in self.targets(shard) {
                     if self.wanted(d, ti) {
-                        self.delete(d, &rel, &old, origin("DELETE")).await?;
+                        self.delete(d, &rel, &old, origin("DELETE", rows)).await?;
                     }
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// An UPDATE of a table sharded outside its replica identity: the row
+    /// belongs on the new tuple's shard now, and may have been on any
+    /// other. Every column known: an upsert there and a delete by identity
+    /// elsewhere, batched like any change. Some value left unchanged
+    /// (TOAST): the row is taken (`DELETE ... RETURNING`) from whichever
+    /// shard has it and inserted, whole, on its shard.
+    async fn update_anywhere(
+        &mut self,
+        rel: &Arc<RelationInfo>,
+        ti: usize,
+        old: Option<&OldTuple>,
+        new: &Tuple,
+        commit_lsn: Lsn,
+    ) -> Result<()> {
+        let origin = |what, rows| Origin {
+            table: rel.display.clone(),
+            commit_lsn,
+            what,
+            rows,
+        };
+        let m = self.dests.len();
+        let Some(to) = self.shard_of(rel, new)? else {
+            // The key itself is an unchanged TOAST value: the row stayed
+            // where it was, wherever that is.
+            for d in 0..m {
+                if self.wanted(d, ti) {
+                    self.update(d, rel, old, new, origin("UPDATE", 0)).await?;
+                }
+            }
+            return Ok(());
+        };
+        // The row as it was identified before this change.
+        let before = old.cloned().unwrap_or_else(|| OldTuple::Key(new.clone()));
+        let whole = !new.columns().any(|c| matches!(c, Column::Unchanged));
+        if whole {
+            for d in 0..m {
+                if (d != to || old.is_some()) && self.wanted(d, ti) {
+                    self.delete(d, rel, &before, origin("DELETE", 0)).await?;
+                }
+            }
+            if self.wanted(to, ti) {
+                let change = if old.is_some() {
+                    // A new identity: the old one was deleted above.
+                    Change::Insert {
+                        new: new.clone(),
+                        fill: None,
+                    }
+                } else {
+                    Change::Upsert { new: new.clone() }
+                };
+                self.queue(to, rel, change, origin("UPSERT", 0)).await?;
+            }
+            return Ok(());
+        }
+        let mut fill = None;
+        let mut every_shard = true;
+        for d in 0..m {
+            if !self.wanted(d, ti) {
+                // Already applied there (a replay after a crash): if the
+                // row was there, it is gone with its values.
+                every_shard = false;
+                continue;
+            }
+            if let Some(row) = self.take_row(d, rel, &before).await? {
+                fill = Some(row);
+            }
+        }
+        if !self.wanted(to, ti) {
+            return Ok(());
+        }
+        let fill = match fill {
+            Some(f) => Some(f),
+            None if every_shard => {
+                warn!(table = %rel.name, lsn = %commit_lsn, "UPDATE found its row on no destination shard");
+                self.dests[to].missing_rows += 1;
+                None
+            }
+            None => self.source_row(rel, new).await?,
+        };
+        if let Some(fill) = fill {
+            self.insert(to, rel, new, Some(fill), origin("INSERT", 1))
+                .await?;
         }
         Ok(())
     }
@@ -184,8 +335,9 @@ impl Session<'_> {
         new: &Tuple,
         origin: Origin,
     ) -> Result<()> {
-        if !new.columns().any(|c| !matches!(c, Column::Unchanged)) {
-            // Nothing to set: every column is an unchanged TOAST value.
+        if !new.columns().enumerate().any(|(i, c)| rel.sets(i, &c)) {
+            // Nothing to set: every column is an unchanged TOAST value or
+            // a generated identity.
             return Ok(());
         }
         if rel.full && old.is_none() {
@@ -230,11 +382,13 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// An UPDATE that changed the sharding key: delete from the old shard,
-    /// insert into the new one, in the same source transaction. Values the
-    /// update left unchanged (TOAST) come from the old row: the full old
-    /// tuple when the table has REPLICA IDENTITY FULL, else the row as the
-    /// old shard has it.
+    /// An UPDATE that changed the sharding key (or an identity the
+    /// destination generates): delete from the old shard, insert into the
+    /// new one, in the same source transaction. Values the update left
+    /// unchanged (TOAST) come from the old row: the full old tuple when the
+    /// table has REPLICA IDENTITY FULL, else the row as the old shard has
+    /// it, or, when the old shard already applied this change before a
+    /// crash (its row is gone), the source's current row.
     pub(super) async fn move_row(
         &mut self,
         rel: &Arc<RelationInfo>,
@@ -252,77 +406,129 @@ impl Session<'_> {
             rows: 1,
         };
         let mut fill: Option<Vec<FillValue>> = None;
+        let mut skip_insert = false;
         if new.columns().any(|c| matches!(c, Column::Unchanged)) {
-            fill = Some(match old {
-                OldTuple::Old(t) if !t.columns().any(|c| matches!(c, Column::Unchanged)) => t
-                    .columns()
-                    .map(|c| {
-                        let (f, v) = param(c);
-                        (f, v.map(<[u8]>::to_vec))
-                    })
-                    .collect(),
-                _ => self.fetch_row(from, rel, old).await?,
-            });
+            fill = match old {
+                OldTuple::Old(t) if !t.columns().any(|c| matches!(c, Column::Unchanged)) => Some(
+                    t.columns()
+                        .map(|c| {
+                            let (f, v) = param(c);
+                            (f, v.map(<[u8]>::to_vec))
+                        })
+                        .collect(),
+                ),
+                _ if self.wanted(from, ti) => match self.fetch_row(from, rel, old).await? {
+                    Some(row) => Some(row),
+                    None => self.source_row(rel, new).await?,
+                },
+                _ => self.source_row(rel, new).await?,
+            };
+            // Not on the source either: a later change deleted it.
+            skip_insert = fill.is_none();
         }
         if self.wanted(from, ti) {
             self.delete(from, rel, old, origin("DELETE")).await?;
         }
-        if self.wanted(to, ti) {
+        if self.wanted(to, ti) && !skip_insert {
             self.insert(to, rel, new, fill, origin("INSERT")).await?;
         }
         Ok(())
     }
 
-    /// The current row (text values, in relation column order) on shard
+    /// The current row (binary values, in relation column order) on shard
     /// `d`, found by the old tuple's identity.
     pub(super) async fn fetch_row(
         &mut self,
         d: usize,
         rel: &RelationInfo,
         old: &OldTuple,
-    ) -> Result<Vec<FillValue>> {
-        let mut conds = Vec::new();
-        let mut formats = Vec::new();
-        let mut params: Vec<Option<&[u8]>> = Vec::new();
-        for (i, col) in old.tuple().columns().enumerate() {
-            let Some(c) = rel.columns.get(i) else {
-                continue;
-            };
-            if !(c.key || rel.full) || matches!(col, Column::Unchanged) {
-                continue;
-            }
-            let (f, v) = param(col);
-            formats.push(f);
-            params.push(v);
-            conds.push(format!(
-                "{} IS NOT DISTINCT FROM ${}",
-                quote_ident(&c.name),
-                params.len()
-            ));
-        }
-        let cols: Vec<String> = rel.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    ) -> Result<Option<Vec<FillValue>>> {
+        let id = identity(rel, old.tuple());
         let sql = format!(
-            "SELECT {} FROM {} WHERE {} LIMIT 1",
-            cols.join(", "),
+            "SELECT {} FROM {}{} WHERE {} LIMIT 1",
+            column_list(rel),
+            rel.only(),
             rel.name.quoted(),
-            conds.join(" AND ")
+            id.conds.join(" AND ")
         );
-        let row = self.dests[d]
-            .fetch(&sql, &formats, &params)
-            .await?
-            .ok_or_else(|| {
-                self.stream_error(&format!(
-                    "row of {} to move between shards not found on shard {d}",
-                    rel.name
-                ))
-            })?;
-        Ok((0..rel.columns.len())
-            .map(|i| (WireFormat::Binary, row.get(i).map(<[u8]>::to_vec)))
-            .collect())
+        let row = self.dests[d].fetch(&sql, &id.formats, &id.params).await?;
+        Ok(row.map(|row| binary_fill(rel, &row)))
     }
 
-    /// TRUNCATE of tables in the move: every destination shard drops the
-    /// rows that came from this source shard.
+    /// Delete the row `old` identifies from shard `d`, returning its values
+    /// (binary, in relation column order) if it was there. The delete
+    /// commits with the group.
+    async fn take_row(
+        &mut self,
+        d: usize,
+        rel: &RelationInfo,
+        old: &OldTuple,
+    ) -> Result<Option<Vec<FillValue>>> {
+        let id = identity(rel, old.tuple());
+        let sql = format!(
+            "DELETE FROM {}{} WHERE {} RETURNING {}",
+            rel.only(),
+            rel.name.quoted(),
+            id.conds.join(" AND "),
+            column_list(rel)
+        );
+        let row = self.dests[d].fetch(&sql, &id.formats, &id.params).await?;
+        self.touch(d);
+        Ok(row.map(|row| binary_fill(rel, &row)))
+    }
+
+    /// The row `new` identifies as the source has it now (text values):
+    /// what a replay takes unchanged TOAST values from when the shard that
+    /// held them already applied the change. Any later change of those
+    /// columns follows in the stream, so the row ends up right. `None`
+    /// when the source no longer has the row.
+    async fn source_row(
+        &mut self,
+        rel: &RelationInfo,
+        new: &Tuple,
+    ) -> Result<Option<Vec<FillValue>>> {
+        let ti = rel.table.unwrap_or(0);
+        let only = if self.ctx.plan.tables[ti].table.relkind == 'p' {
+            ""
+        } else {
+            "ONLY "
+        };
+        let keyed = RelationInfo {
+            full: false,
+            ..rel.clone()
+        };
+        let id = identity(&keyed, new);
+        let sql = format!(
+            "SELECT {} FROM {only}{} WHERE {} LIMIT 1",
+            column_list(rel),
+            rel.name.quoted(),
+            id.conds.join(" AND ")
+        );
+        let conn = match &mut self.source_conn {
+            Some(c) => c,
+            none => none.insert(self.ctx.endpoints.connect_source(self.s, false).await?),
+        };
+        let rows = conn
+            .query_params(
+                &sql,
+                &id.formats,
+                id.params.iter().copied(),
+                WireFormat::Text,
+            )
+            .await?;
+        warn!(table = %rel.name, found = !rows.is_empty(), "took unchanged values of a moved row from the source (replay after a partial commit)");
+        Ok(rows.first().map(|row| {
+            (0..rel.columns.len())
+                .map(|i| (WireFormat::Text, row.get(i).map(<[u8]>::to_vec)))
+                .collect()
+        }))
+    }
+
+    /// TRUNCATE of tables in the move, as the source meant it: every
+    /// destination shard drops the rows that came from this source shard;
+    /// `RESTART IDENTITY` is kept; nothing cascades into tables outside
+    /// the move, and a plain table's inheritance children are left alone
+    /// (they come as their own relations when they were truncated too).
     pub(super) async fn truncate(
         &mut self,
         relations: &[u32],
@@ -343,15 +549,37 @@ impl Session<'_> {
             if !plan.from_source(self.s) {
                 continue;
             }
+            let target = format!("{}{}", rel.only(), rel.name.quoted());
             match plan.source_rows_predicate(self.s, n) {
-                None => whole.push((ti, rel.name.quoted(), rel.display.clone())),
+                None => whole.push((ti, target, rel.display.clone())),
                 Some(pred) => partial.push((
                     ti,
-                    format!("DELETE FROM {} WHERE {pred}", rel.name.quoted()),
+                    format!("DELETE FROM {target} WHERE {pred}"),
                     rel.display.clone(),
                 )),
             }
         }
+        // A table referenced by a foreign key from a table not truncated
+        // with it cannot be truncated: its rows are deleted instead (in
+        // replica mode, without checking or cascading the references).
+        let truncated: Vec<&crate::data_sync::catalog::TableName> = whole
+            .iter()
+            .map(|(ti, _, _)| self.ctx.plan.tables[*ti].name())
+            .collect();
+        let mut deletes_instead = Vec::new();
+        whole.retain(|(ti, target, name)| {
+            let blocked = self.ctx.plan.tables[*ti]
+                .dest_table
+                .referenced_by
+                .iter()
+                .any(|r| !truncated.contains(&r));
+            if blocked {
+                warn!(table = %name, "TRUNCATE of a table that other destination tables reference: deleting its rows instead");
+                deletes_instead.push((*ti, format!("DELETE FROM {target}"), name.clone()));
+            }
+            !blocked
+        });
+        partial.extend(deletes_instead);
         for d in 0..self.dests.len() {
             let tables: Vec<&(usize, String, std::sync::Arc<str>)> = whole
                 .iter()
@@ -368,9 +596,6 @@ impl Session<'_> {
                 );
                 if options & 2 != 0 {
                     sql.push_str(" RESTART IDENTITY");
-                }
-                if options & 1 != 0 {
-                    sql.push_str(" CASCADE");
                 }
                 let origin = Origin {
                     table: tables[0].2.clone(),
@@ -399,4 +624,30 @@ impl Session<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether an identity column the destination generates ALWAYS has a
+/// different value in `new` than in `old`.
+fn always_changed(rel: &RelationInfo, old: &Tuple, new: &Tuple) -> bool {
+    rel.columns.iter().enumerate().any(|(i, c)| {
+        c.always
+            && match (old.get(i), new.get(i)) {
+                (Some(a), Some(b)) => a.bytes() != b.bytes(),
+                _ => false,
+            }
+    })
+}
+
+fn column_list(rel: &RelationInfo) -> String {
+    rel.columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn binary_fill(rel: &RelationInfo, row: &pgdog_protocol::backend::DataRow) -> Vec<FillValue> {
+    (0..rel.columns.len())
+        .map(|i| (WireFormat::Binary, row.get(i).map(<[u8]>::to_vec)))
+        .collect()
 }

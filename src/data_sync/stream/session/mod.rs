@@ -73,6 +73,9 @@ pub struct Session<'a> {
     spools: HashMap<u32, Spool>,
     /// Top-level xid of the open stream block.
     streaming_xid: Option<u32>,
+    /// A plain session on the source, opened when a replayed row move
+    /// needs values the destination no longer has.
+    source_conn: Option<crate::net::Connection>,
     version: u32,
     last_status: Instant,
     /// Batches the reader task read ahead, and the rest of the current one.
@@ -172,6 +175,7 @@ impl<'a> Session<'a> {
             received: Lsn::ZERO,
             spools: HashMap::new(),
             streaming_xid: None,
+            source_conn: None,
             version,
             last_status: Instant::now(),
             items,
@@ -494,7 +498,12 @@ impl<'a> Session<'a> {
             .txn
             .take()
             .ok_or_else(|| self.stream_error("Commit without Begin"))?;
-        debug_assert_eq!(txn.commit_lsn, commit_lsn);
+        if txn.commit_lsn != commit_lsn {
+            return Err(self.stream_error(&format!(
+                "Commit at {commit_lsn} ends the transaction whose Begin announced {}",
+                txn.commit_lsn
+            )));
+        }
         let mut any = false;
         for (d, touched) in txn.touched.iter().enumerate() {
             if *touched {
