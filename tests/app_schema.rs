@@ -141,7 +141,9 @@ fn load_sql(s: usize, n: usize, customers: u64) -> String {
         }
     };
     let base = s as u64 * 10_000_000 + 1;
-    let mut sql = String::from("CREATE SCHEMA helper; CREATE TABLE helper.h (k bigint) PARTITION BY HASH (k);\n");
+    let mut sql = String::from(
+        "CREATE SCHEMA helper; CREATE TABLE helper.h (k bigint) PARTITION BY HASH (k);\n",
+    );
     for seq in SHARDED_SEQUENCES {
         sql.push_str(&format!("SELECT setval('{seq}', {base}, false);\n"));
     }
@@ -196,13 +198,33 @@ fn checks(m: usize, source_sharded: bool) -> Vec<TableCheck> {
         ("tags", &["id", "label"], None),
         (
             "customers",
-            &["id", "country", "plan_id", "email", "name", "tags", "updated_at"],
+            &[
+                "id",
+                "country",
+                "plan_id",
+                "email",
+                "name",
+                "tags",
+                "updated_at",
+            ],
             Some("id"),
         ),
-        ("Addresses", &["id", "customer_id", "line", "Zip Code"], Some("customer_id")),
+        (
+            "Addresses",
+            &["id", "customer_id", "line", "Zip Code"],
+            Some("customer_id"),
+        ),
         (
             "orders",
-            &["id", "customer_id", "status", "total", "currency_id", "note", "updated_at"],
+            &[
+                "id",
+                "customer_id",
+                "status",
+                "total",
+                "currency_id",
+                "note",
+                "updated_at",
+            ],
             Some("customer_id"),
         ),
         (
@@ -215,10 +237,26 @@ fn checks(m: usize, source_sharded: bool) -> Vec<TableCheck> {
             &["id", "order_id", "customer_id", "amount", "paid_at"],
             Some("customer_id"),
         ),
-        ("events", &["id", "customer_id", "at", "kind", "payload"], Some("customer_id")),
-        ("audit_log", &["id", "customer_id", "action", "at"], Some("customer_id")),
-        ("settings", &["customer_id", "prefs", "theme"], Some("customer_id")),
-        ("customer_tags", &["customer_id", "tag_id"], Some("customer_id")),
+        (
+            "events",
+            &["id", "customer_id", "at", "kind", "payload"],
+            Some("customer_id"),
+        ),
+        (
+            "audit_log",
+            &["id", "customer_id", "action", "at"],
+            Some("customer_id"),
+        ),
+        (
+            "settings",
+            &["customer_id", "prefs", "theme"],
+            Some("customer_id"),
+        ),
+        (
+            "customer_tags",
+            &["customer_id", "tag_id"],
+            Some("customer_id"),
+        ),
         (
             "documents",
             &["id", "customer_id", "title", "body", "body_tsv"],
@@ -228,7 +266,14 @@ fn checks(m: usize, source_sharded: bool) -> Vec<TableCheck> {
     tables
         .iter()
         .map(|(name, cols, key)| {
-            check(name, cols, *key, DataType::Bigint, m, source_sharded && key.is_some())
+            check(
+                name,
+                cols,
+                *key,
+                DataType::Bigint,
+                m,
+                source_sharded && key.is_some(),
+            )
         })
         .collect()
 }

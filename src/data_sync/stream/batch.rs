@@ -412,3 +412,172 @@ pub fn param(col: Column<'_>) -> (Format, Option<&[u8]>) {
         Column::Binary(v) => (Format::Binary, Some(v)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data_sync::catalog::TableName;
+    use crate::data_sync::stream::relation::RelColumn;
+
+    fn rel(ordered_updates: bool) -> Arc<RelationInfo> {
+        let col = |name: &str, key: bool| RelColumn {
+            name: name.into(),
+            key,
+            type_name: Some(if key { "bigint" } else { "text" }.into()),
+            always: false,
+        };
+        Arc::new(RelationInfo {
+            oid: 7,
+            name: TableName {
+                schema: "public".into(),
+                name: "t".into(),
+            },
+            display: Arc::from("public.t"),
+            columns: vec![col("id", true), col("v", false)],
+            full: false,
+            table: Some(0),
+            dest_key: Some(0),
+            key_outside_identity: false,
+            partitioned: false,
+            ordered_updates,
+        })
+    }
+
+    fn row(id: u64, width: usize) -> Tuple {
+        let id = id.to_string();
+        let v = "x".repeat(width);
+        Tuple::from_columns([Column::Text(id.as_bytes()), Column::Text(v.as_bytes())])
+    }
+
+    fn queued(rel: &Arc<RelationInfo>, change: Change) -> Queued {
+        Queued {
+            rel: rel.clone(),
+            change,
+            origin: Origin {
+                table: rel.display.clone(),
+                commit_lsn: Lsn::ZERO,
+                what: "test",
+                rows: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn queues_fill_by_bytes_not_only_by_count() {
+        let r = rel(false);
+        let mut q = Queues::default();
+        let mut pushed = 0;
+        // 4 kB rows: the byte bound trips long before the count bound.
+        while !q.push(queued(
+            &r,
+            Change::Insert {
+                new: row(pushed, 4096),
+                fill: None,
+            },
+        )) {
+            pushed += 1;
+        }
+        assert!(pushed < QUEUE_LIMIT as u64);
+        assert!(pushed as usize * 4096 <= QUEUE_BYTES + 4096);
+        let taken = q.take();
+        assert_eq!(
+            taken.iter().map(Vec::len).sum::<usize>(),
+            pushed as usize + 1
+        );
+        assert!(!q.push(queued(
+            &r,
+            Change::Delete {
+                old: OldTuple::Key(row(1, 0))
+            }
+        )));
+    }
+
+    #[test]
+    fn wide_batches_stay_under_the_byte_bound() {
+        let r = rel(false);
+        let items: Vec<Queued> = (0..600)
+            .map(|i| {
+                queued(
+                    &r,
+                    Change::Insert {
+                        new: row(i, 64 * 1024),
+                        fill: None,
+                    },
+                )
+            })
+            .collect();
+        let sts = statements(&items);
+        assert_eq!(
+            sts.iter().map(|s| s.shape.rows as usize).sum::<usize>(),
+            600
+        );
+        for s in &sts {
+            let bytes: usize = s.params.iter().map(|p| p.map_or(0, <[u8]>::len)).sum();
+            assert!(bytes <= BATCH_BYTES, "a batch of {bytes} bytes");
+            assert!(s.params.len() <= MAX_PARAMS);
+        }
+        // 64 kB rows: 32-row batches (2 MB), not 256-row ones (16 MB).
+        assert_eq!(sts[0].shape.rows, 32);
+    }
+
+    #[test]
+    fn updates_batch_only_where_no_unique_check_sees_their_order() {
+        let updates = |r: &Arc<RelationInfo>| -> Vec<Queued> {
+            (0..64)
+                .map(|i| {
+                    queued(
+                        r,
+                        Change::Update {
+                            new: row(i, 8),
+                            old: None,
+                        },
+                    )
+                })
+                .collect()
+        };
+        let free = updates(&rel(false));
+        let sts = statements(&free);
+        assert_eq!(sts.len(), 2, "32 + 32 rows");
+        assert!(sts.iter().all(|s| s.shape.kind == Kind::Update));
+        let ordered = updates(&rel(true));
+        let sts = statements(&ordered);
+        assert_eq!(sts.len(), 64, "one statement per row, in source order");
+        assert!(sts.iter().all(|s| s.shape.rows == 1));
+        // Upserts insert their VALUES in order: batched either way.
+        let upserts: Vec<Queued> = (0..64)
+            .map(|i| queued(&rel(true), Change::Upsert { new: row(i, 8) }))
+            .collect();
+        assert_eq!(statements(&upserts).len(), 2);
+    }
+
+    #[test]
+    fn two_changes_of_one_row_never_share_a_batch() {
+        let r = rel(false);
+        let items: Vec<Queued> = [1, 2, 1, 3]
+            .into_iter()
+            .map(|id| {
+                queued(
+                    &r,
+                    Change::Update {
+                        new: row(id, 8),
+                        old: None,
+                    },
+                )
+            })
+            .collect();
+        let sts = statements(&items);
+        assert_eq!(
+            sts.iter().map(|s| s.shape.rows).collect::<Vec<_>>(),
+            [1, 1, 1, 1]
+        );
+        // Broadcast deletes expect no row; the statement's count says so.
+        let mut d = queued(
+            &r,
+            Change::Delete {
+                old: OldTuple::Key(row(9, 0)),
+            },
+        );
+        d.origin.rows = 0;
+        assert_eq!(statements(&[d])[0].origin.rows, 0);
+    }
+}
