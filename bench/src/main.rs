@@ -9,9 +9,10 @@
 //! 2. Copy 1→2 with pgdog.
 //! 3. Catch-up of a backlog of single-row transactions written while the
 //!    subscriber was stopped: native against pgdog 1→1 and 1→2.
-//! 4. Steady state: commit-to-visible delay under a constant load.
-//! 5. pgdog's CPU seconds and peak memory (from `/usr/bin/time`).
-//! 6. Copy from 0, 1 and 2 read replicas (PostgreSQL 16+).
+//! 4. Catch-up of a backlog of 4 kB rows, for pgdog's peak memory.
+//! 5. Steady state: commit-to-visible delay under a constant load.
+//! 6. pgdog's CPU seconds and peak memory (from `/usr/bin/time`).
+//! 7. Copy from 0, 1 and 2 read replicas (PostgreSQL 16+).
 //!
 //! Run it with `bench/data-sync` (builds in release mode first).
 
@@ -44,7 +45,10 @@ pub struct Args {
     /// The pgdog binary.
     #[arg(long, default_value = "target/release/pgdog")]
     pub pgdog: PathBuf,
-    /// Sections to skip: copy, catchup, steady, replicas.
+    /// Rows of 4 kB in the wide-row catch-up.
+    #[arg(long, default_value_t = 200_000)]
+    pub wide_rows: u64,
+    /// Sections to skip: copy, catchup, wide, steady, replicas.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     /// Write the report here too.
@@ -101,6 +105,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if !args.skip.iter().any(|s| s == "catchup") {
         bench.catch_up(&mut report).await?;
+    }
+    if !args.skip.iter().any(|s| s == "wide") {
+        bench.wide(&mut report, args.wide_rows).await?;
     }
     if !args.skip.iter().any(|s| s == "steady") {
         bench

@@ -232,6 +232,17 @@ impl Bench {
     /// `pgdog data-sync` under `/usr/bin/time`; returns at once with the
     /// child (the usage is read when it exits).
     fn pgdog(&self, to: &str, extra: &[&str], log: &str) -> Result<tokio::process::Child> {
+        self.pgdog_publication("bench", to, extra, log)
+    }
+
+    /// [`Bench::pgdog`] for another publication.
+    fn pgdog_publication(
+        &self,
+        publication: &str,
+        to: &str,
+        extra: &[&str],
+        log: &str,
+    ) -> Result<tokio::process::Child> {
         let log = std::fs::File::create(self.dir.join(log))?;
         let mut cmd = Command::new("/usr/bin/time");
         cmd.args(["-f", "PGDOG_USAGE %e %U %S %M"]);
@@ -257,7 +268,7 @@ impl Bench {
                 "--to-user",
                 "pgdog",
                 "--publication",
-                "bench",
+                publication,
                 "--admin-port",
                 "0",
             ])
@@ -747,6 +758,81 @@ impl Bench {
             "peak RSS during catch-up",
             format!("{:.1} MB", rss as f64 / 1024.0),
             String::new(),
+        );
+        Ok(())
+    }
+
+    /// Catch-up of `rows` inserts of 4 kB rows (in transactions of 1,000)
+    /// into the 2-shard destination: pgdog's peak memory must not grow with
+    /// row width, whatever the backlog.
+    pub async fn wide(&self, report: &mut Report, rows: u64) -> Result<()> {
+        let schema = "CREATE TABLE IF NOT EXISTS wide (id bigint PRIMARY KEY, tenant bigint NOT NULL, body text NOT NULL);";
+        self.fleet.on_sources(schema).await?;
+        for c in self.dests("dest2") {
+            c.exec(
+                DATABASE,
+                &format!("{schema} TRUNCATE wide; DROP SCHEMA IF EXISTS pgdog CASCADE;"),
+            )
+            .await?;
+        }
+        self.fleet.sources[0]
+            .exec(
+                DATABASE,
+                "TRUNCATE wide; DROP PUBLICATION IF EXISTS bench_wide; CREATE PUBLICATION bench_wide FOR TABLE wide;",
+            )
+            .await?;
+        let status = self
+            .pgdog_publication("bench_wide", "dest2", &["--sync-only"], "wide-copy.log")?
+            .wait()
+            .await?;
+        if !status.success() {
+            return Err(format!(
+                "pgdog --sync-only (wide) failed:\n{}",
+                std::fs::read_to_string(self.dir.join("wide-copy.log"))?
+            )
+            .into());
+        }
+        eprintln!("writing {rows} rows of 4 kB...");
+        let mut start = 1u64;
+        while start <= rows {
+            let end = (start + 999).min(rows);
+            self.fleet.sources[0]
+                .exec(
+                    DATABASE,
+                    &format!("INSERT INTO wide SELECT g, g % 1000, repeat(md5(g::text), 128) FROM generate_series({start}, {end}) g"),
+                )
+                .await?;
+            start = end + 1;
+        }
+        let target = self.current_lsn().await?;
+        let started = Instant::now();
+        let mut child =
+            self.pgdog_publication("bench_wide", "dest2", &["--replicate-only"], "wide.log")?;
+        let slot = "pgdog_bench_wide_dest2";
+        let t = self.until_confirmed(slot, target, started).await;
+        terminate(&child).await;
+        child.wait().await?;
+        let t = t?;
+        let usage = self.usage("wide.log")?;
+        let status = self
+            .pgdog_publication("bench_wide", "dest2", &["--cleanup"], "wide-cleanup.log")?
+            .wait()
+            .await?;
+        if !status.success() {
+            return Err("pgdog --cleanup (wide) failed".into());
+        }
+        let mb = rows as f64 * 4096.0 / 1e6;
+        report.row(
+            "wide rows",
+            &format!("catch-up of {rows} inserts of 4 kB rows, pgdog 1→2"),
+            format!("{t:.2} s ({:.0} MB/s)", mb / t),
+            String::new(),
+        );
+        report.row(
+            "wide rows",
+            "peak RSS during that catch-up",
+            format!("{:.1} MB", usage.max_rss_kb as f64 / 1024.0),
+            "target ≤ 20".into(),
         );
         Ok(())
     }
