@@ -96,13 +96,17 @@ pub fn overall_line(task: &Task) -> String {
     let rows: u64 = copies.iter().map(|c| c.rows.load(Ordering::Relaxed)).sum();
     let bytes: u64 = copies.iter().map(|c| c.bytes.load(Ordering::Relaxed)).sum();
     let elapsed = task.started_at.elapsed().as_secs_f64().max(0.001);
-    format!(
+    let mut line = format!(
         "copy: {done}/{} tables done, {rows} rows, {} ({}/s overall), {}",
         copies.len(),
         human_bytes(bytes as f64),
         human_bytes(bytes as f64 / elapsed),
         human_duration(elapsed)
-    )
+    );
+    if let Some(w) = task.waiting() {
+        line.push_str(&format!("; waiting: {w}"));
+    }
+    line
 }
 
 /// Start reporting until `stop`.
@@ -185,9 +189,12 @@ async fn live(task: Arc<Task>, stop: CancellationToken) {
                 overall.set_message(stream_line(&task));
             }
             _ => overall.set_message(format!(
-                "{} ({})",
+                "{} ({}){}",
                 task.phase().as_str(),
-                human_duration(started.elapsed().as_secs_f64())
+                human_duration(started.elapsed().as_secs_f64()),
+                task.waiting()
+                    .map(|w| format!("; waiting: {w}"))
+                    .unwrap_or_default()
             )),
         }
         overall.tick();

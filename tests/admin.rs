@@ -296,7 +296,7 @@ async fn commands_during_a_move() {
         match t[0][6].as_str() {
             "streaming" => break,
             "preflight" | "copying" => {}
-            other => panic!("task ended early: {other}: {}", t[0][9]),
+            other => panic!("task ended early: {other}: {}", t[0][11]),
         }
         assert!(Instant::now() < deadline, "no streaming after 180s: {t:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -316,6 +316,8 @@ async fn commands_during_a_move() {
             "phase",
             "started",
             "elapsed",
+            "waiting_on",
+            "snapshot_held",
             "error"
         ]
     );
@@ -336,7 +338,9 @@ async fn commands_during_a_move() {
         "{t:?}"
     );
     assert!(t[1][8].contains(':'), "elapsed as an interval: {t:?}");
-    assert_eq!(t[1][9], "", "no error");
+    assert_eq!(t[1][9], "", "waits on nothing while streaming");
+    assert_eq!(t[1][10], "", "the copy snapshot was let go after the copy");
+    assert_eq!(t[1][11], "", "no error");
 
     // SHOW TABLE_COPIES: three tables from the one source shard, all done,
     // every row counted.

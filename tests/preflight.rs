@@ -165,22 +165,31 @@ async fn each_preflight_error() {
         .await
         .unwrap();
 
-    // Not enough replication slots for the parallel copies asked for.
-    let greedy = fleet.pgdog_toml(SHARDING).replace(
-        "[general]\n",
-        "[general]\nresharding_parallel_copies = 100\n",
+    // No replication slot free for the move: every copy shares one
+    // snapshot, so one free slot is all it needs, and none is too few.
+    let mut c = fleet.sources[0].connect(DATABASE).await.unwrap();
+    let free = c
+        .query("SELECT current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)")
+        .await
+        .unwrap();
+    let free: i64 = free[0].text(0).unwrap().parse().unwrap();
+    c.execute(&format!(
+        "SELECT pg_create_logical_replication_slot('filler_' || g, 'pgoutput') FROM generate_series(1, {free}) g"
+    ))
+    .await
+    .unwrap();
+    let err = run_to_error(&fleet, SHARDING, Mode::Full).await;
+    expect(
+        &err,
+        &[
+            "0 free replication slots, this move needs 1",
+            "max_replication_slots",
+        ],
     );
-    let config = Arc::new(
-        pgdog::config::Config::from_strs(
-            "pgdog.toml".as_ref(),
-            &greedy,
-            "users.toml".as_ref(),
-            &fleet.users_toml(),
-        )
-        .unwrap(),
-    );
-    let err = run_config_to_error(config, Mode::Full).await;
-    expect(&err, &["free replication slots", "max_replication_slots"]);
+    c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE 'filler_%'")
+        .await
+        .unwrap();
+    c.close().await;
 
     // Destination not empty.
     fleet.dests[1]

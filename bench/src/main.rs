@@ -10,9 +10,11 @@
 //! 3. Catch-up of a backlog of single-row transactions written while the
 //!    subscriber was stopped: native against pgdog 1→1 and 1→2.
 //! 4. Catch-up of a backlog of 4 kB rows, for pgdog's peak memory.
-//! 5. Steady state: commit-to-visible delay under a constant load.
-//! 6. pgdog's CPU seconds and peak memory (from `/usr/bin/time`).
-//! 7. Copy from 0, 1 and 2 read replicas (PostgreSQL 16+).
+//! 5. Copy of many small tables while the source always has a transaction
+//!    open: pgdog against one pipe per table and a native subscription.
+//! 6. Steady state: commit-to-visible delay under a constant load.
+//! 7. pgdog's CPU seconds and peak memory (from `/usr/bin/time`).
+//! 8. Copy from 0, 1 and 2 read replicas (PostgreSQL 16+).
 //!
 //! Run it with `bench/data-sync` (builds in release mode first).
 
@@ -48,7 +50,10 @@ pub struct Args {
     /// Rows of 4 kB in the wide-row catch-up.
     #[arg(long, default_value_t = 200_000)]
     pub wide_rows: u64,
-    /// Sections to skip: copy, catchup, wide, steady, replicas.
+    /// Small tables in the many-tables copy.
+    #[arg(long, default_value_t = 300)]
+    pub many_tables: usize,
+    /// Sections to skip: copy, catchup, wide, many, steady, replicas.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     /// Write the report here too.
@@ -108,6 +113,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if !args.skip.iter().any(|s| s == "wide") {
         bench.wide(&mut report, args.wide_rows).await?;
+    }
+    if !args.skip.iter().any(|s| s == "many") {
+        bench.many_tables(&mut report, args.many_tables).await?;
     }
     if !args.skip.iter().any(|s| s == "steady") {
         bench

@@ -837,6 +837,148 @@ impl Bench {
         Ok(())
     }
 
+    /// `tables` small tables (2,000 rows each) on a source that always has
+    /// a transaction open (pgbench runs one-second transactions): pgdog
+    /// `--sync-only` 1→2 against a pipe per table one after another, and
+    /// against a native subscription (which creates a slot per table).
+    pub async fn many_tables(&self, report: &mut Report, tables: usize) -> Result<()> {
+        let create = format!(
+            "DO $$ BEGIN FOR i IN 1..{tables} LOOP
+               EXECUTE format('CREATE TABLE IF NOT EXISTS small_%s (id bigint PRIMARY KEY, tenant bigint NOT NULL, v text)', i);
+             END LOOP; END $$;"
+        );
+        let truncate = format!(
+            "DO $$ BEGIN FOR i IN 1..{tables} LOOP EXECUTE format('TRUNCATE small_%s', i); END LOOP; END $$;
+             DROP SCHEMA IF EXISTS pgdog CASCADE;"
+        );
+        eprintln!("creating {tables} small tables...");
+        self.fleet.sources[0]
+            .exec(
+                DATABASE,
+                &format!(
+                    "{create}
+                     DO $$ BEGIN FOR i IN 1..{tables} LOOP
+                       EXECUTE format('INSERT INTO small_%s SELECT g, g % 97, md5(g::text) FROM generate_series(1, 2000) g ON CONFLICT DO NOTHING', i);
+                     END LOOP; END $$;
+                     CREATE TABLE IF NOT EXISTS busy (id bigserial PRIMARY KEY, at timestamptz);
+                     DROP PUBLICATION IF EXISTS bench_many;
+                     DO $$ BEGIN EXECUTE 'CREATE PUBLICATION bench_many FOR TABLE ' ||
+                       (SELECT string_agg('small_' || i, ', ') FROM generate_series(1, {tables}) i); END $$;
+                     ANALYZE;"
+                ),
+            )
+            .await?;
+        for c in &self.fleet.dests {
+            c.exec(DATABASE, &format!("{create} {truncate}")).await?;
+        }
+        // Always a transaction open on the source, as on a busy server.
+        let script = self.dir.join("busy.sql");
+        std::fs::write(
+            &script,
+            "BEGIN;\nINSERT INTO busy (at) VALUES (now());\nSELECT pg_sleep(1);\nCOMMIT;\n",
+        )?;
+        let src = &self.fleet.sources[0];
+        let mut busy = Command::new(&self.pgbench)
+            .args(["-n", "-c", "2", "-T", "3600", "-h", src.host(), "-p"])
+            .arg(src.port().to_string())
+            .args(["-U", "postgres", "-f"])
+            .arg(&script)
+            .arg(DATABASE)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        eprintln!("many tables: raw pipes, one after another...");
+        let started = Instant::now();
+        for i in 1..=tables {
+            if !self
+                .pipe(&format!("small_{i}"), &self.fleet.dests[0])?
+                .wait()
+                .await?
+                .success()
+            {
+                return Err(format!("pipe of small_{i} failed").into());
+            }
+        }
+        let pipe = started.elapsed().as_secs_f64();
+
+        eprintln!("many tables: pgdog --sync-only 1→2...");
+        let status = self
+            .pgdog_publication("bench_many", "dest2", &["--sync-only"], "many.log")?
+            .wait()
+            .await?;
+        if !status.success() {
+            return Err(format!(
+                "pgdog --sync-only (many tables) failed:\n{}",
+                std::fs::read_to_string(self.dir.join("many.log"))?
+            )
+            .into());
+        }
+        let pgdog = self.usage("many.log")?.wall;
+        let status = self
+            .pgdog_publication("bench_many", "dest2", &["--cleanup"], "many-cleanup.log")?
+            .wait()
+            .await?;
+        if !status.success() {
+            return Err("pgdog --cleanup (many tables) failed".into());
+        }
+
+        eprintln!("many tables: native subscription (a slot per table; at most 10 minutes)...");
+        let dest = &self.fleet.dests[0];
+        dest.exec(DATABASE, &truncate).await?;
+        let started = Instant::now();
+        dest.exec(
+            DATABASE,
+            &format!(
+                "CREATE SUBSCRIPTION bench_many_sub CONNECTION '{}' PUBLICATION bench_many WITH (binary = true)",
+                conninfo(src)
+            ),
+        )
+        .await?;
+        let mut c = dest.connect(DATABASE).await?;
+        let native = loop {
+            let rows = c
+                .query("SELECT count(*) FILTER (WHERE srsubstate = 'r'), count(*) FROM pg_subscription_rel")
+                .await?;
+            let ready: usize = rows[0].text(0).and_then(|t| t.parse().ok()).unwrap_or(0);
+            let all: usize = rows[0].text(1).and_then(|t| t.parse().ok()).unwrap_or(0);
+            if all == tables && ready == all {
+                break Some(started.elapsed().as_secs_f64());
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        dest.exec(DATABASE, "DROP SUBSCRIPTION bench_many_sub")
+            .await?;
+        terminate(&busy).await;
+        let _ = busy.wait().await;
+
+        let what = format!("{tables} tables of 2,000 rows, 1 s transactions always open");
+        report.row(
+            "many tables",
+            &format!("raw pipe per table, one after another, {what}"),
+            format!("{pipe:.2} s"),
+            "baseline".into(),
+        );
+        report.row(
+            "many tables",
+            "pgdog --sync-only 1→2",
+            format!("{pgdog:.2} s"),
+            format!("{:.2}x pipe (target ≤ 2)", pgdog / pipe),
+        );
+        report.row(
+            "many tables",
+            "native CREATE SUBSCRIPTION (binary), until every table is ready",
+            native.map_or("> 600 s".into(), |n| format!("{n:.2} s")),
+            native.map_or(String::new(), |n| format!("{:.2}x pipe", n / pipe)),
+        );
+        Ok(())
+    }
+
     /// Commit-to-visible delay on the 2-shard destination while pgbench
     /// writes at a steady rate: a ping row every 10 ms, its arrival polled.
     pub async fn steady(&self, report: &mut Report, duration: Duration) -> Result<()> {

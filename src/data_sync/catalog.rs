@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use pgdog_protocol::backend::DataRow;
+
 use crate::net::Connection;
 
 use super::error::{DataSyncError, Result};
@@ -131,7 +133,25 @@ pub async fn publication(conn: &mut Connection, name: &str) -> Result<Option<Pub
     }))
 }
 
-/// Every table of `publication`, with columns, identity and size.
+/// `{"a","b"}`: a text array literal for a `$n::text[]` parameter.
+fn text_array(items: impl IntoIterator<Item = String>) -> String {
+    let quoted: Vec<String> = items
+        .into_iter()
+        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("{{{}}}", quoted.join(","))
+}
+
+/// One text parameter, for the catalog queries below.
+async fn query1(conn: &mut Connection, sql: &str, param: &str) -> Result<Vec<DataRow>> {
+    use pgdog_protocol::frontend::Format;
+    Ok(conn
+        .query_params(sql, &[Format::Text], [Some(param.as_bytes())], Format::Text)
+        .await?)
+}
+
+/// Every table of `publication`, with columns, identity and size: three
+/// catalog queries however many tables there are.
 pub async fn publication_tables(
     conn: &mut Connection,
     publication: &str,
@@ -151,17 +171,17 @@ pub async fn publication_tables(
          FROM pg_publication_tables pt
          JOIN pg_namespace n ON n.nspname = pt.schemaname
          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
-         WHERE pt.pubname = {}
-         ORDER BY 2, 3",
-        quote_literal(publication)
+         WHERE pt.pubname = $1
+         ORDER BY 2, 3"
     );
-    let rows = conn.query(&sql).await?;
+    let rows = query1(conn, &sql, publication).await?;
     let mut tables = Vec::with_capacity(rows.len());
+    let mut published_cols = Vec::with_capacity(rows.len());
     for r in &rows {
         let field = |i: usize| r.text(i).unwrap_or("").to_string();
         let oid: u32 = parse(r.text(0), "pg_class.oid")?;
-        let published: Option<Vec<String>> = r.text(5).map(parse_name_array);
-        let mut table = PublishedTable {
+        published_cols.push(r.text(5).map(parse_name_array));
+        tables.push(PublishedTable {
             oid,
             name: TableName {
                 schema: field(1),
@@ -175,79 +195,88 @@ pub async fn publication_tables(
             bytes: parse(r.text(8), "pg_relation_size")?,
             leaves_without_identity: Vec::new(),
             generated: Vec::new(),
-        };
-        (table.columns, table.generated) = columns(conn, oid, table.replica_identity).await?;
-        if let Some(published) = published {
-            table.columns.retain(|c| published.contains(&c.name));
-        }
-        if table.relkind == 'p' {
-            table.leaves_without_identity = leaves_without_identity(conn, oid).await?;
-        }
-        tables.push(table);
+        });
     }
-    Ok(tables)
-}
-
-/// The plain columns of a table and its stored generated ones (name,
-/// expression).
-async fn columns(
-    conn: &mut Connection,
-    oid: u32,
-    replident: char,
-) -> Result<(Vec<Column>, Vec<(String, String)>)> {
-    // Identity columns: the primary key for 'd', the chosen index for 'i';
-    // for 'f' every column is part of the (full) identity.
-    let identity = match replident {
-        'd' => "a.attnum = ANY ((SELECT indkey FROM pg_index WHERE indrelid = a.attrelid AND indisprimary LIMIT 1)::int2[])",
-        'i' => "a.attnum = ANY ((SELECT indkey FROM pg_index WHERE indrelid = a.attrelid AND indisreplident LIMIT 1)::int2[])",
-        'f' => "true",
-        _ => "false",
-    };
-    let sql = format!(
-        "SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod), coalesce({identity}, false), a.attnotnull,
+    let oids = format!(
+        "{{{}}}",
+        tables
+            .iter()
+            .map(|t| t.oid.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let index: std::collections::HashMap<u32, usize> =
+        tables.iter().enumerate().map(|(i, t)| (t.oid, i)).collect();
+    // Columns of every table. Identity columns: the primary key for 'd',
+    // the chosen index for 'i'; for 'f' every column is part of the (full)
+    // identity.
+    let rows = query1(
+        conn,
+        "SELECT a.attrelid, a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod),
+                coalesce(CASE c.relreplident
+                    WHEN 'f' THEN true
+                    WHEN 'd' THEN a.attnum = ANY ((SELECT indkey FROM pg_index WHERE indrelid = a.attrelid AND indisprimary LIMIT 1)::int2[])
+                    WHEN 'i' THEN a.attnum = ANY ((SELECT indkey FROM pg_index WHERE indrelid = a.attrelid AND indisreplident LIMIT 1)::int2[])
+                    ELSE false END, false),
+                a.attnotnull,
                 NOT (t.typtype = 'c' OR coalesce(e.oid >= 16384 OR e.typtype = 'c', false)),
                 a.attgenerated <> '', pg_get_expr(d.adbin, d.adrelid)
          FROM pg_attribute a
+         JOIN pg_class c ON c.oid = a.attrelid
          JOIN pg_type t ON t.oid = a.atttypid
          LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
          LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-         WHERE a.attrelid = {oid} AND a.attnum > 0 AND NOT a.attisdropped
-         ORDER BY a.attnum"
-    );
-    let rows = conn.query(&sql).await?;
-    let mut plain = Vec::with_capacity(rows.len());
-    let mut generated = Vec::new();
+         WHERE a.attrelid = ANY ($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+         ORDER BY a.attrelid, a.attnum",
+        &oids,
+    )
+    .await?;
     for r in &rows {
-        let name = r.text(0).unwrap_or("").to_string();
-        if r.text(6) == Some("t") {
-            generated.push((name, r.text(7).unwrap_or("").to_string()));
+        let oid: u32 = parse(r.text(0), "attrelid")?;
+        let Some(&i) = index.get(&oid) else { continue };
+        let name = r.text(1).unwrap_or("").to_string();
+        if r.text(7) == Some("t") {
+            tables[i]
+                .generated
+                .push((name, r.text(8).unwrap_or("").to_string()));
             continue;
         }
-        plain.push(Column {
+        if published_cols[i]
+            .as_ref()
+            .is_some_and(|p| !p.contains(&name))
+        {
+            continue;
+        }
+        tables[i].columns.push(Column {
             name,
-            type_oid: parse(r.text(1), "atttypid")?,
-            type_name: r.text(2).unwrap_or("").to_string(),
-            identity: r.text(3) == Some("t"),
-            not_null: r.text(4) == Some("t"),
-            binary_safe: r.text(5) != Some("f"),
+            type_oid: parse(r.text(2), "atttypid")?,
+            type_name: r.text(3).unwrap_or("").to_string(),
+            identity: r.text(4) == Some("t"),
+            not_null: r.text(5) == Some("t"),
+            binary_safe: r.text(6) != Some("f"),
         });
     }
-    Ok((plain, generated))
-}
-
-async fn leaves_without_identity(conn: &mut Connection, oid: u32) -> Result<Vec<String>> {
-    let sql = format!(
-        "SELECT c.oid::regclass::text FROM pg_partition_tree({oid}) t JOIN pg_class c ON c.oid = t.relid
+    // Partitions of partitioned tables without a usable identity.
+    let rows = query1(
+        conn,
+        "SELECT p.oid, c.oid::regclass::text
+         FROM unnest($1::oid[]) p(oid)
+         JOIN pg_class r ON r.oid = p.oid AND r.relkind = 'p'
+         CROSS JOIN LATERAL pg_partition_tree(p.oid) t
+         JOIN pg_class c ON c.oid = t.relid
          WHERE t.isleaf AND NOT (c.relreplident = 'f'
             OR (c.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
-            OR (c.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)))"
-    );
-    Ok(conn
-        .query(&sql)
-        .await?
-        .iter()
-        .filter_map(|r| r.text(0).map(str::to_string))
-        .collect())
+            OR (c.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)))",
+        &oids,
+    )
+    .await?;
+    for r in &rows {
+        let oid: u32 = parse(r.text(0), "partition root oid")?;
+        if let (Some(&i), Some(leaf)) = (index.get(&oid), r.text(1)) {
+            tables[i].leaves_without_identity.push(leaf.to_string());
+        }
+    }
+    Ok(tables)
 }
 
 /// A destination table's column.
@@ -291,6 +320,28 @@ pub struct DestTable {
 }
 
 impl DestTable {
+    /// What streaming must assume of a table that shards hold alike but
+    /// not identically: references, unique checks and identity columns of
+    /// any of them.
+    pub fn merge(&mut self, other: &DestTable) {
+        for r in &other.referenced_by {
+            if !self.referenced_by.contains(r) {
+                self.referenced_by.push(r.clone());
+            }
+        }
+        for u in &other.unique {
+            if !self.unique.contains(u) {
+                self.unique.push(u.clone());
+            }
+        }
+        for c in self.columns.iter_mut() {
+            c.identity_always |= other
+                .columns
+                .iter()
+                .any(|o| o.name == c.name && o.identity_always);
+        }
+    }
+
     /// A plain unique index on exactly `columns` (any order): what an
     /// `INSERT ... ON CONFLICT (columns)` needs.
     pub fn has_arbiter(&self, columns: &[&str]) -> bool {
@@ -308,109 +359,137 @@ impl DestTable {
     /// that does cannot conflict between two rows keeping their keys).
     pub fn order_visible(&self, identity: &[&str]) -> bool {
         self.unique.iter().any(|u| {
-            !u.deferred && !(u.plain && identity.iter().all(|c| u.columns.iter().any(|k| k == c)))
+            let covers_identity = identity.iter().all(|c| u.columns.iter().any(|k| k == c));
+            // Checked at commit, or unable to conflict: invisible.
+            let invisible = u.deferred || (u.plain && covers_identity);
+            !invisible
         })
     }
 }
 
-/// `table` on a destination, `None` when it does not exist there.
-pub async fn dest_table(conn: &mut Connection, table: &TableName) -> Result<Option<DestTable>> {
-    use pgdog_protocol::frontend::Format;
-    let quoted = table.quoted();
-    let param = [Some(quoted.as_bytes())];
-    let head = conn
-        .query_params(
-            "SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass($1) AND c.relkind IN ('r', 'p')",
-            &[Format::Text],
-            param,
-            Format::Text,
-        )
-        .await?;
-    let Some(relkind) = head
-        .first()
-        .and_then(|r| r.text(0))
-        .and_then(|t| t.chars().next())
-    else {
-        return Ok(None);
+/// `tables` on a destination, each `None` where it does not exist: four
+/// catalog queries however many tables there are.
+pub async fn dest_tables(
+    conn: &mut Connection,
+    tables: &[&TableName],
+) -> Result<Vec<Option<DestTable>>> {
+    let names = text_array(tables.iter().map(|t| t.quoted()));
+    let mut out: Vec<Option<DestTable>> = vec![None; tables.len()];
+    let at = |r: &DataRow| -> Result<usize> {
+        let i: usize = parse(r.text(0), "table ordinal")?;
+        i.checked_sub(1)
+            .filter(|i| *i < tables.len())
+            .ok_or_else(|| DataSyncError::State(format!("catalog returned table ordinal {i}")))
     };
-    let rows = conn
-        .query_params(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod),
-                    NOT a.attnotnull OR a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
-                    CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END,
-                    a.attidentity = 'a'
-             FROM pg_attribute a
-             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
-             ORDER BY a.attnum",
-            &[Format::Text],
-            param,
-            Format::Text,
-        )
-        .await?;
-    let columns = rows
-        .iter()
-        .map(|r| DestColumn {
-            name: r.text(0).unwrap_or("").to_string(),
-            type_name: r.text(1).unwrap_or("").to_string(),
-            optional: r.text(2) == Some("t"),
-            generated: r.text(3).map(str::to_string),
-            identity_always: r.text(4) == Some("t"),
-        })
-        .collect();
-    let rows = conn
-        .query_params(
-            "SELECT (SELECT array_agg(a.attname ORDER BY k.n) FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n)
-                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum)::text,
-                    i.indisunique AND i.indexprs IS NULL AND i.indpred IS NULL,
-                    NOT i.indimmediate
-             FROM pg_index i
-             WHERE i.indrelid = to_regclass($1) AND (i.indisunique OR i.indisexclusion)",
-            &[Format::Text],
-            param,
-            Format::Text,
-        )
-        .await?;
-    let unique = rows
-        .iter()
-        .map(|r| UniqueIndex {
-            columns: r.text(0).map(parse_name_array).unwrap_or_default(),
-            plain: r.text(1) == Some("t"),
-            deferred: r.text(2) == Some("t"),
-        })
-        .collect();
-    let rows = conn
-        .query_params(
-            "SELECT DISTINCT n.nspname, c.relname
-             FROM pg_constraint f JOIN pg_class c ON c.oid = f.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE f.contype = 'f' AND f.confrelid = to_regclass($1) AND f.conrelid <> f.confrelid
-               AND f.conparentid = 0",
-            &[Format::Text],
-            param,
-            Format::Text,
-        )
-        .await?;
-    let referenced_by = rows
-        .iter()
-        .map(|r| TableName {
-            schema: r.text(0).unwrap_or("").to_string(),
-            name: r.text(1).unwrap_or("").to_string(),
-        })
-        .collect();
-    Ok(Some(DestTable {
-        relkind,
-        columns,
-        unique,
-        referenced_by,
-    }))
+    let rows = query1(
+        conn,
+        "SELECT n.i, c.relkind FROM unnest($1::text[]) WITH ORDINALITY n(name, i)
+         JOIN pg_class c ON c.oid = to_regclass(n.name) WHERE c.relkind IN ('r', 'p')",
+        &names,
+    )
+    .await?;
+    for r in &rows {
+        out[at(r)?] = Some(DestTable {
+            relkind: r.text(1).and_then(|t| t.chars().next()).unwrap_or('r'),
+            ..Default::default()
+        });
+    }
+    let rows = query1(
+        conn,
+        "SELECT n.i, a.attname, format_type(a.atttypid, a.atttypmod),
+                NOT a.attnotnull OR a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
+                CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END,
+                a.attidentity = 'a'
+         FROM unnest($1::text[]) WITH ORDINALITY n(name, i)
+         JOIN pg_attribute a ON a.attrelid = to_regclass(n.name)
+         LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE a.attnum > 0 AND NOT a.attisdropped
+         ORDER BY n.i, a.attnum",
+        &names,
+    )
+    .await?;
+    for r in &rows {
+        if let Some(t) = out[at(r)?].as_mut() {
+            t.columns.push(DestColumn {
+                name: r.text(1).unwrap_or("").to_string(),
+                type_name: r.text(2).unwrap_or("").to_string(),
+                optional: r.text(3) == Some("t"),
+                generated: r.text(4).map(str::to_string),
+                identity_always: r.text(5) == Some("t"),
+            });
+        }
+    }
+    let rows = query1(
+        conn,
+        "SELECT n.i,
+                (SELECT array_agg(a.attname ORDER BY k.n) FROM unnest(x.indkey::int2[]) WITH ORDINALITY k(attnum, n)
+                   JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum)::text,
+                x.indisunique AND x.indexprs IS NULL AND x.indpred IS NULL,
+                NOT x.indimmediate
+         FROM unnest($1::text[]) WITH ORDINALITY n(name, i)
+         JOIN pg_index x ON x.indrelid = to_regclass(n.name)
+         WHERE x.indisunique OR x.indisexclusion",
+        &names,
+    )
+    .await?;
+    for r in &rows {
+        if let Some(t) = out[at(r)?].as_mut() {
+            t.unique.push(UniqueIndex {
+                columns: r.text(1).map(parse_name_array).unwrap_or_default(),
+                plain: r.text(2) == Some("t"),
+                deferred: r.text(3) == Some("t"),
+            });
+        }
+    }
+    let rows = query1(
+        conn,
+        "SELECT DISTINCT n.i, ns.nspname, c.relname
+         FROM unnest($1::text[]) WITH ORDINALITY n(name, i)
+         JOIN pg_constraint f ON f.confrelid = to_regclass(n.name)
+         JOIN pg_class c ON c.oid = f.conrelid JOIN pg_namespace ns ON ns.oid = c.relnamespace
+         WHERE f.contype = 'f' AND f.conrelid <> f.confrelid AND f.conparentid = 0",
+        &names,
+    )
+    .await?;
+    for r in &rows {
+        if let Some(t) = out[at(r)?].as_mut() {
+            t.referenced_by.push(TableName {
+                schema: r.text(1).unwrap_or("").to_string(),
+                name: r.text(2).unwrap_or("").to_string(),
+            });
+        }
+    }
+    Ok(out)
 }
 
-/// Whether `table` holds any row.
-pub async fn has_rows(conn: &mut Connection, table: &TableName) -> Result<bool> {
-    let rows = conn
-        .query(&format!("SELECT EXISTS (SELECT 1 FROM {})", table.quoted()))
-        .await?;
-    Ok(rows.first().and_then(|r| r.text(0)) == Some("t"))
+/// Which of `tables` hold any row, a few hundred tables per query.
+pub async fn tables_with_rows(conn: &mut Connection, tables: &[&TableName]) -> Result<Vec<bool>> {
+    let mut out = Vec::with_capacity(tables.len());
+    for chunk in tables.chunks(250) {
+        let probes: Vec<String> = chunk
+            .iter()
+            .map(|t| format!("EXISTS (SELECT 1 FROM {})", t.quoted()))
+            .collect();
+        let rows = conn
+            .query(&format!("SELECT ARRAY[{}]::text", probes.join(", ")))
+            .await?;
+        let text = rows.first().and_then(|r| r.text(0)).ok_or_else(|| {
+            DataSyncError::State("the row probe of destination tables returned nothing".into())
+        })?;
+        let flags: Vec<bool> = text
+            .trim_matches(|c| c == '{' || c == '}')
+            .split(',')
+            .map(|f| f == "t")
+            .collect();
+        if flags.len() != chunk.len() {
+            return Err(DataSyncError::State(format!(
+                "the row probe of {} destination tables returned {text}",
+                chunk.len()
+            )));
+        }
+        out.extend(flags);
+    }
+    Ok(out)
 }
 
 fn parse<T: std::str::FromStr>(text: Option<&str>, what: &str) -> Result<T> {

@@ -17,6 +17,7 @@ pub mod plan;
 pub mod preflight;
 pub mod progress;
 pub mod replicas;
+pub mod snapshot;
 pub mod state;
 pub mod stream;
 pub mod verify;
@@ -198,7 +199,7 @@ async fn run_inner(
         preflight::Intent::Copy
     };
     let findings = tokio::select! {
-        f = preflight::run(&endpoints, &opts.publication, &slot, intent, parallel) => f?,
+        f = preflight::run(&endpoints, &opts.publication, &slot, intent) => f?,
         _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
     };
     for d in 0..endpoints.dest.shards.len() {
@@ -207,23 +208,43 @@ async fn run_inner(
         conn.close().await;
     }
 
-    // The permanent slots: where streaming will start.
+    // The permanent slots: where streaming will start. A slot this run
+    // creates exports its snapshot, which every copy from that primary
+    // shares (copies from replicas take their own, one per replica).
+    let copying = opts.mode != Mode::ReplicateOnly;
+    let mut exported: Vec<Option<snapshot::SharedSnapshot>> = Vec::new();
     for (s, exists) in findings.slot_exists.iter().enumerate() {
+        exported.push(None);
         if *exists {
             info!(source_shard = s, slot = %slot, "reusing existing replication slot");
             continue;
         }
+        let export = copying && findings.copy_sources.get(s).is_some_and(|c| !c.replicas);
+        let action = if export {
+            SnapshotAction::Export
+        } else {
+            SnapshotAction::NoExport
+        };
         let mut repl = endpoints.connect_source(s, true).await?;
-        let created = repl
-            .create_replication_slot(&slot, false, SnapshotAction::NoExport)
-            .await?;
+        let primary = endpoints.source(s);
+        let what = format!("source shard {s} ({}:{})", primary.host, primary.port);
+        let created = tokio::select! {
+            c = snapshot::create_slot(&mut repl, &primary, &slot, false, action, task, &what) => c?,
+            _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
+        };
         info!(
             source_shard = s,
             slot = %slot,
             lsn = %created.consistent_point,
             "created replication slot (drop it with --cleanup if you abandon this move)"
         );
-        repl.close().await;
+        if export {
+            let snap = snapshot::SharedSnapshot::new(repl, &created, task, s)?;
+            snapshot::log_taken(&snap, &what);
+            exported[s] = Some(snap);
+        } else {
+            repl.close().await;
+        }
     }
 
     let mut stream_start = Vec::with_capacity(endpoints.source.shards.len());
@@ -248,7 +269,7 @@ async fn run_inner(
     if opts.mode != Mode::ReplicateOnly {
         task.set_phase(Phase::Copying);
         tokio::select! {
-            r = copy::run(ctx.clone(), &findings.finished) => r?,
+            r = copy::run(ctx.clone(), &findings.finished, exported) => r?,
             _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
         }
         info!("copy complete");

@@ -106,7 +106,6 @@ pub async fn run(
     publication: &str,
     slot: &str,
     intent: Intent,
-    parallel: usize,
 ) -> Result<Findings> {
     let n = endpoints.source.shards.len();
     let m = endpoints.dest.shards.len();
@@ -171,25 +170,25 @@ pub async fn run(
         }
         let free_slots: i64 = row.text(2).and_then(|t| t.parse().ok()).unwrap_or(0);
         let free_senders: i64 = row.text(3).and_then(|t| t.parse().ok()).unwrap_or(0);
-        // The permanent slot (unless it exists), one temporary slot and one
-        // WAL sender per parallel copy, one WAL sender for streaming.
-        let copies = if intent == Intent::Copy {
-            parallel as i64
-        } else {
-            0
-        };
-        let need_slots = copies + if exists.is_some() { 0 } else { 1 };
-        let need_senders = copies.max(1);
+        // The permanent slot, or (resuming) a temporary one whose snapshot
+        // the copies share; one WAL sender at a time (the snapshot's holder
+        // during the copy, the stream after it).
+        let need_slots = i64::from(intent == Intent::Copy || exists.is_none());
+        let need_senders = 1;
         if free_slots < need_slots {
             problems.push(
-                format!("{what} has {free_slots} free replication slots, this move needs {need_slots} ({copies} parallel copies plus the permanent slot)"),
-                "raise max_replication_slots on the source (restart needed) or lower resharding_parallel_copies",
+                format!(
+                    "{what} has {free_slots} free replication slots, this move needs {need_slots}"
+                ),
+                "raise max_replication_slots on the source (restart needed), or drop unused slots",
             );
         }
         if free_senders < need_senders {
             problems.push(
-                format!("{what} has {free_senders} free WAL senders, this move needs {need_senders}"),
-                "raise max_wal_senders on the source (restart needed) or lower resharding_parallel_copies",
+                format!(
+                    "{what} has {free_senders} free WAL senders, this move needs {need_senders}"
+                ),
+                "raise max_wal_senders on the source (restart needed)",
             );
         }
         if intent == Intent::ReplicateOnly && exists.is_none() {
@@ -322,9 +321,29 @@ pub async fn run(
             Err(e) => return Err(e.into()),
         }
         let done = state::finished_copies(&mut conn, slot).await?;
-        for plan in plans.iter_mut() {
+        let names: Vec<&TableName> = plans.iter().map(|p| &p.table.name).collect();
+        let found = catalog::dest_tables(&mut conn, &names).await?;
+        let present: Vec<&TableName> = names
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| f.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        let with_rows: Vec<&TableName> = if intent == Intent::Copy && fresh {
+            let flags = catalog::tables_with_rows(&mut conn, &present).await?;
+            present
+                .iter()
+                .zip(flags)
+                .filter(|(_, f)| *f)
+                .map(|(n, _)| *n)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let with_rows: Vec<TableName> = with_rows.into_iter().cloned().collect();
+        for (plan, dest) in plans.iter_mut().zip(found) {
             let t = &plan.table;
-            let Some(dest) = catalog::dest_table(&mut conn, &t.name).await? else {
+            let Some(dest) = dest else {
                 problems.push(
                     format!("table {} does not exist on {what}", t.name),
                     "create the schema on every destination shard first, e.g. pg_dump --schema-only from the source, restored into each destination",
@@ -332,7 +351,7 @@ pub async fn run(
                 continue;
             };
             check_dest_table(plan, &dest, &what, &mut problems);
-            if intent == Intent::Copy && fresh && catalog::has_rows(&mut conn, &t.name).await? {
+            if with_rows.contains(&t.name) {
                 problems.push(
                     format!("table {} on {what} already has rows, and no copy of it by slot \"{slot}\" is recorded there", t.name),
                     format!(
@@ -353,6 +372,8 @@ pub async fn run(
             }
             if d == 0 {
                 plan.dest_table = dest;
+            } else {
+                plan.dest_table.merge(&dest);
             }
         }
         // Progress recorded for a slot that no longer exists: the changes

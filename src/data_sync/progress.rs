@@ -181,6 +181,36 @@ impl Stream {
     }
 }
 
+/// A snapshot that table copies of one source server share, held open
+/// (and holding back that server's xmin horizon, so vacuum) until the copy
+/// from it is done.
+#[derive(Debug)]
+pub struct SnapshotHold {
+    pub source_shard: usize,
+    /// `host:port` of the server it was taken on.
+    pub server: String,
+    pub lsn: Lsn,
+    pub since: Instant,
+    /// Set when the snapshot is let go.
+    pub released: Mutex<Option<Instant>>,
+}
+
+impl SnapshotHold {
+    pub fn is_held(&self) -> bool {
+        self.released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+
+    pub fn release(&self) {
+        let mut r = self.released.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(Instant::now());
+        }
+    }
+}
+
 /// Everything about one data-sync task.
 #[derive(Debug)]
 pub struct Task {
@@ -204,6 +234,11 @@ pub struct Task {
     /// When the task reached stopped, failed or done, so its elapsed time
     /// stops growing.
     pub ended: Mutex<Option<Instant>>,
+    /// What the task is waiting for, when something outside pgdog holds it
+    /// up (a transaction the slot creation must see end).
+    pub waiting: Mutex<Option<String>>,
+    /// Snapshots taken for the copy, held or let go.
+    pub snapshots: Mutex<Vec<Arc<SnapshotHold>>>,
 }
 
 impl Task {
@@ -223,7 +258,35 @@ impl Task {
             errors: Mutex::new(Vec::new()),
             stop: CancellationToken::new(),
             ended: Mutex::new(None),
+            waiting: Mutex::new(None),
+            snapshots: Mutex::new(Vec::new()),
         }
+    }
+
+    /// What the task waits for right now, if anything.
+    pub fn waiting(&self) -> Option<String> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_waiting(&self, what: Option<String>) {
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = what;
+    }
+
+    /// The snapshots still held, oldest first.
+    pub fn held_snapshots(&self) -> Vec<Arc<SnapshotHold>> {
+        let mut held: Vec<Arc<SnapshotHold>> = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|h| h.is_held())
+            .cloned()
+            .collect();
+        held.sort_by_key(|h| h.since);
+        held
     }
 
     pub fn phase(&self) -> Phase {

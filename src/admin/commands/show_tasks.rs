@@ -11,7 +11,7 @@ pub struct ShowTasks;
 impl AdminCommand for ShowTasks {
     const USAGE: Usage = Usage {
         syntax: "SHOW TASKS",
-        description: "data-sync tasks: clusters, publication, slot, phase, time, error",
+        description: "data-sync tasks: clusters, publication, slot, phase, time, what it waits on, the age of the copy snapshot it holds (it holds back vacuum on the source), error",
     };
 
     fn parse(args: &[String]) -> Result<Self, CommandError> {
@@ -32,6 +32,8 @@ impl AdminCommand for ShowTasks {
                 "phase",
                 "started",
                 "elapsed",
+                "waiting_on",
+                "snapshot_held",
                 "error",
             ],
         );
@@ -47,11 +49,32 @@ impl AdminCommand for ShowTasks {
                 text(task.phase().as_str()),
                 text(timestamp(task.started)),
                 text(interval(task.elapsed().as_secs_f64())),
+                task.waiting(),
+                snapshot_held(&task),
                 task.error(),
             ]);
         }
         Ok(reply)
     }
+}
+
+/// The oldest snapshot the task holds open for its copy: how long, where,
+/// and at which LSN.
+fn snapshot_held(task: &crate::data_sync::Task) -> Option<String> {
+    let held = task.held_snapshots();
+    let oldest = held.first()?;
+    let more = if held.len() > 1 {
+        format!(" (+{} more)", held.len() - 1)
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "{} on source shard {} ({}) at {}{more}",
+        interval(oldest.since.elapsed().as_secs_f64()),
+        oldest.source_shard,
+        oldest.server,
+        oldest.lsn
+    ))
 }
 
 #[cfg(test)]
@@ -77,6 +100,29 @@ mod tests {
         assert_eq!(r.get(1, "slot"), None);
         assert_eq!(r.get(1, "destination"), Some("dst2"));
         assert_eq!(r.get(1, "kind"), Some("data-sync"));
+        assert_eq!(r.get(0, "waiting_on"), None);
+        assert_eq!(r.get(0, "snapshot_held"), None);
+        a.set_waiting(Some("source shard 0: waits for pid 7".into()));
+        a.snapshots
+            .lock()
+            .unwrap()
+            .push(Arc::new(crate::data_sync::progress::SnapshotHold {
+                source_shard: 0,
+                server: "127.0.0.1:5432".into(),
+                lsn: pgdog_protocol::Lsn(0x1_0000_0010),
+                since: std::time::Instant::now(),
+                released: Default::default(),
+            }));
+        let r = ShowTasks.execute(&ctx).await.unwrap();
+        assert_eq!(
+            r.get(0, "waiting_on"),
+            Some("source shard 0: waits for pid 7")
+        );
+        let held = r.get(0, "snapshot_held").unwrap();
+        assert!(
+            held.contains("source shard 0 (127.0.0.1:5432) at 1/10"),
+            "{held}"
+        );
         assert!(r.get(0, "started").unwrap().ends_with("+00"));
         assert_eq!(r.get(0, "error"), None);
     }

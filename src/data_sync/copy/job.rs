@@ -1,33 +1,18 @@
-//! Copying one table from one source shard: take a snapshot whose LSN is
-//! known exactly (a temporary logical slot), copy the table in one or more
-//! ctid ranges inside that snapshot, then record on each destination shard
-//! that the copy is complete as of that LSN.
+//! Copying one table from one source shard: in the snapshot its server
+//! shares with every other copy there (see [`super::super::snapshot`]),
+//! in one or more ctid ranges, then record on each destination shard that
+//! the copy is complete as of the snapshot's LSN.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tracing::{debug, info};
+use tracing::info;
 
-use crate::net::replication::SnapshotAction;
-use crate::net::Connection;
-
-use super::super::catalog::quote_literal;
 use super::super::error::{DataSyncError, Result};
 use super::super::state;
 use super::super::Ctx;
 use super::chunk::{copy_stream, ChunkResult};
+use super::pool::{DestPool, ServerCopy};
 use super::Job;
-
-static TEMP_SLOTS: AtomicU64 = AtomicU64::new(0);
-
-/// A name for a temporary slot: unique in this process, and the pid keeps
-/// two pgdog processes apart.
-fn temp_slot_name() -> String {
-    format!(
-        "pgdog_copy_{}_{}",
-        std::process::id(),
-        TEMP_SLOTS.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// The `SELECT` of one range of the table, `None` for the whole table.
 fn select_sql(ctx: &Ctx, job: &Job, range: Option<(u64, Option<u64>)>) -> String {
@@ -119,8 +104,9 @@ async fn remove_partial(ctx: &Ctx, job: &Job) -> Result<()> {
     Ok(())
 }
 
-/// Copy one table from one source shard to `job.dests`.
-pub async fn run(ctx: &Ctx, job: &Job) -> Result<()> {
+/// Copy one table from one source shard to `job.dests`, reading `server`
+/// and writing through `pool`.
+pub async fn run(ctx: &Ctx, job: &Job, server: &ServerCopy, pool: &DestPool) -> Result<()> {
     let plan = &ctx.plan.tables[job.table];
     let name = &plan.table.name;
     if ctx.resume {
@@ -128,126 +114,63 @@ pub async fn run(ctx: &Ctx, job: &Job) -> Result<()> {
     }
     let ranges = ranges(ctx, job);
     let s = job.source_shard;
-    let server = ctx.endpoints.source_server(&job.server);
-    let connect =
-        |replication: bool| Connection::connect_owned(server.clone().replication(replication));
-    let mut repl = connect(true).await?;
-    let temp = temp_slot_name();
-    // On a standby: replayed far enough, and the primary nudged to log the
-    // running transactions the standby's slot creation waits for.
-    let _kicker = if job.on_replica {
-        let mut check = connect(false).await?;
-        let start = ctx.stream_start.get(s).copied().unwrap_or_default();
-        super::super::replicas::wait_replayed(&mut check, start, s).await?;
-        debug!(table = %name, replica = %check.addr(), replayed_past = %start, "replica ready");
-        check.close().await;
-        Some(AbortOnDrop(super::super::replicas::kick_standby_snapshots(
-            &ctx.endpoints,
-            s,
-        )))
+    let snapshot = server.snapshot.lsn;
+    let streams = if ranges.len() == 1 {
+        1
     } else {
-        None
+        (job.permits as usize).clamp(1, ranges.len())
     };
-
-    let (snapshot, results) = if ranges.len() == 1 {
-        // One stream: the snapshot is used right on the slot's connection.
-        repl.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await?;
-        let slot = repl
-            .create_replication_slot(&temp, true, SnapshotAction::Use)
-            .await?;
-        debug!(table = %name, shard = s, lsn = %slot.consistent_point, "snapshot taken");
-        let mut dests = connect_dests(ctx, &job.dests).await?;
-        let sql = select_sql(ctx, job, None);
-        let result = copy_stream(
-            &mut repl,
-            &sql,
-            plan,
-            &mut dests,
-            ctx.plan.dest_shards(),
-            &job.progress,
-        )
-        .await?;
-        repl.execute("COMMIT").await?;
-        close_all(dests).await;
-        (slot.consistent_point, vec![result])
-    } else {
-        // Several streams share one exported snapshot: each reader imports
-        // it before the exporting connection moves on.
-        let slot = repl
-            .create_replication_slot(&temp, true, SnapshotAction::Export)
-            .await?;
-        let snapshot_name = slot.snapshot_name.clone().ok_or_else(|| {
-            DataSyncError::State(
-                "CREATE_REPLICATION_SLOT ... EXPORT returned no snapshot name".into(),
-            )
-        })?;
-        let streams = (job.permits as usize).clamp(1, ranges.len());
-        let mut readers = Vec::with_capacity(streams);
-        for _ in 0..streams {
-            let mut c = connect(false).await?;
-            c.execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                quote_literal(&snapshot_name)
-            ))
-            .await?;
-            readers.push(c);
-        }
-        // Every reader holds the snapshot now; the temporary slot can go.
-        repl.close().await;
-        debug!(table = %name, shard = s, lsn = %slot.consistent_point, streams, ranges = ranges.len(), "snapshot exported");
-        // Each stream takes the next range until none is left, all inside
-        // its one snapshot transaction.
-        let next = AtomicUsize::new(0);
-        let mut futures = Vec::with_capacity(streams);
-        for reader in readers {
-            let (next, ranges) = (&next, &ranges);
-            futures.push(async move {
-                let mut reader = reader;
-                let mut dests = connect_dests(ctx, &job.dests).await?;
-                let mut total = ChunkResult {
-                    rows: 0,
-                    per_dest: vec![0; job.dests.len()],
-                };
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(range) = ranges.get(i) else { break };
-                    let sql = select_sql(ctx, job, *range);
-                    let result = copy_stream(
-                        &mut reader,
-                        &sql,
-                        plan,
-                        &mut dests,
-                        ctx.plan.dest_shards(),
-                        &job.progress,
-                    )
-                    .await?;
-                    total.rows += result.rows;
-                    for (t, r) in total.per_dest.iter_mut().zip(&result.per_dest) {
-                        *t += r;
-                    }
+    // Each stream takes the next range until none is left, in a session of
+    // the server's shared snapshot, and gives its sessions back to the
+    // pools when it ends well (a failed one drops them: their COPYs roll
+    // back).
+    let next = AtomicUsize::new(0);
+    let mut futures = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let (next, ranges) = (&next, &ranges);
+        futures.push(async move {
+            let mut reader = server.reader().await?;
+            let mut dests = pool.take(ctx, &job.dests).await?;
+            let mut total = ChunkResult {
+                rows: 0,
+                per_dest: vec![0; job.dests.len()],
+            };
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(range) = ranges.get(i) else { break };
+                let sql = select_sql(ctx, job, *range);
+                let result = copy_stream(
+                    &mut reader,
+                    &sql,
+                    plan,
+                    &mut dests,
+                    ctx.plan.dest_shards(),
+                    &job.progress,
+                )
+                .await?;
+                total.rows += result.rows;
+                for (t, r) in total.per_dest.iter_mut().zip(&result.per_dest) {
+                    *t += r;
                 }
-                reader.execute("COMMIT").await?;
-                close_all(dests).await;
-                reader.close().await;
-                Ok::<_, DataSyncError>(total)
-            });
-        }
-        let results = join_all(futures).await?;
-        (slot.consistent_point, results)
-    };
+            }
+            server.give_back(reader);
+            pool.give_back(dests);
+            Ok::<_, DataSyncError>(total)
+        });
+    }
+    let results = join_all(futures).await?;
 
     // Every stream committed on every destination: record the copy there.
     let rows: u64 = results.iter().map(|r| r.rows).sum();
-    for (i, &d) in job.dests.iter().enumerate() {
+    let mut conns = pool.take(ctx, &job.dests).await?;
+    for (i, (_, conn)) in conns.iter_mut().enumerate() {
         let to_d: u64 = results
             .iter()
             .map(|r| r.per_dest.get(i).copied().unwrap_or(0))
             .sum();
-        let mut conn = ctx.endpoints.connect_dest(d).await?;
-        state::record_copy(&mut conn, &ctx.plan.slot, s, name, snapshot, to_d).await?;
-        conn.close().await;
+        state::record_copy(conn, &ctx.plan.slot, s, name, snapshot, to_d).await?;
     }
+    pool.give_back(conns);
     info!(
         table = %name,
         source_shard = s,
@@ -257,29 +180,6 @@ pub async fn run(ctx: &Ctx, job: &Job) -> Result<()> {
         "table copied"
     );
     Ok(())
-}
-
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-async fn connect_dests(ctx: &Ctx, dests: &[usize]) -> Result<Vec<(usize, Connection)>> {
-    let mut out = Vec::with_capacity(dests.len());
-    for &d in dests {
-        out.push((d, ctx.endpoints.connect_dest(d).await?));
-    }
-    Ok(out)
-}
-
-async fn close_all(conns: Vec<(usize, Connection)>) {
-    for (_, c) in conns {
-        c.close().await;
-    }
 }
 
 /// Run futures concurrently; the first error wins and the rest are dropped

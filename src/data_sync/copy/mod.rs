@@ -1,11 +1,13 @@
 //! The copy phase: every table of the publication, from every source shard
 //! that holds its rows, copied in parallel (largest first) with in-flight
-//! resharding. Tables an earlier run finished are skipped; an interrupted
-//! table is cleaned and copied again as a whole (its ranges must share one
-//! snapshot, so a table is the unit of resumption).
+//! resharding, all copies from one server in the one snapshot it shares
+//! ([`super::snapshot`]). Tables an earlier run finished are skipped; an
+//! interrupted table is cleaned and copied again as a whole (a table is the
+//! unit of resumption).
 
 mod chunk;
 mod job;
+mod pool;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,10 @@ use tracing::{info, warn};
 
 use super::error::{DataSyncError, Result};
 use super::progress::{CopyState, TableCopy};
+use super::snapshot::{self, SharedSnapshot};
 use super::Ctx;
+use crate::net::replication::SnapshotAction;
+use pool::{DestPool, ServerCopy};
 
 /// One table from one source shard.
 #[derive(Debug)]
@@ -37,13 +42,16 @@ pub struct Job {
 /// Attempts per table before a transient error fails the move.
 const ATTEMPTS: u32 = 5;
 
-/// Copy everything not copied yet.
+/// Copy everything not copied yet. `exported[s]` is the snapshot the
+/// permanent slot of source shard `s` exported when this run created it,
+/// for the copies that read that shard's primary.
 pub async fn run(
     ctx: Arc<Ctx>,
     finished: &[std::collections::HashMap<
         (usize, super::catalog::TableName),
         pgdog_protocol::Lsn,
     >],
+    mut exported: Vec<Option<SharedSnapshot>>,
 ) -> Result<()> {
     let n = ctx.plan.source_shards();
     let m = ctx.plan.dest_shards();
@@ -92,6 +100,9 @@ pub async fn run(
     }
     if jobs.is_empty() {
         info!("every table was copied by an earlier run");
+        for e in exported.into_iter().flatten() {
+            e.release().await;
+        }
         return Ok(());
     }
     // Where each copy reads: the replicas of its shard, evenly by bytes,
@@ -121,32 +132,92 @@ pub async fn run(
                 format!("{}:{}", job.server.host, job.server.port);
         }
     }
+    // One snapshot per server read, taken on all of them at once: the
+    // permanent slot's where this run created it, else a temporary slot's.
+    let mut wanted: Vec<(usize, crate::config::Database, bool)> = Vec::new();
+    for j in &jobs {
+        if !wanted
+            .iter()
+            .any(|(_, d, _)| d.host == j.server.host && d.port == j.server.port)
+        {
+            wanted.push((j.source_shard, j.server.clone(), j.on_replica));
+        }
+    }
+    let mut taken = Vec::with_capacity(wanted.len());
+    let mut pending = Vec::new();
+    for (s, server, on_replica) in wanted {
+        let primary = &ctx.plan.source.shards[s].primary;
+        let is_primary = server.host == primary.host && server.port == primary.port;
+        match exported.get_mut(s).and_then(Option::take) {
+            Some(snap) if is_primary => taken.push((server, snap)),
+            other => {
+                if let Some(unused) = other {
+                    unused.release().await;
+                }
+                pending.push((s, server, on_replica));
+            }
+        }
+    }
+    // Exports nobody reads (every copy of that shard reads replicas).
+    for e in exported.into_iter().flatten() {
+        e.release().await;
+    }
+    let fresh = futures::future::try_join_all(
+        pending
+            .iter()
+            .map(|(s, server, on_replica)| server_snapshot(&ctx, *s, server, *on_replica)),
+    )
+    .await?;
+    taken.extend(pending.into_iter().map(|(_, server, _)| server).zip(fresh));
+    let servers: std::collections::HashMap<(String, u16), Arc<ServerCopy>> = taken
+        .into_iter()
+        .map(|(server, snap)| {
+            let options = ctx.endpoints.source_server(&server);
+            (
+                (server.host.clone(), server.port),
+                Arc::new(ServerCopy::new(snap, options)),
+            )
+        })
+        .collect();
+    let dest_pool = Arc::new(DestPool::new(m));
+
     // Largest first, so the long poles start early.
     jobs.sort_by_key(|j| std::cmp::Reverse(ctx.plan.tables[j.table].table.bytes));
     let parallel = ctx.parallel.max(1);
     // One pool of streams per server read.
-    let mut pools: std::collections::HashMap<(String, u16), Arc<Semaphore>> =
+    let mut permits: std::collections::HashMap<(String, u16), Arc<Semaphore>> =
         std::collections::HashMap::new();
-    info!(tables = jobs.len(), parallel, "copying");
+    info!(
+        tables = jobs.len(),
+        parallel,
+        servers = servers.len(),
+        "copying"
+    );
 
     let mut set = JoinSet::new();
     for mut job in jobs {
-        let pool = pools
-            .entry((job.server.host.clone(), job.server.port))
+        let key = (job.server.host.clone(), job.server.port);
+        let pool = permits
+            .entry(key.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(parallel)))
             .clone();
+        let server = servers
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| DataSyncError::State(format!("no snapshot for {}:{}", key.0, key.1)))?;
         let bytes = ctx.plan.tables[job.table].table.bytes;
         let wanted = bytes
             .checked_div(ctx.chunk_bytes)
             .map_or(1, |k| k.clamp(1, parallel as u64) as u32);
         let ctx = ctx.clone();
+        let dest_pool = dest_pool.clone();
         set.spawn(async move {
             let permit = pool
                 .acquire_many_owned(wanted)
                 .await
                 .map_err(|_| DataSyncError::Stopped)?;
             job.permits = wanted;
-            let result = run_with_retries(&ctx, &job).await;
+            let result = run_with_retries(&ctx, &job, &server, &dest_pool).await;
             drop(permit);
             result
         });
@@ -164,13 +235,82 @@ pub async fn run(
             }
         }
     }
+    // Every copy has ended: let the snapshots go (they hold back vacuum).
+    dest_pool.close().await;
+    for (_, server) in servers {
+        if let Ok(server) = Arc::try_unwrap(server) {
+            server.finish().await;
+        }
+    }
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
     }
 }
 
-async fn run_with_retries(ctx: &Ctx, job: &Job) -> Result<()> {
+static TEMP_SLOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A snapshot on `server` (source shard `s`) from a temporary slot that
+/// exports it: on a standby once it has replayed past the permanent slot's
+/// start, with the primary nudged to log the running transactions the
+/// standby's slot creation waits for.
+async fn server_snapshot(
+    ctx: &Ctx,
+    s: usize,
+    server: &crate::config::Database,
+    on_replica: bool,
+) -> Result<SharedSnapshot> {
+    let options = ctx.endpoints.source_server(server);
+    let what = format!("source shard {s} ({}:{})", server.host, server.port);
+    let _kicker = if on_replica {
+        let mut check = crate::net::Connection::connect(&options).await?;
+        let start = ctx.stream_start.get(s).copied().unwrap_or_default();
+        super::replicas::wait_replayed(&mut check, start, s).await?;
+        check.close().await;
+        Some(AbortOnDrop(super::replicas::kick_standby_snapshots(
+            &ctx.endpoints,
+            s,
+        )))
+    } else {
+        None
+    };
+    let mut repl = crate::net::Connection::connect(&options.clone().replication(true)).await?;
+    // Unique in this process; the pid keeps two pgdog processes apart.
+    let name = format!(
+        "pgdog_copy_{}_{}",
+        std::process::id(),
+        TEMP_SLOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let created = snapshot::create_slot(
+        &mut repl,
+        &options,
+        &name,
+        true,
+        SnapshotAction::Export,
+        &ctx.task,
+        &what,
+    )
+    .await?;
+    let snap = SharedSnapshot::new(repl, &created, &ctx.task, s)?;
+    snapshot::log_taken(&snap, &what);
+    Ok(snap)
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn run_with_retries(
+    ctx: &Ctx,
+    job: &Job,
+    server: &ServerCopy,
+    pool: &DestPool,
+) -> Result<()> {
     let name = ctx.plan.tables[job.table].table.name.clone();
     let mut attempt = 0;
     loop {
@@ -193,7 +333,7 @@ async fn run_with_retries(ctx: &Ctx, job: &Job) -> Result<()> {
         } else {
             ctx
         };
-        match job::run(ctx_ref, job).await {
+        match job::run(ctx_ref, job, server, pool).await {
             Ok(()) => {
                 job.progress.set_state(CopyState::Done);
                 return Ok(());
@@ -202,7 +342,10 @@ async fn run_with_retries(ctx: &Ctx, job: &Job) -> Result<()> {
                 ctx.task.count_error(e.kind());
                 let wait = Duration::from_millis(500 * 2u64.pow(attempt - 1));
                 warn!(table = %name, source_shard = job.source_shard, attempt, "copy failed, retrying in {:.1}s: {e}", wait.as_secs_f64());
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = ctx.shutdown.cancelled() => return Err(DataSyncError::Stopped),
+                }
             }
             Err(e) => {
                 job.progress.set_state(CopyState::Failed);

@@ -24,7 +24,7 @@ use super::sql::{statement_sql, ShapeKey};
 const ROUND: usize = 2000;
 /// ...and bytes waiting to be written: keeps the pipeline's memory flat
 /// with wide rows.
-const ROUND_BYTES: usize = 8 << 20;
+const ROUND_BYTES: usize = 2 << 20;
 
 /// One destination shard's apply connection.
 #[derive(Debug)]

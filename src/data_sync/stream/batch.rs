@@ -85,7 +85,7 @@ impl Queued {
 const QUEUE_LIMIT: usize = 4096;
 /// ...or this many bytes of row data: memory is bounded in bytes, however
 /// wide the rows.
-const QUEUE_BYTES: usize = 8 << 20;
+const QUEUE_BYTES: usize = 2 << 20;
 /// Batch sizes tried, largest first (a few shapes, each prepared once).
 const BATCHES: [usize; 3] = [256, 32, 4];
 /// Bind parameters per statement at most (the protocol's count is 16 bits).
@@ -93,7 +93,7 @@ const MAX_PARAMS: usize = 65_535;
 /// Parameter bytes per multi-row statement at most: far below the 1 GB
 /// the server accepts in one message, and small enough that a batch of
 /// wide rows does not hold much memory.
-const BATCH_BYTES: usize = 4 << 20;
+const BATCH_BYTES: usize = 1 << 20;
 
 /// The changes waiting on one destination, one queue per table.
 #[derive(Debug, Default)]
@@ -516,8 +516,8 @@ mod tests {
             assert!(bytes <= BATCH_BYTES, "a batch of {bytes} bytes");
             assert!(s.params.len() <= MAX_PARAMS);
         }
-        // 64 kB rows: 32-row batches (2 MB), not 256-row ones (16 MB).
-        assert_eq!(sts[0].shape.rows, 32);
+        // 64 kB rows: 4-row batches (256 kB), not 32-row ones (2 MB).
+        assert_eq!(sts[0].shape.rows, 4);
     }
 
     #[test]

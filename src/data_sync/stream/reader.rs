@@ -18,6 +18,16 @@ use crate::net::{Connection, ConnectionError};
 /// message.
 pub const QUEUE: usize = 16;
 const BATCH: usize = 1024;
+/// Bytes of WAL data per batch at most: with wide rows the queue holds
+/// at most `QUEUE` times this, not `QUEUE * BATCH` rows.
+const BATCH_BYTES: usize = 256 * 1024;
+
+fn size(m: &ServerMessage) -> usize {
+    match m {
+        ServerMessage::XLogData { data, .. } => data.len(),
+        ServerMessage::PrimaryKeepalive { .. } => 0,
+    }
+}
 
 /// What the session wants the slot told.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -98,12 +108,16 @@ pub fn spawn(
                 }
             };
             let mut batch = Vec::with_capacity(64);
+            let mut bytes = size(&first);
             batch.push(first);
             // Everything already read comes along, without waiting.
             let mut ended = None;
-            while batch.len() < BATCH && stream.has_buffered_message() {
+            while batch.len() < BATCH && bytes < BATCH_BYTES && stream.has_buffered_message() {
                 match stream.recv().await {
-                    Ok(Some(m)) => batch.push(m),
+                    Ok(Some(m)) => {
+                        bytes += size(&m);
+                        batch.push(m)
+                    }
                     other => {
                         ended = Some(other.map(|_| None));
                         break;
