@@ -128,7 +128,7 @@ async fn every_auth_method(install: Option<PgInstall>) {
             && text.contains(&format!("127.0.0.1:{}", cluster.port())),
         "{text}"
     );
-    assert!(!err.is_transient());
+    assert!(!pgdog::data_sync::retry::connection_worth_retrying(&err));
 
     // No password configured for a password method.
     let opts = cluster.options("md5_user", "postgres");
@@ -171,7 +171,7 @@ async fn auth_methods_and_tls_pg15() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_methods_and_tls_newer_postgres() {
     let Some(install) = PgInstall::newest_at_least(16) else {
-        eprintln!("SKIP: no PostgreSQL 16+ found (run scripts/fetch-postgres.sh)");
+        pgdog::harness::skip_unless_ci("no PostgreSQL 16+ found (run scripts/fetch-postgres.sh)");
         return;
     };
     every_auth_method(Some(install)).await;
@@ -217,7 +217,8 @@ async fn queries_pipelines_copy_and_cancel() {
             "ins",
             &[Format::Binary, Format::Text],
             [Some(&id[..]), Some(name.as_bytes())],
-        );
+        )
+        .unwrap();
     }
     let mut affected = Vec::new();
     c.sync_pipeline(100, &mut affected).await.unwrap();
@@ -230,7 +231,8 @@ async fn queries_pipelines_copy_and_cancel() {
             "ins",
             &[Format::Binary, Format::Text],
             [Some(&id[..]), Some(&b"x"[..])],
-        );
+        )
+        .unwrap();
     }
     let mut affected = Vec::new();
     let err = c.sync_pipeline(3, &mut affected).await.unwrap_err();
@@ -298,7 +300,7 @@ async fn queries_pipelines_copy_and_cancel() {
         .await
         .unwrap_err();
     assert!(matches!(err, ConnectionError::Timeout { .. }), "{err}");
-    assert!(err.is_transient());
+    assert!(pgdog::data_sync::retry::connection_worth_retrying(&err));
     let mut check = cluster.connect("postgres").await.unwrap();
     for _ in 0..50 {
         let active = check
@@ -456,8 +458,52 @@ async fn replication_slot_and_stream_pg15() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_slot_and_stream_newer_postgres() {
     let Some(install) = PgInstall::newest_at_least(16) else {
-        eprintln!("SKIP: no PostgreSQL 16+ found (run scripts/fetch-postgres.sh)");
+        pgdog::harness::skip_unless_ci("no PostgreSQL 16+ found (run scripts/fetch-postgres.sh)");
         return;
     };
     replication_round_trip(Some(install)).await;
+}
+
+/// A message longer than the configured cap is a clean protocol error that
+/// names the server, in a plain query and inside COPY, and the connection
+/// refuses further use instead of misreading the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_over_the_cap_are_refused() {
+    let cluster = Cluster::start_default().unwrap();
+    let opts = cluster
+        .options("postgres", "postgres")
+        .max_message_size(64 * 1024);
+    let mut c = Connection::connect(&opts).await.unwrap();
+    // Under the cap: fine.
+    let rows = c.query("SELECT repeat('x', 60000)").await.unwrap();
+    assert_eq!(rows[0].text(0).map(str::len), Some(60000));
+    // A 200 kB DataRow: refused before it is buffered.
+    let err = c.query("SELECT repeat('x', 200000)").await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, ConnectionError::Protocol { .. }), "{text}");
+    assert!(
+        text.contains(&format!("{}", cluster.port())),
+        "names the server: {text}"
+    );
+    assert!(c.is_broken());
+    assert!(
+        c.query("SELECT 1").await.is_err(),
+        "a broken connection is not reused"
+    );
+
+    // The same inside COPY, where CopyData frames are scanned in place.
+    let mut c = Connection::connect(&opts).await.unwrap();
+    let mut out = c
+        .copy_out("COPY (SELECT repeat('y', 300000)) TO STDOUT")
+        .await
+        .unwrap();
+    let mut result = Ok(None);
+    for _ in 0..10 {
+        result = out.next().await;
+        if !matches!(result, Ok(Some(_))) {
+            break;
+        }
+    }
+    let err = result.expect_err("an oversized CopyData is an error");
+    assert!(matches!(err, ConnectionError::Protocol { .. }), "{err}");
 }

@@ -169,7 +169,7 @@ async fn one_to_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_to_two_newer_postgres() {
     let Some(install) = PgInstall::newest_at_least(16) else {
-        eprintln!("SKIP: no PostgreSQL 16+ found (run scripts/fetch-postgres.sh)");
+        pgdog::harness::skip_unless_ci("no PostgreSQL 16+ found (run scripts/fetch-postgres.sh)");
         return;
     };
     run_move_on(

@@ -172,7 +172,7 @@ async fn move_from_replicas(install: PgInstall, expect_replicas: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_spread_over_two_standbys() {
     let Some(install) = PgInstall::newest_at_least(16) else {
-        eprintln!("SKIP: no PostgreSQL 16+ found (run scripts/fetch-postgres.sh)");
+        pgdog::harness::skip_unless_ci("no PostgreSQL 16+ found (run scripts/fetch-postgres.sh)");
         return;
     };
     move_from_replicas(install, true).await;
@@ -181,7 +181,7 @@ async fn copies_spread_over_two_standbys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standbys_older_than_16_fall_back_to_the_primary() {
     let Some(install) = PgInstall::major(15) else {
-        eprintln!("SKIP: no PostgreSQL 15 found");
+        pgdog::harness::skip_unless_ci("no PostgreSQL 15 found");
         return;
     };
     move_from_replicas(install, false).await;

@@ -171,7 +171,7 @@ async fn all_types_pg15() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_types_newer_postgres() {
     let Some(install) = PgInstall::newest_at_least(16) else {
-        eprintln!("SKIP: no PostgreSQL 16+ found (run scripts/fetch-postgres.sh)");
+        pgdog::harness::skip_unless_ci("no PostgreSQL 16+ found (run scripts/fetch-postgres.sh)");
         return;
     };
     move_all_types(Some(install)).await;

@@ -858,7 +858,7 @@ impl Bench {
                 &format!(
                     "{create}
                      DO $$ BEGIN FOR i IN 1..{tables} LOOP
-                       EXECUTE format('INSERT INTO small_%s SELECT g, g % 97, md5(g::text) FROM generate_series(1, 2000) g ON CONFLICT DO NOTHING', i);
+                       EXECUTE format('INSERT INTO small_%s SELECT g, g %% 97, md5(g::text) FROM generate_series(1, 2000) g ON CONFLICT DO NOTHING', i);
                      END LOOP; END $$;
                      CREATE TABLE IF NOT EXISTS busy (id bigserial PRIMARY KEY, at timestamptz);
                      DROP PUBLICATION IF EXISTS bench_many;

@@ -75,7 +75,7 @@ impl CopyStream {
         CopyEncoder::header(&mut buf);
         for id in 0..ROWS {
             let row = row_values(&mut rng, id as i64);
-            CopyEncoder::row(row.iter().map(|f| f.as_deref()), &mut buf);
+            CopyEncoder::row(row.iter().map(|f| f.as_deref()), &mut buf).unwrap();
             ends.push(buf.len());
         }
         CopyEncoder::trailer(&mut buf);
@@ -184,6 +184,7 @@ fn tuple(cols: &[(Option<Vec<u8>>, bool)]) -> Tuple {
         Some(v) if *binary => Column::Binary(v),
         Some(v) => Column::Text(v),
     }))
+    .unwrap()
 }
 
 impl PgoutputStream {
@@ -222,7 +223,7 @@ impl PgoutputStream {
         let mut buf = BytesMut::new();
         let mut ends = Vec::with_capacity(ROWS);
         for m in msgs {
-            m.encode(&mut buf);
+            m.encode(&mut buf).unwrap();
             ends.push(buf.len());
         }
         let all = buf.freeze();

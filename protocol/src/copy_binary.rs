@@ -548,18 +548,38 @@ impl Encoder {
         buf.put_u32(0);
     }
 
-    /// A row from its fields, `None` for NULL.
-    pub fn row<'a>(fields: impl ExactSizeIterator<Item = Option<&'a [u8]>>, buf: &mut BytesMut) {
-        buf.put_i16(fields.len() as i16);
+    /// A row from its fields, `None` for NULL. More fields than a 16-bit
+    /// count or a field longer than a 32-bit length is an error, and leaves
+    /// nothing of the row in `buf`.
+    pub fn row<'a>(
+        fields: impl ExactSizeIterator<Item = Option<&'a [u8]>>,
+        buf: &mut BytesMut,
+    ) -> Result<()> {
+        let too_large = |context, value, max| ProtocolError::TooLarge {
+            context,
+            value,
+            max,
+        };
+        let count = i16::try_from(fields.len())
+            .map_err(|_| too_large("binary COPY fields", fields.len(), i16::MAX as usize))?;
+        let start = buf.len();
+        buf.put_i16(count);
         for f in fields {
             match f {
                 None => buf.put_i32(-1),
-                Some(v) => {
-                    buf.put_i32(v.len() as i32);
-                    buf.put_slice(v);
-                }
+                Some(v) => match i32::try_from(v.len()) {
+                    Ok(len) => {
+                        buf.put_i32(len);
+                        buf.put_slice(v);
+                    }
+                    Err(_) => {
+                        buf.truncate(start);
+                        return Err(too_large("binary COPY field", v.len(), i32::MAX as usize));
+                    }
+                },
             }
         }
+        Ok(())
     }
 
     pub fn trailer(buf: &mut BytesMut) {
@@ -576,7 +596,7 @@ mod tests {
         let mut buf = BytesMut::new();
         Encoder::header(&mut buf);
         for row in rows {
-            Encoder::row(row.iter().map(|f| f.as_deref()), &mut buf);
+            Encoder::row(row.iter().map(|f| f.as_deref()), &mut buf).unwrap();
         }
         Encoder::trailer(&mut buf);
         buf.to_vec()
@@ -724,8 +744,8 @@ mod tests {
     fn field_count_mismatch_and_missing_trailer() {
         let mut data = BytesMut::new();
         Encoder::header(&mut data);
-        Encoder::row([Some(&b"a"[..])].into_iter(), &mut data);
-        Encoder::row([Some(&b"a"[..]), None].into_iter(), &mut data);
+        Encoder::row([Some(&b"a"[..])].into_iter(), &mut data).unwrap();
+        Encoder::row([Some(&b"a"[..]), None].into_iter(), &mut data).unwrap();
         let mut d = Decoder::new();
         d.push(data.freeze()).unwrap();
         d.next_row().unwrap().unwrap();

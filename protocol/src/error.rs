@@ -43,6 +43,15 @@ pub enum ProtocolError {
     /// Binary COPY stream problems (signature, flags, trailer).
     #[error("binary COPY: {0}")]
     Copy(&'static str),
+    /// Something to encode that the protocol has no room for: more
+    /// parameters than a 16-bit count holds, a value longer than a 32-bit
+    /// length.
+    #[error("{context}: {value} is more than the protocol allows ({max})")]
+    TooLarge {
+        context: &'static str,
+        value: usize,
+        max: usize,
+    },
     /// A binary COPY row whose field count differs from the first row's.
     #[error("binary COPY: row has {got} fields, expected {expected}")]
     FieldCount { expected: u16, got: u16 },

@@ -21,6 +21,20 @@ pub struct Frame {
     pub body: Bytes,
 }
 
+/// A message header: its tag and the length of its body, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub tag: u8,
+    pub body_len: usize,
+}
+
+impl Header {
+    /// Header and body together.
+    pub fn frame_len(&self) -> usize {
+        5 + self.body_len
+    }
+}
+
 /// Incremental frame splitter. Feed it a growing buffer; it takes complete
 /// frames off the front and leaves partial ones in place.
 #[derive(Debug, Clone, Copy)]
@@ -39,20 +53,24 @@ impl FrameDecoder {
         Self { max_len }
     }
 
-    /// Take one complete frame off the front of `buf`, or return `Ok(None)`
-    /// when more bytes are needed. On `Ok(None)` the buffer has been
-    /// reserved for the rest of the frame, so the caller's next read fills it
-    /// in one go.
-    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>> {
-        let Some(header) = buf.get(..5) else {
+    /// The largest message accepted.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// The header at the front of `buf`, `Ok(None)` while fewer than five
+    /// bytes are there. A length under 4 (it counts itself) or over the cap
+    /// is an error: nobody may make us wait for, or reserve, more than the
+    /// cap. Every reader of message headers goes through here.
+    pub fn header(&self, buf: &[u8]) -> Result<Option<Header>> {
+        let Some(h) = buf.get(..5) else {
             return Ok(None);
         };
-        let tag = header[0];
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        let tag = h[0];
+        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
         if len < 4 {
             return Err(ProtocolError::LengthTooSmall { tag, len });
         }
-        let body_len = len as usize - 4;
         if len as usize > self.max_len {
             return Err(ProtocolError::LengthTooLarge {
                 tag,
@@ -60,6 +78,20 @@ impl FrameDecoder {
                 max: self.max_len,
             });
         }
+        Ok(Some(Header {
+            tag,
+            body_len: len as usize - 4,
+        }))
+    }
+
+    /// Take one complete frame off the front of `buf`, or return `Ok(None)`
+    /// when more bytes are needed. On `Ok(None)` the buffer has been
+    /// reserved for the rest of the frame, so the caller's next read fills it
+    /// in one go.
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>> {
+        let Some(Header { tag, body_len }) = self.header(buf)? else {
+            return Ok(None);
+        };
         if buf.len() < 5 + body_len {
             // The length is bounded by `max_len` above, so this reservation
             // is too.
@@ -76,6 +108,27 @@ impl FrameDecoder {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn headers_are_checked_before_any_body_arrives() {
+        let d = FrameDecoder::new(1 << 20);
+        assert_eq!(d.header(b"d\0\0").unwrap(), None);
+        assert_eq!(
+            d.header(b"d\0\0\0\x09abc").unwrap(),
+            Some(Header {
+                tag: b'd',
+                body_len: 5
+            })
+        );
+        assert!(matches!(
+            d.header(b"d\x7f\xff\xff\xff"),
+            Err(ProtocolError::LengthTooLarge { tag: b'd', .. })
+        ));
+        assert!(matches!(
+            d.header(b"d\0\0\0\x03"),
+            Err(ProtocolError::LengthTooSmall { tag: b'd', len: 3 })
+        ));
+    }
 
     #[test]
     fn splits_frames_across_reads() {

@@ -6,6 +6,8 @@
 
 use bytes::{BufMut, BytesMut};
 
+use crate::error::{ProtocolError, Result};
+
 /// Protocol 3.0, the version pgdog speaks.
 pub const PROTOCOL_VERSION: i32 = 196_608;
 const SSL_REQUEST_CODE: i32 = 80_877_103;
@@ -26,6 +28,45 @@ fn write_untagged(buf: &mut BytesMut, f: impl FnOnce(&mut BytesMut)) {
     f(buf);
     let len = (buf.len() - start) as i32;
     buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// [`write_body`] for bodies whose counts and lengths can overflow: on an
+/// error nothing of the message stays in `buf`.
+fn write_body_checked(
+    buf: &mut BytesMut,
+    tag: u8,
+    f: impl FnOnce(&mut BytesMut) -> Result<()>,
+) -> Result<()> {
+    let start = buf.len();
+    buf.put_u8(tag);
+    buf.put_i32(0);
+    let result = f(buf).and_then(|()| {
+        let len = len32("message", buf.len() - start - 1)?;
+        buf[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    });
+    if result.is_err() {
+        buf.truncate(start);
+    }
+    result
+}
+
+/// A 16-bit count as the server reads it (unsigned: up to 65,535).
+fn count16(context: &'static str, n: usize) -> Result<u16> {
+    u16::try_from(n).map_err(|_| ProtocolError::TooLarge {
+        context,
+        value: n,
+        max: u16::MAX as usize,
+    })
+}
+
+/// A 32-bit length.
+fn len32(context: &'static str, n: usize) -> Result<i32> {
+    i32::try_from(n).map_err(|_| ProtocolError::TooLarge {
+        context,
+        value: n,
+        max: i32::MAX as usize,
+    })
 }
 
 fn put_cstr(buf: &mut BytesMut, s: &str) {
@@ -86,15 +127,16 @@ pub fn query(sql: &str, buf: &mut BytesMut) {
 }
 
 /// Parse: prepare `sql` as statement `name` ("" for the unnamed one).
-pub fn parse(name: &str, sql: &str, param_types: &[u32], buf: &mut BytesMut) {
-    write_body(buf, b'P', |buf| {
+pub fn parse(name: &str, sql: &str, param_types: &[u32], buf: &mut BytesMut) -> Result<()> {
+    write_body_checked(buf, b'P', |buf| {
         put_cstr(buf, name);
         put_cstr(buf, sql);
-        buf.put_i16(param_types.len() as i16);
+        buf.put_u16(count16("Parse parameter types", param_types.len())?);
         for oid in param_types {
             buf.put_u32(*oid);
         }
-    });
+        Ok(())
+    })
 }
 
 /// Format code of a Bind parameter or result column.
@@ -114,33 +156,35 @@ pub fn bind<'a>(
     params: impl IntoIterator<Item = Option<&'a [u8]>>,
     result_formats: &[Format],
     buf: &mut BytesMut,
-) {
-    write_body(buf, b'B', |buf| {
+) -> Result<()> {
+    write_body_checked(buf, b'B', |buf| {
         put_cstr(buf, portal);
         put_cstr(buf, statement);
-        buf.put_i16(param_formats.len() as i16);
+        buf.put_u16(count16("Bind parameter formats", param_formats.len())?);
         for f in param_formats {
             buf.put_i16(*f as i16);
         }
         let count_at = buf.len();
-        buf.put_i16(0);
-        let mut count: i16 = 0;
+        buf.put_u16(0);
+        let mut count = 0usize;
         for p in params {
             match p {
                 None => buf.put_i32(-1),
                 Some(v) => {
-                    buf.put_i32(v.len() as i32);
+                    buf.put_i32(len32("Bind parameter value", v.len())?);
                     buf.put_slice(v);
                 }
             }
             count += 1;
         }
+        let count = count16("Bind parameters", count)?;
         buf[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
-        buf.put_i16(result_formats.len() as i16);
+        buf.put_u16(count16("Bind result formats", result_formats.len())?);
         for f in result_formats {
             buf.put_i16(*f as i16);
         }
-    });
+        Ok(())
+    })
 }
 
 /// What Describe and Close act on.
@@ -269,7 +313,7 @@ mod tests {
     #[test]
     fn parse_and_bind_byte_exact() {
         assert_eq!(
-            enc(|b| parse("s", "SELECT $1", &[20], b)),
+            enc(|b| parse("s", "SELECT $1", &[20], b).unwrap()),
             b"P\0\0\0\x16s\0SELECT $1\0\0\x01\0\0\0\x14"
         );
         let got = enc(|b| {
@@ -281,8 +325,37 @@ mod tests {
                 &[Format::Text],
                 b,
             )
+            .unwrap()
         });
         let want: &[u8] = b"B\0\0\0\x21\0s\0\0\x01\0\x01\0\x02\0\0\0\x08\0\0\0\0\0\0\0\x07\xff\xff\xff\xff\0\x01\0\0";
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn counts_past_the_protocol_are_errors_not_wraps() {
+        // 32,768 parameters: past i16, fine as the server's unsigned count.
+        let many = vec![None; 40_000];
+        let mut b = BytesMut::new();
+        bind("", "s", &[], many.iter().copied(), &[], &mut b).unwrap();
+        assert_eq!(
+            &b[b.len() - 4 - 40_000 * 4..b.len() - 40_000 * 4 - 2],
+            &[0x9c, 0x40]
+        );
+        // 65,536: no room, an error, and nothing half-written.
+        let too_many = vec![None; 65_536];
+        let mut b = BytesMut::from(&b"keep"[..]);
+        let err = bind("", "s", &[], too_many.iter().copied(), &[], &mut b).unwrap_err();
+        assert!(matches!(
+            err,
+            ProtocolError::TooLarge {
+                context: "Bind parameters",
+                value: 65_536,
+                ..
+            }
+        ));
+        assert_eq!(&b[..], b"keep");
+        let types = vec![23u32; 70_000];
+        assert!(parse("s", "x", &types, &mut b).is_err());
+        assert_eq!(&b[..], b"keep");
     }
 }

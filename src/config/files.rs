@@ -48,6 +48,9 @@ pub struct General {
     pub openmetrics_port: Option<u16>,
     /// Admin connections allowed at once.
     pub max_admin_connections: usize,
+    /// The largest protocol message accepted from a server, in bytes: a
+    /// corrupt or hostile length above it is an error, not an allocation.
+    pub max_message_size: usize,
 }
 
 impl Default for General {
@@ -64,6 +67,7 @@ impl Default for General {
             resharding_copy_chunk_size: 64 * 1024 * 1024,
             openmetrics_port: None,
             max_admin_connections: 32,
+            max_message_size: pgdog_protocol::frame::DEFAULT_MAX_FRAME,
         }
     }
 }

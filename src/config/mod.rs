@@ -198,6 +198,7 @@ impl Config {
         )
         .password(user.server_password())
         .tls(self.tls.clone())
+        .max_message_size(self.general.max_message_size)
     }
 
     /// How `schema.table` (with these columns) is sharded in cluster

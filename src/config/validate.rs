@@ -139,6 +139,20 @@ pub(super) fn check(config: &Config) -> Result<Option<TlsConnector>, ConfigError
         }
     }
 
+    // A row of one column can be 1 GB; below 64 kB ordinary messages fail.
+    if !(64 * 1024..=pgdog_protocol::frame::DEFAULT_MAX_FRAME + 1024)
+        .contains(&config.general.max_message_size)
+    {
+        return Err(invalid(
+            file,
+            "general.max_message_size".into(),
+            format!(
+                "must be between 65536 and {} bytes",
+                pgdog_protocol::frame::DEFAULT_MAX_FRAME + 1024
+            ),
+        ));
+    }
+
     // Admin console.
     if config.general.max_admin_connections == 0 {
         return Err(invalid(

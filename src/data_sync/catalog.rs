@@ -15,7 +15,10 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// `'literal'` with embedded quotes doubled (standard_conforming_strings).
+/// `'literal'` with embedded quotes doubled: right because every session
+/// pgdog opens sets `standard_conforming_strings = on`. Values pgdog reads
+/// or writes go as parameters; this is for SQL it must spell out (sharding
+/// predicates from the config, a snapshot name).
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
@@ -120,12 +123,12 @@ pub struct Publication {
 }
 
 pub async fn publication(conn: &mut Connection, name: &str) -> Result<Option<Publication>> {
-    let rows = conn
-        .query(&format!(
-            "SELECT pubviaroot, puballtables, pubtruncate FROM pg_publication WHERE pubname = {}",
-            quote_literal(name)
-        ))
-        .await?;
+    let rows = query1(
+        conn,
+        "SELECT pubviaroot, puballtables, pubtruncate FROM pg_publication WHERE pubname = $1",
+        name,
+    )
+    .await?;
     Ok(rows.first().map(|r| Publication {
         via_root: r.text(0) == Some("t"),
         all_tables: r.text(1) == Some("t"),

@@ -14,8 +14,9 @@ use super::error::Result;
 /// and an apply session idle between changes all legitimately take long.
 /// Text values in a fixed format, as a subscription's walsender and table
 /// sync read them: dates in ISO, intervals in the postgres style, floats
-/// with every digit (so they survive the trip exactly).
-pub const SESSION_SETTINGS: [(&str, &str); 7] = [
+/// with every digit (so they survive the trip exactly). Backslashes in
+/// string literals are plain characters.
+pub const SESSION_SETTINGS: [(&str, &str); 8] = [
     ("statement_timeout", "0"),
     ("lock_timeout", "0"),
     ("idle_in_transaction_session_timeout", "0"),
@@ -23,6 +24,7 @@ pub const SESSION_SETTINGS: [(&str, &str); 7] = [
     ("DateStyle", "ISO"),
     ("IntervalStyle", "postgres"),
     ("extra_float_digits", "3"),
+    ("standard_conforming_strings", "on"),
 ];
 
 /// Where the source and destination shards are and who logs in.

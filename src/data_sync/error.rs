@@ -1,4 +1,4 @@
-//! Data-sync errors, and the one place that decides which are worth a retry.
+//! Data-sync errors. Which are worth a retry is decided in [`super::retry`].
 
 use thiserror::Error;
 
@@ -59,26 +59,6 @@ pub enum DataSyncError {
 }
 
 impl DataSyncError {
-    /// Whether starting the failed step again (new connections, resume
-    /// from the slot and the recorded progress) can succeed. Decided here
-    /// only.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            DataSyncError::Connection(e) => e.is_transient(),
-            DataSyncError::Copy { error, .. } | DataSyncError::Apply { error, .. } => {
-                error.is_transient()
-            }
-            DataSyncError::Spool { .. } => false,
-            DataSyncError::Config(_)
-            | DataSyncError::Preflight { .. }
-            | DataSyncError::Sharding(_)
-            | DataSyncError::Protocol(_)
-            | DataSyncError::State(_)
-            | DataSyncError::Stream { .. }
-            | DataSyncError::Stopped => false,
-        }
-    }
-
     /// The metric label of this error.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -17,6 +17,7 @@ pub mod plan;
 pub mod preflight;
 pub mod progress;
 pub mod replicas;
+pub mod retry;
 pub mod snapshot;
 pub mod state;
 pub mod stream;
@@ -312,11 +313,8 @@ pub async fn cleanup(endpoints: &Endpoints, slot: &str) -> Result<()> {
                 ))
             }
             Some(_) => {
-                conn.execute(&format!(
-                    "SELECT pg_drop_replication_slot({})",
-                    catalog::quote_literal(slot)
-                ))
-                .await?;
+                conn.query_text("SELECT pg_drop_replication_slot($1)", &[slot])
+                    .await?;
                 info!(source_shard = s, slot, "dropped replication slot");
             }
         }

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use crate::net::{ConnectOptions, Connection};
 use crate::sharding::DataType;
 
-use super::catalog::{self, quote_literal, DestTable, PublishedTable, TableName};
+use super::catalog::{self, DestTable, PublishedTable, TableName};
 use super::endpoints::Endpoints;
 use super::error::{DataSyncError, Problem, Result};
 use super::plan::{routing, Plan, TablePlan};
@@ -604,10 +604,10 @@ pub struct SlotInfo {
 
 pub async fn slot_info(conn: &mut Connection, slot: &str) -> Result<Option<SlotInfo>> {
     let rows = conn
-        .query(&format!(
-            "SELECT coalesce(plugin, ''), coalesce(database, ''), active_pid, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = {}",
-            quote_literal(slot)
-        ))
+        .query_text(
+            "SELECT coalesce(plugin, ''), coalesce(database, ''), active_pid, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[slot],
+        )
         .await?;
     Ok(rows.first().map(|r| SlotInfo {
         plugin: r.text(0).unwrap_or("").into(),

@@ -101,7 +101,9 @@ async fn check(endpoints: &Endpoints, r: &Database) -> Result<(), String> {
         .query("SELECT pg_is_in_recovery(), current_setting('hot_standby_feedback'), (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)")
         .await
         .map_err(|e| e.to_string())?;
-    let row = &rows[0];
+    let row = rows
+        .first()
+        .ok_or("the standby check (pg_is_in_recovery, hot_standby_feedback, replication right) returned no row")?;
     if row.text(0) != Some("t") {
         return Err(
             "not a standby (pg_is_in_recovery() is false); list it as the primary or remove it"

@@ -9,7 +9,7 @@ use pgdog_protocol::Lsn;
 
 use crate::net::Connection;
 
-use super::catalog::{quote_literal, TableName};
+use super::catalog::TableName;
 use super::error::{DataSyncError, Result};
 
 /// Tables and helpers pgdog creates on destinations. Idempotent.
@@ -73,10 +73,10 @@ pub async fn finished_copies(
         return Ok(HashMap::new());
     }
     let rows = conn
-        .query(&format!(
-            "SELECT source_shard, table_schema, table_name, snapshot_lsn::text FROM pgdog.copy_progress WHERE slot_name = {}",
-            quote_literal(slot)
-        ))
+        .query_text(
+            "SELECT source_shard, table_schema, table_name, snapshot_lsn::text FROM pgdog.copy_progress WHERE slot_name = $1",
+            &[slot],
+        )
         .await?;
     let mut out = HashMap::new();
     for r in &rows {
@@ -109,15 +109,18 @@ pub async fn record_copy(
     snapshot: Lsn,
     rows: u64,
 ) -> Result<()> {
-    conn.execute(&format!(
+    let (shard, lsn, rows) = (
+        source_shard.to_string(),
+        snapshot.to_string(),
+        rows.to_string(),
+    );
+    conn.query_text(
         "INSERT INTO pgdog.copy_progress (slot_name, source_shard, table_schema, table_name, snapshot_lsn, rows_copied)
-         VALUES ({}, {source_shard}, {}, {}, '{snapshot}', {rows})
+         VALUES ($1, $2::int, $3, $4, $5::pg_lsn, $6::bigint)
          ON CONFLICT (slot_name, source_shard, table_schema, table_name)
          DO UPDATE SET snapshot_lsn = EXCLUDED.snapshot_lsn, rows_copied = EXCLUDED.rows_copied, finished_at = now()",
-        quote_literal(slot),
-        quote_literal(&table.schema),
-        quote_literal(&table.name)
-    ))
+        &[slot, &shard, &table.schema, &table.name, &lsn, &rows],
+    )
     .await?;
     Ok(())
 }
@@ -128,15 +131,27 @@ pub async fn applied_positions(conn: &mut Connection, slot: &str) -> Result<Hash
         return Ok(HashMap::new());
     }
     let rows = conn
-        .query(&format!(
-            "SELECT source_shard, commit_lsn::text FROM pgdog.replication_progress WHERE slot_name = {}",
-            quote_literal(slot)
-        ))
+        .query_text(
+            "SELECT source_shard, commit_lsn::text FROM pgdog.replication_progress WHERE slot_name = $1",
+            &[slot],
+        )
         .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| Some((r.text(0)?.parse().ok()?, Lsn::parse(r.text(1)?)?)))
-        .collect())
+    // A row that cannot be read must stop the move: streaming from LSN 0
+    // instead would apply transactions a second time.
+    rows.iter()
+        .map(|r| {
+            let shard = r.text(0).and_then(|t| t.parse().ok());
+            let lsn = r.text(1).and_then(Lsn::parse);
+            match (shard, lsn) {
+                (Some(s), Some(l)) => Ok((s, l)),
+                _ => Err(DataSyncError::State(format!(
+                    "pgdog.replication_progress for slot \"{slot}\" has an unreadable row (source_shard {:?}, commit_lsn {:?}): fix or delete it on that destination shard",
+                    r.text(0),
+                    r.text(1)
+                ))),
+            }
+        })
+        .collect()
 }
 
 /// Forget everything recorded for `slot` here.
@@ -144,10 +159,15 @@ pub async fn forget(conn: &mut Connection, slot: &str) -> Result<()> {
     if !schema_exists(conn).await? {
         return Ok(());
     }
-    conn.execute(&format!(
-        "DELETE FROM pgdog.copy_progress WHERE slot_name = {0}; DELETE FROM pgdog.replication_progress WHERE slot_name = {0};",
-        quote_literal(slot)
-    ))
+    conn.query_text(
+        "DELETE FROM pgdog.copy_progress WHERE slot_name = $1",
+        &[slot],
+    )
+    .await?;
+    conn.query_text(
+        "DELETE FROM pgdog.replication_progress WHERE slot_name = $1",
+        &[slot],
+    )
     .await?;
     // Drop the schema when no other move uses it.
     conn.execute(

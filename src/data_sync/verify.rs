@@ -5,7 +5,7 @@
 use crate::net::{ConnectOptions, Connection};
 
 use super::catalog::{quote_ident, TableName};
-use super::error::Result;
+use super::error::{DataSyncError, Result};
 use crate::sharding::Sharder;
 
 /// What to compare for one table.
@@ -46,13 +46,30 @@ fn checksum_sql(t: &TableCheck) -> String {
     )
 }
 
+/// The count and checksum a verification query returns; anything else is
+/// an error (an unreadable checksum must never compare as equal).
 async fn one_row(conn: &mut Connection, sql: &str) -> Result<(u64, String)> {
     let rows = conn.query(sql).await?;
-    let r = &rows[0];
-    Ok((
-        r.text(0).and_then(|t| t.parse().ok()).unwrap_or(0),
-        r.text(1).unwrap_or("").to_string(),
-    ))
+    let bad = |what: &str| {
+        DataSyncError::State(format!(
+            "verification on {}: {what}, from: {sql}",
+            conn.addr()
+        ))
+    };
+    let r = rows.first().ok_or_else(|| bad("no row"))?;
+    let count = r
+        .text(0)
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| bad(&format!("an unreadable count {:?}", r.text(0))))?;
+    Ok((count, r.text(1).unwrap_or("").to_string()))
+}
+
+fn checksum(text: &str, table: &TableName) -> Result<i128> {
+    text.parse().map_err(|_| {
+        DataSyncError::State(format!(
+            "verification of {table}: the checksum {text:?} is not a number"
+        ))
+    })
 }
 
 /// Compare `tables` between source shards and destination shards.
@@ -81,7 +98,7 @@ pub async fn compare(
         for c in src.iter_mut().take(source_conns.max(1)) {
             let (n, s) = one_row(c, &sql).await?;
             source_rows += n;
-            source_sum += s.parse::<i128>().unwrap_or(0);
+            source_sum += checksum(&s, &t.table)?;
         }
         let mut dest_rows = Vec::with_capacity(m);
         let mut dest_sum: i128 = 0;
@@ -90,7 +107,7 @@ pub async fn compare(
         for (d, c) in dst.iter_mut().enumerate() {
             let (n, s) = one_row(c, &sql).await?;
             dest_rows.push(n);
-            let sum = s.parse::<i128>().unwrap_or(0);
+            let sum = checksum(&s, &t.table)?;
             if sharded {
                 dest_sum += sum;
                 if let Some((sharder, column)) = &t.routing {

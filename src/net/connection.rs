@@ -78,7 +78,7 @@ impl Connection {
             stream,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             write_buf: BytesMut::with_capacity(8 * 1024),
-            decoder: FrameDecoder::default(),
+            decoder: FrameDecoder::new(options.max_message_size),
             addr,
             params: HashMap::new(),
             backend_key: None,
@@ -244,12 +244,11 @@ impl Connection {
     /// Whether a whole message is already buffered, so the next
     /// [`Connection::recv`] will not wait for the network.
     pub fn has_buffered_message(&self) -> bool {
-        match self.read_buf.get(..5) {
-            Some(h) => {
-                let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
-                self.read_buf.len() > len
-            }
-            None => false,
+        match self.decoder.header(&self.read_buf) {
+            Ok(Some(h)) => self.read_buf.len() >= h.frame_len(),
+            Ok(None) => false,
+            // A bad header: the next recv says so without waiting.
+            Err(_) => true,
         }
     }
 
@@ -265,29 +264,26 @@ impl Connection {
         let mut frames = 0;
         let mut total = 0;
         let buf = &self.read_buf[..];
-        while let Some(h) = buf.get(pos..pos + 5) {
-            if h[0] != b'd' {
-                break;
-            }
-            let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
-            if len < 4 {
-                self.broken = true;
-                return Err(ConnectionError::Protocol {
-                    server: self.addr.clone(),
-                    source: pgdog_protocol::ProtocolError::LengthTooSmall {
-                        tag: b'd',
-                        len: len as u32,
-                    },
+        loop {
+            let header = match self.decoder.header(&buf[pos..]) {
+                Ok(Some(h)) if h.tag == b'd' => h,
+                Ok(_) => break,
+                Err(source) => {
+                    self.broken = true;
+                    return Err(ConnectionError::Protocol {
+                        server: self.addr.clone(),
+                        source,
+                    }
+                    .into());
                 }
-                .into());
-            }
-            let Some(body) = buf.get(pos + 5..pos + 1 + len) else {
+            };
+            let Some(body) = buf.get(pos + 5..pos + header.frame_len()) else {
                 break;
             };
             f(body)?;
             frames += 1;
             total += body.len();
-            pos += 1 + len;
+            pos += header.frame_len();
         }
         bytes::Buf::advance(&mut self.read_buf, pos);
         Ok((frames, total))
@@ -297,12 +293,11 @@ impl Connection {
     /// nothing): more must be read before [`Connection::drain_copy_data`]
     /// can go on.
     pub(super) fn front_needs_more(&self) -> bool {
-        match self.read_buf.get(..5) {
-            None => self.read_buf.first().is_none_or(|&t| t == b'd'),
-            Some(h) => {
-                let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
-                h[0] == b'd' && self.read_buf.len() < 1 + len
-            }
+        match self.decoder.header(&self.read_buf) {
+            Ok(None) => self.read_buf.first().is_none_or(|&t| t == b'd'),
+            Ok(Some(h)) => h.tag == b'd' && self.read_buf.len() < h.frame_len(),
+            // A bad header: draining reports it.
+            Err(_) => false,
         }
     }
 

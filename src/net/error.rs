@@ -98,20 +98,6 @@ impl ConnectionError {
 
     /// Whether retrying the same operation on a new connection can succeed.
     /// The single place that decides; the engine asks, it does not guess.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ConnectionError::Io { .. }
-            | ConnectionError::Closed { .. }
-            | ConnectionError::Timeout { .. } => true,
-            ConnectionError::Server(e) => sqlstate_is_transient(e.code()),
-            ConnectionError::Tls { .. }
-            | ConnectionError::Auth { .. }
-            | ConnectionError::Protocol { .. }
-            | ConnectionError::Unexpected { .. }
-            | ConnectionError::Usage { .. } => false,
-        }
-    }
-
     pub fn server(&self) -> &ServerAddr {
         match self {
             ConnectionError::Io { server, .. }
@@ -125,23 +111,6 @@ impl ConnectionError {
             ConnectionError::Server(e) => &e.server,
         }
     }
-}
-
-/// SQLSTATEs after which the same work can succeed on a new attempt:
-/// connection exceptions (class 08), operator intervention (57P01-57P03:
-/// shutdown, crash, not yet accepting), too many connections, out of
-/// memory or disk (class 53), serialization failures and deadlocks (40001,
-/// 40P01), and an `idle_in_transaction_session_timeout` (25P03). Not a
-/// query cancel (57014): pgdog sets no statement timeout, so a cancel is
-/// somebody stopping pgdog's query on purpose, and retrying it forever
-/// would fight them.
-pub fn sqlstate_is_transient(code: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("53")
-        || matches!(
-            code,
-            "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "25P03" | "55006"
-        )
 }
 
 pub type Result<T, E = ConnectionError> = std::result::Result<T, E>;
@@ -166,17 +135,6 @@ mod tests {
                 ],
             },
         }))
-    }
-
-    #[test]
-    fn retry_policy() {
-        assert!(server_error("57P01").is_transient());
-        assert!(server_error("08006").is_transient());
-        assert!(server_error("53300").is_transient());
-        assert!(!server_error("23505").is_transient(), "unique violation");
-        assert!(!server_error("57014").is_transient(), "query cancel");
-        assert!(!server_error("42P01").is_transient(), "missing table");
-        assert!(!server_error("28P01").is_transient(), "bad password");
     }
 
     #[test]

@@ -16,9 +16,30 @@ pub struct PipelineError {
 }
 
 impl Connection {
+    /// Encode messages into the write buffer; if one cannot be encoded
+    /// (a count or length past what the protocol holds), none of them
+    /// stays there.
+    fn encode(
+        &mut self,
+        f: impl FnOnce(&mut bytes::BytesMut) -> Result<(), pgdog_protocol::ProtocolError>,
+    ) -> Result<()> {
+        let buf = self.buffer();
+        let start = buf.len();
+        match f(buf) {
+            Ok(()) => Ok(()),
+            Err(source) => {
+                buf.truncate(start);
+                Err(ConnectionError::Protocol {
+                    server: self.addr().clone(),
+                    source,
+                })
+            }
+        }
+    }
+
     /// Prepare `sql` as the named statement `name` and wait until it is ready.
     pub async fn prepare(&mut self, name: &str, sql: &str, param_types: &[u32]) -> Result<()> {
-        frontend::parse(name, sql, param_types, self.buffer());
+        self.encode(|buf| frontend::parse(name, sql, param_types, buf))?;
         frontend::sync(self.buffer());
         self.flush().await?;
         let mut error = None;
@@ -45,11 +66,13 @@ impl Connection {
         params: impl IntoIterator<Item = Option<&'a [u8]>>,
         results: Format,
     ) -> Result<Vec<DataRow>> {
-        let buf = self.buffer();
-        frontend::parse("", sql, &[], buf);
-        frontend::bind("", "", param_formats, params, &[results], buf);
-        frontend::execute("", 0, buf);
-        frontend::sync(buf);
+        self.encode(|buf| {
+            frontend::parse("", sql, &[], buf)?;
+            frontend::bind("", "", param_formats, params, &[results], buf)?;
+            frontend::execute("", 0, buf);
+            frontend::sync(buf);
+            Ok(())
+        })?;
         self.flush().await?;
         let mut rows = Vec::new();
         let mut error = None;
@@ -71,25 +94,48 @@ impl Connection {
         error.map_or(Ok(rows), Err)
     }
 
+    /// One statement with text parameters and text results: catalog and
+    /// state lookups, whose values never go into the SQL text (so quoting
+    /// does not depend on `standard_conforming_strings`).
+    pub async fn query_text(&mut self, sql: &str, params: &[&str]) -> Result<Vec<DataRow>> {
+        self.query_params(
+            sql,
+            &[Format::Text],
+            params.iter().map(|p| Some(p.as_bytes())),
+            Format::Text,
+        )
+        .await
+    }
+
     /// Queue Bind + Execute of a prepared statement (nothing is sent yet).
     pub fn queue_execute<'a>(
         &mut self,
         statement: &str,
         param_formats: &[Format],
         params: impl IntoIterator<Item = Option<&'a [u8]>>,
-    ) {
-        let buf = self.buffer();
-        frontend::bind("", statement, param_formats, params, &[], buf);
-        frontend::execute("", 0, buf);
+    ) -> Result<()> {
+        self.encode(|buf| {
+            frontend::bind("", statement, param_formats, params, &[], buf)?;
+            frontend::execute("", 0, buf);
+            Ok(())
+        })
+    }
+
+    /// Queue Parse of a named statement (nothing is sent yet): it runs in
+    /// order with the rest of the pipeline.
+    pub fn queue_parse(&mut self, name: &str, sql: &str) -> Result<()> {
+        self.encode(|buf| frontend::parse(name, sql, &[], buf))
     }
 
     /// Queue a statement without parameters through the extended protocol
     /// (unnamed statement), so it can sit inside a pipeline.
-    pub fn queue_statement(&mut self, sql: &str) {
-        let buf = self.buffer();
-        frontend::parse("", sql, &[], buf);
-        frontend::bind("", "", &[], std::iter::empty(), &[], buf);
-        frontend::execute("", 0, buf);
+    pub fn queue_statement(&mut self, sql: &str) -> Result<()> {
+        self.encode(|buf| {
+            frontend::parse("", sql, &[], buf)?;
+            frontend::bind("", "", &[], std::iter::empty(), &[], buf)?;
+            frontend::execute("", 0, buf);
+            Ok(())
+        })
     }
 
     /// Send Sync and read the responses of `executes` queued executes.

@@ -34,6 +34,9 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Extra startup parameters (`options`, GUCs).
     pub params: Vec<(String, String)>,
+    /// The largest message accepted from the server: a longer length in a
+    /// header is a protocol error, not a reason to buffer it.
+    pub max_message_size: usize,
 }
 
 impl ConnectOptions {
@@ -50,7 +53,13 @@ impl ConnectOptions {
             channel_binding: ChannelBinding::Prefer,
             connect_timeout: Duration::from_secs(10),
             params: Vec::new(),
+            max_message_size: pgdog_protocol::frame::DEFAULT_MAX_FRAME,
         }
+    }
+
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
     }
 
     pub fn password(mut self, password: Option<&str>) -> Self {

@@ -75,7 +75,7 @@ fn copy_stream(header: bool, rows: &[Vec<Option<Vec<u8>>>]) -> BytesMut {
         Encoder::header(&mut buf);
     }
     for row in rows {
-        Encoder::row(row.iter().map(|f| f.as_deref()), &mut buf);
+        Encoder::row(row.iter().map(|f| f.as_deref()), &mut buf).unwrap();
     }
     Encoder::trailer(&mut buf);
     buf
@@ -156,6 +156,7 @@ fn text_tuple(id: i64) -> Tuple {
         Column::Text(b"2024-05-17 12:34:56.789+00"),
         Column::Unchanged,
     ])
+    .unwrap()
 }
 
 fn binary_tuple(id: i64) -> Tuple {
@@ -166,6 +167,7 @@ fn binary_tuple(id: i64) -> Tuple {
         Column::Binary(&768_000_000_000_000i64.to_be_bytes()),
         Column::Unchanged,
     ])
+    .unwrap()
 }
 
 fn relation() -> Relation {
@@ -252,7 +254,8 @@ fn changes(xid: Option<u32>) -> Vec<(&'static str, Message)> {
                 old: Some(OldTuple::Key(Tuple::from_columns([
                     Column::Text(b"2"),
                     Column::Null,
-                ]))),
+                ])
+                .unwrap())),
                 new: text_tuple(3),
             },
         ),
@@ -270,7 +273,7 @@ fn changes(xid: Option<u32>) -> Vec<(&'static str, Message)> {
             Message::Delete {
                 xid,
                 relation: 16_384,
-                old: OldTuple::Key(Tuple::from_columns([Column::Text(b"4")])),
+                old: OldTuple::Key(Tuple::from_columns([Column::Text(b"4")]).unwrap()),
             },
         ),
         (
@@ -386,7 +389,7 @@ fn framing() -> Vec<(&'static str, Message)> {
 
 fn encode(msg: &Message) -> BytesMut {
     let mut buf = BytesMut::new();
-    msg.encode(&mut buf);
+    msg.encode(&mut buf).unwrap();
     buf
 }
 
@@ -658,7 +661,7 @@ fn backend_seeds(out: &mut Seeds) -> std::io::Result<()> {
     let mut pos = copy_binary::HEADER_LEN;
     for row in copy_rows() {
         let mut buf = BytesMut::new();
-        Encoder::row(row.iter().map(|f| f.as_deref()), &mut buf);
+        Encoder::row(row.iter().map(|f| f.as_deref()), &mut buf).unwrap();
         pos += buf.len();
         row_ends.push(pos);
     }

@@ -4,6 +4,19 @@
 use bytes::{BufMut, BytesMut};
 
 use super::{Message, OldTuple, PreparedTransaction};
+use crate::error::{ProtocolError, Result};
+
+/// A count or length checked against the room its field has.
+fn count(context: &'static str, n: usize, max: usize) -> Result<usize> {
+    if n > max {
+        return Err(ProtocolError::TooLarge {
+            context,
+            value: n,
+            max,
+        });
+    }
+    Ok(n)
+}
 
 fn put_cstr(buf: &mut BytesMut, s: &str) {
     buf.put_slice(s.as_bytes());
@@ -40,7 +53,16 @@ fn put_old(buf: &mut BytesMut, old: &OldTuple) {
 impl Message {
     /// Append this message as pgoutput writes it. Streamed xids are written
     /// when present, so a message parsed inside a stream encodes back the same.
-    pub fn encode(&self, buf: &mut BytesMut) {
+    pub fn encode(&self, buf: &mut BytesMut) -> Result<()> {
+        let start = buf.len();
+        let result = self.encode_unchecked(buf);
+        if result.is_err() {
+            buf.truncate(start);
+        }
+        result
+    }
+
+    fn encode_unchecked(&self, buf: &mut BytesMut) -> Result<()> {
         match self {
             Message::Begin {
                 final_lsn,
@@ -76,7 +98,11 @@ impl Message {
                 put_cstr(buf, &relation.namespace);
                 put_cstr(buf, &relation.name);
                 buf.put_u8(relation.replica_identity);
-                buf.put_u16(relation.columns.len() as u16);
+                buf.put_u16(count(
+                    "Relation columns",
+                    relation.columns.len(),
+                    u16::MAX as usize,
+                )? as u16);
                 for c in &relation.columns {
                     buf.put_u8(c.key as u8);
                     put_cstr(buf, &c.name);
@@ -131,7 +157,9 @@ impl Message {
             } => {
                 buf.put_u8(b'T');
                 put_xid(buf, xid);
-                buf.put_u32(relations.len() as u32);
+                buf.put_u32(
+                    count("Truncate relations", relations.len(), i32::MAX as usize)? as u32,
+                );
                 buf.put_u8(*options);
                 for r in relations {
                     buf.put_u32(*r);
@@ -149,7 +177,7 @@ impl Message {
                 buf.put_u8(*transactional as u8);
                 buf.put_u64(lsn.0);
                 put_cstr(buf, prefix);
-                buf.put_u32(content.len() as u32);
+                buf.put_u32(count("Message content", content.len(), i32::MAX as usize)? as u32);
                 buf.put_slice(content);
             }
             Message::StreamStart { xid, first_segment } => {
@@ -219,5 +247,6 @@ impl Message {
                 put_prepared(buf, txn);
             }
         }
+        Ok(())
     }
 }

@@ -5,7 +5,7 @@ use super::*;
 
 fn round_trip(msg: Message, version: u32, in_stream: bool) {
     let mut buf = BytesMut::new();
-    msg.encode(&mut buf);
+    msg.encode(&mut buf).unwrap();
     let parsed = Message::parse(buf.clone().freeze(), version, in_stream)
         .unwrap_or_else(|e| panic!("{msg:?}: {e}"));
     assert_eq!(parsed, msg);
@@ -26,6 +26,7 @@ fn tuple() -> Tuple {
         Column::Unchanged,
         Column::Binary(&[0, 0, 0, 7]),
     ])
+    .unwrap()
 }
 
 fn txn() -> PreparedTransaction {
@@ -223,7 +224,8 @@ fn decoder_tracks_streamed_blocks() {
         xid: 9,
         first_segment: true,
     }
-    .encode(&mut buf);
+    .encode(&mut buf)
+    .unwrap();
     assert!(matches!(
         d.decode(buf.split().freeze()).unwrap(),
         Message::StreamStart { xid: 9, .. }
@@ -234,12 +236,13 @@ fn decoder_tracks_streamed_blocks() {
         relation: 1,
         new: tuple(),
     }
-    .encode(&mut buf);
+    .encode(&mut buf)
+    .unwrap();
     assert_eq!(
         d.decode(buf.split().freeze()).unwrap().streamed_xid(),
         Some(9)
     );
-    Message::StreamStop.encode(&mut buf);
+    Message::StreamStop.encode(&mut buf).unwrap();
     d.decode(buf.split().freeze()).unwrap();
     assert!(!d.in_stream());
 }
@@ -289,9 +292,9 @@ proptest! {
             2 => Column::Text(v),
             _ => Column::Binary(v),
         }).collect();
-        let msg = Message::Insert { xid: None, relation: 1, new: Tuple::from_columns(columns.clone()) };
+        let msg = Message::Insert { xid: None, relation: 1, new: Tuple::from_columns(columns.clone()).unwrap() };
         let mut buf = BytesMut::new();
-        msg.encode(&mut buf);
+        msg.encode(&mut buf).unwrap();
         let parsed = Message::parse(buf.freeze(), 1, false).unwrap();
         let Message::Insert { new, .. } = parsed else { panic!() };
         prop_assert_eq!(new.columns().collect::<Vec<_>>(), columns);

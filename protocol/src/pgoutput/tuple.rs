@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::error::Result;
+use crate::error::{ProtocolError, Result};
 use crate::reader::Reader;
 
 /// One column of a tuple.
@@ -88,10 +88,12 @@ impl Tuple {
         &self.data
     }
 
-    /// Build a tuple from columns (tests, fixtures and the encoder).
-    pub fn from_columns<'a>(cols: impl IntoIterator<Item = Column<'a>>) -> Tuple {
+    /// Build a tuple from columns (tests, fixtures and the encoder). More
+    /// columns than a 16-bit count or a value longer than a 32-bit length
+    /// is an error.
+    pub fn from_columns<'a>(cols: impl IntoIterator<Item = Column<'a>>) -> Result<Tuple> {
         let mut data = BytesMut::new();
-        let mut count = 0u16;
+        let mut count = 0usize;
         for c in cols {
             count += 1;
             match c {
@@ -103,15 +105,25 @@ impl Tuple {
                     } else {
                         b'b'
                     });
-                    data.put_i32(v.len() as i32);
+                    let len = i32::try_from(v.len()).map_err(|_| ProtocolError::TooLarge {
+                        context: "tuple column value",
+                        value: v.len(),
+                        max: i32::MAX as usize,
+                    })?;
+                    data.put_i32(len);
                     data.put_slice(v);
                 }
             }
         }
-        Tuple {
+        let count = u16::try_from(count).map_err(|_| ProtocolError::TooLarge {
+            context: "tuple columns",
+            value: count,
+            max: u16::MAX as usize,
+        })?;
+        Ok(Tuple {
             data: data.freeze(),
             count,
-        }
+        })
     }
 
     pub(crate) fn encode(&self, buf: &mut BytesMut) {

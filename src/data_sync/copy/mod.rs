@@ -10,7 +10,6 @@ mod job;
 mod pool;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -18,6 +17,7 @@ use tracing::{info, warn};
 
 use super::error::{DataSyncError, Result};
 use super::progress::{CopyState, TableCopy};
+use super::retry::{Retrier, RetryPolicy};
 use super::snapshot::{self, SharedSnapshot};
 use super::Ctx;
 use crate::net::replication::SnapshotAction;
@@ -38,9 +38,6 @@ pub struct Job {
     pub on_replica: bool,
     pub progress: Arc<TableCopy>,
 }
-
-/// Attempts per table before a transient error fails the move.
-const ATTEMPTS: u32 = 5;
 
 /// Copy everything not copied yet. `exported[s]` is the snapshot the
 /// permanent slot of source shard `s` exported when this run created it,
@@ -312,6 +309,7 @@ async fn run_with_retries(
     pool: &DestPool,
 ) -> Result<()> {
     let name = ctx.plan.tables[job.table].table.name.clone();
+    let mut retrier = Retrier::new(RetryPolicy::COPY);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -338,23 +336,21 @@ async fn run_with_retries(
                 job.progress.set_state(CopyState::Done);
                 return Ok(());
             }
-            Err(e) if e.is_transient() && attempt < ATTEMPTS => {
-                ctx.task.count_error(e.kind());
-                let wait = Duration::from_millis(500 * 2u64.pow(attempt - 1));
-                warn!(table = %name, source_shard = job.source_shard, attempt, "copy failed, retrying in {:.1}s: {e}", wait.as_secs_f64());
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = ctx.shutdown.cancelled() => return Err(DataSyncError::Stopped),
+            Err(e) => match retrier.after(&e) {
+                Some(wait) => {
+                    ctx.task.count_error(e.kind());
+                    warn!(table = %name, source_shard = job.source_shard, attempt, "copy failed, retrying in {:.1}s: {e}", wait.as_secs_f64());
+                    retrier.wait(wait, &ctx.shutdown).await?;
                 }
-            }
-            Err(e) => {
-                job.progress.set_state(CopyState::Failed);
-                return Err(DataSyncError::Copy {
-                    table: name.to_string(),
-                    source_shard: job.source_shard,
-                    error: Box::new(e),
-                });
-            }
+                None => {
+                    job.progress.set_state(CopyState::Failed);
+                    return Err(DataSyncError::Copy {
+                        table: name.to_string(),
+                        source_shard: job.source_shard,
+                        error: Box::new(e),
+                    });
+                }
+            },
         }
     }
 }

@@ -24,7 +24,7 @@ use super::sql::{statement_sql, ShapeKey};
 const ROUND: usize = 2000;
 /// ...and bytes waiting to be written: keeps the pipeline's memory flat
 /// with wide rows.
-const ROUND_BYTES: usize = 2 << 20;
+const ROUND_BYTES: usize = 1 << 20;
 
 /// One destination shard's apply connection.
 #[derive(Debug)]
@@ -106,9 +106,9 @@ impl DestApplier {
         });
     }
 
-    fn begin_if_needed(&mut self) {
+    fn begin_if_needed(&mut self) -> Result<()> {
         if !self.open {
-            self.conn.queue_statement("BEGIN");
+            self.conn.queue_statement("BEGIN")?;
             self.origins.push(Origin {
                 table: "".into(),
                 commit_lsn: Lsn::ZERO,
@@ -117,21 +117,22 @@ impl DestApplier {
             });
             self.open = true;
         }
+        Ok(())
     }
 
     /// The prepared statement for a shape, preparing it on first use.
-    fn statement(&mut self, rel: &RelationInfo, key: ShapeKey) -> String {
+    fn statement(&mut self, rel: &RelationInfo, key: ShapeKey) -> Result<String> {
         if let Some(name) = self.prepared.get(&key) {
-            return name.clone();
+            return Ok(name.clone());
         }
         let sql = statement_sql(rel, &key);
         self.statements += 1;
         let name = format!("pgdog_{}", self.statements);
         // Parse goes into the pipeline: the server handles it in order,
         // and a failure shows up at the next Sync like any other.
-        pgdog_protocol::frontend::parse(&name, &sql, &[], self.conn.buffer());
+        self.conn.queue_parse(&name, &sql)?;
         self.prepared.insert(key, name.clone());
-        name
+        Ok(name)
     }
 
     /// Queue a change; full queues are flushed.
@@ -154,10 +155,10 @@ impl DestApplier {
 
     /// Queue one statement with its parameters.
     async fn send(&mut self, st: Statement<'_>) -> Result<()> {
-        self.begin_if_needed();
-        let name = self.statement(st.rel, st.shape);
+        self.begin_if_needed()?;
+        let name = self.statement(st.rel, st.shape)?;
         self.conn
-            .queue_execute(&name, &st.formats, st.params.iter().copied());
+            .queue_execute(&name, &st.formats, st.params.iter().copied())?;
         self.origins.push(st.origin);
         if self.origins.len() >= ROUND || self.conn.pending_write() >= ROUND_BYTES {
             self.round().await?;
@@ -169,8 +170,8 @@ impl DestApplier {
     /// after every change queued before it.
     pub async fn queue_sql(&mut self, sql: &str, origin: Origin) -> Result<()> {
         self.flush().await?;
-        self.begin_if_needed();
-        self.conn.queue_statement(sql);
+        self.begin_if_needed()?;
+        self.conn.queue_statement(sql)?;
         self.origins.push(origin);
         if self.origins.len() >= ROUND {
             self.round().await?;
@@ -255,7 +256,7 @@ impl DestApplier {
                     Some(shard.as_bytes()),
                     Some(lsn_text.as_bytes()),
                 ],
-            );
+            )?;
             self.origins.push(Origin {
                 table: "pgdog.replication_progress".into(),
                 commit_lsn: lsn,
@@ -263,7 +264,7 @@ impl DestApplier {
                 rows: 0,
             });
         }
-        self.conn.queue_statement("COMMIT");
+        self.conn.queue_statement("COMMIT")?;
         self.origins.push(Origin {
             table: "".into(),
             commit_lsn: self.group_last.unwrap_or_default(),
@@ -288,7 +289,7 @@ impl DestApplier {
         params: &[Option<&[u8]>],
     ) -> Result<Option<pgdog_protocol::backend::DataRow>> {
         self.flush().await?;
-        self.begin_if_needed();
+        self.begin_if_needed()?;
         self.round().await?;
         let rows = self
             .conn

@@ -85,7 +85,7 @@ impl Queued {
 const QUEUE_LIMIT: usize = 4096;
 /// ...or this many bytes of row data: memory is bounded in bytes, however
 /// wide the rows.
-const QUEUE_BYTES: usize = 2 << 20;
+const QUEUE_BYTES: usize = 1 << 20;
 /// Batch sizes tried, largest first (a few shapes, each prepared once).
 const BATCHES: [usize; 3] = [256, 32, 4];
 /// Bind parameters per statement at most (the protocol's count is 16 bits).
@@ -93,7 +93,7 @@ const MAX_PARAMS: usize = 65_535;
 /// Parameter bytes per multi-row statement at most: far below the 1 GB
 /// the server accepts in one message, and small enough that a batch of
 /// wide rows does not hold much memory.
-const BATCH_BYTES: usize = 1 << 20;
+const BATCH_BYTES: usize = 512 << 10;
 
 /// The changes waiting on one destination, one queue per table.
 #[derive(Debug, Default)]
@@ -446,7 +446,7 @@ mod tests {
     fn row(id: u64, width: usize) -> Tuple {
         let id = id.to_string();
         let v = "x".repeat(width);
-        Tuple::from_columns([Column::Text(id.as_bytes()), Column::Text(v.as_bytes())])
+        Tuple::from_columns([Column::Text(id.as_bytes()), Column::Text(v.as_bytes())]).unwrap()
     }
 
     fn queued(rel: &Arc<RelationInfo>, change: Change) -> Queued {

@@ -19,13 +19,13 @@ mod spool;
 mod sql;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::error::{DataSyncError, Result};
 use super::progress;
+use super::retry::{Retrier, RetryPolicy};
 use super::Ctx;
 
 /// Stream every source shard until shutdown or a permanent error.
@@ -67,40 +67,33 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
     }
 }
 
-/// One source shard, with retries of transient failures.
+/// One source shard, with retries of failures worth one
+/// ([`super::retry`]).
 async fn run_source(ctx: Arc<Ctx>, s: usize, status: Arc<progress::Stream>) -> Result<()> {
-    let mut failures = 0u32;
+    let mut retrier = Retrier::new(RetryPolicy::STREAM);
     loop {
-        let started = std::time::Instant::now();
         let result = session::Session::run(&ctx, s, &status).await;
         match result {
-            Ok(()) => return Ok(()),
-            Err(DataSyncError::Stopped) => return Ok(()),
-            Err(e) if e.is_transient() && !ctx.shutdown.is_cancelled() => {
+            Ok(()) | Err(DataSyncError::Stopped) => return Ok(()),
+            Err(_) if ctx.shutdown.is_cancelled() => return Ok(()),
+            Err(e) => {
+                let Some(wait) = retrier.after(&e) else {
+                    return Err(e);
+                };
                 ctx.task.count_error(e.kind());
-                // A session that ran a while was healthy: start counting again.
-                if started.elapsed() > Duration::from_secs(60) {
-                    failures = 0;
-                }
-                failures += 1;
-                let wait = Duration::from_millis((250u64 << failures.min(6)).min(10_000));
                 warn!(
                     source_shard = s,
                     "replication interrupted, reconnecting in {:.1}s: {e}",
                     wait.as_secs_f64()
                 );
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = ctx.shutdown.cancelled() => return Ok(()),
+                if retrier.wait(wait, &ctx.shutdown).await.is_err() {
+                    return Ok(());
                 }
                 info!(
                     source_shard = s,
-                    attempt = failures,
+                    attempt = retrier.failures(),
                     "resuming replication from the slot"
                 );
-            }
-            Err(e) => {
-                return Err(e);
             }
         }
     }

@@ -20,7 +20,7 @@ pub const QUEUE: usize = 16;
 const BATCH: usize = 1024;
 /// Bytes of WAL data per batch at most: with wide rows the queue holds
 /// at most `QUEUE` times this, not `QUEUE * BATCH` rows.
-const BATCH_BYTES: usize = 256 * 1024;
+const BATCH_BYTES: usize = 128 * 1024;
 
 fn size(m: &ServerMessage) -> usize {
     match m {

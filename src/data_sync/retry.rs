@@ -1,0 +1,237 @@
+//! Trying a failed step again: which failures are worth it, and how long
+//! to wait before each attempt. Decided here only; the copy and the stream
+//! each hold a [`Retrier`] with their policy.
+//!
+//! Worth a retry (a new attempt starts from new connections and the
+//! progress recorded on the destinations, so it repeats nothing):
+//!
+//! | failure | why |
+//! |-|-|
+//! | socket error, connection closed, connect or read timeout | the network or a server restart; the next attempt reconnects |
+//! | SQLSTATE class 08 (connection exception) | the same, as the server saw it |
+//! | 57P01, 57P02, 57P03 (admin or crash shutdown, cannot connect now) | a server restarting or failing over |
+//! | class 53 (insufficient resources: too many connections, out of memory or disk) | often passes once other sessions end |
+//! | 40001, 40P01 (serialization failure, deadlock) | the other transaction wins; ours can go again |
+//! | 25P03 (idle in transaction timeout) | a server-side setting pgdog overrides; a pooler in between may still apply it |
+//! | 55006 (object in use: the slot is still held by an ending session) | the old session's walsender exits within seconds |
+//!
+//! Everything else is permanent: a query cancel (57014: pgdog sets no
+//! statement timeout, so somebody stopped its query on purpose), an
+//! authentication or permission error, a constraint violation, a protocol
+//! error, pgdog's own state not fitting, a stop.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::error::DataSyncError;
+use crate::net::ConnectionError;
+
+/// Whether a server's SQLSTATE is worth a retry (the table above).
+pub fn sqlstate_worth_retrying(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "25P03" | "55006"
+        )
+}
+
+/// Whether a connection error is worth a retry (the table above).
+pub fn connection_worth_retrying(e: &ConnectionError) -> bool {
+    match e {
+        ConnectionError::Io { .. }
+        | ConnectionError::Closed { .. }
+        | ConnectionError::Timeout { .. } => true,
+        ConnectionError::Server(e) => sqlstate_worth_retrying(e.code()),
+        ConnectionError::Tls { .. }
+        | ConnectionError::Auth { .. }
+        | ConnectionError::Protocol { .. }
+        | ConnectionError::Unexpected { .. }
+        | ConnectionError::Usage { .. } => false,
+    }
+}
+
+/// Whether a data-sync error is worth a retry: only connection failures
+/// are, however deep they are wrapped.
+pub fn worth_retrying(e: &DataSyncError) -> bool {
+    match e {
+        DataSyncError::Connection(e) => connection_worth_retrying(e),
+        DataSyncError::Copy { error, .. } | DataSyncError::Apply { error, .. } => {
+            worth_retrying(error)
+        }
+        DataSyncError::Spool { .. }
+        | DataSyncError::Config(_)
+        | DataSyncError::Preflight { .. }
+        | DataSyncError::Sharding(_)
+        | DataSyncError::Protocol(_)
+        | DataSyncError::State(_)
+        | DataSyncError::Stream { .. }
+        | DataSyncError::Stopped => false,
+    }
+}
+
+/// How often and how patiently to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The wait before the first retry; it doubles with each failure...
+    pub first: Duration,
+    /// ...up to this.
+    pub max: Duration,
+    /// Attempts in all before giving up (`None`: never give up).
+    pub attempts: Option<u32>,
+    /// An attempt that ran this long was healthy: the count starts again.
+    pub healthy_after: Duration,
+}
+
+impl RetryPolicy {
+    /// A table copy: a few attempts (each redoes the whole table).
+    pub const COPY: RetryPolicy = RetryPolicy {
+        first: Duration::from_millis(500),
+        max: Duration::from_secs(8),
+        attempts: Some(5),
+        healthy_after: Duration::from_secs(600),
+    };
+    /// A replication stream: as long as it takes (a source restart or a
+    /// failover can take minutes), resuming from the slot each time.
+    pub const STREAM: RetryPolicy = RetryPolicy {
+        first: Duration::from_millis(250),
+        max: Duration::from_secs(10),
+        attempts: None,
+        healthy_after: Duration::from_secs(60),
+    };
+
+    /// The wait after `failures` failures in a row (1 for the first).
+    pub fn delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(16);
+        self.first.saturating_mul(1u32 << doublings).min(self.max)
+    }
+}
+
+/// The retry state of one step.
+#[derive(Debug)]
+pub struct Retrier {
+    policy: RetryPolicy,
+    failures: u32,
+    started: Instant,
+}
+
+impl Retrier {
+    pub fn new(policy: RetryPolicy) -> Retrier {
+        Retrier {
+            policy,
+            failures: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Failures so far in this run of failures.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// After `error`: how long to wait before the next attempt, or `None`
+    /// when it is not worth one (or the attempts are used up).
+    pub fn after(&mut self, error: &DataSyncError) -> Option<Duration> {
+        if !worth_retrying(error) {
+            return None;
+        }
+        if self.started.elapsed() >= self.policy.healthy_after {
+            self.failures = 0;
+        }
+        self.failures += 1;
+        if self.policy.attempts.is_some_and(|a| self.failures >= a) {
+            return None;
+        }
+        Some(self.policy.delay(self.failures))
+    }
+
+    /// Wait `delay`, unless `shutdown` comes first (then `Err(Stopped)`);
+    /// the next attempt's clock starts after it.
+    pub async fn wait(
+        &mut self,
+        delay: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<(), DataSyncError> {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {
+                self.started = Instant::now();
+                Ok(())
+            }
+            _ = shutdown.cancelled() => Err(DataSyncError::Stopped),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::error::{ServerAddr, ServerError};
+    use pgdog_protocol::backend::ErrorFields;
+    use pgdog_protocol::Str;
+
+    fn server_error(code: &str) -> DataSyncError {
+        DataSyncError::Connection(ConnectionError::Server(Box::new(ServerError {
+            server: ServerAddr {
+                host: "127.0.0.1".into(),
+                port: 5432,
+                database: "db".into(),
+            },
+            fields: ErrorFields {
+                fields: vec![
+                    (b'S', Str::from("FATAL")),
+                    (b'C', Str::from(code)),
+                    (b'M', Str::from("boom")),
+                ],
+            },
+        })))
+    }
+
+    #[test]
+    fn the_table() {
+        for code in ["57P01", "08006", "53300", "40P01", "55006"] {
+            assert!(worth_retrying(&server_error(code)), "{code}");
+        }
+        for code in ["23505", "57014", "42P01", "28P01", "42501"] {
+            assert!(!worth_retrying(&server_error(code)), "{code}");
+        }
+        let wrapped = DataSyncError::Copy {
+            table: "t".into(),
+            source_shard: 0,
+            error: Box::new(server_error("57P01")),
+        };
+        assert!(worth_retrying(&wrapped));
+        assert!(!worth_retrying(&DataSyncError::State("x".into())));
+        assert!(!worth_retrying(&DataSyncError::Stopped));
+    }
+
+    #[test]
+    fn backoff_and_attempts() {
+        let p = RetryPolicy::COPY;
+        assert_eq!(p.delay(1), Duration::from_millis(500));
+        assert_eq!(p.delay(2), Duration::from_secs(1));
+        assert_eq!(p.delay(10), Duration::from_secs(8));
+        let mut r = Retrier::new(p);
+        let e = server_error("57P01");
+        let waits: Vec<Option<Duration>> = (0..5).map(|_| r.after(&e)).collect();
+        assert_eq!(waits.iter().filter(|w| w.is_some()).count(), 4);
+        assert_eq!(waits[4], None, "five attempts in all");
+        let mut s = Retrier::new(RetryPolicy::STREAM);
+        assert!(
+            (0..100).all(|_| s.after(&e).is_some()),
+            "streams never give up"
+        );
+        assert_eq!(s.after(&server_error("23505")), None);
+    }
+
+    #[tokio::test]
+    async fn waiting_listens_for_shutdown() {
+        let token = CancellationToken::new();
+        token.cancel();
+        let mut r = Retrier::new(RetryPolicy::STREAM);
+        let started = Instant::now();
+        let res = r.wait(Duration::from_secs(60), &token).await;
+        assert!(matches!(res, Err(DataSyncError::Stopped)));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
