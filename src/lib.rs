@@ -7,12 +7,14 @@
 //!   partitioning would place it.
 //! - [`data_sync`]: the online copy and the logical replication stream.
 //! - [`harness`]: throwaway local Postgres clusters for tests and the demo.
+//! - [`report`] and [`logging`]: what the operator sees on the terminal.
 
 pub mod admin;
 pub mod config;
 pub mod data_sync;
 pub mod demo;
 pub mod harness;
+pub mod logging;
 pub mod net;
 pub mod report;
 pub mod sharding;

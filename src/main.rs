@@ -29,6 +29,16 @@ struct Cli {
     /// Path to users.toml.
     #[arg(long, global = true, default_value = "users.toml", env = "PGDOG_USERS")]
     users: PathBuf,
+    /// Log lines as text (coloured on a terminal) or one JSON object per
+    /// line.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "PGDOG_LOG_FORMAT"
+    )]
+    log_format: pgdog::logging::LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -101,20 +111,9 @@ fn parse_data_type(s: &str) -> Result<DataType, String> {
     })
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PGDOG_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    pgdog::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -145,6 +145,8 @@ async fn plain(task: Arc<Task>, stop: CancellationToken) {
 
 async fn live(task: Arc<Task>, stop: CancellationToken) {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+    // Log lines go above the bars while they are drawn.
+    crate::logging::attach(&multi);
     let style = ProgressStyle::with_template("{spinner} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
     let overall = multi.add(ProgressBar::new_spinner().with_style(style.clone()));
@@ -203,6 +205,7 @@ async fn live(task: Arc<Task>, stop: CancellationToken) {
         bar.finish_and_clear();
     }
     overall.finish_and_clear();
+    crate::logging::detach();
 }
 
 #[cfg(test)]

@@ -160,6 +160,8 @@ async fn sigkill_during_copy_and_streaming_then_resume() {
         !out.contains("found no row"),
         "an update or delete missed its row:\n{out}"
     );
+    // Written to a file, not a terminal: no colour codes.
+    assert!(!out.contains('\x1b'), "ANSI escapes in a log file:\n{out}");
     verify_equal(&fleet, &items_check(2)).await;
     // Later runs resumed rather than starting over: the copy of a finished
     // table is never repeated.
