@@ -4,6 +4,9 @@
 //! Run with `cargo bench --bench sharding`; every benchmark reports keys per
 //! second.
 
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
 use divan::counter::ItemsCount;
 use divan::{black_box, Bencher};
 use pgdog::sharding::hash::hash_shard;

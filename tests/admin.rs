@@ -3,6 +3,9 @@
 //! logins refused for every reason; TLS offered and required; garbage and
 //! stalled clients; the metrics endpoint scraped over HTTP.
 
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;

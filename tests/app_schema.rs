@@ -8,6 +8,9 @@
 //! enums, domains, arrays, tsvector, a stored generated column, TOASTed
 //! text, and quoted mixed-case names. Verified row by row per shard.
 
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

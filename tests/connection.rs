@@ -3,6 +3,9 @@
 //! pipelined queries, COPY both ways, cancel, and a replication connection
 //! that creates a slot and streams real changes.
 
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

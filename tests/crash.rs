@@ -4,6 +4,9 @@
 //! on its shard, nothing lost and nothing applied twice. Also: a
 //! destination shard restarted mid-stream.
 
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

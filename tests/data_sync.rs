@@ -3,6 +3,9 @@
 //! a REPLICA IDENTITY FULL table, TRUNCATE, a streamed large transaction,
 //! sync-only then replicate-only, cleanup, and every preflight error.
 
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

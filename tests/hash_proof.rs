@@ -3,6 +3,9 @@
 //! edge values get the shard a real server's `satisfies_hash_partition`
 //! says, in text form and in the binary form the server itself sends.
 
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
 use pgdog::harness::Cluster;
 use pgdog::sharding::{DataType, Format, Function, Sharder};
 use pgdog_protocol::copy_binary::Decoder;

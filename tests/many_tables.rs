@@ -3,6 +3,9 @@
 //! waits for the running transaction once, says what it waits for while it
 //! does, and copies 2,000 tables.
 
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

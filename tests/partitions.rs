@@ -3,6 +3,9 @@
 //! and through the leaves (the default: each partition its own table), with
 //! rows moving between partitions while streaming.
 
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! nothing (no slot, no pgdog schema) is created before the checks pass.
 //! Also `--sync-only` then `--replicate-only`, and `--cleanup`.
 
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;
@@ -325,4 +328,92 @@ async fn sync_only_then_replicate_only_then_cleanup() {
     let run = start(config, move_options("pub", Mode::Cleanup));
     assert_eq!(run.handle.await.unwrap().unwrap(), Outcome::CleanedUp);
     nothing_created(&fleet).await;
+}
+
+/// On a multi-shard source, a table without a sharding rule is read from
+/// shard 0 only, on the promise that every shard holds the same rows:
+/// preflight checks the row counts and refuses when they differ, and
+/// `--replicate-only` names tables the destination never received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsharded_tables_must_agree_across_source_shards() {
+    init_logging();
+    let fleet = Fleet::start(2, 1, ClusterOptions::default()).await.unwrap();
+    let schema = "CREATE TABLE countries (code text PRIMARY KEY, name text);
+                  CREATE TABLE later (id int PRIMARY KEY);";
+    fleet.on_sources(schema).await.unwrap();
+    fleet.on_dests(schema).await.unwrap();
+    fleet
+        .on_sources(
+            "INSERT INTO countries VALUES ('DE', 'Germany'), ('FR', 'France');
+             CREATE PUBLICATION pub FOR TABLE countries;",
+        )
+        .await
+        .unwrap();
+    fleet.sources[1]
+        .exec(DATABASE, "INSERT INTO countries VALUES ('JP', 'Japan')")
+        .await
+        .unwrap();
+    let err = run_to_error(&fleet, "", Mode::Full).await;
+    expect(
+        &err,
+        &[
+            "table public.countries has no sharding rule for the source cluster \"source\"",
+            "shard 0: 2, shard 1: 3",
+            "[[sharded_tables]]",
+        ],
+    );
+    nothing_created(&fleet).await;
+
+    // Made equal, the move goes ahead.
+    fleet.sources[0]
+        .exec(DATABASE, "INSERT INTO countries VALUES ('JP', 'Japan')")
+        .await
+        .unwrap();
+    let config = fleet.config("").unwrap();
+    let outcome = data_sync::run(
+        config.clone(),
+        move_options("pub", Mode::SyncOnly),
+        Registry::default().new_task("source", "dest", "pub"),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, Outcome::Copied);
+    let mut d = fleet.dests[0].connect(DATABASE).await.unwrap();
+    let rows = d.query("SELECT count(*) FROM countries").await.unwrap();
+    assert_eq!(rows[0].text(0), Some("3"), "copied once, from shard 0");
+
+    // A table added to the publication afterwards was never copied:
+    // --replicate-only streams it from now on and says so.
+    fleet
+        .on_sources("INSERT INTO later VALUES (1); ALTER PUBLICATION pub ADD TABLE later;")
+        .await
+        .unwrap();
+    let endpoints =
+        pgdog::data_sync::Endpoints::new(config, "source", "pgdog", "dest", "pgdog").unwrap();
+    let findings = pgdog::data_sync::preflight::run(
+        &endpoints,
+        "pub",
+        "pgdog_pub_dest",
+        pgdog::data_sync::preflight::Intent::ReplicateOnly,
+    )
+    .await
+    .unwrap();
+    assert!(
+        findings
+            .notes
+            .iter()
+            .any(|n| n.contains("table public.later has no copy recorded")
+                && n.contains("--replicate-only")),
+        "{:?}",
+        findings.notes
+    );
+    assert!(
+        !findings
+            .notes
+            .iter()
+            .any(|n| n.contains("public.countries")),
+        "{:?}",
+        findings.notes
+    );
 }

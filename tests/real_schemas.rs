@@ -6,6 +6,9 @@
 //! move with an unchanged TOASTed value after one destination shard
 //! committed and another failed.
 
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

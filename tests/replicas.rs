@@ -4,6 +4,9 @@
 //! to the source. A PostgreSQL 15 standby (no logical decoding on standbys)
 //! is reported and the primary is used instead.
 
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashSet;
@@ -138,6 +141,26 @@ async fn move_from_replicas(install: PgInstall, expect_replicas: bool) {
         .iter()
         .map(|s| format!("127.0.0.1:{}", s.port()))
         .collect();
+    // One snapshot per server read, whatever the number of tables: one
+    // temporary slot per standby, or the permanent slot's export.
+    let snapshot_servers: Vec<String> = run
+        .task
+        .snapshots
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|h| h.server.clone())
+        .collect();
+    let unique: HashSet<&String> = snapshot_servers.iter().collect();
+    assert_eq!(unique.len(), snapshot_servers.len(), "{snapshot_servers:?}");
+    assert_eq!(
+        unique.into_iter().cloned().collect::<HashSet<String>>(),
+        hosts
+    );
+    assert!(
+        run.task.held_snapshots().is_empty(),
+        "snapshots let go after the copy"
+    );
     if expect_replicas {
         assert_eq!(
             hosts, standby_hosts,

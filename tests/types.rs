@@ -6,6 +6,9 @@
 //! OIDs), REPLICA IDENTITY USING INDEX, and a large transaction streamed
 //! before it commits.
 
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

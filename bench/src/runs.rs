@@ -954,8 +954,8 @@ impl Bench {
         };
         dest.exec(DATABASE, "DROP SUBSCRIPTION bench_many_sub")
             .await?;
-        terminate(&busy).await;
-        let _ = busy.wait().await;
+        // pgbench itself, not a wrapper: kill it directly.
+        let _ = busy.kill().await;
 
         let what = format!("{tables} tables of 2,000 rows, 1 s transactions always open");
         report.row(

@@ -4,6 +4,9 @@
 //! Run with `cargo bench -p pgdog-protocol`; every benchmark reports bytes
 //! per second of wire data (CopyData or XLogData payload) consumed.
 
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
 use bytes::{Bytes, BytesMut};
 use divan::counter::BytesCount;
 use divan::{black_box, Bencher};

@@ -116,11 +116,12 @@ fn unescape(raw: &[u8]) -> Vec<u8> {
                 let mut v = (c - b'0') as u32;
                 let mut digits = 1;
                 while digits < 3 && i < raw.len() && (b'0'..=b'7').contains(&raw[i]) {
-                    v = v * 8 + (raw[i] - b'0') as u32;
+                    v = v * 8 + u32::from(raw[i] - b'0');
                     i += 1;
                     digits += 1;
                 }
-                out.push(v as u8);
+                // As PostgreSQL does: the low byte of up to three digits.
+                out.push(v.to_le_bytes()[0]);
             }
             b'x' if i < raw.len() && raw[i].is_ascii_hexdigit() => {
                 let mut v = 0u32;
@@ -130,7 +131,7 @@ fn unescape(raw: &[u8]) -> Vec<u8> {
                     i += 1;
                     digits += 1;
                 }
-                out.push(v as u8);
+                out.push(v.to_le_bytes()[0]);
             }
             // Any other escaped character stands for itself.
             other => out.push(other),

@@ -21,7 +21,11 @@ fn write_body(buf: &mut BytesMut, tag: u8, f: impl FnOnce(&mut BytesMut)) {
     write_untagged(buf, f);
 }
 
+/// Only for messages whose size pgdog bounds itself (startup parameters,
+/// names, passwords, the SQL it writes: kilobytes): a message carrying
+/// data of any size goes through [`write_body_checked`].
 #[inline]
+#[allow(clippy::cast_possible_truncation)]
 fn write_untagged(buf: &mut BytesMut, f: impl FnOnce(&mut BytesMut)) {
     let start = buf.len();
     buf.put_i32(0);
@@ -110,12 +114,13 @@ pub fn password(password: &[u8], buf: &mut BytesMut) {
     });
 }
 
-pub fn sasl_initial_response(mechanism: &str, data: &[u8], buf: &mut BytesMut) {
-    write_body(buf, b'p', |buf| {
+pub fn sasl_initial_response(mechanism: &str, data: &[u8], buf: &mut BytesMut) -> Result<()> {
+    write_body_checked(buf, b'p', |buf| {
         put_cstr(buf, mechanism);
-        buf.put_i32(data.len() as i32);
+        buf.put_i32(len32("SASL initial response", data.len())?);
         buf.put_slice(data);
-    });
+        Ok(())
+    })
 }
 
 pub fn sasl_response(data: &[u8], buf: &mut BytesMut) {
@@ -225,17 +230,19 @@ pub fn close(target: Target, name: &str, buf: &mut BytesMut) {
 }
 
 /// CopyData with `data` as its body.
-pub fn copy_data(data: &[u8], buf: &mut BytesMut) {
-    buf.put_u8(b'd');
-    buf.put_i32(data.len() as i32 + 4);
+pub fn copy_data(data: &[u8], buf: &mut BytesMut) -> Result<()> {
+    copy_data_header(data.len(), buf)?;
     buf.put_slice(data);
+    Ok(())
 }
 
 /// Only the 5-byte CopyData header for a body of `len` bytes, for callers
 /// that write the body themselves (or send it from another buffer).
-pub fn copy_data_header(len: usize, buf: &mut BytesMut) {
+pub fn copy_data_header(len: usize, buf: &mut BytesMut) -> Result<()> {
+    let len = len32("CopyData", len.saturating_add(4))?;
     buf.put_u8(b'd');
-    buf.put_i32(len as i32 + 4);
+    buf.put_i32(len);
+    Ok(())
 }
 
 pub fn copy_done(buf: &mut BytesMut) {
@@ -274,7 +281,7 @@ mod tests {
         });
         let mut want = Vec::new();
         let body = b"\x00\x03\x00\x00user\0u\0database\0d\0replication\0database\0\0";
-        want.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        want.extend_from_slice(&i32::try_from(body.len() + 4).unwrap().to_be_bytes());
         want.extend_from_slice(body);
         assert_eq!(got, want);
     }
@@ -293,12 +300,12 @@ mod tests {
         assert_eq!(enc(|b| query("SELECT 1", b)), b"Q\0\0\0\x0dSELECT 1\0");
         assert_eq!(enc(|b| password(b"pw", b)), b"p\0\0\0\x07pw\0");
         assert_eq!(
-            enc(|b| sasl_initial_response("SCRAM-SHA-256", b"n,,n=,r=x", b)),
+            enc(|b| sasl_initial_response("SCRAM-SHA-256", b"n,,n=,r=x", b).unwrap()),
             b"p\0\0\0\x1fSCRAM-SHA-256\0\0\0\0\x09n,,n=,r=x"
         );
         assert_eq!(enc(|b| sasl_response(b"c=biws", b)), b"p\0\0\0\x0ac=biws");
-        assert_eq!(enc(|b| copy_data(b"ab", b)), b"d\0\0\0\x06ab");
-        let mut h = enc(|b| copy_data_header(2, b));
+        assert_eq!(enc(|b| copy_data(b"ab", b).unwrap()), b"d\0\0\0\x06ab");
+        let mut h = enc(|b| copy_data_header(2, b).unwrap());
         h.extend_from_slice(b"ab");
         assert_eq!(h, b"d\0\0\0\x06ab");
         assert_eq!(enc(|b| copy_fail("no", b)), b"f\0\0\0\x07no\0");

@@ -11,6 +11,10 @@
 //!   (`w`, `k`, `r`, `h`).
 //! - [`pgoutput`]: logical decoding messages inside XLogData.
 
+// Counts and lengths go through checked conversions: a narrowing `as`
+// would wrap silently on input nobody expected.
+#![warn(clippy::cast_possible_truncation)]
+
 pub mod backend;
 pub mod copy_binary;
 pub mod copy_text;
@@ -43,7 +47,7 @@ impl Lsn {
 
 impl std::fmt::Display for Lsn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 as u32)
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
     }
 }
 

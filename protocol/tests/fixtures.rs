@@ -1,6 +1,9 @@
 //! Decode the captures in `fixtures/` (real bytes from real servers, see
 //! fixtures/README.md) and check the values against what the SQL wrote.
 
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use bytes::{Buf, Bytes};

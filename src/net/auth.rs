@@ -120,7 +120,12 @@ async fn scram(
         ));
     }
     let mut scram = ScramSha256::new(password.as_bytes(), binding);
-    frontend::sasl_initial_response(mechanism, scram.message(), conn.buffer());
+    frontend::sasl_initial_response(mechanism, scram.message(), conn.buffer()).map_err(
+        |source| ConnectionError::Protocol {
+            server: conn.addr().clone(),
+            source,
+        },
+    )?;
     conn.flush().await?;
 
     let data = match conn.recv().await? {

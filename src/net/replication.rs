@@ -232,7 +232,12 @@ impl ReplicationStream<'_> {
             reply,
         }
         .encode(&mut self.scratch);
-        frontend::copy_data(&self.scratch, self.conn.buffer());
+        frontend::copy_data(&self.scratch, self.conn.buffer()).map_err(|source| {
+            ConnectionError::Protocol {
+                server: self.conn.addr().clone(),
+                source,
+            }
+        })?;
         self.conn.flush().await
     }
 

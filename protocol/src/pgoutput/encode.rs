@@ -6,16 +6,14 @@ use bytes::{BufMut, BytesMut};
 use super::{Message, OldTuple, PreparedTransaction};
 use crate::error::{ProtocolError, Result};
 
-/// A count or length checked against the room its field has.
-fn count(context: &'static str, n: usize, max: usize) -> Result<usize> {
-    if n > max {
-        return Err(ProtocolError::TooLarge {
-            context,
-            value: n,
-            max,
-        });
-    }
-    Ok(n)
+/// A count or length in the integer type its field has, or an error when
+/// it does not fit.
+fn count<T: TryFrom<usize>>(context: &'static str, n: usize, max: usize) -> Result<T> {
+    T::try_from(n).map_err(|_| ProtocolError::TooLarge {
+        context,
+        value: n,
+        max,
+    })
 }
 
 fn put_cstr(buf: &mut BytesMut, s: &str) {
@@ -101,8 +99,8 @@ impl Message {
                 buf.put_u16(count(
                     "Relation columns",
                     relation.columns.len(),
-                    u16::MAX as usize,
-                )? as u16);
+                    u16::MAX.into(),
+                )?);
                 for c in &relation.columns {
                     buf.put_u8(c.key as u8);
                     put_cstr(buf, &c.name);
@@ -157,9 +155,11 @@ impl Message {
             } => {
                 buf.put_u8(b'T');
                 put_xid(buf, xid);
-                buf.put_u32(
-                    count("Truncate relations", relations.len(), i32::MAX as usize)? as u32,
-                );
+                buf.put_u32(count(
+                    "Truncate relations",
+                    relations.len(),
+                    u32::MAX as usize,
+                )?);
                 buf.put_u8(*options);
                 for r in relations {
                     buf.put_u32(*r);
@@ -177,7 +177,7 @@ impl Message {
                 buf.put_u8(*transactional as u8);
                 buf.put_u64(lsn.0);
                 put_cstr(buf, prefix);
-                buf.put_u32(count("Message content", content.len(), i32::MAX as usize)? as u32);
+                buf.put_u32(count("Message content", content.len(), u32::MAX as usize)?);
                 buf.put_slice(content);
             }
             Message::StreamStart { xid, first_segment } => {
