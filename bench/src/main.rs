@@ -53,6 +53,10 @@ pub struct Args {
     /// Small tables in the many-tables copy.
     #[arg(long, default_value_t = 300)]
     pub many_tables: usize,
+    /// Seconds the native subscription gets in the many-tables copy (0:
+    /// leave it out).
+    #[arg(long, default_value_t = 600)]
+    pub many_native_seconds: u64,
     /// Sections to skip: copy, catchup, wide, many, steady, replicas.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
@@ -115,7 +119,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         bench.wide(&mut report, args.wide_rows).await?;
     }
     if !args.skip.iter().any(|s| s == "many") {
-        bench.many_tables(&mut report, args.many_tables).await?;
+        bench
+            .many_tables(
+                &mut report,
+                args.many_tables,
+                Duration::from_secs(args.many_native_seconds),
+            )
+            .await?;
     }
     if !args.skip.iter().any(|s| s == "steady") {
         bench
