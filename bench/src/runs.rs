@@ -985,7 +985,9 @@ impl Bench {
         report.row(
             "many tables",
             "native CREATE SUBSCRIPTION (binary), until every table is ready",
-            native.map_or(format!("> {} s", native_limit.as_secs()), |n| format!("{n:.2} s")),
+            native.map_or(format!("> {} s", native_limit.as_secs()), |n| {
+                format!("{n:.2} s")
+            }),
             native.map_or(String::new(), |n| format!("{:.2}x pipe", n / pipe)),
         );
         Ok(())
