@@ -166,25 +166,9 @@ impl Retrier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::error::{ServerAddr, ServerError};
-    use pgdog_protocol::backend::ErrorFields;
-    use pgdog_protocol::Str;
 
     fn server_error(code: &str) -> DataSyncError {
-        DataSyncError::Connection(ConnectionError::Server(Box::new(ServerError {
-            server: ServerAddr {
-                host: "127.0.0.1".into(),
-                port: 5432,
-                database: "db".into(),
-            },
-            fields: ErrorFields {
-                fields: vec![
-                    (b'S', Str::from("FATAL")),
-                    (b'C', Str::from(code)),
-                    (b'M', Str::from("boom")),
-                ],
-            },
-        })))
+        DataSyncError::Connection(crate::net::error::server_error_for_tests(code))
     }
 
     #[test]

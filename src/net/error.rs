@@ -115,26 +115,32 @@ impl ConnectionError {
 
 pub type Result<T, E = ConnectionError> = std::result::Result<T, E>;
 
+/// A server error with this SQLSTATE, for tests.
+#[cfg(test)]
+pub(crate) fn server_error_for_tests(code: &str) -> ConnectionError {
+    use pgdog_protocol::Str;
+    ConnectionError::Server(Box::new(ServerError {
+        server: ServerAddr {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            database: "db".into(),
+        },
+        fields: ErrorFields {
+            fields: vec![
+                (b'S', Str::from("FATAL")),
+                (b'C', Str::from(code)),
+                (b'M', Str::from("boom")),
+            ],
+        },
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgdog_protocol::Str;
 
     fn server_error(code: &str) -> ConnectionError {
-        ConnectionError::Server(Box::new(ServerError {
-            server: ServerAddr {
-                host: "127.0.0.1".into(),
-                port: 5432,
-                database: "db".into(),
-            },
-            fields: ErrorFields {
-                fields: vec![
-                    (b'S', Str::from("FATAL")),
-                    (b'C', Str::from(code)),
-                    (b'M', Str::from("boom")),
-                ],
-            },
-        }))
+        server_error_for_tests(code)
     }
 
     #[test]

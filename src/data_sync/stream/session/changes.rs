@@ -443,16 +443,7 @@ impl Session<'_> {
         rel: &RelationInfo,
         old: &OldTuple,
     ) -> Result<Option<Vec<FillValue>>> {
-        let id = identity(rel, old.tuple());
-        let sql = format!(
-            "SELECT {} FROM {}{} WHERE {} LIMIT 1",
-            column_list(rel),
-            rel.only(),
-            rel.name.quoted(),
-            id.conds.join(" AND ")
-        );
-        let row = self.dests[d].fetch(&sql, &id.formats, &id.params).await?;
-        Ok(row.map(|row| binary_fill(rel, &row)))
+        self.row_on(d, rel, old, false).await
     }
 
     /// Delete the row `old` identifies from shard `d`, returning its values
@@ -464,16 +455,32 @@ impl Session<'_> {
         rel: &RelationInfo,
         old: &OldTuple,
     ) -> Result<Option<Vec<FillValue>>> {
-        let id = identity(rel, old.tuple());
-        let sql = format!(
-            "DELETE FROM {}{} WHERE {} RETURNING {}",
-            rel.only(),
-            rel.name.quoted(),
-            id.conds.join(" AND "),
-            column_list(rel)
-        );
-        let row = self.dests[d].fetch(&sql, &id.formats, &id.params).await?;
+        let row = self.row_on(d, rel, old, true).await?;
         self.touch(d);
+        Ok(row)
+    }
+
+    /// The row `old` identifies on shard `d`, read or (`take`) deleted
+    /// inside the open group.
+    async fn row_on(
+        &mut self,
+        d: usize,
+        rel: &RelationInfo,
+        old: &OldTuple,
+        take: bool,
+    ) -> Result<Option<Vec<FillValue>>> {
+        let id = identity(rel, old.tuple());
+        let (table, cond, cols) = (
+            format!("{}{}", rel.only(), rel.name.quoted()),
+            id.conds.join(" AND "),
+            column_list(rel),
+        );
+        let sql = if take {
+            format!("DELETE FROM {table} WHERE {cond} RETURNING {cols}")
+        } else {
+            format!("SELECT {cols} FROM {table} WHERE {cond} LIMIT 1")
+        };
+        let row = self.dests[d].fetch(&sql, &id.formats, &id.params).await?;
         Ok(row.map(|row| binary_fill(rel, &row)))
     }
 
