@@ -140,7 +140,7 @@ pub async fn run(ctx: &Ctx, job: &Job, server: &ServerCopy, pool: &DestPool) -> 
                 let Some(range) = ranges.get(i) else { break };
                 let sql = select_sql(ctx, job, *range);
                 let result = copy_stream(
-                    &mut reader,
+                    &mut reader.conn,
                     &sql,
                     plan,
                     &mut dests,
@@ -153,7 +153,7 @@ pub async fn run(ctx: &Ctx, job: &Job, server: &ServerCopy, pool: &DestPool) -> 
                     *t += r;
                 }
             }
-            server.give_back(reader);
+            server.give_back(reader).await;
             pool.give_back(dests);
             Ok::<_, DataSyncError>(total)
         });

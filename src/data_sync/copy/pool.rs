@@ -13,6 +13,20 @@ use super::super::error::Result;
 use super::super::snapshot::SharedSnapshot;
 use super::super::Ctx;
 
+/// Tables one reader copies before it ends its transaction: each COPY
+/// leaves an AccessShareLock held until the transaction ends, and the
+/// server's lock table is shared (`max_locks_per_transaction` times the
+/// connections, 6,400 by default), so a reader that copied thousands of
+/// tables would run it out.
+const TABLES_PER_READER: usize = 200;
+
+/// A reader session and the tables it has copied in its transaction.
+#[derive(Debug)]
+pub struct Reader {
+    pub conn: Connection,
+    tables: usize,
+}
+
 /// One source server the copy reads, with its shared snapshot.
 #[derive(Debug)]
 pub struct ServerCopy {
@@ -20,8 +34,8 @@ pub struct ServerCopy {
     /// How to reach the server.
     options: ConnectOptions,
     /// Idle readers, each in a REPEATABLE READ transaction of `snapshot`
-    /// (any number of COPYs may run in one such transaction).
-    readers: Mutex<Vec<Connection>>,
+    /// (many COPYs may run in one such transaction).
+    readers: Mutex<Vec<Reader>>,
 }
 
 impl ServerCopy {
@@ -34,28 +48,36 @@ impl ServerCopy {
     }
 
     /// An idle reader, or a new one that imports the snapshot.
-    pub async fn reader(&self) -> Result<Connection> {
+    pub async fn reader(&self) -> Result<Reader> {
         let idle = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match idle {
-            Some(c) => Ok(c),
-            None => self.snapshot.reader(&self.options).await,
+            Some(r) => Ok(r),
+            None => Ok(Reader {
+                conn: self.snapshot.reader(&self.options).await?,
+                tables: 0,
+            }),
         }
     }
 
-    pub fn give_back(&self, reader: Connection) {
-        if !reader.is_broken() {
-            self.readers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(reader);
+    /// Take back a reader that copied one more table; one that has copied
+    /// its share ends its transaction (and its locks) instead.
+    pub async fn give_back(&self, mut reader: Reader) {
+        reader.tables += 1;
+        if reader.conn.is_broken() || reader.tables >= TABLES_PER_READER {
+            reader.conn.close().await;
+            return;
         }
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(reader);
     }
 
     /// Close the readers, then let the snapshot go.
     pub async fn finish(self) {
         let readers = std::mem::take(&mut *self.readers.lock().unwrap_or_else(|e| e.into_inner()));
         for r in readers {
-            r.close().await;
+            r.conn.close().await;
         }
         self.snapshot.release().await;
     }
