@@ -340,7 +340,9 @@ pub async fn run(
         } else {
             Vec::new()
         };
-        let with_rows: Vec<TableName> = with_rows.into_iter().cloned().collect();
+        // A set: thousands of tables are looked up in it.
+        let with_rows: std::collections::HashSet<TableName> =
+            with_rows.into_iter().cloned().collect();
         for (plan, dest) in plans.iter_mut().zip(found) {
             let t = &plan.table;
             let Some(dest) = dest else {
