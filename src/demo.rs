@@ -147,8 +147,9 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // The destinations start empty: schema sync creates the tables (their
+    // secondary indexes and foreign keys after the copy).
     fleet.on_sources(SCHEMA).await?;
-    fleet.on_dests(SCHEMA).await?;
     eprintln!(
         "loading {} users and {} orders on the source...",
         args.rows,
@@ -182,6 +183,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         publication: "demo".into(),
         slot: None,
         mode: Mode::Full,
+        schema_sync: true,
     };
     let slot = opts.slot_name();
     let reporter = crate::report::spawn(task.clone(), token.clone());

@@ -50,6 +50,10 @@ enum Command {
     /// Copy a publication's tables to another cluster, resharding rows, then
     /// stream changes until stopped.
     DataSync(DataSyncArgs),
+    /// Create the publication's schema on every destination shard with
+    /// pg_dump: pre-data (tables, types, functions, sequences, primary
+    /// keys), post-data (indexes, constraints, foreign keys, triggers).
+    SchemaSync(SchemaSyncArgs),
     /// Check pgdog.toml and users.toml and print a summary.
     Configcheck,
     /// Print the shard of each value, as PostgreSQL hash partitioning would.
@@ -103,6 +107,42 @@ struct DataSyncArgs {
     /// (default: [general] port; 0 to disable).
     #[arg(long)]
     admin_port: Option<u16>,
+    /// Do not create the schema on the destinations: every table must be
+    /// there already, with whatever indexes it should have.
+    #[arg(long)]
+    skip_schema_sync: bool,
+}
+
+#[derive(Debug, Args)]
+struct SchemaSyncArgs {
+    /// Source cluster (a [[databases]] name in pgdog.toml).
+    #[arg(long)]
+    from_database: String,
+    /// Source user (in users.toml).
+    #[arg(long)]
+    from_user: String,
+    /// Destination cluster.
+    #[arg(long)]
+    to_database: String,
+    /// Destination user.
+    #[arg(long)]
+    to_user: String,
+    /// Publication on the source shards: the tables whose schema is made.
+    #[arg(long)]
+    publication: String,
+    /// The move's slot name, under which created tables are recorded (so
+    /// a later data-sync builds their indexes after its copy); default as
+    /// data-sync's.
+    #[arg(long)]
+    replication_slot: Option<String>,
+    /// Print the SQL each shard would run, and what is left out; change
+    /// nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// pre: before a copy; post: indexes, constraints, foreign keys and
+    /// triggers after it; all: both.
+    #[arg(long, value_enum, default_value = "all")]
+    phase: pgdog::data_sync::schema::Phases,
 }
 
 fn parse_data_type(s: &str) -> Result<DataType, String> {
@@ -211,6 +251,60 @@ async fn async_main(cli: Cli) -> ExitCode {
             };
             data_sync_command(config, args).await
         }
+        Some(Command::SchemaSync(args)) => {
+            let config = match load(&cli) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            schema_sync_command(config, args).await
+        }
+    }
+}
+
+async fn schema_sync_command(config: Arc<Config>, args: &SchemaSyncArgs) -> ExitCode {
+    let opts = data_sync::Options {
+        from_database: args.from_database.clone(),
+        from_user: args.from_user.clone(),
+        to_database: args.to_database.clone(),
+        to_user: args.to_user.clone(),
+        publication: args.publication.clone(),
+        slot: args.replication_slot.clone(),
+        mode: Mode::Full,
+        schema_sync: true,
+    };
+    let token = CancellationToken::new();
+    stop_on_signals(token.clone());
+    let registry = Arc::new(Registry::default());
+    let task = registry.new_task(&opts.from_database, &opts.to_database, &opts.publication);
+    let reporter = (!args.dry_run).then(|| pgdog::report::spawn(task.clone(), token.clone()));
+    let result =
+        data_sync::schema::command(config, &opts, args.phase, args.dry_run, &task, &token).await;
+    token.cancel();
+    if let Some(r) = reporter {
+        let _ = r.await;
+    }
+    match result {
+        Ok(report) if args.dry_run => {
+            eprintln!(
+                "dry run: nothing was changed ({} objects exist already).",
+                report.existed
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            eprintln!(
+                "schema sync done: {} statements run, {} objects existed already.",
+                report.created, report.existed
+            );
+            for n in &report.not_valid {
+                eprintln!("  foreign key left NOT VALID: {n}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -232,6 +326,7 @@ async fn data_sync_command(config: Arc<Config>, args: &DataSyncArgs) -> ExitCode
         publication: args.publication.clone(),
         slot: args.replication_slot.clone(),
         mode,
+        schema_sync: !args.skip_schema_sync,
     };
     let slot = opts.slot_name();
     if args.replication_slot.is_none() && mode != Mode::Cleanup {

@@ -51,6 +51,15 @@ pub struct General {
     /// The largest protocol message accepted from a server, in bytes: a
     /// corrupt or hostile length above it is an error, not an allocation.
     pub max_message_size: usize,
+    /// The `pg_dump` schema sync runs (a program, or the directory that
+    /// holds it); unset: `$PG_BIN`, then `$PATH`, then
+    /// `/usr/lib/postgresql/*/bin`.
+    pub pg_dump: Option<PathBuf>,
+    /// Index builds and foreign key validations at once per destination
+    /// shard after the copy; `None` picks from the cores.
+    pub schema_sync_parallel: Option<usize>,
+    /// `maintenance_work_mem` of those sessions (a PostgreSQL size).
+    pub schema_sync_maintenance_work_mem: String,
 }
 
 impl Default for General {
@@ -68,6 +77,9 @@ impl Default for General {
             openmetrics_port: None,
             max_admin_connections: 32,
             max_message_size: pgdog_protocol::frame::DEFAULT_MAX_FRAME,
+            pg_dump: None,
+            schema_sync_parallel: None,
+            schema_sync_maintenance_work_mem: "256MB".into(),
         }
     }
 }

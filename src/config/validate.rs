@@ -153,6 +153,26 @@ pub(super) fn check(config: &Config) -> Result<Option<TlsConnector>, ConfigError
         ));
     }
 
+    if config.general.schema_sync_parallel == Some(0) {
+        return Err(invalid(
+            file,
+            "general.schema_sync_parallel".into(),
+            "must be at least 1 (index builds at once per destination shard)".into(),
+        ));
+    }
+    let mwm = config.general.schema_sync_maintenance_work_mem.trim();
+    let digits = mwm
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+        .trim();
+    let unit = mwm[digits.len()..].trim();
+    if digits.parse::<u64>().is_err() || !["", "kB", "MB", "GB", "TB"].contains(&unit) {
+        return Err(invalid(
+            file,
+            "general.schema_sync_maintenance_work_mem".into(),
+            format!("\"{mwm}\" is not a PostgreSQL memory size: write it like 256MB or 1GB"),
+        ));
+    }
+
     // Admin console.
     if config.general.max_admin_connections == 0 {
         return Err(invalid(

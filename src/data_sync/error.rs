@@ -53,6 +53,9 @@ pub enum DataSyncError {
         #[source]
         source: std::io::Error,
     },
+    /// Schema sync could not read or create the schema.
+    #[error("schema sync: {0}")]
+    Schema(String),
     /// Stopped by Ctrl-C, SIGTERM or STOP_TASK: not a failure.
     #[error("stopped")]
     Stopped,
@@ -72,6 +75,7 @@ impl DataSyncError {
             DataSyncError::State(_) => "state",
             DataSyncError::Stream { .. } => "stream",
             DataSyncError::Spool { .. } => "spool",
+            DataSyncError::Schema(_) => "schema",
             DataSyncError::Stopped => "stopped",
         }
     }

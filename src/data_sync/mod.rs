@@ -18,6 +18,7 @@ pub mod preflight;
 pub mod progress;
 pub mod replicas;
 pub mod retry;
+pub mod schema;
 pub mod snapshot;
 pub mod state;
 pub mod stream;
@@ -26,7 +27,7 @@ pub mod verify;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::net::replication::{valid_slot_name, SnapshotAction};
@@ -61,6 +62,9 @@ pub struct Options {
     /// and destination, so rerunning the same command resumes.
     pub slot: Option<String>,
     pub mode: Mode,
+    /// Create the schema on the destinations (pre-data before the copy,
+    /// post-data after it); off: the schema was made by hand.
+    pub schema_sync: bool,
 }
 
 impl Options {
@@ -189,6 +193,32 @@ async fn run_inner(
         return Ok(Outcome::CleanedUp);
     }
 
+    // Schema sync, pre-data: before preflight, which checks the tables.
+    let schema_settings = schema::Settings::from_config(&config);
+    let mut schema_source: Option<schema::Source> = None;
+    let mut post_pending = false;
+    if opts.schema_sync && opts.mode != Mode::ReplicateOnly {
+        let (pre_done, post_done) = schema::phases_done(&endpoints, &slot).await?;
+        if !post_done {
+            task.set_phase(Phase::Schema);
+            let source = tokio::select! {
+                s = schema::read_source(&endpoints, &opts.publication, &schema_settings) => s?,
+                _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
+            };
+            if !pre_done {
+                let r =
+                    schema::pre_data(&endpoints, &source, &slot, task, &shutdown, false).await?;
+                info!(
+                    created = r.created,
+                    existed = r.existed,
+                    "schema sync: pre-data on every destination shard"
+                );
+            }
+            schema_source = Some(source);
+            post_pending = true;
+        }
+    }
+
     task.set_phase(Phase::Preflight);
     let parallel = config
         .general
@@ -274,9 +304,43 @@ async fn run_inner(
             _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
         }
         info!("copy complete");
-        if opts.mode == Mode::SyncOnly {
-            return Ok(Outcome::Copied);
+    }
+    let mut ctx = ctx;
+    if post_pending {
+        if let Some(source) = &schema_source {
+            task.set_phase(Phase::Indexing);
+            let r = schema::post_data(
+                &ctx.endpoints,
+                source,
+                &schema::PostTables::CreatedFor(slot.clone()),
+                &slot,
+                &schema_settings,
+                task,
+                &shutdown,
+                false,
+            )
+            .await?;
+            info!(
+                created = r.created,
+                "schema sync: post-data on every destination shard"
+            );
+            for n in &r.not_valid {
+                warn!("foreign key left NOT VALID: {n}");
+            }
+            // The unique indexes just built decide how changes are batched.
+            let mut plan = ctx.plan.clone();
+            preflight::refresh_dest_tables(&ctx.endpoints, &mut plan).await?;
+            if let Some(c) = Arc::get_mut(&mut ctx) {
+                c.plan = plan;
+            } else {
+                let mut c = (*ctx).clone();
+                c.plan = plan;
+                ctx = Arc::new(c);
+            }
         }
+    }
+    if opts.mode == Mode::SyncOnly {
+        return Ok(Outcome::Copied);
     }
     if shutdown.is_cancelled() {
         return Ok(Outcome::Stopped);

@@ -618,3 +618,23 @@ pub async fn slot_info(conn: &mut Connection, slot: &str) -> Result<Option<SlotI
         confirmed_flush: r.text(3).and_then(Lsn::parse),
     }))
 }
+
+/// Read every destination shard's tables again into `plan` (after schema
+/// sync built indexes and constraints the streaming side looks at).
+pub async fn refresh_dest_tables(endpoints: &Endpoints, plan: &mut super::Plan) -> Result<()> {
+    for d in 0..endpoints.dest.shards.len() {
+        let mut conn = endpoints.connect_dest(d).await?;
+        let names: Vec<&TableName> = plan.tables.iter().map(|p| &p.table.name).collect();
+        let found = catalog::dest_tables(&mut conn, &names).await?;
+        conn.close().await;
+        for (table, dest) in plan.tables.iter_mut().zip(found) {
+            let Some(dest) = dest else { continue };
+            if d == 0 {
+                table.dest_table = dest;
+            } else {
+                table.dest_table.merge(&dest);
+            }
+        }
+    }
+    Ok(())
+}

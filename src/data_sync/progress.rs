@@ -14,7 +14,11 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Preflight,
+    /// Creating the schema on the destinations before the copy.
+    Schema,
     Copying,
+    /// Building indexes and constraints after the copy.
+    Indexing,
     Streaming,
     Stopped,
     Failed,
@@ -25,7 +29,9 @@ impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Preflight => "preflight",
+            Phase::Schema => "schema sync",
             Phase::Copying => "copying",
+            Phase::Indexing => "building indexes",
             Phase::Streaming => "streaming",
             Phase::Stopped => "stopped",
             Phase::Failed => "failed",
@@ -129,6 +135,124 @@ impl TableCopy {
         }
         let rate = done / elapsed;
         Some(((self.estimated_bytes as f64 - done).max(0.0)) / rate)
+    }
+}
+
+/// State of one schema object (or group of objects) on one destination shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaState {
+    Pending,
+    Running,
+    Done,
+    /// It was there already, and matches.
+    Existed,
+    /// A foreign key that could not be validated: it stays NOT VALID.
+    NotValid,
+    Failed,
+}
+
+impl SchemaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchemaState::Pending => "pending",
+            SchemaState::Running => "running",
+            SchemaState::Done => "done",
+            SchemaState::Existed => "existed",
+            SchemaState::NotValid => "not valid",
+            SchemaState::Failed => "failed",
+        }
+    }
+}
+
+/// One object of schema sync on one destination shard: an index build, a
+/// foreign key validation, or the pre-data of a shard as a whole.
+#[derive(Debug)]
+pub struct SchemaItem {
+    pub dest_shard: usize,
+    /// `pre-data`, `index`, `attach`, `foreign key`, `post-data`.
+    pub step: &'static str,
+    /// `INDEX public.orders_customer_id_idx`.
+    pub object: String,
+    /// Size of the table it reads (for the ETA), bytes.
+    pub table_bytes: u64,
+    pub state: Mutex<SchemaState>,
+    /// Why it failed or is not valid.
+    pub message: Mutex<Option<String>>,
+    /// Percent done, from pg_stat_progress_create_index (× 10).
+    pub permille: AtomicU64,
+    pub started: Mutex<Option<Instant>>,
+    pub finished: Mutex<Option<Instant>>,
+}
+
+impl SchemaItem {
+    pub fn new(dest_shard: usize, step: &'static str, object: String, table_bytes: u64) -> Self {
+        SchemaItem {
+            dest_shard,
+            step,
+            object,
+            table_bytes,
+            state: Mutex::new(SchemaState::Pending),
+            message: Mutex::new(None),
+            permille: AtomicU64::new(0),
+            started: Mutex::new(None),
+            finished: Mutex::new(None),
+        }
+    }
+
+    pub fn state(&self) -> SchemaState {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_state(&self, state: SchemaState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        let now = Some(Instant::now());
+        match state {
+            SchemaState::Running => *self.started.lock().unwrap_or_else(|e| e.into_inner()) = now,
+            SchemaState::Pending => {}
+            _ => *self.finished.lock().unwrap_or_else(|e| e.into_inner()) = now,
+        }
+    }
+
+    pub fn set_message(&self, message: impl Into<String>) {
+        *self.message.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.into());
+    }
+
+    pub fn message(&self) -> Option<String> {
+        self.message
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Seconds spent (so far, or in all); `None` before it starts.
+    pub fn elapsed(&self) -> Option<f64> {
+        let started = (*self.started.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let finished = *self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        Some(match finished {
+            Some(f) => f.duration_since(started).as_secs_f64(),
+            None => started.elapsed().as_secs_f64(),
+        })
+    }
+
+    pub fn percent(&self) -> Option<f64> {
+        match self.state() {
+            SchemaState::Done | SchemaState::Existed | SchemaState::NotValid => Some(100.0),
+            SchemaState::Running => {
+                let p = self.permille.load(Ordering::Relaxed);
+                (p > 0).then(|| p as f64 / 10.0)
+            }
+            _ => None,
+        }
+    }
+
+    /// Seconds left, from the server's progress report of the build.
+    pub fn eta(&self) -> Option<f64> {
+        if self.state() != SchemaState::Running {
+            return None;
+        }
+        let p = self.permille.load(Ordering::Relaxed) as f64 / 1000.0;
+        let elapsed = self.elapsed()?;
+        (p > 0.01).then(|| elapsed * (1.0 - p) / p)
     }
 }
 
@@ -239,6 +363,9 @@ pub struct Task {
     pub waiting: Mutex<Option<String>>,
     /// Snapshots taken for the copy, held or let go.
     pub snapshots: Mutex<Vec<Arc<SnapshotHold>>>,
+    /// Schema sync: pre-data per shard, then each index, constraint and
+    /// foreign key built after the copy.
+    pub schema: Mutex<Vec<Arc<SchemaItem>>>,
 }
 
 impl Task {
@@ -260,7 +387,24 @@ impl Task {
             ended: Mutex::new(None),
             waiting: Mutex::new(None),
             snapshots: Mutex::new(Vec::new()),
+            schema: Mutex::new(Vec::new()),
         }
+    }
+
+    pub fn schema_items(&self) -> Vec<Arc<SchemaItem>> {
+        self.schema
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn add_schema_item(&self, item: SchemaItem) -> Arc<SchemaItem> {
+        let item = Arc::new(item);
+        self.schema
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(item.clone());
+        item
     }
 
     /// What the task waits for right now, if anything.

@@ -67,6 +67,7 @@ pub fn worth_retrying(e: &DataSyncError) -> bool {
         | DataSyncError::Protocol(_)
         | DataSyncError::State(_)
         | DataSyncError::Stream { .. }
+        | DataSyncError::Schema(_)
         | DataSyncError::Stopped => false,
     }
 }

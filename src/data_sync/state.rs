@@ -32,6 +32,19 @@ CREATE TABLE IF NOT EXISTS pgdog.replication_progress (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (slot_name, source_shard)
 );
+CREATE TABLE IF NOT EXISTS pgdog.schema_tables (
+    slot_name text NOT NULL,
+    table_schema text NOT NULL,
+    table_name text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (slot_name, table_schema, table_name)
+);
+CREATE TABLE IF NOT EXISTS pgdog.schema_phases (
+    slot_name text NOT NULL,
+    phase text NOT NULL,
+    done_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (slot_name, phase)
+);
 CREATE TABLE IF NOT EXISTS pgdog.hash_bigint (k bigint) PARTITION BY HASH (k);
 CREATE TABLE IF NOT EXISTS pgdog.hash_text (k text) PARTITION BY HASH (k);
 CREATE TABLE IF NOT EXISTS pgdog.hash_uuid (k uuid) PARTITION BY HASH (k);
@@ -159,6 +172,8 @@ pub async fn forget(conn: &mut Connection, slot: &str) -> Result<()> {
     if !schema_exists(conn).await? {
         return Ok(());
     }
+    // State written by an older pgdog may lack the newer tables.
+    ensure_schema(conn).await?;
     conn.query_text(
         "DELETE FROM pgdog.copy_progress WHERE slot_name = $1",
         &[slot],
@@ -169,14 +184,69 @@ pub async fn forget(conn: &mut Connection, slot: &str) -> Result<()> {
         &[slot],
     )
     .await?;
+    for table in ["schema_tables", "schema_phases"] {
+        conn.query_text(
+            &format!("DELETE FROM pgdog.{table} WHERE slot_name = $1"),
+            &[slot],
+        )
+        .await?;
+    }
     // Drop the schema when no other move uses it.
     conn.execute(
         "DO $$ BEGIN
-           IF NOT EXISTS (SELECT 1 FROM pgdog.copy_progress) AND NOT EXISTS (SELECT 1 FROM pgdog.replication_progress) THEN
+           IF NOT EXISTS (SELECT 1 FROM pgdog.copy_progress) AND NOT EXISTS (SELECT 1 FROM pgdog.replication_progress)
+              AND NOT EXISTS (SELECT 1 FROM pgdog.schema_tables) AND NOT EXISTS (SELECT 1 FROM pgdog.schema_phases) THEN
              DROP SCHEMA pgdog CASCADE;
            END IF;
          END $$",
     )
     .await?;
     Ok(())
+}
+
+/// Schema sync phases (`pre`, `post`) recorded as done for `slot`.
+pub async fn schema_phases(conn: &mut Connection, slot: &str) -> Result<Vec<String>> {
+    if !schema_exists(conn).await? {
+        return Ok(Vec::new());
+    }
+    let rows = conn
+        .query_text(
+            "SELECT phase FROM pgdog.schema_phases WHERE slot_name = $1",
+            &[slot],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.text(0).map(str::to_string))
+        .collect())
+}
+
+pub async fn record_schema_phase(conn: &mut Connection, slot: &str, phase: &str) -> Result<()> {
+    conn.query_text(
+        "INSERT INTO pgdog.schema_phases (slot_name, phase) VALUES ($1, $2)
+         ON CONFLICT (slot_name, phase) DO UPDATE SET done_at = now()",
+        &[slot, phase],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Tables schema sync created for `slot` on this shard.
+pub async fn schema_tables(conn: &mut Connection, slot: &str) -> Result<Vec<TableName>> {
+    if !schema_exists(conn).await? {
+        return Ok(Vec::new());
+    }
+    let rows = conn
+        .query_text(
+            "SELECT table_schema, table_name FROM pgdog.schema_tables WHERE slot_name = $1",
+            &[slot],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| TableName {
+            schema: r.text(0).unwrap_or("").into(),
+            name: r.text(1).unwrap_or("").into(),
+        })
+        .collect())
 }

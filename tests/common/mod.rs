@@ -37,6 +37,7 @@ pub fn move_options(publication: &str, mode: Mode) -> Options {
         publication: publication.into(),
         slot: None,
         mode,
+        schema_sync: true,
     }
 }
 
@@ -331,5 +332,104 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// `pg_dump --schema-only` of one server of the fleet, split into entries
+/// (kind, schema, tag, SQL), without pgdog's own schema.
+pub fn schema_entries(
+    server: &pgdog::harness::Cluster,
+) -> Vec<pgdog::data_sync::schema::dump::Entry> {
+    let pg_dump = pgdog::harness::install::pg_dump().expect("a pg_dump on this machine");
+    let out = Command::new(&pg_dump)
+        .args([
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            "--no-publications",
+            "--exclude-schema=pgdog",
+            "--username=postgres",
+        ])
+        .arg(format!("--host={}", server.host()))
+        .arg(format!("--port={}", server.port()))
+        .arg(format!("--dbname={}", pgdog::harness::fleet::DATABASE))
+        .output()
+        .expect("run pg_dump");
+    assert!(
+        out.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pgdog::data_sync::schema::dump::parse(&String::from_utf8(out.stdout).unwrap())
+}
+
+/// Every destination shard has exactly the source's schema, except for
+/// the objects `left_out` says the move does not take.
+pub fn assert_same_schema(
+    fleet: &Fleet,
+    left_out: impl Fn(&pgdog::data_sync::schema::dump::Entry) -> bool,
+) {
+    // Session settings pg_dump prints between entries depend on what it
+    // printed before; the statements are what matters.
+    let render = |e: &pgdog::data_sync::schema::dump::Entry| {
+        let sql: Vec<&str> = e
+            .sql
+            .lines()
+            .filter(|l| !l.starts_with("SET ") && !l.is_empty())
+            .collect();
+        format!("{} {:?} {}\n{}", e.kind, e.schema, e.tag, sql.join("\n"))
+    };
+    let source: Vec<String> = schema_entries(&fleet.sources[0])
+        .iter()
+        .filter(|e| !left_out(e))
+        .map(render)
+        .collect();
+    assert!(source.len() > 10, "the source schema is nearly empty");
+    for (d, c) in fleet.dests.iter().enumerate() {
+        let dest: Vec<String> = schema_entries(c)
+            .iter()
+            .map(render)
+            .map(|e| {
+                // A foreign key pgdog could not validate must really be
+                // violated on that shard (a row whose parent another shard
+                // holds); then it counts as the source's.
+                match e.strip_suffix(" NOT VALID;") {
+                    Some(valid) if e.starts_with("FK CONSTRAINT") => {
+                        let src = format!("{valid};");
+                        assert!(
+                            source.contains(&src),
+                            "destination shard {d} has a NOT VALID foreign key the source has valid or not at all:\n{e}"
+                        );
+                        let table_and_name = e.lines().next().unwrap_or("");
+                        let mut words = table_and_name.rsplitn(3, ' ');
+                        let (name, table) = (words.next().unwrap(), words.next().unwrap());
+                        let result = std::process::Command::new(pgdog::harness::install::pg_dump().unwrap().with_file_name("psql"))
+                            .args(["-X", "-q", "--username=postgres", "-v", "ON_ERROR_STOP=1"])
+                            .arg(format!("--host={}", c.host()))
+                            .arg(format!("--port={}", c.port()))
+                            .arg(format!("--dbname={}", pgdog::harness::fleet::DATABASE))
+                            .arg("-c")
+                            .arg(format!("ALTER TABLE public.{table} VALIDATE CONSTRAINT {name}"))
+                            .output()
+                            .unwrap();
+                        let err = String::from_utf8_lossy(&result.stderr);
+                        assert!(
+                            !result.status.success() && err.contains("violates foreign key constraint"),
+                            "destination shard {d}: foreign key {name} was left NOT VALID, but it validates: {err}"
+                        );
+                        src
+                    }
+                    _ => e,
+                }
+            })
+            .collect();
+        let missing: Vec<&String> = source.iter().filter(|e| !dest.contains(e)).collect();
+        let extra: Vec<&String> = dest.iter().filter(|e| !source.contains(e)).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "destination shard {d} differs from the source schema.\nmissing or different:\n{}\nextra:\n{}",
+            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+            extra.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+        );
     }
 }

@@ -55,6 +55,7 @@ impl AdminCommand for DataSync {
             publication: self.publication.clone(),
             slot: self.slot.clone(),
             mode: Mode::Full,
+            schema_sync: true,
         };
         self.check(ctx, &opts)?;
         let slot = opts.slot_name();

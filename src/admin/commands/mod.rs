@@ -66,7 +66,10 @@ impl Context {
 
 /// A task that has not ended.
 pub fn is_running(phase: Phase) -> bool {
-    matches!(phase, Phase::Preflight | Phase::Copying | Phase::Streaming)
+    matches!(
+        phase,
+        Phase::Preflight | Phase::Schema | Phase::Copying | Phase::Indexing | Phase::Streaming
+    )
 }
 
 /// One line of HELP.

@@ -1,0 +1,885 @@
+//! Schema sync: the source's schema, read with the real `pg_dump
+//! --schema-only`, created on every destination shard. Pre-data before
+//! the copy; post-data (secondary indexes, constraints, foreign keys,
+//! triggers) after it, built in parallel across tables and shards, so a
+//! copy into tables pgdog created fills them without secondary indexes.
+//!
+//! Idempotent: an object that exists on a shard is left alone; a table,
+//! type, domain, function or sequence that exists but differs from the
+//! source is an error naming it, found before anything is created. Tables
+//! a run creates are recorded on the shard (`pgdog.schema_tables`), with
+//! the phases it finished (`pgdog.schema_phases`), so a rerun knows where
+//! it stands and a move only builds indexes on tables it made itself.
+//!
+//! - [`pg_dump`]: finding and running pg_dump.
+//! - [`dump`]: splitting its output into entries.
+//! - [`catalog`]: what each entry belongs to, what exists, what matches.
+//! - [`plan`]: which entries a move takes, and when.
+//! - [`apply`]: running them.
+
+pub mod apply;
+pub mod catalog;
+pub mod dump;
+pub mod pg_dump;
+pub mod plan;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::data_sync::catalog::{quote_ident, TableName};
+use crate::data_sync::endpoints::Endpoints;
+use crate::data_sync::error::{DataSyncError, Problem, Result};
+use crate::data_sync::progress::{SchemaItem, SchemaState, Task};
+use crate::data_sync::state;
+
+use apply::{Statement, Work};
+use catalog::{Key, Objects};
+use plan::{SchemaPlan, Step};
+
+/// Which phases to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phases {
+    Pre,
+    Post,
+    All,
+}
+
+/// How schema sync works, from `[general]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[general] pg_dump`: a program or the directory holding it.
+    pub pg_dump: Option<PathBuf>,
+    /// Index builds and foreign key validations at once, per destination
+    /// shard.
+    pub parallel: usize,
+    /// `maintenance_work_mem` of those sessions.
+    pub maintenance_work_mem: String,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            pg_dump: config.general.pg_dump.clone(),
+            parallel: config
+                .general
+                .schema_sync_parallel
+                .unwrap_or_else(default_parallel),
+            maintenance_work_mem: config.general.schema_sync_maintenance_work_mem.clone(),
+        }
+    }
+}
+
+/// Default index builds per destination shard: the cores here (a build is
+/// CPU work on the server; with several shards each gets as many).
+pub fn default_parallel() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8)
+}
+
+/// The source side, read once: pg_dump's entries and the catalog's list of
+/// the publication's objects.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub pg_dump: pg_dump::PgDump,
+    pub objects: Objects,
+    pub plan: SchemaPlan,
+}
+
+/// Read the schema of source shard 0 (every source shard holds the same
+/// schema).
+pub async fn read_source(
+    endpoints: &Endpoints,
+    publication: &str,
+    settings: &Settings,
+) -> Result<Source> {
+    let mut conn = endpoints.connect_source(0, false).await?;
+    if crate::data_sync::catalog::publication(&mut conn, publication)
+        .await?
+        .is_none()
+    {
+        let o = endpoints.source(0);
+        return Err(DataSyncError::preflight(
+            format!(
+                "publication \"{publication}\" does not exist on source shard 0 ({}:{})",
+                o.host, o.port
+            ),
+            format!("create it on every source shard: CREATE PUBLICATION {} FOR ALL TABLES (or FOR TABLE ...)", quote_ident(publication)),
+        ));
+    }
+    let server_major = conn.server_version_num() / 10000;
+    let pg_dump = pg_dump::find(settings.pg_dump.as_deref(), server_major).await?;
+    info!(pg_dump = %pg_dump.path.display(), version = %pg_dump.version, "reading the source schema");
+    let objects = catalog::objects(&mut conn, Some(publication)).await?;
+    conn.close().await;
+    let o = endpoints.source(0);
+    let config = &endpoints.config.general;
+    let text = pg_dump
+        .schema(
+            &o,
+            &config.tls_verify,
+            config.tls_server_ca_certificate.as_deref(),
+            &format!("source shard 0 ({}:{})", o.host, o.port),
+        )
+        .await?;
+    let plan = plan::plan(dump::parse(&text), &objects);
+    Ok(Source {
+        pg_dump,
+        objects,
+        plan,
+    })
+}
+
+/// What a run on one destination shard does.
+#[derive(Debug, Default)]
+struct ShardPlan {
+    statements: Vec<Statement>,
+    /// SQL run in the same transaction as statement `i`.
+    extra: HashMap<usize, String>,
+    existed: usize,
+    created_tables: Vec<TableName>,
+}
+
+fn describe_shard(endpoints: &Endpoints, d: usize) -> String {
+    let o = endpoints.dest(d);
+    format!("destination shard {d} ({}:{})", o.host, o.port)
+}
+
+/// The kinds whose existence the catalog query reports.
+fn looked_up(kind: &str) -> bool {
+    matches!(
+        kind,
+        "TABLE"
+            | "TABLE ATTACH"
+            | "DEFAULT"
+            | "CONSTRAINT"
+            | "CHECK CONSTRAINT"
+            | "FK CONSTRAINT"
+            | "INDEX"
+            | "INDEX ATTACH"
+            | "TRIGGER"
+            | "RULE"
+            | "POLICY"
+            | "ROW SECURITY"
+            | "STATISTICS"
+            | "SEQUENCE"
+            | "SEQUENCE OWNED BY"
+            | "TYPE"
+            | "DOMAIN"
+            | "FUNCTION"
+            | "PROCEDURE"
+            | "AGGREGATE"
+            | "SCHEMA"
+            | "EXTENSION"
+            | "COLLATION"
+    )
+}
+
+/// How two table signatures (`col type, ...`, sorted by name) differ.
+fn column_difference(source: &str, dest: &str) -> String {
+    let split = |s: &str| -> Vec<String> { s.split(", ").map(str::to_string).collect() };
+    let (src, dst) = (split(source), split(dest));
+    let only_src: Vec<&String> = src.iter().filter(|c| !dst.contains(c)).collect();
+    let only_dst: Vec<&String> = dst.iter().filter(|c| !src.contains(c)).collect();
+    let list = |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+    match (only_src.is_empty(), only_dst.is_empty()) {
+        (false, false) => format!(
+            "the source has {}, the destination has {}",
+            list(&only_src),
+            list(&only_dst)
+        ),
+        (false, true) => format!("the destination lacks {}", list(&only_src)),
+        _ => format!("the destination also has {}", list(&only_dst)),
+    }
+}
+
+/// Plan pre-data on one shard: what to create, and what exists but does
+/// not match (into `problems`).
+fn plan_pre(
+    source: &Source,
+    dest: &Objects,
+    slot: &str,
+    what: &str,
+    problems: &mut Vec<Problem>,
+) -> ShardPlan {
+    let mut out = ShardPlan::default();
+    // Tables that were there before: left alone, with all that belongs
+    // to them (their defaults, keys, partitions' attachment).
+    let mut existing_tables: HashSet<TableName> = HashSet::new();
+    let mut created: HashSet<Key> = HashSet::new();
+    for p in source.plan.entries.iter().filter(|p| p.step == Step::Pre) {
+        let e = &p.entry;
+        let schema = e.schema.as_deref();
+        let src = source.objects.get(&e.kind, schema, &e.tag);
+        if e.kind == "COMMENT" || e.kind == "SECURITY LABEL" {
+            // Only with an object this run creates: a rerun changes nothing.
+            let on_created = created.iter().any(|k| comment_names(&e.tag, k));
+            if on_created {
+                out.statements.push(statement(e, false));
+            }
+            continue;
+        }
+        if e.kind == "TABLE" {
+            if let Some(d) = dest.get("TABLE", schema, &e.tag) {
+                out.existed += 1;
+                let name = TableName {
+                    schema: schema.unwrap_or("").into(),
+                    name: e.tag.clone(),
+                };
+                if let (Some(s), Some(dsig)) = (
+                    src.and_then(|o| o.signature.as_deref()),
+                    d.signature.as_deref(),
+                ) {
+                    if s != dsig {
+                        problems.push(Problem {
+                            problem: format!(
+                                "table {name} exists on {what} with other columns than on the source: {}",
+                                column_difference(s, dsig)
+                            ),
+                            fix: format!("make its columns match the source's, or drop it on that shard so schema sync creates it (or pass --skip-schema-sync to keep a schema made by hand)"),
+                        });
+                    }
+                }
+                existing_tables.insert(name);
+                continue;
+            }
+        }
+        if let Some(t) = src.and_then(|o| o.table.as_ref()) {
+            if existing_tables.contains(t) && e.kind != "TABLE" {
+                out.existed += 1;
+                continue;
+            }
+        }
+        if looked_up(&e.kind) {
+            let exists = dest.get(&e.kind, schema, &e.tag);
+            // A primary key by another name counts.
+            let pk_elsewhere = e.kind == "CONSTRAINT"
+                && src.is_some_and(|o| o.has('p'))
+                && src
+                    .and_then(|o| o.table.as_ref())
+                    .is_some_and(|t| dest.contains("PRIMARY KEY", Some(&t.schema), &t.name));
+            if let Some(d) = exists {
+                out.existed += 1;
+                let kinds_compared = ["TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "SEQUENCE"];
+                if kinds_compared.contains(&e.kind.as_str()) {
+                    if let (Some(s), Some(dsig)) = (
+                        src.and_then(|o| o.signature.as_deref()),
+                        d.signature.as_deref(),
+                    ) {
+                        if s != dsig {
+                            problems.push(Problem {
+                                problem: format!(
+                                    "{} exists on {what} but differs from the source's",
+                                    e.describe()
+                                ),
+                                fix: "make it the same as on the source, or drop it on that shard so schema sync creates it".into(),
+                            });
+                        }
+                    }
+                }
+                continue;
+            }
+            if pk_elsewhere {
+                out.existed += 1;
+                continue;
+            }
+            if e.kind == "EXTENSION" && !dest.contains("AVAILABLE EXTENSION", None, &e.tag) {
+                warn!(
+                    extension = %e.tag,
+                    "extension is not installed on {what}: left out; objects that need it will fail"
+                );
+                continue;
+            }
+        }
+        let i = out.statements.len();
+        out.statements.push(statement(e, !looked_up(&e.kind)));
+        created.insert(Key::new(&e.kind, schema, &e.tag));
+        if e.kind == "TABLE" {
+            let name = TableName {
+                schema: schema.unwrap_or("").into(),
+                name: e.tag.clone(),
+            };
+            out.extra.insert(
+                i,
+                format!(
+                    "INSERT INTO pgdog.schema_tables (slot_name, table_schema, table_name) VALUES ({}, {}, {}) ON CONFLICT DO NOTHING;",
+                    crate::data_sync::catalog::quote_literal(slot),
+                    crate::data_sync::catalog::quote_literal(&name.schema),
+                    crate::data_sync::catalog::quote_literal(&name.name)
+                ),
+            );
+            out.created_tables.push(name);
+        }
+    }
+    out
+}
+
+/// Does a comment's tag name the object `k`?
+fn comment_names(tag: &str, k: &Key) -> bool {
+    let Some((kind, rest)) = tag.split_once(' ') else {
+        return false;
+    };
+    match kind {
+        "COLUMN" => k.kind == "TABLE" && rest.starts_with(&format!("{}.", k.tag)),
+        "CONSTRAINT" | "TRIGGER" | "POLICY" | "RULE" => rest
+            .rsplit_once(" ON ")
+            .is_some_and(|(name, table)| k.tag == format!("{table} {name}")),
+        _ => k.tag == rest && (k.kind == kind || tag.starts_with(&format!("{} ", k.kind))),
+    }
+}
+
+fn statement(e: &dump::Entry, may_exist: bool) -> Statement {
+    Statement {
+        sql: e.sql.clone(),
+        object: e.describe(),
+        may_exist,
+    }
+}
+
+/// Per-shard outcome, for the caller's summary.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub created: usize,
+    pub existed: usize,
+    /// Foreign keys left NOT VALID, with why.
+    pub not_valid: Vec<String>,
+}
+
+/// Create pre-data on every destination shard. Every shard is checked
+/// before anything is created anywhere. `dry_run` prints the SQL instead.
+pub async fn pre_data(
+    endpoints: &Endpoints,
+    source: &Source,
+    slot: &str,
+    task: &Arc<Task>,
+    shutdown: &CancellationToken,
+    dry_run: bool,
+) -> Result<Report> {
+    let shards = endpoints.dest.shards.len();
+    let mut plans = Vec::with_capacity(shards);
+    let mut problems = Vec::new();
+    for d in 0..shards {
+        let mut conn = endpoints.connect_dest(d).await?;
+        let dest = catalog::objects(&mut conn, None).await?;
+        conn.close().await;
+        plans.push(plan_pre(
+            source,
+            &dest,
+            slot,
+            &describe_shard(endpoints, d),
+            &mut problems,
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(DataSyncError::Preflight { problems });
+    }
+    let mut report = Report::default();
+    if dry_run {
+        for (d, p) in plans.iter().enumerate() {
+            println!(
+                "-- {}: pre-data, {} statements ({} objects exist already)",
+                describe_shard(endpoints, d),
+                p.statements.len(),
+                p.existed
+            );
+            for s in &p.statements {
+                println!("-- {}\n{}\n", s.object, s.sql);
+            }
+        }
+        return Ok(report);
+    }
+    let mut runs = tokio::task::JoinSet::new();
+    for (d, p) in plans.into_iter().enumerate() {
+        report.created += p.statements.len();
+        report.existed += p.existed;
+        let item = task.add_schema_item(SchemaItem::new(
+            d,
+            Step::Pre.as_str(),
+            format!(
+                "{} objects to create, {} exist",
+                p.statements.len(),
+                p.existed
+            ),
+            0,
+        ));
+        let (endpoints, slot, shutdown) = (endpoints.clone(), slot.to_string(), shutdown.clone());
+        runs.spawn(async move {
+            item.set_state(SchemaState::Running);
+            let r = async {
+                let mut conn = apply::session(&endpoints, d, "64MB").await?;
+                state::ensure_schema(&mut conn).await?;
+                apply::run_batches(&mut conn, d, &p.statements, &p.extra, &shutdown).await?;
+                state::record_schema_phase(&mut conn, &slot, "pre").await?;
+                conn.close().await;
+                info!(
+                    dest_shard = d,
+                    created = p.statements.len(),
+                    existed = p.existed,
+                    tables = p.created_tables.len(),
+                    "pre-data done"
+                );
+                Ok::<(), DataSyncError>(())
+            }
+            .await;
+            match &r {
+                Ok(()) => item.set_state(SchemaState::Done),
+                Err(e) => {
+                    item.set_message(e.to_string());
+                    item.set_state(SchemaState::Failed);
+                }
+            }
+            r
+        });
+    }
+    join_all(runs).await?;
+    Ok(report)
+}
+
+async fn join_all(mut runs: tokio::task::JoinSet<Result<()>>) -> Result<()> {
+    let mut result = Ok(());
+    while let Some(r) = runs.join_next().await {
+        let r = r.unwrap_or_else(|e| Err(DataSyncError::Schema(format!("schema task: {e}"))));
+        if let (Err(e), true) = (r, result.is_ok()) {
+            result = Err(e);
+        }
+    }
+    result
+}
+
+/// Add ` NOT VALID` to a foreign key's `ADD CONSTRAINT` statement.
+fn not_valid(sql: &str) -> String {
+    let trimmed = sql.trim_end();
+    let body = trimmed.strip_suffix(';').unwrap_or(trimmed);
+    if body.ends_with("NOT VALID") {
+        return format!("{body};");
+    }
+    format!("{body} NOT VALID;")
+}
+
+/// Which tables post-data covers on a shard.
+#[derive(Debug, Clone)]
+pub enum PostTables {
+    /// Every table of the publication (`pgdog schema-sync`).
+    All,
+    /// Those a data-sync's pre-data created, per shard (read from the
+    /// shard's `pgdog.schema_tables`).
+    CreatedFor(String),
+}
+
+/// Create post-data on every destination shard, all shards at once:
+/// indexes and unique constraints in parallel, then partition index
+/// attaches, then foreign keys (added NOT VALID, validated in parallel),
+/// then the rest.
+pub async fn post_data(
+    endpoints: &Endpoints,
+    source: &Source,
+    tables: &PostTables,
+    slot: &str,
+    settings: &Settings,
+    task: &Arc<Task>,
+    shutdown: &CancellationToken,
+    dry_run: bool,
+) -> Result<Report> {
+    let shards = endpoints.dest.shards.len();
+    let mut report = Report::default();
+    let mut runs = tokio::task::JoinSet::new();
+    let not_valid_all: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    for d in 0..shards {
+        let mut conn = endpoints.connect_dest(d).await?;
+        let dest = catalog::objects(&mut conn, None).await?;
+        let only: Option<HashSet<TableName>> = match tables {
+            PostTables::All => None,
+            PostTables::CreatedFor(slot) => Some(
+                state::schema_tables(&mut conn, slot)
+                    .await?
+                    .into_iter()
+                    .collect(),
+            ),
+        };
+        conn.close().await;
+        let what = describe_shard(endpoints, d);
+        let steps = plan_post(source, &dest, only.as_ref());
+        report.existed += steps.existed;
+        if dry_run {
+            println!(
+                "-- {what}: post-data ({} objects exist already)",
+                steps.existed
+            );
+            for s in steps
+                .index
+                .iter()
+                .chain(&steps.attach)
+                .chain(&steps.fk_add)
+                .map(|s| (&s.object, &s.sql))
+                .chain(steps.fk_parallel.iter().map(|(o, s, _, _)| (o, s)))
+                .chain(steps.other.iter().map(|s| (&s.object, &s.sql)))
+            {
+                println!("-- {}\n{}\n", s.0, s.1);
+            }
+            continue;
+        }
+        report.created += steps.count();
+        let (endpoints, settings, task, shutdown, not_valid_all, slot) = (
+            endpoints.clone(),
+            settings.clone(),
+            task.clone(),
+            shutdown.clone(),
+            not_valid_all.clone(),
+            slot.to_string(),
+        );
+        runs.spawn(async move {
+            run_post_shard(
+                &endpoints,
+                d,
+                steps,
+                &settings,
+                &task,
+                &shutdown,
+                &not_valid_all,
+            )
+            .await?;
+            let mut conn = endpoints.connect_dest(d).await?;
+            state::ensure_schema(&mut conn).await?;
+            state::record_schema_phase(&mut conn, &slot, "post").await?;
+            conn.close().await;
+            Ok(())
+        });
+    }
+    join_all(runs).await?;
+    report.not_valid = std::mem::take(&mut not_valid_all.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(report)
+}
+
+/// Post-data of one shard, by step.
+#[derive(Debug, Default)]
+struct PostSteps {
+    index: Vec<Statement>,
+    index_bytes: Vec<u64>,
+    attach: Vec<Statement>,
+    /// Foreign keys added NOT VALID (quick), validated after.
+    fk_add: Vec<Statement>,
+    /// (object, sql, table bytes, is a validation)
+    fk_parallel: Vec<(String, String, u64, bool)>,
+    other: Vec<Statement>,
+    existed: usize,
+}
+
+impl PostSteps {
+    fn count(&self) -> usize {
+        self.index.len()
+            + self.attach.len()
+            + self.fk_add.len()
+            + self.other.len()
+            + self.fk_parallel.iter().filter(|f| !f.3).count()
+    }
+}
+
+fn plan_post(source: &Source, dest: &Objects, only: Option<&HashSet<TableName>>) -> PostSteps {
+    let mut out = PostSteps::default();
+    let mut created: HashSet<Key> = HashSet::new();
+    for p in source.plan.entries.iter().filter(|p| p.step.is_post()) {
+        let e = &p.entry;
+        let schema = e.schema.as_deref();
+        let src = source.objects.get(&e.kind, schema, &e.tag);
+        if e.kind == "COMMENT" || e.kind == "SECURITY LABEL" {
+            if created.iter().any(|k| comment_names(&e.tag, k)) {
+                out.other.push(statement(e, false));
+            }
+            continue;
+        }
+        let table = src.and_then(|o| o.table.clone());
+        if let (Some(only), Some(t)) = (only, &table) {
+            if !only.contains(t) {
+                continue;
+            }
+        }
+        let bytes = src.map_or(0, |o| o.bytes);
+        if looked_up(&e.kind) {
+            if let Some(d) = dest.get(&e.kind, schema, &e.tag) {
+                out.existed += 1;
+                // A foreign key an earlier run added but did not validate.
+                let validate =
+                    e.kind == "FK CONSTRAINT" && src.is_some_and(|o| o.has('v')) && !d.has('v');
+                if let (true, Some(t)) = (validate, &table) {
+                    out.fk_parallel
+                        .push((e.describe(), validate_sql(t, &e.tag), bytes, true));
+                }
+                continue;
+            }
+        }
+        created.insert(Key::new(&e.kind, schema, &e.tag));
+        match p.step {
+            Step::Index => {
+                out.index.push(statement(e, false));
+                out.index_bytes.push(bytes);
+            }
+            Step::Attach => out.attach.push(statement(e, false)),
+            Step::ForeignKey => {
+                let o = src.cloned().unwrap_or_default();
+                match &table {
+                    // Partitioned tables take no NOT VALID foreign key:
+                    // added (and so validated) in one go, in parallel.
+                    Some(_) if o.has('P') => {
+                        out.fk_parallel
+                            .push((e.describe(), e.sql.clone(), bytes, false))
+                    }
+                    Some(t) if o.has('v') => {
+                        out.fk_add.push(Statement {
+                            sql: not_valid(&e.sql),
+                            object: e.describe(),
+                            may_exist: false,
+                        });
+                        out.fk_parallel
+                            .push((e.describe(), validate_sql(t, &e.tag), bytes, true));
+                    }
+                    _ => out.fk_add.push(statement(e, false)),
+                }
+            }
+            _ => out.other.push(statement(e, !looked_up(&e.kind))),
+        }
+    }
+    out
+}
+
+/// `ALTER TABLE ONLY t VALIDATE CONSTRAINT c` for the FK tagged `t c`.
+fn validate_sql(table: &TableName, tag: &str) -> String {
+    let name = tag.strip_prefix(&format!("{} ", table.name)).unwrap_or(tag);
+    format!(
+        "ALTER TABLE {} VALIDATE CONSTRAINT {};",
+        table.quoted(),
+        quote_ident(name)
+    )
+}
+
+async fn run_post_shard(
+    endpoints: &Endpoints,
+    d: usize,
+    steps: PostSteps,
+    settings: &Settings,
+    task: &Arc<Task>,
+    shutdown: &CancellationToken,
+    not_valid: &std::sync::Mutex<Vec<String>>,
+) -> Result<()> {
+    let mwm = settings.maintenance_work_mem.as_str();
+    let works: Vec<Work> = steps
+        .index
+        .iter()
+        .zip(&steps.index_bytes)
+        .map(|(s, b)| Work {
+            item: task.add_schema_item(SchemaItem::new(
+                d,
+                Step::Index.as_str(),
+                s.object.clone(),
+                *b,
+            )),
+            sql: s.sql.clone(),
+            validation: false,
+        })
+        .collect();
+    apply::run_parallel(endpoints, d, works, settings.parallel, mwm, shutdown).await?;
+    let sequential = |step: Step, list: &[Statement]| -> Option<Arc<SchemaItem>> {
+        (!list.is_empty()).then(|| {
+            task.add_schema_item(SchemaItem::new(
+                d,
+                step.as_str(),
+                format!("{} statements", list.len()),
+                0,
+            ))
+        })
+    };
+    let mut conn = apply::session(endpoints, d, mwm).await?;
+    for (step, list) in [
+        (Step::Attach, &steps.attach),
+        (Step::ForeignKey, &steps.fk_add),
+    ] {
+        if let Some(item) = sequential(step, list) {
+            item.set_state(SchemaState::Running);
+            let r = apply::run_batches(&mut conn, d, list, &HashMap::new(), shutdown).await;
+            item.set_state(if r.is_ok() {
+                SchemaState::Done
+            } else {
+                SchemaState::Failed
+            });
+            r?;
+        }
+    }
+    let works: Vec<Work> = steps
+        .fk_parallel
+        .iter()
+        .map(|(object, sql, bytes, _)| Work {
+            item: task.add_schema_item(SchemaItem::new(
+                d,
+                Step::ForeignKey.as_str(),
+                object.clone(),
+                *bytes,
+            )),
+            sql: sql.clone(),
+            validation: true,
+        })
+        .collect();
+    let items: Vec<Arc<SchemaItem>> = works.iter().map(|w| w.item.clone()).collect();
+    apply::run_parallel(endpoints, d, works, settings.parallel, mwm, shutdown).await?;
+    for item in items.iter().filter(|i| i.state() == SchemaState::NotValid) {
+        not_valid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!(
+                "{} on {}: {}",
+                item.object,
+                describe_shard(endpoints, d),
+                item.message().unwrap_or_default()
+            ));
+    }
+    if let Some(item) = sequential(Step::Other, &steps.other) {
+        item.set_state(SchemaState::Running);
+        let r = apply::run_batches(&mut conn, d, &steps.other, &HashMap::new(), shutdown).await;
+        item.set_state(if r.is_ok() {
+            SchemaState::Done
+        } else {
+            SchemaState::Failed
+        });
+        r?;
+    }
+    conn.close().await;
+    Ok(())
+}
+
+/// Phases recorded as done for `slot` on every destination shard.
+pub async fn phases_done(endpoints: &Endpoints, slot: &str) -> Result<(bool, bool)> {
+    let (mut pre, mut post) = (true, true);
+    for d in 0..endpoints.dest.shards.len() {
+        let mut conn = endpoints.connect_dest(d).await?;
+        let done = state::schema_phases(&mut conn, slot).await?;
+        conn.close().await;
+        pre &= done.iter().any(|p| p == "pre");
+        post &= done.iter().any(|p| p == "post");
+    }
+    Ok((pre, post))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_keys_are_added_not_valid() {
+        assert_eq!(
+            not_valid("ALTER TABLE ONLY public.a\n    ADD CONSTRAINT f FOREIGN KEY (x) REFERENCES public.b(id);"),
+            "ALTER TABLE ONLY public.a\n    ADD CONSTRAINT f FOREIGN KEY (x) REFERENCES public.b(id) NOT VALID;"
+        );
+        assert_eq!(
+            not_valid("ALTER TABLE a ADD CONSTRAINT f FOREIGN KEY (x) REFERENCES b(id) NOT VALID;"),
+            "ALTER TABLE a ADD CONSTRAINT f FOREIGN KEY (x) REFERENCES b(id) NOT VALID;"
+        );
+        let t = TableName {
+            schema: "public".into(),
+            name: "order items".into(),
+        };
+        assert_eq!(
+            validate_sql(&t, "order items order_items_fk"),
+            "ALTER TABLE \"public\".\"order items\" VALIDATE CONSTRAINT \"order_items_fk\";"
+        );
+    }
+
+    #[test]
+    fn column_differences_name_the_columns() {
+        assert_eq!(
+            column_difference("a integer, b text", "a integer"),
+            "the destination lacks b text"
+        );
+        assert_eq!(
+            column_difference("a integer", "a bigint"),
+            "the source has a integer, the destination has a bigint"
+        );
+    }
+
+    #[test]
+    fn comments_follow_their_objects() {
+        assert!(comment_names(
+            "TABLE orders",
+            &Key::new("TABLE", Some("public"), "orders")
+        ));
+        assert!(comment_names(
+            "COLUMN orders.note",
+            &Key::new("TABLE", Some("public"), "orders")
+        ));
+        assert!(!comment_names(
+            "COLUMN orders2.note",
+            &Key::new("TABLE", Some("public"), "orders")
+        ));
+        assert!(comment_names(
+            "CONSTRAINT c ON orders",
+            &Key::new("FK CONSTRAINT", Some("public"), "orders c")
+        ));
+        assert!(comment_names(
+            "FUNCTION f()",
+            &Key::new("FUNCTION", Some("public"), "f()")
+        ));
+    }
+}
+
+/// `pgdog schema-sync`: the phases asked for, on every destination shard.
+/// With `dry_run`, prints what would run on each shard, and what is left
+/// out, without changing anything.
+pub async fn command(
+    config: Arc<Config>,
+    opts: &crate::data_sync::Options,
+    phases: Phases,
+    dry_run: bool,
+    task: &Arc<Task>,
+    shutdown: &CancellationToken,
+) -> Result<Report> {
+    let endpoints = Endpoints::new(
+        config.clone(),
+        &opts.from_database,
+        &opts.from_user,
+        &opts.to_database,
+        &opts.to_user,
+    )?;
+    let slot = opts.slot_name();
+    let settings = Settings::from_config(&config);
+    task.set_phase(crate::data_sync::Phase::Schema);
+    let source = read_source(&endpoints, &opts.publication, &settings).await?;
+    if dry_run {
+        println!(
+            "-- schema of source shard 0 read with {} ({}): {} objects taken, {} left out",
+            source.pg_dump.path.display(),
+            source.pg_dump.version,
+            source.plan.entries.len(),
+            source.plan.omitted.len()
+        );
+        for o in &source.plan.omitted {
+            println!("--   left out: {o}");
+        }
+    }
+    let mut report = Report::default();
+    if phases != Phases::Post {
+        let r = pre_data(&endpoints, &source, &slot, task, shutdown, dry_run).await?;
+        report.created += r.created;
+        report.existed += r.existed;
+    }
+    if phases != Phases::Pre {
+        task.set_phase(crate::data_sync::Phase::Indexing);
+        let r = post_data(
+            &endpoints,
+            &source,
+            &PostTables::All,
+            &slot,
+            &settings,
+            task,
+            shutdown,
+            dry_run,
+        )
+        .await?;
+        report.created += r.created;
+        report.existed += r.existed;
+        report.not_valid = r.not_valid;
+    }
+    Ok(report)
+}
