@@ -12,7 +12,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::data_sync::progress::{CopyState, Phase, TableCopy, Task};
+use crate::data_sync::progress::{CopyState, Phase, SchemaItem, SchemaState, TableCopy, Task};
 
 /// Bytes as a human reads them.
 pub fn human_bytes(b: f64) -> String {
@@ -109,6 +109,42 @@ pub fn overall_line(task: &Task) -> String {
     line
 }
 
+/// One line about an index build or foreign key validation.
+pub fn schema_item_line(i: &SchemaItem) -> String {
+    let mut line = format!(
+        "{} [destination shard {}] {}",
+        i.object,
+        i.dest_shard,
+        human_duration(i.elapsed().unwrap_or(0.0))
+    );
+    if let Some(p) = i.percent() {
+        line.push_str(&format!(", {p:.0}%"));
+    }
+    if let Some(eta) = i.eta() {
+        line.push_str(&format!(", ETA {}", human_duration(eta)));
+    }
+    line
+}
+
+/// An overall line while indexes are built after the copy.
+pub fn schema_line(task: &Task) -> String {
+    let items = task.schema_items();
+    let post: Vec<_> = items.iter().filter(|i| i.step != "pre-data").collect();
+    let finished = post
+        .iter()
+        .filter(|i| !matches!(i.state(), SchemaState::Pending | SchemaState::Running))
+        .count();
+    let running = post
+        .iter()
+        .filter(|i| i.state() == SchemaState::Running)
+        .count();
+    format!(
+        "building indexes and constraints: {finished}/{} done, {running} running, {}",
+        post.len(),
+        human_duration(task.started_at.elapsed().as_secs_f64())
+    )
+}
+
 /// Start reporting until `stop`.
 pub fn spawn(task: Arc<Task>, stop: CancellationToken) -> JoinHandle<()> {
     if std::io::stderr().is_terminal() {
@@ -135,6 +171,16 @@ async fn plain(task: Arc<Task>, stop: CancellationToken) {
                     .filter(|c| c.state() == CopyState::Copying)
                 {
                     tracing::info!("  {}", copy_line(c));
+                }
+            }
+            Phase::Indexing => {
+                tracing::info!("{}", schema_line(&task));
+                for i in task
+                    .schema_items()
+                    .iter()
+                    .filter(|i| i.state() == SchemaState::Running)
+                {
+                    tracing::info!("  {}", schema_item_line(i));
                 }
             }
             Phase::Streaming => tracing::info!("{}", stream_line(&task)),
@@ -181,6 +227,33 @@ async fn live(task: Arc<Task>, stop: CancellationToken) {
                             }
                         }
                         _ => {}
+                    }
+                }
+            }
+            Phase::Indexing => {
+                overall.set_message(schema_line(&task));
+                // Keys above the copies' so the two kinds of bars never meet.
+                for (i, item) in task.schema_items().iter().enumerate() {
+                    let key = usize::MAX / 2 + i;
+                    match item.state() {
+                        SchemaState::Running => {
+                            let bar = bars.entry(key).or_insert_with(|| {
+                                multi.add(ProgressBar::new_spinner().with_style(style.clone()))
+                            });
+                            bar.set_message(schema_item_line(item));
+                            bar.tick();
+                        }
+                        SchemaState::Pending => {}
+                        state => {
+                            if let Some(bar) = bars.remove(&key) {
+                                bar.finish_and_clear();
+                                let _ = multi.println(format!(
+                                    "{} {}",
+                                    state.as_str(),
+                                    schema_item_line(item)
+                                ));
+                            }
+                        }
                     }
                 }
             }

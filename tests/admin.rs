@@ -274,7 +274,9 @@ async fn commands_during_a_move() {
     assert!(text.contains("# TYPE pgdog_task_phase gauge"), "{text}");
     let phases: f64 = [
         "preflight",
+        "schema sync",
         "copying",
+        "building indexes",
         "streaming",
         "stopped",
         "failed",
@@ -298,7 +300,7 @@ async fn commands_during_a_move() {
         assert_eq!(t.len(), 1);
         match t[0][6].as_str() {
             "streaming" => break,
-            "preflight" | "copying" => {}
+            "preflight" | "schema sync" | "copying" | "building indexes" => {}
             other => panic!("task ended early: {other}: {}", t[0][11]),
         }
         assert!(Instant::now() < deadline, "no streaming after 180s: {t:?}");
@@ -542,7 +544,31 @@ async fn commands_during_a_move() {
     assert_eq!(v, [[format!("pgdog {}", env!("CARGO_PKG_VERSION"))]]);
     let help = psql_csv(port, "HELP").await;
     assert_eq!(help[0], ["command", "description"]);
-    assert_eq!(help.len(), 11, "{help:?}");
+    assert_eq!(help.len(), 12, "{help:?}");
+    // The destinations had the schema: pre-data found every object there.
+    let schema = psql_csv(port, "SHOW SCHEMA_SYNC").await;
+    assert_eq!(
+        schema[0],
+        [
+            "task_id",
+            "dest_shard",
+            "phase",
+            "object",
+            "state",
+            "elapsed",
+            "percent",
+            "eta",
+            "message"
+        ]
+    );
+    for shard in ["0", "1"] {
+        let pre = schema
+            .iter()
+            .find(|r| r[1] == shard && r[2] == "pre-data")
+            .unwrap_or_else(|| panic!("no pre-data row for shard {shard}: {schema:?}"));
+        assert_eq!(pre[4], "done", "{pre:?}");
+        assert!(pre[3].starts_with("0 objects to create"), "{pre:?}");
+    }
     assert!(help.iter().any(|r| r[0] == "STOP_TASK <id>"));
     assert!(
         help.iter()
@@ -626,7 +652,7 @@ async fn logins_and_refusals() {
     // Right password, case-insensitive commands, several per query.
     let mut conn = connect(port).await;
     let both = rows(&mut conn, "show version; HELP;").await;
-    assert_eq!(both.len(), 1 + 10);
+    assert_eq!(both.len(), 1 + 11);
     let out = psql(
         &conninfo(port, "sslmode=disable"),
         PASSWORD,

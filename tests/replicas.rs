@@ -51,7 +51,11 @@ fn load() -> String {
 }
 
 fn config(primary: &Cluster, standbys: &[Cluster], dests: &Fleet) -> Arc<Config> {
-    let mut toml = String::from("[general]\nport = 0\ntls_verify = \"disabled\"\n\n");
+    let mut toml = String::from("[general]\nport = 0\ntls_verify = \"disabled\"\n");
+    if let Some(pg_dump) = pgdog::harness::install::pg_dump() {
+        toml.push_str(&format!("pg_dump = \"{}\"\n", pg_dump.display()));
+    }
+    toml.push('\n');
     let server = |name: &str, c: &Cluster, shard: usize, role: &str| {
         format!(
             "[[databases]]\nname = \"{name}\"\nhost = \"{}\"\nport = {}\nshard = {shard}\nrole = \"{role}\"\ndatabase_name = \"app\"\n\n",

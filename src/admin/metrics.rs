@@ -27,9 +27,11 @@ const MAX_REQUEST: usize = 16 * 1024;
 /// Scrapes served at once; more wait in the kernel's accept queue.
 const MAX_SCRAPES: usize = 8;
 
-const PHASES: [Phase; 6] = [
+const PHASES: [Phase; 8] = [
     Phase::Preflight,
+    Phase::Schema,
     Phase::Copying,
+    Phase::Indexing,
     Phase::Streaming,
     Phase::Stopped,
     Phase::Failed,

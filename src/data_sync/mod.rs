@@ -193,11 +193,30 @@ async fn run_inner(
         return Ok(Outcome::CleanedUp);
     }
 
-    // Schema sync, pre-data: before preflight, which checks the tables.
+    task.set_phase(Phase::Preflight);
+    let parallel = config
+        .general
+        .resharding_parallel_copies
+        .unwrap_or_else(default_parallel);
+    let schema_sync = opts.schema_sync && opts.mode != Mode::ReplicateOnly;
+    let intent = if opts.mode == Mode::ReplicateOnly {
+        preflight::Intent::ReplicateOnly
+    } else if schema_sync {
+        preflight::Intent::CopyCreatingSchema
+    } else {
+        preflight::Intent::Copy
+    };
+    let mut findings = tokio::select! {
+        f = preflight::run(&endpoints, &opts.publication, &slot, intent) => f?,
+        _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
+    };
+
+    // Schema sync, pre-data: once preflight found nothing wrong, and
+    // before anything is copied. A rerun knows which phases are done.
     let schema_settings = schema::Settings::from_config(&config);
     let mut schema_source: Option<schema::Source> = None;
     let mut post_pending = false;
-    if opts.schema_sync && opts.mode != Mode::ReplicateOnly {
+    if schema_sync {
         let (pre_done, post_done) = schema::phases_done(&endpoints, &slot).await?;
         if !post_done {
             task.set_phase(Phase::Schema);
@@ -213,26 +232,12 @@ async fn run_inner(
                     existed = r.existed,
                     "schema sync: pre-data on every destination shard"
                 );
+                preflight::refresh_dest_tables(&endpoints, &mut findings.plan).await?;
             }
             schema_source = Some(source);
             post_pending = true;
         }
     }
-
-    task.set_phase(Phase::Preflight);
-    let parallel = config
-        .general
-        .resharding_parallel_copies
-        .unwrap_or_else(default_parallel);
-    let intent = if opts.mode == Mode::ReplicateOnly {
-        preflight::Intent::ReplicateOnly
-    } else {
-        preflight::Intent::Copy
-    };
-    let findings = tokio::select! {
-        f = preflight::run(&endpoints, &opts.publication, &slot, intent) => f?,
-        _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
-    };
     for d in 0..endpoints.dest.shards.len() {
         let mut conn = endpoints.connect_dest(d).await?;
         state::ensure_schema(&mut conn).await?;

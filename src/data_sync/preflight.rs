@@ -36,6 +36,9 @@ pub struct Findings {
 pub enum Intent {
     /// Copy (what is not copied yet) and maybe stream.
     Copy,
+    /// The same, after schema sync, which creates tables a destination
+    /// shard lacks: a missing table is not a problem.
+    CopyCreatingSchema,
     /// Stream only, from an existing slot.
     ReplicateOnly,
 }
@@ -173,7 +176,7 @@ pub async fn run(
         // The permanent slot, or (resuming) a temporary one whose snapshot
         // the copies share; one WAL sender at a time (the snapshot's holder
         // during the copy, the stream after it).
-        let need_slots = i64::from(intent == Intent::Copy || exists.is_none());
+        let need_slots = i64::from(intent != Intent::ReplicateOnly || exists.is_none());
         let need_senders = 1;
         if free_slots < need_slots {
             problems.push(
@@ -329,7 +332,7 @@ pub async fn run(
             .filter(|(_, f)| f.is_some())
             .map(|(n, _)| *n)
             .collect();
-        let with_rows: Vec<&TableName> = if intent == Intent::Copy && fresh {
+        let with_rows: Vec<&TableName> = if intent != Intent::ReplicateOnly && fresh {
             let flags = catalog::tables_with_rows(&mut conn, &present).await?;
             present
                 .iter()
@@ -346,6 +349,9 @@ pub async fn run(
         for (plan, dest) in plans.iter_mut().zip(found) {
             let t = &plan.table;
             let Some(dest) = dest else {
+                if intent == Intent::CopyCreatingSchema {
+                    continue;
+                }
                 problems.push(
                     format!("table {} does not exist on {what}", t.name),
                     "create the schema on every destination shard first, e.g. pg_dump --schema-only from the source, restored into each destination",
@@ -390,7 +396,7 @@ pub async fn run(
         conn.close().await;
     }
     problems.into_result()?;
-    let copy_sources = if intent == Intent::Copy {
+    let copy_sources = if intent != Intent::ReplicateOnly {
         super::replicas::qualify(endpoints).await?
     } else {
         Vec::new()

@@ -10,6 +10,7 @@ mod help;
 mod show_config;
 mod show_databases;
 mod show_replication_slots;
+mod show_schema_sync;
 mod show_table_copies;
 mod show_tasks;
 mod show_users;
@@ -31,6 +32,7 @@ pub use help::Help;
 pub use show_config::ShowConfig;
 pub use show_databases::ShowDatabases;
 pub use show_replication_slots::{ApplyRates, ShowReplicationSlots};
+pub use show_schema_sync::ShowSchemaSync;
 pub use show_table_copies::ShowTableCopies;
 pub use show_tasks::ShowTasks;
 pub use show_users::ShowUsers;
@@ -100,6 +102,7 @@ pub enum Command {
     ShowTasks(ShowTasks),
     ShowTableCopies(ShowTableCopies),
     ShowReplicationSlots(ShowReplicationSlots),
+    ShowSchemaSync(ShowSchemaSync),
     DataSync(DataSync),
     StopTask(StopTask),
     Help(Help),
@@ -114,6 +117,7 @@ pub const COMMANDS: &[Usage] = &[
     ShowTasks::USAGE,
     ShowTableCopies::USAGE,
     ShowReplicationSlots::USAGE,
+    ShowSchemaSync::USAGE,
     DataSync::USAGE,
     StopTask::USAGE,
     Help::USAGE,
@@ -121,7 +125,7 @@ pub const COMMANDS: &[Usage] = &[
 
 /// What SHOW can show, for hints.
 const SHOW_TARGETS: &str =
-    "VERSION, CONFIG, DATABASES, USERS, TASKS, TABLE_COPIES, REPLICATION_SLOTS";
+    "VERSION, CONFIG, DATABASES, USERS, TASKS, TABLE_COPIES, REPLICATION_SLOTS, SCHEMA_SYNC";
 
 impl Command {
     /// Parse one statement (no `;` inside, see [`statements`]).
@@ -149,6 +153,7 @@ impl Command {
                     "REPLICATION_SLOTS" => {
                         ShowReplicationSlots::parse(args).map(Command::ShowReplicationSlots)
                     }
+                    "SCHEMA_SYNC" => ShowSchemaSync::parse(args).map(Command::ShowSchemaSync),
                     _ => Err(CommandError::unknown(format!(
                         "unknown SHOW target \"{target}\" in \"{}\"",
                         statement.trim()
@@ -177,6 +182,7 @@ impl Command {
             Command::ShowTasks(c) => c.execute(ctx).await,
             Command::ShowTableCopies(c) => c.execute(ctx).await,
             Command::ShowReplicationSlots(c) => c.execute(ctx).await,
+            Command::ShowSchemaSync(c) => c.execute(ctx).await,
             Command::DataSync(c) => c.execute(ctx).await,
             Command::StopTask(c) => c.execute(ctx).await,
             Command::Help(c) => c.execute(ctx).await,

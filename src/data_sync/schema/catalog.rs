@@ -302,3 +302,28 @@ pub async fn objects(conn: &mut Connection, publication: Option<&str>) -> Result
     }
     Ok(out)
 }
+
+/// Tables, views and foreign tables of the database that are not among
+/// `kept`'s tables: pg_dump leaves them out (and so does not lock them,
+/// nor need the right to).
+pub async fn other_relations(conn: &mut Connection, kept: &Objects) -> Result<Vec<TableName>> {
+    let rows = conn
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgdog')
+                AND n.nspname NOT LIKE 'pg\\_%'",
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let (schema, name) = (r.text(0)?, r.text(1)?);
+            (!kept.contains("TABLE", Some(schema), name)).then(|| TableName {
+                schema: schema.into(),
+                name: name.into(),
+            })
+        })
+        .collect())
+}

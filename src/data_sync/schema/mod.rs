@@ -117,6 +117,7 @@ pub async fn read_source(
     let pg_dump = pg_dump::find(settings.pg_dump.as_deref(), server_major).await?;
     info!(pg_dump = %pg_dump.path.display(), version = %pg_dump.version, "reading the source schema");
     let objects = catalog::objects(&mut conn, Some(publication)).await?;
+    let others = catalog::other_relations(&mut conn, &objects).await?;
     conn.close().await;
     let o = endpoints.source(0);
     let config = &endpoints.config.general;
@@ -126,6 +127,7 @@ pub async fn read_source(
             &config.tls_verify,
             config.tls_server_ca_certificate.as_deref(),
             &format!("source shard 0 ({}:{})", o.host, o.port),
+            &others,
         )
         .await?;
     let plan = plan::plan(dump::parse(&text), &objects);

@@ -8,6 +8,7 @@ use std::process::Stdio;
 
 use tokio::process::Command;
 
+use crate::data_sync::catalog::TableName;
 use crate::data_sync::error::{DataSyncError, Result};
 use crate::net::ConnectOptions;
 
@@ -134,8 +135,37 @@ impl PgDump {
         tls_verify: &str,
         ca: Option<&Path>,
         what: &str,
+        exclude: &[TableName],
     ) -> Result<String> {
         let mut cmd = Command::new(&self.path);
+        // Relations the move leaves out are not dumped (nor locked). From
+        // pg_dump 17 a filter file holds any number of them.
+        let mut filter: Option<tempfile_path::TempPath> = None;
+        if !exclude.is_empty() {
+            let pattern = |t: &TableName| {
+                format!(
+                    "\"{}\".\"{}\"",
+                    t.schema.replace('"', "\"\""),
+                    t.name.replace('"', "\"\"")
+                )
+            };
+            if self.major >= 17 {
+                let text: String = exclude
+                    .iter()
+                    .map(|t| format!("exclude table {}\n", pattern(t)))
+                    .collect();
+                let path =
+                    tempfile_path::TempPath::write("pgdog-pg_dump-filter", &text).map_err(|e| {
+                        DataSyncError::Schema(format!("cannot write pg_dump's filter file: {e}"))
+                    })?;
+                cmd.arg(format!("--filter={}", path.0.display()));
+                filter = Some(path);
+            } else {
+                for t in exclude {
+                    cmd.arg(format!("--exclude-table={}", pattern(t)));
+                }
+            }
+        }
         cmd.args([
             "--schema-only",
             "--no-owner",
@@ -166,6 +196,7 @@ impl PgDump {
         let out = cmd.output().await.map_err(|e| {
             DataSyncError::Schema(format!("cannot run {}: {e}", self.path.display()))
         })?;
+        drop(filter);
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             return Err(DataSyncError::Schema(format!(
@@ -179,6 +210,32 @@ impl PgDump {
                 "pg_dump of {what} is not UTF-8: pgdog needs the database encoding to be UTF-8"
             ))
         })
+    }
+}
+
+/// A file in the temp directory, removed when dropped.
+mod tempfile_path {
+    use std::path::PathBuf;
+
+    pub struct TempPath(pub PathBuf);
+
+    impl TempPath {
+        pub fn write(prefix: &str, text: &str) -> std::io::Result<TempPath> {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let path =
+                std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+            std::fs::write(&path, text)?;
+            Ok(TempPath(path))
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 
