@@ -15,8 +15,10 @@ use super::error::Result;
 /// Text values in a fixed format, as a subscription's walsender and table
 /// sync read them: dates in ISO, intervals in the postgres style, floats
 /// with every digit (so they survive the trip exactly). Backslashes in
-/// string literals are plain characters.
-pub const SESSION_SETTINGS: [(&str, &str); 8] = [
+/// string literals are plain characters. No JIT: pgdog's catalog queries
+/// are estimated expensive (unions over catalogs) but run in
+/// milliseconds, and compiling them took seconds.
+pub const SESSION_SETTINGS: [(&str, &str); 9] = [
     ("statement_timeout", "0"),
     ("lock_timeout", "0"),
     ("idle_in_transaction_session_timeout", "0"),
@@ -25,6 +27,7 @@ pub const SESSION_SETTINGS: [(&str, &str); 8] = [
     ("IntervalStyle", "postgres"),
     ("extra_float_digits", "3"),
     ("standard_conforming_strings", "on"),
+    ("jit", "off"),
 ];
 
 /// Where the source and destination shards are and who logs in.

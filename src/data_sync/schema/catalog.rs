@@ -306,10 +306,13 @@ pub async fn objects(conn: &mut Connection, publication: Option<&str>) -> Result
 /// Tables, views and foreign tables of the database that are not among
 /// `kept`'s tables: pg_dump leaves them out (and so does not lock them,
 /// nor need the right to).
-pub async fn other_relations(conn: &mut Connection, kept: &Objects) -> Result<Vec<TableName>> {
+pub async fn other_relations(
+    conn: &mut Connection,
+    kept: &Objects,
+) -> Result<Vec<(TableName, &'static str)>> {
     let rows = conn
         .query(
-            "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+            "SELECT n.nspname, c.relname, c.relkind FROM pg_catalog.pg_class c
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
                 AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgdog')
@@ -320,9 +323,20 @@ pub async fn other_relations(conn: &mut Connection, kept: &Objects) -> Result<Ve
         .iter()
         .filter_map(|r| {
             let (schema, name) = (r.text(0)?, r.text(1)?);
-            (!kept.contains("TABLE", Some(schema), name)).then(|| TableName {
-                schema: schema.into(),
-                name: name.into(),
+            let kind = match r.text(2)? {
+                "v" => "VIEW",
+                "m" => "MATERIALIZED VIEW",
+                "f" => "FOREIGN TABLE",
+                _ => "TABLE",
+            };
+            (!kept.contains("TABLE", Some(schema), name)).then(|| {
+                (
+                    TableName {
+                        schema: schema.into(),
+                        name: name.into(),
+                    },
+                    kind,
+                )
             })
         })
         .collect())

@@ -118,6 +118,11 @@ pub async fn read_source(
     info!(pg_dump = %pg_dump.path.display(), version = %pg_dump.version, "reading the source schema");
     let objects = catalog::objects(&mut conn, Some(publication)).await?;
     let others = catalog::other_relations(&mut conn, &objects).await?;
+    let omitted_relations: Vec<String> = others
+        .iter()
+        .map(|(t, kind)| format!("{kind} {}.{}", t.schema, t.name))
+        .collect();
+    let others: Vec<TableName> = others.into_iter().map(|(t, _)| t).collect();
     conn.close().await;
     let o = endpoints.source(0);
     let config = &endpoints.config.general;
@@ -130,7 +135,8 @@ pub async fn read_source(
             &others,
         )
         .await?;
-    let plan = plan::plan(dump::parse(&text), &objects);
+    let mut plan = plan::plan(dump::parse(&text), &objects);
+    plan.omitted.splice(0..0, omitted_relations);
     Ok(Source {
         pg_dump,
         objects,
@@ -324,16 +330,9 @@ fn plan_pre(
 
 /// Does a comment's tag name the object `k`?
 fn comment_names(tag: &str, k: &Key) -> bool {
-    let Some((kind, rest)) = tag.split_once(' ') else {
-        return false;
-    };
-    match kind {
-        "COLUMN" => k.kind == "TABLE" && rest.starts_with(&format!("{}.", k.tag)),
-        "CONSTRAINT" | "TRIGGER" | "POLICY" | "RULE" => rest
-            .rsplit_once(" ON ")
-            .is_some_and(|(name, table)| k.tag == format!("{table} {name}")),
-        _ => k.tag == rest && (k.kind == kind || tag.starts_with(&format!("{} ", k.kind))),
-    }
+    plan::comment_targets(tag)
+        .iter()
+        .any(|(kind, t)| *kind == k.kind && *t == k.tag)
 }
 
 fn statement(e: &dump::Entry, may_exist: bool) -> Statement {

@@ -133,11 +133,37 @@ fn step_of(entry: &Entry, source: &Objects) -> Step {
     }
 }
 
-/// The object a `COMMENT` or `SECURITY LABEL` tag names, as a dump key:
-/// `TABLE t`, `COLUMN t.c`, `INDEX i`, `CONSTRAINT c ON t`, `TRIGGER g ON
-/// t`, `FUNCTION f(int)`... Several readings are tried where names could
-/// hold the separator.
-fn comment_targets(tag: &str) -> Vec<(String, String)> {
+/// Split one identifier off the front of `s`, as pg_dump writes it in a
+/// comment's tag: `"Mixed Case"` (quotes doubled inside) or plain.
+fn take_ident(s: &str) -> Option<(String, &str)> {
+    if let Some(rest) = s.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = rest.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c == '"' {
+                if chars.peek().map(|(_, n)| *n) == Some('"') {
+                    chars.next();
+                    out.push('"');
+                } else {
+                    return Some((out, &rest[i + 1..]));
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        None
+    } else {
+        let end = s
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+            .unwrap_or(s.len());
+        (end > 0).then(|| (s[..end].to_string(), &s[end..]))
+    }
+}
+
+/// The object a `COMMENT` or `SECURITY LABEL` tag names, as (kind, tag)
+/// in the form of dump headers: the tag `COLUMN "Accounts"."Name"` names
+/// table `Accounts`, `CONSTRAINT c ON orders` names `orders c`.
+pub fn comment_targets(tag: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let two_word = ["MATERIALIZED VIEW", "FOREIGN TABLE", "TEXT SEARCH"];
     if let Some(p) = two_word.iter().find(|p| tag.starts_with(&format!("{p} "))) {
@@ -149,13 +175,18 @@ fn comment_targets(tag: &str) -> Vec<(String, String)> {
     };
     match kind {
         "COLUMN" => {
-            for (i, _) in rest.match_indices('.') {
-                out.push(("TABLE".into(), rest[..i].to_string()));
+            if let Some((table, after)) = take_ident(rest) {
+                if after.starts_with('.') {
+                    out.push(("TABLE".into(), table));
+                }
             }
         }
         "CONSTRAINT" | "TRIGGER" | "POLICY" | "RULE" => {
-            for (i, _) in rest.match_indices(" ON ") {
-                let (name, table) = (&rest[..i], &rest[i + 4..]);
+            let parsed = take_ident(rest).and_then(|(name, after)| {
+                let (table, end) = take_ident(after.strip_prefix(" ON ")?)?;
+                end.is_empty().then_some((name, table))
+            });
+            if let Some((name, table)) = parsed {
                 let kinds: &[&str] = if kind == "CONSTRAINT" {
                     &["CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT"]
                 } else {
@@ -166,7 +197,15 @@ fn comment_targets(tag: &str) -> Vec<(String, String)> {
                 }
             }
         }
-        _ => out.push((kind.to_string(), rest.to_string())),
+        "FUNCTION" | "PROCEDURE" | "AGGREGATE" => {
+            if let Some((name, args)) = take_ident(rest) {
+                out.push((kind.to_string(), format!("{name}{args}")));
+            }
+        }
+        _ => match take_ident(rest) {
+            Some((name, "")) => out.push((kind.to_string(), name)),
+            _ => out.push((kind.to_string(), rest.to_string())),
+        },
     }
     out
 }
@@ -362,8 +401,16 @@ mod tests {
             ]
         );
         assert_eq!(
-            comment_targets("COLUMN a.b.c"),
-            vec![("TABLE".into(), "a".into()), ("TABLE".into(), "a.b".into())]
+            comment_targets("COLUMN \"Accounts\".\"Display Name\""),
+            vec![("TABLE".into(), "Accounts".into())]
+        );
+        assert_eq!(
+            comment_targets("COLUMN \"a.b\".c"),
+            vec![("TABLE".into(), "a.b".into())]
+        );
+        assert_eq!(
+            comment_targets("INDEX \"Odd \"\"name\"\"\""),
+            vec![("INDEX".into(), "Odd \"name\"".into())]
         );
         assert_eq!(
             comment_targets("MATERIALIZED VIEW mv"),

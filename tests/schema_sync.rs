@@ -1,0 +1,318 @@
+//! `pgdog schema-sync` and the schema side of `pgdog data-sync` against
+//! real servers: a source schema with what applications have (a second
+//! schema with quoted names, an extension, enums and domains, a function
+//! used by a default, triggers, a partitioned table with its own indexes
+//! and a foreign key, an exclusion constraint, a policy, extended
+//! statistics, comments) plus objects a move must leave out (a view, a
+//! table outside the publication, a function tied to it).
+
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use pgdog::data_sync::schema::dump::Entry;
+use pgdog::data_sync::Mode;
+use pgdog::harness::fleet::DATABASE;
+use pgdog::harness::{ClusterOptions, Fleet};
+
+const SCHEMA: &str = r#"
+CREATE EXTENSION IF NOT EXISTS btree_gist;
+CREATE SCHEMA billing;
+CREATE TYPE billing.plan_kind AS ENUM ('free', 'pro');
+CREATE DOMAIN billing.cents AS bigint CHECK (VALUE >= 0);
+CREATE FUNCTION billing.new_ref() RETURNS text LANGUAGE sql AS $$ SELECT md5(random()::text) $$;
+CREATE TABLE billing."Accounts" (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id bigint NOT NULL,
+    kind billing.plan_kind NOT NULL DEFAULT 'free',
+    ref text NOT NULL DEFAULT billing.new_ref(),
+    balance billing.cents NOT NULL DEFAULT 0,
+    "Display Name" text
+);
+CREATE UNIQUE INDEX accounts_ref ON billing."Accounts" (ref);
+CREATE INDEX accounts_tenant ON billing."Accounts" (tenant_id);
+COMMENT ON INDEX billing.accounts_tenant IS 'per tenant';
+CREATE TABLE billing.invoices (
+    id bigserial PRIMARY KEY,
+    tenant_id bigint NOT NULL,
+    account_id bigint NOT NULL REFERENCES billing."Accounts",
+    amount billing.cents NOT NULL,
+    period tstzrange NOT NULL,
+    EXCLUDE USING gist (account_id WITH =, period WITH &&)
+);
+CREATE TABLE public.events (
+    id bigint NOT NULL,
+    tenant_id bigint NOT NULL,
+    at timestamptz NOT NULL,
+    account_id bigint REFERENCES billing."Accounts",
+    payload jsonb,
+    PRIMARY KEY (id, at)
+) PARTITION BY RANGE (at);
+CREATE TABLE public.events_2025 PARTITION OF public.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE public.events_2026 PARTITION OF public.events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE INDEX events_tenant_at ON public.events (tenant_id, at);
+CREATE FUNCTION public.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.payload := coalesce(NEW.payload, '{}'); RETURN NEW; END $$;
+CREATE TRIGGER events_touch BEFORE INSERT ON public.events FOR EACH ROW EXECUTE FUNCTION public.touch();
+ALTER TABLE billing.invoices ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_only ON billing.invoices USING (tenant_id > 0);
+CREATE STATISTICS billing.invoices_stats ON tenant_id, account_id FROM billing.invoices;
+COMMENT ON TABLE billing.invoices IS 'what customers owe';
+COMMENT ON COLUMN billing."Accounts"."Display Name" IS 'shown on invoices';
+
+-- Left out of the move.
+CREATE TABLE public.private (id int PRIMARY KEY, secret text);
+CREATE VIEW public.private_view AS SELECT id FROM public.private;
+CREATE FUNCTION public.private_count() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM public.private; END;
+"#;
+
+const ROWS: &str = "
+INSERT INTO billing.\"Accounts\" (tenant_id, kind, \"Display Name\")
+  SELECT g % 50, (ARRAY['free', 'pro']::billing.plan_kind[])[1 + g % 2], 'Account ' || g FROM generate_series(1, 400) g;
+INSERT INTO billing.invoices (tenant_id, account_id, amount, period)
+  SELECT a.tenant_id, a.id, k * 100, tstzrange('2025-01-01'::timestamptz + k * interval '1 month', '2025-01-01'::timestamptz + (k + 1) * interval '1 month')
+  FROM billing.\"Accounts\" a, generate_series(1, 3) k;
+INSERT INTO public.events (id, tenant_id, at, account_id)
+  SELECT g, a.tenant_id, '2025-06-01'::timestamptz + (g % 400) * interval '1 day', a.id
+  FROM generate_series(1, 2000) g JOIN billing.\"Accounts\" a ON a.id = 1 + g % 400;
+INSERT INTO public.private VALUES (1, 'x');
+ANALYZE;
+CREATE PUBLICATION pub FOR TABLE billing.\"Accounts\", billing.invoices, public.events;
+";
+
+/// Every table is sharded on its tenant, which is in none of the keys.
+const SHARDING: &str =
+    "[[sharded_tables]]\ndatabase = \"dest\"\ncolumn = \"tenant_id\"\ndata_type = \"bigint\"\n";
+
+fn left_out(e: &Entry) -> bool {
+    e.tag.contains("private")
+}
+
+fn pgdog(files: &ConfigFiles, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgdog"))
+        .arg("--config")
+        .arg(files.dir.join("pgdog.toml"))
+        .arg("--users")
+        .arg(files.dir.join("users.toml"))
+        .args([
+            "schema-sync",
+            "--from-database",
+            "source",
+            "--from-user",
+            "pgdog",
+            "--to-database",
+            "dest",
+            "--to-user",
+            "pgdog",
+            "--publication",
+            "pub",
+        ])
+        .args(args)
+        .output()
+        .expect("run pgdog")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tables_on(fleet: &Fleet, d: usize) -> Vec<String> {
+    schema_entries(&fleet.dests[d])
+        .into_iter()
+        .filter(|e| e.kind == "TABLE")
+        .map(|e| e.tag)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_sync_is_exact_idempotent_and_names_conflicts() {
+    init_logging();
+    let fleet = Fleet::start(1, 2, ClusterOptions::default()).await.unwrap();
+    fleet.on_sources(SCHEMA).await.unwrap();
+    fleet.on_sources(ROWS).await.unwrap();
+    let files = ConfigFiles::write(&fleet, SHARDING);
+
+    // A dry run prints each shard's SQL and what is left out, and
+    // changes nothing.
+    let out = pgdog(&files, &["--dry-run"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("CREATE TABLE billing.\"Accounts\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("destination shard 1"), "{stdout}");
+    assert!(stdout.contains("CREATE INDEX accounts_tenant"), "{stdout}");
+    assert!(stdout.contains("NOT VALID;"), "{stdout}");
+    for omitted in [
+        "left out: TABLE public.private",
+        "left out: VIEW public.private_view",
+        "left out: FUNCTION public.private_count()",
+    ] {
+        assert!(stdout.contains(omitted), "no \"{omitted}\" in:\n{stdout}");
+    }
+    assert!(tables_on(&fleet, 0).is_empty(), "a dry run created tables");
+
+    // The real run: every shard gets the source's schema, exactly.
+    let out = pgdog(&files, &[]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("schema sync done"), "{stderr}");
+    assert_same_schema(&fleet, left_out);
+    let before: Vec<Vec<Entry>> = fleet.dests.iter().map(schema_entries).collect();
+
+    // Again: nothing to do, nothing changes.
+    let out = pgdog(&files, &[]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("schema sync done: 0 statements run"),
+        "{stderr}"
+    );
+    let after: Vec<Vec<Entry>> = fleet.dests.iter().map(schema_entries).collect();
+    assert_eq!(before, after, "a second schema sync changed the schema");
+
+    // A table that exists with other columns is an error naming it, the
+    // shard and the columns, before anything is created anywhere.
+    fleet.dests[1]
+        .exec(
+            DATABASE,
+            "DROP TABLE billing.invoices; CREATE TABLE billing.invoices (id bigint PRIMARY KEY, tenant_id int);
+             DROP TABLE public.events CASCADE;",
+        )
+        .await
+        .unwrap();
+    let out = pgdog(&files, &[]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "a conflicting table was accepted");
+    assert!(
+        stderr.contains("table billing.invoices exists on destination shard 1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("tenant_id integer"), "{stderr}");
+    assert!(
+        stderr.contains("the source has account_id bigint, amount billing.cents"),
+        "{stderr}"
+    );
+    assert!(
+        !tables_on(&fleet, 1).contains(&"events".to_string()),
+        "schema sync created objects although a shard conflicts"
+    );
+
+    // Without a usable pg_dump, the error says which version and where.
+    let files = ConfigFiles::write(&fleet, SHARDING);
+    let toml = std::fs::read_to_string(files.dir.join("pgdog.toml")).unwrap();
+    let toml: String = toml
+        .lines()
+        .map(|l| {
+            if l.starts_with("pg_dump = ") {
+                "pg_dump = \"/nonexistent/bin\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(files.dir.join("pgdog.toml"), toml).unwrap();
+    let out = pgdog(&files, &[]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("needs pg_dump 15 or newer"), "{stderr}");
+    assert!(stderr.contains("[general] pg_dump"), "{stderr}");
+}
+
+/// `schema-sync --phase pre` first (tables with their primary keys, no
+/// secondary indexes), then a data-sync under writes: it copies into the
+/// bare tables, builds the indexes and foreign keys of the tables the
+/// pre phase created, records both phases, then streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_sync_builds_indexes_after_the_copy() {
+    init_logging();
+    let fleet = Fleet::start(1, 2, ClusterOptions::default()).await.unwrap();
+    fleet.on_sources(SCHEMA).await.unwrap();
+    fleet.on_sources(ROWS).await.unwrap();
+    let files = ConfigFiles::write(&fleet, SHARDING);
+    let out = pgdog(&files, &["--phase", "pre"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let kinds: Vec<String> = schema_entries(&fleet.dests[0])
+        .into_iter()
+        .map(|e| format!("{} {}", e.kind, e.tag))
+        .collect();
+    assert!(
+        kinds.contains(&"CONSTRAINT events events_pkey".to_string()),
+        "{kinds:?}"
+    );
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| k.starts_with("INDEX ") && !k.starts_with("INDEX ATTACH")),
+        "secondary index before the copy: {kinds:?}"
+    );
+    assert!(
+        !kinds.iter().any(|k| k.starts_with("FK CONSTRAINT")),
+        "{kinds:?}"
+    );
+
+    let config = fleet.config(SHARDING).unwrap();
+    let writer_sql = "INSERT INTO public.events (id, tenant_id, at, account_id)
+        SELECT 100000 + (random() * 1000000)::int, 8, '2026-03-01', 8 ON CONFLICT DO NOTHING";
+    let mut run = start(config, move_options("pub", Mode::Full));
+    run.wait_streaming(Duration::from_secs(120)).await;
+    fleet.on_sources(writer_sql).await.unwrap();
+    fleet
+        .on_sources("UPDATE billing.\"Accounts\" SET balance = balance + 1 WHERE id % 3 = 0")
+        .await
+        .unwrap();
+    fleet
+        .wait_caught_up(&run.slot, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Every index build, attach and validation was shown.
+    let items = run.task.schema_items();
+    assert!(
+        items
+            .iter()
+            .any(|i| i.step == "index" && i.object == "INDEX public.events_tenant_at"),
+        "{:?}",
+        items.iter().map(|i| &i.object).collect::<Vec<_>>()
+    );
+    assert!(
+        items
+            .iter()
+            .all(|i| matches!(i.state(), pgdog::data_sync::progress::SchemaState::Done)),
+        "{:?}",
+        items
+            .iter()
+            .map(|i| (&i.object, i.state(), i.message()))
+            .collect::<Vec<_>>()
+    );
+    run.stop().await.unwrap();
+    assert_same_schema(&fleet, left_out);
+    for c in &fleet.dests {
+        let mut conn = c.connect(DATABASE).await.unwrap();
+        let rows = conn
+            .query("SELECT string_agg(phase, ',' ORDER BY phase), (SELECT count(*) FROM pgdog.schema_tables) FROM pgdog.schema_phases")
+            .await
+            .unwrap();
+        assert_eq!(rows[0].text(0), Some("post,pre"));
+        // billing.Accounts, billing.invoices, events and its 2 partitions.
+        assert_eq!(rows[0].text(1), Some("5"));
+        conn.close().await;
+    }
+    let checks = vec![check(
+        "events",
+        &["id", "tenant_id", "at", "account_id", "payload"],
+        Some("tenant_id"),
+        pgdog::sharding::DataType::Bigint,
+        2,
+        false,
+    )];
+    verify_equal(&fleet, &checks).await;
+}
