@@ -316,3 +316,69 @@ async fn data_sync_builds_indexes_after_the_copy() {
     )];
     verify_equal(&fleet, &checks).await;
 }
+
+/// What a move leaves when it is killed after pre-data: tables created
+/// without their primary keys (deferred to after the copy) and recorded
+/// for the slot. The rerun must accept them (preflight knows the keys are
+/// pending), copy, build every key and index, and stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_resumed_after_pre_data_builds_the_deferred_keys() {
+    use pgdog::data_sync::{schema, Endpoints, Registry};
+    init_logging();
+    let fleet = Fleet::start(1, 2, ClusterOptions::default()).await.unwrap();
+    fleet.on_sources(SCHEMA).await.unwrap();
+    fleet.on_sources(ROWS).await.unwrap();
+    let config = fleet.config(SHARDING).unwrap();
+    let opts = move_options("pub", Mode::Full);
+    let endpoints = Endpoints::new(config.clone(), "source", "pgdog", "dest", "pgdog").unwrap();
+    let settings = schema::Settings::from_config(&config);
+    let source = schema::read_source(&endpoints, "pub", &settings)
+        .await
+        .unwrap();
+    let registry = Registry::default();
+    let task = registry.new_task("source", "dest", "pub");
+    let token = tokio_util::sync::CancellationToken::new();
+    schema::pre_data(
+        &endpoints,
+        &source,
+        &opts.slot_name(),
+        &task,
+        &token,
+        false,
+        true,
+    )
+    .await
+    .unwrap();
+    let kinds: Vec<String> = schema_entries(&fleet.dests[1])
+        .into_iter()
+        .map(|e| format!("{} {}", e.kind, e.tag))
+        .collect();
+    assert!(kinds.contains(&"TABLE invoices".to_string()), "{kinds:?}");
+    assert!(
+        !kinds.iter().any(|k| k.starts_with("CONSTRAINT")),
+        "primary keys were not deferred: {kinds:?}"
+    );
+
+    let mut run = start(config, opts);
+    run.wait_streaming(Duration::from_secs(120)).await;
+    fleet
+        .on_sources("UPDATE billing.\"Accounts\" SET tenant_id = tenant_id + 1 WHERE id % 5 = 0")
+        .await
+        .unwrap();
+    fleet
+        .wait_caught_up(&run.slot, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(run.missing_rows(), 0);
+    run.stop().await.unwrap();
+    assert_same_schema(&fleet, left_out);
+    let checks = vec![check(
+        "events",
+        &["id", "tenant_id", "at", "account_id", "payload"],
+        Some("tenant_id"),
+        pgdog::sharding::DataType::Bigint,
+        2,
+        false,
+    )];
+    verify_equal(&fleet, &checks).await;
+}

@@ -80,3 +80,39 @@ pub fn pgbench_script(accounts: u64) -> String {
          \\endif\n"
     )
 }
+
+/// The schema-sync figure: one table with a primary key and three
+/// secondary indexes (customer, time, text), in a database of its own so
+/// `pgcopydb clone` copies just it.
+pub const INDEXED_DATABASE: &str = "indexed";
+
+pub const INDEXED_SCHEMA: &str = "
+CREATE TABLE orders_indexed (
+    id bigint PRIMARY KEY,
+    customer_id bigint NOT NULL,
+    created_at timestamptz NOT NULL,
+    note text NOT NULL,
+    amount numeric(12,2) NOT NULL
+);
+CREATE INDEX orders_indexed_customer ON orders_indexed (customer_id);
+CREATE INDEX orders_indexed_created ON orders_indexed (created_at);
+CREATE INDEX orders_indexed_note ON orders_indexed (note);
+";
+
+pub fn indexed_load_sql(rows: u64) -> String {
+    format!(
+        "INSERT INTO orders_indexed
+           SELECT g, (g::bigint * 7919) % 100000, '2024-01-01'::timestamptz + g * interval '13 seconds',
+                  md5(g::text), (g % 10000) / 100.0
+           FROM generate_series(1, {rows}) g;
+         CREATE PUBLICATION indexed FOR TABLE orders_indexed;"
+    )
+}
+
+/// The 2-shard destination of that figure shards on the customer.
+pub const INDEXED_SHARDING: &str = "
+[[sharded_tables]]
+database = \"idx2\"
+column = \"customer_id\"
+data_type = \"bigint\"
+";

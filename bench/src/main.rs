@@ -15,6 +15,9 @@
 //! 6. Steady state: commit-to-visible delay under a constant load.
 //! 7. pgdog's CPU seconds and peak memory (from `/usr/bin/time`).
 //! 8. Copy from 0, 1 and 2 read replicas (PostgreSQL 16+).
+//! 9. A move into empty shards (schema sync, copy, index builds) of a
+//!    table with a primary key and three secondary indexes, against
+//!    `pgcopydb clone` and a raw pipe into the indexed table.
 //!
 //! Run it with `bench/data-sync` (builds in release mode first).
 
@@ -57,7 +60,10 @@ pub struct Args {
     /// leave it out).
     #[arg(long, default_value_t = 600)]
     pub many_native_seconds: u64,
-    /// Sections to skip: copy, catchup, wide, many, steady, replicas.
+    /// Rows of the indexed table in the schema-sync figure.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub schema_rows: u64,
+    /// Sections to skip: copy, catchup, wide, many, steady, schema, replicas.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     /// Write the report here too.
@@ -126,6 +132,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Duration::from_secs(args.many_native_seconds),
             )
             .await?;
+    }
+    if !args.skip.iter().any(|s| s == "schema") {
+        bench.schema_sync(&mut report, args.schema_rows).await?;
     }
     if !args.skip.iter().any(|s| s == "steady") {
         bench

@@ -125,6 +125,9 @@ impl Bench {
     fn write_config(&self) -> Result<()> {
         let f = &self.fleet;
         let mut toml = String::from("[general]\nport = 0\ntls_verify = \"disabled\"\n");
+        if let Some(pg_dump) = pgdog::harness::install::pg_dump() {
+            toml.push_str(&format!("pg_dump = \"{}\"\n", pg_dump.display()));
+        }
         // To compare parallelism settings: PGDOG_BENCH_PARALLEL=3.
         if let Ok(n) = std::env::var("PGDOG_BENCH_PARALLEL") {
             let n: usize = n
@@ -145,9 +148,23 @@ impl Bench {
         server("dest1", &f.dests[0], 0);
         server("dest2", &f.dests[1], 0);
         server("dest2", &f.dests[2], 1);
+        let idx = dataset::INDEXED_DATABASE;
+        for (name, c, shard) in [
+            ("idxsrc", &f.sources[0], 0),
+            ("idx1", &f.dests[0], 0),
+            ("idx2", &f.dests[1], 0),
+            ("idx2", &f.dests[2], 1),
+        ] {
+            toml.push_str(&format!(
+                "[[databases]]\nname = \"{name}\"\nhost = \"{}\"\nport = {}\nshard = {shard}\ndatabase_name = \"{idx}\"\n\n",
+                c.host(),
+                c.port()
+            ));
+        }
         toml.push_str(dataset::SHARDING);
+        toml.push_str(dataset::INDEXED_SHARDING);
         std::fs::write(self.dir.join("pgdog.toml"), toml)?;
-        let users: String = ["source", "dest1", "dest2"]
+        let users: String = ["source", "dest1", "dest2", "idxsrc", "idx1", "idx2"]
             .iter()
             .map(|db| format!("[[users]]\nname = \"pgdog\"\ndatabase = \"{db}\"\nserver_user = \"postgres\"\n\n"))
             .collect();
@@ -232,12 +249,15 @@ impl Bench {
     /// `pgdog data-sync` under `/usr/bin/time`; returns at once with the
     /// child (the usage is read when it exits).
     fn pgdog(&self, to: &str, extra: &[&str], log: &str) -> Result<tokio::process::Child> {
-        self.pgdog_publication("bench", to, extra, log)
+        let mut args = vec!["--skip-schema-sync"];
+        args.extend_from_slice(extra);
+        self.pgdog_publication("source", "bench", to, &args, log)
     }
 
     /// [`Bench::pgdog`] for another publication.
     fn pgdog_publication(
         &self,
+        from: &str,
         publication: &str,
         to: &str,
         extra: &[&str],
@@ -260,7 +280,7 @@ impl Bench {
             .args([
                 "data-sync",
                 "--from-database",
-                "source",
+                from,
                 "--from-user",
                 "pgdog",
                 "--to-database",
@@ -782,7 +802,13 @@ impl Bench {
             )
             .await?;
         let status = self
-            .pgdog_publication("bench_wide", "dest2", &["--sync-only"], "wide-copy.log")?
+            .pgdog_publication(
+                "source",
+                "bench_wide",
+                "dest2",
+                &["--sync-only", "--skip-schema-sync"],
+                "wide-copy.log",
+            )?
             .wait()
             .await?;
         if !status.success() {
@@ -806,8 +832,13 @@ impl Bench {
         }
         let target = self.current_lsn().await?;
         let started = Instant::now();
-        let mut child =
-            self.pgdog_publication("bench_wide", "dest2", &["--replicate-only"], "wide.log")?;
+        let mut child = self.pgdog_publication(
+            "source",
+            "bench_wide",
+            "dest2",
+            &["--replicate-only"],
+            "wide.log",
+        )?;
         let slot = "pgdog_bench_wide_dest2";
         let t = self.until_confirmed(slot, target, started).await;
         terminate(&child).await;
@@ -815,7 +846,13 @@ impl Bench {
         let t = t?;
         let usage = self.usage("wide.log")?;
         let status = self
-            .pgdog_publication("bench_wide", "dest2", &["--cleanup"], "wide-cleanup.log")?
+            .pgdog_publication(
+                "source",
+                "bench_wide",
+                "dest2",
+                &["--cleanup"],
+                "wide-cleanup.log",
+            )?
             .wait()
             .await?;
         if !status.success() {
@@ -911,7 +948,13 @@ impl Bench {
 
         eprintln!("many tables: pgdog --sync-only 1→2...");
         let status = self
-            .pgdog_publication("bench_many", "dest2", &["--sync-only"], "many.log")?
+            .pgdog_publication(
+                "source",
+                "bench_many",
+                "dest2",
+                &["--sync-only", "--skip-schema-sync"],
+                "many.log",
+            )?
             .wait()
             .await?;
         if !status.success() {
@@ -923,7 +966,13 @@ impl Bench {
         }
         let pgdog = self.usage("many.log")?.wall;
         let status = self
-            .pgdog_publication("bench_many", "dest2", &["--cleanup"], "many-cleanup.log")?
+            .pgdog_publication(
+                "source",
+                "bench_many",
+                "dest2",
+                &["--cleanup"],
+                "many-cleanup.log",
+            )?
             .wait()
             .await?;
         if !status.success() {
@@ -1105,6 +1154,174 @@ impl Bench {
         Ok(())
     }
 
+    /// Drop and create the indexed figure's database on `servers`, empty.
+    async fn fresh_indexed(&self, servers: &[&Cluster]) -> Result<()> {
+        let idx = dataset::INDEXED_DATABASE;
+        for c in servers {
+            c.exec(
+                "postgres",
+                &format!("DROP DATABASE IF EXISTS {idx} WITH (FORCE)"),
+            )
+            .await?;
+            c.create_database(idx).await?;
+            c.exec("postgres", "CHECKPOINT").await?;
+        }
+        Ok(())
+    }
+
+    /// A move into empty shards against pgcopydb and a raw pipe: one table
+    /// with a primary key and three secondary indexes. The pipe goes into
+    /// the indexed table (what a copy into a schema made beforehand costs);
+    /// `pgcopydb clone` and pgdog start from an empty database and build
+    /// the indexes after the copy.
+    pub async fn schema_sync(&self, report: &mut Report, rows: u64) -> Result<()> {
+        let idx = dataset::INDEXED_DATABASE;
+        let src = &self.fleet.sources[0];
+        self.fresh_indexed(&[src]).await?;
+        eprintln!("loading {rows} indexed rows on the source...");
+        src.exec(idx, dataset::INDEXED_SCHEMA).await?;
+        src.exec(idx, &dataset::indexed_load_sql(rows)).await?;
+        src.exec(idx, "VACUUM ANALYZE").await?;
+        let mut c = src.connect(idx).await?;
+        let size = c
+            .query("SELECT pg_total_relation_size('orders_indexed')")
+            .await?;
+        let bytes: f64 = size[0].text(0).and_then(|t| t.parse().ok()).unwrap_or(0.0);
+        c.close().await;
+        let pgcopydb = which("pgcopydb").ok_or("pgcopydb not found (apt-get install pgcopydb)")?;
+        let uri = |c: &Cluster| format!("postgres://postgres@{}:{}/{idx}", c.host(), c.port());
+        let (mut pipe, mut copydb, mut one, mut two) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut rss = 0u64;
+        for run in 0..self.runs {
+            eprintln!("schema sync run {}/{}", run + 1, self.runs);
+            // The raw pipe into a table that has its indexes.
+            let d0 = &self.fleet.dests[0];
+            self.fresh_indexed(&[d0]).await?;
+            d0.exec(idx, dataset::INDEXED_SCHEMA).await?;
+            let cmd = format!(
+                "psql 'host={} port={} user=postgres dbname={idx}' -Xqc \"COPY orders_indexed TO STDOUT (FORMAT binary)\" | psql 'host={} port={} user=postgres dbname={idx}' -Xqc \"COPY orders_indexed FROM STDIN (FORMAT binary)\"",
+                src.host(), src.port(), d0.host(), d0.port()
+            );
+            let started = Instant::now();
+            if !Command::new("sh")
+                .args(["-c", &cmd])
+                .status()
+                .await?
+                .success()
+            {
+                return Err("pipe into the indexed table failed".into());
+            }
+            pipe.push(started.elapsed().as_secs_f64());
+
+            // pgcopydb clone into an empty database.
+            self.fresh_indexed(&[d0]).await?;
+            let dir = self.dir.join(format!("pgcopydb-{run}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            let log = std::fs::File::create(self.dir.join("pgcopydb.log"))?;
+            let started = Instant::now();
+            let status = Command::new(&pgcopydb)
+                .args(["clone", "--no-owner", "--no-acl"])
+                .arg("--source")
+                .arg(uri(src))
+                .arg("--target")
+                .arg(uri(d0))
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .status()
+                .await?;
+            if !status.success() {
+                return Err(format!(
+                    "pgcopydb clone failed:\n{}",
+                    std::fs::read_to_string(self.dir.join("pgcopydb.log"))?
+                )
+                .into());
+            }
+            copydb.push(started.elapsed().as_secs_f64());
+
+            // pgdog into empty shards: schema sync, copy, indexes.
+            for (to, list) in [("idx1", &mut one), ("idx2", &mut two)] {
+                let dests = if to == "idx1" {
+                    vec![d0]
+                } else {
+                    vec![&self.fleet.dests[1], &self.fleet.dests[2]]
+                };
+                self.fresh_indexed(&dests).await?;
+                let log = format!("schema-{to}.log");
+                let status = self
+                    .pgdog_publication("idxsrc", "indexed", to, &["--sync-only"], &log)?
+                    .wait()
+                    .await?;
+                if !status.success() {
+                    return Err(format!(
+                        "pgdog into empty shards failed:\n{}",
+                        std::fs::read_to_string(self.dir.join(&log))?
+                    )
+                    .into());
+                }
+                let u = self.usage(&log)?;
+                rss = rss.max(u.max_rss_kb);
+                list.push(u.wall);
+                let cleanup = self
+                    .pgdog_publication(
+                        "idxsrc",
+                        "indexed",
+                        to,
+                        &["--cleanup"],
+                        "schema-cleanup.log",
+                    )?
+                    .wait()
+                    .await?;
+                if !cleanup.success() {
+                    return Err("pgdog --cleanup failed".into());
+                }
+            }
+        }
+        let (pipe, copydb, one, two) = (median(pipe), median(copydb), median(one), median(two));
+        let section = "schema sync + copy";
+        let what = format!(
+            "{rows} rows, primary key + 3 indexes, {:.0} MB",
+            bytes / 1e6
+        );
+        report.note(format!("schema sync figure: {what}"));
+        report.row(
+            section,
+            "raw COPY binary pipe into the indexed table",
+            format!("{pipe:.2} s"),
+            "baseline".into(),
+        );
+        report.row(
+            section,
+            "pgcopydb clone into an empty database",
+            format!("{copydb:.2} s"),
+            format!("{:.2}x pipe", copydb / pipe),
+        );
+        report.row(
+            section,
+            "pgdog data-sync --sync-only, 1→1 into an empty shard",
+            format!("{one:.2} s"),
+            format!(
+                "{:.2}x pgcopydb (target ≤ 0.8), {:.2}x pipe",
+                one / copydb,
+                one / pipe
+            ),
+        );
+        report.row(
+            section,
+            "pgdog data-sync --sync-only, 1→2 into empty shards",
+            format!("{two:.2} s"),
+            format!(
+                "{:.2}x pgcopydb, {:.2}x pipe; peak RSS {:.1} MB",
+                two / copydb,
+                two / pipe,
+                rss as f64 / 1024.0
+            ),
+        );
+        Ok(())
+    }
+
     async fn slot_active(&self, slot: &str) -> Result<bool> {
         let mut c = self.fleet.sources[0].connect(DATABASE).await?;
         let rows = c
@@ -1257,4 +1474,11 @@ pub async fn replicas(args: &Args, report: &mut Report) -> Result<()> {
         report.row("copy from replicas", &what, format!("{t:.2} s"), ratio);
     }
     Ok(())
+}
+
+/// A program on `$PATH`.
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| p.exists())
 }

@@ -225,8 +225,8 @@ async fn run_inner(
                 _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
             };
             if !pre_done {
-                let r =
-                    schema::pre_data(&endpoints, &source, &slot, task, &shutdown, false).await?;
+                let r = schema::pre_data(&endpoints, &source, &slot, task, &shutdown, false, true)
+                    .await?;
                 info!(
                     created = r.created,
                     existed = r.existed,

@@ -324,6 +324,15 @@ pub async fn run(
             Err(e) => return Err(e.into()),
         }
         let done = state::finished_copies(&mut conn, slot).await?;
+        let created: std::collections::HashSet<TableName> = if intent == Intent::CopyCreatingSchema
+        {
+            state::schema_tables(&mut conn, slot)
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            Default::default()
+        };
         let names: Vec<&TableName> = plans.iter().map(|p| &p.table.name).collect();
         let found = catalog::dest_tables(&mut conn, &names).await?;
         let present: Vec<&TableName> = names
@@ -358,7 +367,7 @@ pub async fn run(
                 );
                 continue;
             };
-            check_dest_table(plan, &dest, &what, &mut problems);
+            check_dest_table(plan, &dest, &what, created.contains(&t.name), &mut problems);
             if with_rows.contains(&t.name) {
                 problems.push(
                     format!("table {} on {what} already has rows, and no copy of it by slot \"{slot}\" is recorded there", t.name),
@@ -425,7 +434,15 @@ pub async fn run(
 /// A destination table against the published one: every published column
 /// there with the same type, generated columns computed alike, inserts
 /// possible, and what streaming needs of its indexes.
-fn check_dest_table(plan: &TablePlan, dest: &DestTable, what: &str, problems: &mut Problems) {
+/// `identity_pending`: schema sync created the table and builds its
+/// primary key after the copy.
+fn check_dest_table(
+    plan: &TablePlan,
+    dest: &DestTable,
+    what: &str,
+    identity_pending: bool,
+    problems: &mut Problems,
+) {
     let t = &plan.table;
     for c in &t.columns {
         match dest.columns.iter().find(|dc| dc.name == c.name) {
@@ -478,7 +495,11 @@ fn check_dest_table(plan: &TablePlan, dest: &DestTable, what: &str, problems: &m
         );
     }
     let identity = plan.identity_columns();
-    if plan.key_outside_identity() && t.replica_identity != 'f' && !dest.has_arbiter(&identity) {
+    if plan.key_outside_identity()
+        && t.replica_identity != 'f'
+        && !identity_pending
+        && !dest.has_arbiter(&identity)
+    {
         problems.push(
             format!(
                 "table {} is sharded outside its replica identity, so its updates are applied as INSERT ... ON CONFLICT ({}), but {what} has no unique index on exactly those columns",

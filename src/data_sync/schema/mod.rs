@@ -74,13 +74,11 @@ impl Settings {
     }
 }
 
-/// Default index builds per destination shard: the cores here (a build is
-/// CPU work on the server; with several shards each gets as many).
+/// Default index builds at once per destination shard: 4, as a table
+/// has a few indexes and each build also takes the server's parallel
+/// maintenance workers; raise it for servers with many cores.
 pub fn default_parallel() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 8)
+    4
 }
 
 /// The source side, read once: pg_dump's entries and the catalog's list of
@@ -214,6 +212,7 @@ fn plan_pre(
     dest: &Objects,
     slot: &str,
     what: &str,
+    defer_identity: bool,
     problems: &mut Vec<Problem>,
 ) -> ShardPlan {
     let mut out = ShardPlan::default();
@@ -263,6 +262,11 @@ fn plan_pre(
                 out.existed += 1;
                 continue;
             }
+        }
+        // The copy needs no index: a move builds the primary key after it
+        // with the others, before streaming needs it.
+        if defer_identity && is_identity(e, src) {
+            continue;
         }
         if looked_up(&e.kind) {
             let exists = dest.get(&e.kind, schema, &e.tag);
@@ -328,6 +332,13 @@ fn plan_pre(
     out
 }
 
+/// A table's primary key or replica identity index (or its attachment to
+/// a partitioned parent's).
+fn is_identity(e: &dump::Entry, src: Option<&catalog::Object>) -> bool {
+    matches!(e.kind.as_str(), "CONSTRAINT" | "INDEX" | "INDEX ATTACH")
+        && src.is_some_and(|o| o.has('r'))
+}
+
 /// Does a comment's tag name the object `k`?
 fn comment_names(tag: &str, k: &Key) -> bool {
     plan::comment_targets(tag)
@@ -354,6 +365,8 @@ pub struct Report {
 
 /// Create pre-data on every destination shard. Every shard is checked
 /// before anything is created anywhere. `dry_run` prints the SQL instead.
+/// With `defer_identity`, primary keys of the tables it creates wait for
+/// [`post_data`] (a move: the copy is faster into a table without index).
 pub async fn pre_data(
     endpoints: &Endpoints,
     source: &Source,
@@ -361,6 +374,7 @@ pub async fn pre_data(
     task: &Arc<Task>,
     shutdown: &CancellationToken,
     dry_run: bool,
+    defer_identity: bool,
 ) -> Result<Report> {
     let shards = endpoints.dest.shards.len();
     let mut plans = Vec::with_capacity(shards);
@@ -374,6 +388,7 @@ pub async fn pre_data(
             &dest,
             slot,
             &describe_shard(endpoints, d),
+            defer_identity,
             &mut problems,
         ));
     }
@@ -584,10 +599,17 @@ impl PostSteps {
 fn plan_post(source: &Source, dest: &Objects, only: Option<&HashSet<TableName>>) -> PostSteps {
     let mut out = PostSteps::default();
     let mut created: HashSet<Key> = HashSet::new();
-    for p in source.plan.entries.iter().filter(|p| p.step.is_post()) {
+    for p in &source.plan.entries {
         let e = &p.entry;
         let schema = e.schema.as_deref();
         let src = source.objects.get(&e.kind, schema, &e.tag);
+        // Primary keys a move deferred (existing ones are skipped below).
+        let step = match p.step {
+            Step::Pre if is_identity(e, src) && e.kind == "INDEX ATTACH" => Step::Attach,
+            Step::Pre if is_identity(e, src) => Step::Index,
+            Step::Pre => continue,
+            s => s,
+        };
         if e.kind == "COMMENT" || e.kind == "SECURITY LABEL" {
             if created.iter().any(|k| comment_names(&e.tag, k)) {
                 out.other.push(statement(e, false));
@@ -615,7 +637,7 @@ fn plan_post(source: &Source, dest: &Objects, only: Option<&HashSet<TableName>>)
             }
         }
         created.insert(Key::new(&e.kind, schema, &e.tag));
-        match p.step {
+        match step {
             Step::Index => {
                 out.index.push(statement(e, false));
                 out.index_bytes.push(bytes);
@@ -861,7 +883,7 @@ pub async fn command(
     }
     let mut report = Report::default();
     if phases != Phases::Post {
-        let r = pre_data(&endpoints, &source, &slot, task, shutdown, dry_run).await?;
+        let r = pre_data(&endpoints, &source, &slot, task, shutdown, dry_run, false).await?;
         report.created += r.created;
         report.existed += r.existed;
     }
