@@ -236,6 +236,8 @@ async fn run_inner(
             }
             schema_source = Some(source);
             post_pending = true;
+            // What follows (the slots) is still before the copy.
+            task.set_phase(Phase::Preflight);
         }
     }
     for d in 0..endpoints.dest.shards.len() {
@@ -317,8 +319,10 @@ async fn run_inner(
             let r = schema::post_data(
                 &ctx.endpoints,
                 source,
-                &schema::PostTables::CreatedFor(slot.clone()),
-                &slot,
+                &schema::Scope {
+                    slot: slot.clone(),
+                    only_created: true,
+                },
                 &schema_settings,
                 task,
                 &shutdown,

@@ -363,7 +363,7 @@ pub async fn run(
                 }
                 problems.push(
                     format!("table {} does not exist on {what}", t.name),
-                    "create the schema on every destination shard first, e.g. pg_dump --schema-only from the source, restored into each destination",
+                    "run without --skip-schema-sync so pgdog creates it from the source (or pgdog schema-sync), or create it on every destination shard yourself, e.g. pg_dump --schema-only from the source, restored into each destination",
                 );
                 continue;
             };

@@ -133,7 +133,7 @@ pub async fn run_parallel(
     if works.is_empty() {
         return Ok(());
     }
-    works.sort_by(|a, b| b.item.table_bytes.cmp(&a.item.table_bytes));
+    works.sort_by_key(|w| std::cmp::Reverse(w.item.table_bytes));
     let queue = Arc::new(Mutex::new(works.into_iter().collect::<VecDeque<_>>()));
     let running: Arc<Mutex<HashMap<i32, Arc<SchemaItem>>>> = Arc::default();
     let done = CancellationToken::new();
@@ -288,9 +288,8 @@ pub fn build_permille(
         650.0
     } else if phase.contains("loading tuples") {
         700.0 + 290.0 * frac(tuples_done, tuples_total)
-    } else if phase.contains("validating") || phase.contains("waiting") {
-        return None;
     } else {
+        // Initializing, waiting for lockers, validating: no counters.
         return None;
     };
     Some(p as u64)

@@ -249,7 +249,7 @@ fn plan_pre(
                                 "table {name} exists on {what} with other columns than on the source: {}",
                                 column_difference(s, dsig)
                             ),
-                            fix: format!("make its columns match the source's, or drop it on that shard so schema sync creates it (or pass --skip-schema-sync to keep a schema made by hand)"),
+                            fix: "make its columns match the source's, or drop it on that shard so schema sync creates it (or pass --skip-schema-sync to keep a schema made by hand)".into(),
                         });
                     }
                 }
@@ -478,14 +478,15 @@ fn not_valid(sql: &str) -> String {
     format!("{body} NOT VALID;")
 }
 
-/// Which tables post-data covers on a shard.
+/// Which tables post-data covers, and the slot its progress is recorded
+/// under.
 #[derive(Debug, Clone)]
-pub enum PostTables {
-    /// Every table of the publication (`pgdog schema-sync`).
-    All,
-    /// Those a data-sync's pre-data created, per shard (read from the
-    /// shard's `pgdog.schema_tables`).
-    CreatedFor(String),
+pub struct Scope {
+    pub slot: String,
+    /// Only the tables pre-data created for `slot` (a data-sync, read from
+    /// each shard's `pgdog.schema_tables`); otherwise every table of the
+    /// publication (`pgdog schema-sync`).
+    pub only_created: bool,
 }
 
 /// Create post-data on every destination shard, all shards at once:
@@ -495,8 +496,7 @@ pub enum PostTables {
 pub async fn post_data(
     endpoints: &Endpoints,
     source: &Source,
-    tables: &PostTables,
-    slot: &str,
+    scope: &Scope,
     settings: &Settings,
     task: &Arc<Task>,
     shutdown: &CancellationToken,
@@ -509,14 +509,11 @@ pub async fn post_data(
     for d in 0..shards {
         let mut conn = endpoints.connect_dest(d).await?;
         let dest = catalog::objects(&mut conn, None).await?;
-        let only: Option<HashSet<TableName>> = match tables {
-            PostTables::All => None,
-            PostTables::CreatedFor(slot) => Some(
-                state::schema_tables(&mut conn, slot)
-                    .await?
-                    .into_iter()
-                    .collect(),
-            ),
+        let only: Option<HashSet<TableName>> = if scope.only_created {
+            let created = state::schema_tables(&mut conn, &scope.slot).await?;
+            Some(created.into_iter().collect())
+        } else {
+            None
         };
         conn.close().await;
         let what = describe_shard(endpoints, d);
@@ -547,7 +544,7 @@ pub async fn post_data(
             task.clone(),
             shutdown.clone(),
             not_valid_all.clone(),
-            slot.to_string(),
+            scope.slot.clone(),
         );
         runs.spawn(async move {
             run_post_shard(
@@ -786,6 +783,68 @@ pub async fn phases_done(endpoints: &Endpoints, slot: &str) -> Result<(bool, boo
     Ok((pre, post))
 }
 
+/// `pgdog schema-sync`: the phases asked for, on every destination shard.
+/// With `dry_run`, prints what would run on each shard, and what is left
+/// out, without changing anything.
+pub async fn command(
+    config: Arc<Config>,
+    opts: &crate::data_sync::Options,
+    phases: Phases,
+    dry_run: bool,
+    task: &Arc<Task>,
+    shutdown: &CancellationToken,
+) -> Result<Report> {
+    let endpoints = Endpoints::new(
+        config.clone(),
+        &opts.from_database,
+        &opts.from_user,
+        &opts.to_database,
+        &opts.to_user,
+    )?;
+    let slot = opts.slot_name();
+    let settings = Settings::from_config(&config);
+    task.set_phase(crate::data_sync::Phase::Schema);
+    let source = read_source(&endpoints, &opts.publication, &settings).await?;
+    if dry_run {
+        println!(
+            "-- schema of source shard 0 read with {} ({}): {} objects taken, {} left out",
+            source.pg_dump.path.display(),
+            source.pg_dump.version,
+            source.plan.entries.len(),
+            source.plan.omitted.len()
+        );
+        for o in &source.plan.omitted {
+            println!("--   left out: {o}");
+        }
+    }
+    let mut report = Report::default();
+    if phases != Phases::Post {
+        let r = pre_data(&endpoints, &source, &slot, task, shutdown, dry_run, false).await?;
+        report.created += r.created;
+        report.existed += r.existed;
+    }
+    if phases != Phases::Pre {
+        task.set_phase(crate::data_sync::Phase::Indexing);
+        let r = post_data(
+            &endpoints,
+            &source,
+            &Scope {
+                slot: slot.clone(),
+                only_created: false,
+            },
+            &settings,
+            task,
+            shutdown,
+            dry_run,
+        )
+        .await?;
+        report.created += r.created;
+        report.existed += r.existed;
+        report.not_valid = r.not_valid;
+    }
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -845,64 +904,4 @@ mod tests {
             &Key::new("FUNCTION", Some("public"), "f()")
         ));
     }
-}
-
-/// `pgdog schema-sync`: the phases asked for, on every destination shard.
-/// With `dry_run`, prints what would run on each shard, and what is left
-/// out, without changing anything.
-pub async fn command(
-    config: Arc<Config>,
-    opts: &crate::data_sync::Options,
-    phases: Phases,
-    dry_run: bool,
-    task: &Arc<Task>,
-    shutdown: &CancellationToken,
-) -> Result<Report> {
-    let endpoints = Endpoints::new(
-        config.clone(),
-        &opts.from_database,
-        &opts.from_user,
-        &opts.to_database,
-        &opts.to_user,
-    )?;
-    let slot = opts.slot_name();
-    let settings = Settings::from_config(&config);
-    task.set_phase(crate::data_sync::Phase::Schema);
-    let source = read_source(&endpoints, &opts.publication, &settings).await?;
-    if dry_run {
-        println!(
-            "-- schema of source shard 0 read with {} ({}): {} objects taken, {} left out",
-            source.pg_dump.path.display(),
-            source.pg_dump.version,
-            source.plan.entries.len(),
-            source.plan.omitted.len()
-        );
-        for o in &source.plan.omitted {
-            println!("--   left out: {o}");
-        }
-    }
-    let mut report = Report::default();
-    if phases != Phases::Post {
-        let r = pre_data(&endpoints, &source, &slot, task, shutdown, dry_run, false).await?;
-        report.created += r.created;
-        report.existed += r.existed;
-    }
-    if phases != Phases::Pre {
-        task.set_phase(crate::data_sync::Phase::Indexing);
-        let r = post_data(
-            &endpoints,
-            &source,
-            &PostTables::All,
-            &slot,
-            &settings,
-            task,
-            shutdown,
-            dry_run,
-        )
-        .await?;
-        report.created += r.created;
-        report.existed += r.existed;
-        report.not_valid = r.not_valid;
-    }
-    Ok(report)
 }

@@ -79,7 +79,7 @@ pub fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
                 Some((major, e.path().join("bin").join("pg_dump")))
             })
             .collect();
-        dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
         out.extend(dirs.into_iter().map(|(_, p)| p));
     }
     out
