@@ -73,8 +73,10 @@ enum Command {
     Demo(pgdog::demo::DemoArgs),
 }
 
+/// Which clusters, as whom, and which publication: every command that
+/// moves something takes these.
 #[derive(Debug, Args)]
-struct DataSyncArgs {
+struct MoveArgs {
     /// Source cluster (a [[databases]] name in pgdog.toml).
     #[arg(long)]
     from_database: String,
@@ -94,6 +96,27 @@ struct DataSyncArgs {
     /// default pgdog_<publication>_<to-database>.
     #[arg(long)]
     replication_slot: Option<String>,
+}
+
+impl MoveArgs {
+    fn options(&self, mode: Mode, schema_sync: bool) -> data_sync::Options {
+        data_sync::Options {
+            from_database: self.from_database.clone(),
+            from_user: self.from_user.clone(),
+            to_database: self.to_database.clone(),
+            to_user: self.to_user.clone(),
+            publication: self.publication.clone(),
+            slot: self.replication_slot.clone(),
+            mode,
+            schema_sync,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct DataSyncArgs {
+    #[command(flatten)]
+    target: MoveArgs,
     /// Copy the tables, then exit; the slot stays for --replicate-only.
     #[arg(long, conflicts_with_all = ["replicate_only", "cleanup"])]
     sync_only: bool,
@@ -115,26 +138,10 @@ struct DataSyncArgs {
 
 #[derive(Debug, Args)]
 struct SchemaSyncArgs {
-    /// Source cluster (a [[databases]] name in pgdog.toml).
-    #[arg(long)]
-    from_database: String,
-    /// Source user (in users.toml).
-    #[arg(long)]
-    from_user: String,
-    /// Destination cluster.
-    #[arg(long)]
-    to_database: String,
-    /// Destination user.
-    #[arg(long)]
-    to_user: String,
-    /// Publication on the source shards: the tables whose schema is made.
-    #[arg(long)]
-    publication: String,
-    /// The move's slot name, under which created tables are recorded (so
-    /// a later data-sync builds their indexes after its copy); default as
-    /// data-sync's.
-    #[arg(long)]
-    replication_slot: Option<String>,
+    // The slot's name is the move's: created tables are recorded under it,
+    // so a later data-sync builds their indexes after its copy.
+    #[command(flatten)]
+    target: MoveArgs,
     /// Print the SQL each shard would run, and what is left out; change
     /// nothing.
     #[arg(long)]
@@ -262,16 +269,7 @@ async fn async_main(cli: Cli) -> ExitCode {
 }
 
 async fn schema_sync_command(config: Arc<Config>, args: &SchemaSyncArgs) -> ExitCode {
-    let opts = data_sync::Options {
-        from_database: args.from_database.clone(),
-        from_user: args.from_user.clone(),
-        to_database: args.to_database.clone(),
-        to_user: args.to_user.clone(),
-        publication: args.publication.clone(),
-        slot: args.replication_slot.clone(),
-        mode: Mode::Full,
-        schema_sync: true,
-    };
+    let opts = args.target.options(Mode::Full, true);
     let token = CancellationToken::new();
     stop_on_signals(token.clone());
     let registry = Arc::new(Registry::default());
@@ -318,18 +316,9 @@ async fn data_sync_command(config: Arc<Config>, args: &DataSyncArgs) -> ExitCode
     } else {
         Mode::Full
     };
-    let opts = data_sync::Options {
-        from_database: args.from_database.clone(),
-        from_user: args.from_user.clone(),
-        to_database: args.to_database.clone(),
-        to_user: args.to_user.clone(),
-        publication: args.publication.clone(),
-        slot: args.replication_slot.clone(),
-        mode,
-        schema_sync: !args.skip_schema_sync,
-    };
+    let opts = args.target.options(mode, !args.skip_schema_sync);
     let slot = opts.slot_name();
-    if args.replication_slot.is_none() && mode != Mode::Cleanup {
+    if args.target.replication_slot.is_none() && mode != Mode::Cleanup {
         eprintln!("replication slot: {slot}");
     }
     // `shutdown` ends the process (signals); the task's own token stops the

@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use common::*;
@@ -93,24 +93,8 @@ fn left_out(e: &Entry) -> bool {
 }
 
 fn pgdog(files: &ConfigFiles, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgdog"))
-        .arg("--config")
-        .arg(files.dir.join("pgdog.toml"))
-        .arg("--users")
-        .arg(files.dir.join("users.toml"))
-        .args([
-            "schema-sync",
-            "--from-database",
-            "source",
-            "--from-user",
-            "pgdog",
-            "--to-database",
-            "dest",
-            "--to-user",
-            "pgdog",
-            "--publication",
-            "pub",
-        ])
+    files
+        .command("schema-sync", "pub")
         .args(args)
         .output()
         .expect("run pgdog")
@@ -121,6 +105,19 @@ fn text(out: &Output) -> (String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The partitioned table's rows, on the shards of their tenant.
+async fn verify_events(fleet: &Fleet) {
+    let checks = vec![check(
+        "events",
+        &["id", "tenant_id", "at", "account_id", "payload"],
+        Some("tenant_id"),
+        pgdog::sharding::DataType::Bigint,
+        2,
+        false,
+    )];
+    verify_equal(fleet, &checks).await;
 }
 
 fn tables_on(fleet: &Fleet, d: usize) -> Vec<String> {
@@ -306,15 +303,7 @@ async fn data_sync_builds_indexes_after_the_copy() {
         assert_eq!(rows[0].text(1), Some("5"));
         conn.close().await;
     }
-    let checks = vec![check(
-        "events",
-        &["id", "tenant_id", "at", "account_id", "payload"],
-        Some("tenant_id"),
-        pgdog::sharding::DataType::Bigint,
-        2,
-        false,
-    )];
-    verify_equal(&fleet, &checks).await;
+    verify_events(&fleet).await;
 }
 
 /// What a move leaves when it is killed after pre-data: tables created
@@ -372,13 +361,5 @@ async fn a_move_resumed_after_pre_data_builds_the_deferred_keys() {
     assert_eq!(run.missing_rows(), 0);
     run.stop().await.unwrap();
     assert_same_schema(&fleet, left_out);
-    let checks = vec![check(
-        "events",
-        &["id", "tenant_id", "at", "account_id", "payload"],
-        Some("tenant_id"),
-        pgdog::sharding::DataType::Bigint,
-        2,
-        false,
-    )];
-    verify_equal(&fleet, &checks).await;
+    verify_events(&fleet).await;
 }

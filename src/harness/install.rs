@@ -147,13 +147,7 @@ pub fn pg_dump() -> Option<PathBuf> {
         .filter_map(|p| {
             let out = Command::new(&p).arg("--version").output().ok()?;
             let text = String::from_utf8_lossy(&out.stdout);
-            let major: u32 = text
-                .split_whitespace()
-                .nth(2)?
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()?;
+            let (major, _) = crate::data_sync::schema::pg_dump::parse_version(&text)?;
             Some((major, p))
         })
         .max_by_key(|(major, _)| *major)

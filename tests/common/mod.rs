@@ -279,16 +279,16 @@ impl ConfigFiles {
         ConfigFiles { dir }
     }
 
-    /// `pgdog data-sync` as a child process, its output in `log`.
-    pub fn spawn(&self, publication: &str, extra_args: &[&str], log: &str) -> Child {
-        let log = std::fs::File::create(self.dir.join(log)).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_pgdog"))
-            .arg("--config")
+    /// The pgdog binary running `subcommand` from `source` to `dest` for
+    /// `publication`, with these config files.
+    pub fn command(&self, subcommand: &str, publication: &str) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgdog"));
+        cmd.arg("--config")
             .arg(self.dir.join("pgdog.toml"))
             .arg("--users")
             .arg(self.dir.join("users.toml"))
             .args([
-                "data-sync",
+                subcommand,
                 "--from-database",
                 "source",
                 "--from-user",
@@ -299,9 +299,15 @@ impl ConfigFiles {
                 "pgdog",
                 "--publication",
                 publication,
-                "--admin-port",
-                "0",
-            ])
+            ]);
+        cmd
+    }
+
+    /// `pgdog data-sync` as a child process, its output in `log`.
+    pub fn spawn(&self, publication: &str, extra_args: &[&str], log: &str) -> Child {
+        let log = std::fs::File::create(self.dir.join(log)).unwrap();
+        self.command("data-sync", publication)
+            .args(["--admin-port", "0"])
             .args(extra_args)
             .env("PGDOG_LOG", "info")
             .stdout(Stdio::null())

@@ -239,19 +239,14 @@ fn plan_pre(
                     schema: schema.unwrap_or("").into(),
                     name: e.tag.clone(),
                 };
-                if let (Some(s), Some(dsig)) = (
-                    src.and_then(|o| o.signature.as_deref()),
-                    d.signature.as_deref(),
-                ) {
-                    if s != dsig {
-                        problems.push(Problem {
-                            problem: format!(
-                                "table {name} exists on {what} with other columns than on the source: {}",
-                                column_difference(s, dsig)
-                            ),
-                            fix: "make its columns match the source's, or drop it on that shard so schema sync creates it (or pass --skip-schema-sync to keep a schema made by hand)".into(),
-                        });
-                    }
+                if let Some((s, dsig)) = differing(src, d) {
+                    problems.push(Problem {
+                        problem: format!(
+                            "table {name} exists on {what} with other columns than on the source: {}",
+                            column_difference(s, dsig)
+                        ),
+                        fix: "make its columns match the source's, or drop it on that shard so schema sync creates it (or pass --skip-schema-sync to keep a schema made by hand)".into(),
+                    });
                 }
                 existing_tables.insert(name);
                 continue;
@@ -279,21 +274,14 @@ fn plan_pre(
             if let Some(d) = exists {
                 out.existed += 1;
                 let kinds_compared = ["TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "SEQUENCE"];
-                if kinds_compared.contains(&e.kind.as_str()) {
-                    if let (Some(s), Some(dsig)) = (
-                        src.and_then(|o| o.signature.as_deref()),
-                        d.signature.as_deref(),
-                    ) {
-                        if s != dsig {
-                            problems.push(Problem {
-                                problem: format!(
-                                    "{} exists on {what} but differs from the source's",
-                                    e.describe()
-                                ),
-                                fix: "make it the same as on the source, or drop it on that shard so schema sync creates it".into(),
-                            });
-                        }
-                    }
+                if kinds_compared.contains(&e.kind.as_str()) && differing(src, d).is_some() {
+                    problems.push(Problem {
+                        problem: format!(
+                            "{} exists on {what} but differs from the source's",
+                            e.describe()
+                        ),
+                        fix: "make it the same as on the source, or drop it on that shard so schema sync creates it".into(),
+                    });
                 }
                 continue;
             }
@@ -330,6 +318,16 @@ fn plan_pre(
         }
     }
     out
+}
+
+/// The two signatures, when the source's and the destination's object
+/// both have one and they differ.
+fn differing<'a>(
+    src: Option<&'a catalog::Object>,
+    dest: &'a catalog::Object,
+) -> Option<(&'a str, &'a str)> {
+    let (s, d) = (src?.signature.as_deref()?, dest.signature.as_deref()?);
+    (s != d).then_some((s, d))
 }
 
 /// A table's primary key or replica identity index (or its attachment to
