@@ -363,3 +363,38 @@ async fn a_move_resumed_after_pre_data_builds_the_deferred_keys() {
     assert_same_schema(&fleet, left_out);
     verify_events(&fleet).await;
 }
+
+/// The schema is read from source shard 0 and made once for every
+/// destination shard, so another source shard with a different schema is
+/// refused before anything is created, naming what differs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_shards_with_different_schemas_are_refused() {
+    init_logging();
+    let fleet = Fleet::start(2, 2, ClusterOptions::default()).await.unwrap();
+    fleet.on_sources(SCHEMA).await.unwrap();
+    fleet.on_sources(ROWS).await.unwrap();
+    fleet.sources[1]
+        .exec(
+            DATABASE,
+            "CREATE INDEX invoices_amount ON billing.invoices (amount);
+             ALTER TABLE public.events ADD COLUMN note text;",
+        )
+        .await
+        .unwrap();
+    let files = ConfigFiles::write(&fleet, SHARDING);
+    let out = pgdog(&files, &[]);
+    let (_, stderr) = text(&out);
+    assert!(
+        !out.status.success(),
+        "differing source shards were accepted"
+    );
+    assert!(
+        stderr.contains("INDEX billing.invoices_amount is on source shard 1"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("TABLE public.events differs between source shard 0 and source shard 1"),
+        "{stderr}"
+    );
+    assert!(tables_on(&fleet, 0).is_empty(), "something was created");
+}

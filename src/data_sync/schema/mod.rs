@@ -122,6 +122,20 @@ pub async fn read_source(
         .collect();
     let others: Vec<TableName> = others.into_iter().map(|(t, _)| t).collect();
     conn.close().await;
+    // The schema is read from shard 0 and made once for all: the other
+    // source shards must have the same objects.
+    let mut problems = Vec::new();
+    for s in 1..endpoints.source.shards.len() {
+        let mut conn = endpoints.connect_source(s, false).await?;
+        let theirs = catalog::objects(&mut conn, Some(publication)).await?;
+        conn.close().await;
+        let o = endpoints.source(s);
+        let what = format!("source shard {s} ({}:{})", o.host, o.port);
+        problems.extend(compare_sources(&objects, &theirs, &what));
+    }
+    if !problems.is_empty() {
+        return Err(DataSyncError::Preflight { problems });
+    }
     let o = endpoints.source(0);
     let config = &endpoints.config.general;
     let text = pg_dump
@@ -140,6 +154,40 @@ pub async fn read_source(
         objects,
         plan,
     })
+}
+
+/// How `theirs` (another source shard's objects) differs from `first`
+/// (shard 0's), at most 20 problems. Only the objects schema sync makes
+/// count; extensions available and the like may differ.
+fn compare_sources(first: &Objects, theirs: &Objects, what: &str) -> Vec<Problem> {
+    let ignored = ["AVAILABLE EXTENSION", "EXTENSION", "SCHEMA", "COLLATION"];
+    let describe = |k: &Key| match &k.schema {
+        Some(s) => format!("{} {s}.{}", k.kind, k.tag),
+        None => format!("{} {}", k.kind, k.tag),
+    };
+    let fix = "make the source shards' schemas the same (schema sync reads shard 0's and creates it on every destination shard)";
+    let mut out = Vec::new();
+    let mut keys: Vec<&Key> = first.by_key.keys().chain(theirs.by_key.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        if ignored.contains(&k.kind.as_str()) || out.len() >= 20 {
+            continue;
+        }
+        let problem = match (first.by_key.get(k), theirs.by_key.get(k)) {
+            (Some(_), None) => format!("{} is on source shard 0 but not on {what}", describe(k)),
+            (None, Some(_)) => format!("{} is on {what} but not on source shard 0", describe(k)),
+            (Some(a), Some(b)) if a.signature != b.signature => {
+                format!("{} differs between source shard 0 and {what}", describe(k))
+            }
+            _ => continue,
+        };
+        out.push(Problem {
+            problem,
+            fix: fix.into(),
+        });
+    }
+    out
 }
 
 /// What a run on one destination shard does.
@@ -864,6 +912,39 @@ mod tests {
         assert_eq!(
             validate_sql(&t, "order items order_items_fk"),
             "ALTER TABLE \"public\".\"order items\" VALIDATE CONSTRAINT \"order_items_fk\";"
+        );
+    }
+
+    #[test]
+    fn source_shards_must_agree() {
+        let objects = |list: &[(&str, &str, Option<&str>)]| {
+            let mut o = Objects::default();
+            for (kind, tag, sig) in list {
+                o.by_key.insert(
+                    Key::new(kind, Some("public"), tag),
+                    catalog::Object {
+                        signature: sig.map(str::to_string),
+                        ..Default::default()
+                    },
+                );
+            }
+            o
+        };
+        let first = objects(&[("TABLE", "t", Some("a integer")), ("INDEX", "t_a", None)]);
+        let same = objects(&[("TABLE", "t", Some("a integer")), ("INDEX", "t_a", None)]);
+        assert!(compare_sources(&first, &same, "source shard 1").is_empty());
+        let other = objects(&[("TABLE", "t", Some("a bigint")), ("INDEX", "t_b", None)]);
+        let problems: Vec<String> = compare_sources(&first, &other, "source shard 1")
+            .into_iter()
+            .map(|p| p.problem)
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "INDEX public.t_a is on source shard 0 but not on source shard 1",
+                "INDEX public.t_b is on source shard 1 but not on source shard 0",
+                "TABLE public.t differs between source shard 0 and source shard 1",
+            ]
         );
     }
 
