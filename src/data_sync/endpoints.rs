@@ -61,6 +61,17 @@ impl Endpoints {
         })
     }
 
+    /// The endpoints of a move's command line.
+    pub fn of_move(config: Arc<Config>, opts: &super::Options) -> Result<Endpoints> {
+        Endpoints::new(
+            config,
+            &opts.from_database,
+            &opts.from_user,
+            &opts.to_database,
+            &opts.to_user,
+        )
+    }
+
     fn options(&self, server: &Database, user: &User, role: &str) -> ConnectOptions {
         let mut o = self.config.connect_options(server, user);
         o.application_name = format!("pgdog data-sync {role}");

@@ -181,13 +181,7 @@ async fn run_inner(
         ));
     }
     *task.slot.lock().unwrap_or_else(|e| e.into_inner()) = slot.clone();
-    let endpoints = Endpoints::new(
-        config.clone(),
-        &opts.from_database,
-        &opts.from_user,
-        &opts.to_database,
-        &opts.to_user,
-    )?;
+    let endpoints = Endpoints::of_move(config.clone(), opts)?;
     if opts.mode == Mode::Cleanup {
         cleanup(&endpoints, &slot).await?;
         return Ok(Outcome::CleanedUp);

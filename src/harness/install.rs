@@ -21,14 +21,9 @@ impl PgInstall {
             .arg("--version")
             .output()
             .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout);
         // "postgres (PostgreSQL) 15.18 (Debian ...)"
-        let version = text.split_whitespace().nth(2)?;
-        let major = version
-            .split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (major, _) = crate::data_sync::schema::pg_dump::parse_version(&text)?;
         Some(PgInstall {
             bin: bin.to_path_buf(),
             major,

@@ -840,13 +840,7 @@ pub async fn command(
     task: &Arc<Task>,
     shutdown: &CancellationToken,
 ) -> Result<Report> {
-    let endpoints = Endpoints::new(
-        config.clone(),
-        &opts.from_database,
-        &opts.from_user,
-        &opts.to_database,
-        &opts.to_user,
-    )?;
+    let endpoints = Endpoints::of_move(config.clone(), opts)?;
     let slot = opts.slot_name();
     let settings = Settings::from_config(&config);
     task.set_phase(crate::data_sync::Phase::Schema);

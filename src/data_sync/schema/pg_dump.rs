@@ -20,7 +20,8 @@ pub struct PgDump {
     pub version: String,
 }
 
-/// `pg_dump (PostgreSQL) 18.6` → `(18, "18.6")`.
+/// The version a PostgreSQL program prints: `pg_dump (PostgreSQL) 18.6` →
+/// `(18, "18.6")` (the same for `postgres --version`).
 pub fn parse_version(text: &str) -> Option<(u32, String)> {
     let version = text.split_whitespace().nth(2)?;
     let major = version
