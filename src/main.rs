@@ -54,6 +54,11 @@ enum Command {
     /// pg_dump: pre-data (tables, types, functions, sequences, primary
     /// keys), post-data (indexes, constraints, foreign keys, triggers).
     SchemaSync(SchemaSyncArgs),
+    /// Compare the source and the destination of a move at one consistent
+    /// point while it keeps streaming: row counts and checksums per table
+    /// and destination shard. Exit status 0: equal, 1: something differs,
+    /// 2: error.
+    Verify(VerifyArgs),
     /// Check pgdog.toml and users.toml and print a summary.
     Configcheck,
     /// Print the shard of each value, as PostgreSQL hash partitioning would.
@@ -150,6 +155,19 @@ struct SchemaSyncArgs {
     /// triggers after it; all: both.
     #[arg(long, value_enum, default_value = "all")]
     phase: pgdog::data_sync::schema::Phases,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    target: MoveArgs,
+    /// Only this table (name or schema.name); repeat for more.
+    #[arg(long = "table")]
+    tables: Vec<String>,
+    /// Narrow each differing table down to the keys that differ (at most
+    /// 20 missing, extra and changed each).
+    #[arg(long)]
+    detail: bool,
 }
 
 fn parse_data_type(s: &str) -> Result<DataType, String> {
@@ -258,6 +276,13 @@ async fn async_main(cli: Cli) -> ExitCode {
             };
             data_sync_command(config, args).await
         }
+        Some(Command::Verify(args)) => {
+            let config = match load(&cli) {
+                Ok(c) => c,
+                Err(_) => return ExitCode::from(2),
+            };
+            verify_command(config, args).await
+        }
         Some(Command::SchemaSync(args)) => {
             let config = match load(&cli) {
                 Ok(c) => c,
@@ -302,6 +327,36 @@ async fn schema_sync_command(config: Arc<Config>, args: &SchemaSyncArgs) -> Exit
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn verify_command(config: Arc<Config>, args: &VerifyArgs) -> ExitCode {
+    let opts = args.target.options(Mode::ReplicateOnly, false);
+    let token = CancellationToken::new();
+    stop_on_signals(token.clone());
+    let registry = Arc::new(Registry::default());
+    let task = registry.new_task(&opts.from_database, &opts.to_database, &opts.publication);
+    let reporter = pgdog::report::spawn(task.clone(), token.clone());
+    let request = data_sync::verify::Request {
+        tables: args.tables.clone(),
+        detail: args.detail,
+    };
+    let result = data_sync::verify::run(config, &opts, &request, &task, &token).await;
+    token.cancel();
+    let _ = reporter.await;
+    match result {
+        Ok(report) => {
+            print!("{}", data_sync::verify::render(&report));
+            if report.equal() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -109,6 +109,49 @@ pub fn overall_line(task: &Task) -> String {
     line
 }
 
+/// One line while `pgdog verify` reads: tables read on both sides, bytes
+/// against the estimate, the ETA at the rate so far, and what differs.
+pub fn verify_line(task: &Task) -> String {
+    let items = task.verify_items();
+    if items.is_empty() {
+        let mut line = format!(
+            "verify: holding the move at one LSN ({})",
+            human_duration(task.started_at.elapsed().as_secs_f64())
+        );
+        if let Some(w) = task.waiting() {
+            line.push_str(&format!("; waiting: {w}"));
+        }
+        return line;
+    }
+    let read = items.iter().filter(|i| i.state() == "read").count();
+    let bytes: u64 = items.iter().map(|i| i.bytes.load(Ordering::Relaxed)).sum();
+    let rows: u64 = items.iter().map(|i| i.rows.load(Ordering::Relaxed)).sum();
+    let estimate: u64 = items.iter().map(|i| i.estimated_bytes).sum();
+    let started = items
+        .iter()
+        .filter_map(|i| i.elapsed())
+        .fold(0.0f64, f64::max)
+        .max(0.001);
+    let mut line = format!(
+        "verify: {read}/{} table reads, {rows} rows, {} of about {}",
+        items.len(),
+        human_bytes(bytes as f64),
+        human_bytes(estimate as f64)
+    );
+    if bytes > 0 && estimate > bytes && read < items.len() {
+        let eta = (estimate - bytes) as f64 / (bytes as f64 / started);
+        line.push_str(&format!(", ETA {}", human_duration(eta)));
+    }
+    let differ = items
+        .iter()
+        .filter(|i| i.result().is_some_and(|r| r != "equal"))
+        .count();
+    if differ > 0 {
+        line.push_str(&format!("; {differ} shard(s) differ"));
+    }
+    line
+}
+
 /// One line about an index build or foreign key validation.
 pub fn schema_item_line(i: &SchemaItem) -> String {
     let mut line = format!(
@@ -184,6 +227,7 @@ async fn plain(task: Arc<Task>, stop: CancellationToken) {
                 }
             }
             Phase::Streaming => tracing::info!("{}", stream_line(&task)),
+            Phase::Verifying => tracing::info!("{}", verify_line(&task)),
             _ => {}
         }
     }
@@ -263,6 +307,7 @@ async fn live(task: Arc<Task>, stop: CancellationToken) {
                 }
                 overall.set_message(stream_line(&task));
             }
+            Phase::Verifying => overall.set_message(verify_line(&task)),
             _ => overall.set_message(format!(
                 "{} ({}){}",
                 task.phase().as_str(),

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::oracle::TableCheck;
 use common::*;
-use pgdog::data_sync::verify::TableCheck;
 use pgdog::data_sync::Mode;
 use pgdog::harness::fleet::DATABASE;
 use pgdog::harness::{ClusterOptions, Fleet};

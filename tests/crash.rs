@@ -57,7 +57,7 @@ async fn wait_for_log(files: &ConfigFiles, log: &str, needle: &str, timeout: Dur
     false
 }
 
-fn items_check(m: usize) -> Vec<pgdog::data_sync::verify::TableCheck> {
+fn items_check(m: usize) -> Vec<common::oracle::TableCheck> {
     vec![check(
         "items",
         &["tenant", "id", "qty", "label", "big", "updated"],

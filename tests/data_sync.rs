@@ -29,7 +29,7 @@ fn sharding(column_tables: &[(&str, &str)], cluster: &str) -> String {
         .collect()
 }
 
-fn checks(m: usize, source_sharded: bool) -> Vec<pgdog::data_sync::verify::TableCheck> {
+fn checks(m: usize, source_sharded: bool) -> Vec<common::oracle::TableCheck> {
     vec![
         check(
             "items",

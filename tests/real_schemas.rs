@@ -13,9 +13,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::oracle::TableCheck;
 use common::*;
 use pgdog::data_sync::progress::{CopyState, Phase};
-use pgdog::data_sync::verify::TableCheck;
 use pgdog::data_sync::{DataSyncError, Mode, Outcome};
 use pgdog::harness::fleet::DATABASE;
 use pgdog::harness::{Cluster, ClusterOptions, Fleet};

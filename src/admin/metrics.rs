@@ -27,12 +27,13 @@ const MAX_REQUEST: usize = 16 * 1024;
 /// Scrapes served at once; more wait in the kernel's accept queue.
 const MAX_SCRAPES: usize = 8;
 
-const PHASES: [Phase; 8] = [
+const PHASES: [Phase; 9] = [
     Phase::Preflight,
     Phase::Schema,
     Phase::Copying,
     Phase::Indexing,
     Phase::Streaming,
+    Phase::Verifying,
     Phase::Stopped,
     Phase::Failed,
     Phase::Done,

@@ -9,6 +9,7 @@
 //! stopped. Progress lives on the destinations ([`state`]), so rerunning
 //! the same command resumes.
 
+pub mod barrier;
 pub mod catalog;
 pub mod copy;
 pub mod endpoints;

@@ -68,6 +68,41 @@ impl TablePlan {
         }
     }
 
+    /// `COPY (SELECT <published columns> ...) TO STDOUT` of this table on
+    /// a source (`source`: its relkind and the publication's row filter
+    /// apply) or a destination, with extra `conds`; binary when every
+    /// column's binary form is portable.
+    pub fn copy_out_sql(&self, source: bool, mut conds: Vec<String>) -> String {
+        let t = &self.table;
+        // ONLY: a plain table's inheritance children are separate tables; a
+        // partitioned root must not have it (its rows live in the partitions).
+        let only = match (source, t.relkind) {
+            (true, 'p') => "",
+            (true, _) => "ONLY ",
+            (false, _) => self.only(),
+        };
+        if source {
+            if let Some(filter) = &t.row_filter {
+                conds.push(format!("({filter})"));
+            }
+        }
+        let filter = if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        };
+        let format = if t.binary_safe() {
+            " (FORMAT binary)"
+        } else {
+            ""
+        };
+        format!(
+            "COPY (SELECT {} FROM {only}{}{filter}) TO STDOUT{format}",
+            t.column_list(),
+            t.name.quoted()
+        )
+    }
+
     /// Whether source shard `s` contributes rows and changes of this table.
     pub fn from_source(&self, s: usize) -> bool {
         self.source.is_some() || s == 0

@@ -20,6 +20,8 @@ pub enum Phase {
     /// Building indexes and constraints after the copy.
     Indexing,
     Streaming,
+    /// `pgdog verify`: holding the move at one LSN, then comparing.
+    Verifying,
     Stopped,
     Failed,
     Done,
@@ -33,6 +35,7 @@ impl Phase {
             Phase::Copying => "copying",
             Phase::Indexing => "building indexes",
             Phase::Streaming => "streaming",
+            Phase::Verifying => "verifying",
             Phase::Stopped => "stopped",
             Phase::Failed => "failed",
             Phase::Done => "done",
@@ -335,6 +338,93 @@ impl SnapshotHold {
     }
 }
 
+/// One table read for `pgdog verify` on one server (a source shard or a
+/// destination shard), and for a destination shard, what it compared to.
+#[derive(Debug)]
+pub struct VerifyItem {
+    pub schema: String,
+    pub table: String,
+    /// `source` or `destination`.
+    pub side: &'static str,
+    pub shard: usize,
+    pub estimated_bytes: u64,
+    pub rows: AtomicU64,
+    pub bytes: AtomicU64,
+    /// `waiting`, `reading`, `read`, `failed`.
+    pub state: Mutex<&'static str>,
+    /// Destination shards: `equal` or what differs, once compared.
+    pub result: Mutex<Option<String>>,
+    pub started: Mutex<Option<Instant>>,
+    pub finished: Mutex<Option<Instant>>,
+}
+
+impl VerifyItem {
+    pub fn new(
+        table: &super::catalog::TableName,
+        side: &'static str,
+        shard: usize,
+        estimated_bytes: u64,
+    ) -> VerifyItem {
+        VerifyItem {
+            schema: table.schema.clone(),
+            table: table.name.clone(),
+            side,
+            shard,
+            estimated_bytes,
+            rows: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            state: Mutex::new("waiting"),
+            result: Mutex::new(None),
+            started: Mutex::new(None),
+            finished: Mutex::new(None),
+        }
+    }
+
+    pub fn state(&self) -> &'static str {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_state(&self, state: &'static str) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        let now = Some(Instant::now());
+        match state {
+            "reading" => *self.started.lock().unwrap_or_else(|e| e.into_inner()) = now,
+            "read" | "failed" => *self.finished.lock().unwrap_or_else(|e| e.into_inner()) = now,
+            _ => {}
+        }
+    }
+
+    pub fn result(&self) -> Option<String> {
+        self.result
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_result(&self, result: String) {
+        *self.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+    }
+
+    /// Seconds spent reading so far (or in all).
+    pub fn elapsed(&self) -> Option<f64> {
+        let started = (*self.started.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let end =
+            (*self.finished.lock().unwrap_or_else(|e| e.into_inner())).unwrap_or_else(Instant::now);
+        Some(end.duration_since(started).as_secs_f64())
+    }
+
+    /// Percent read, by bytes against the estimate.
+    pub fn percent(&self) -> Option<f64> {
+        if self.state() == "read" {
+            return Some(100.0);
+        }
+        (self.estimated_bytes > 0).then(|| {
+            (self.bytes.load(Ordering::Relaxed) as f64 * 100.0 / self.estimated_bytes as f64)
+                .min(99.0)
+        })
+    }
+}
+
 /// Everything about one data-sync task.
 #[derive(Debug)]
 pub struct Task {
@@ -366,6 +456,8 @@ pub struct Task {
     /// Schema sync: pre-data per shard, then each index, constraint and
     /// foreign key built after the copy.
     pub schema: Mutex<Vec<Arc<SchemaItem>>>,
+    /// `pgdog verify`: each table read on each server.
+    pub verify: Mutex<Vec<Arc<VerifyItem>>>,
 }
 
 impl Task {
@@ -388,7 +480,24 @@ impl Task {
             waiting: Mutex::new(None),
             snapshots: Mutex::new(Vec::new()),
             schema: Mutex::new(Vec::new()),
+            verify: Mutex::new(Vec::new()),
         }
+    }
+
+    pub fn verify_items(&self) -> Vec<Arc<VerifyItem>> {
+        self.verify
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn add_verify_item(&self, item: VerifyItem) -> Arc<VerifyItem> {
+        let item = Arc::new(item);
+        self.verify
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(item.clone());
+        item
     }
 
     pub fn schema_items(&self) -> Vec<Arc<SchemaItem>> {

@@ -86,6 +86,25 @@ impl SharedSnapshot {
         })
     }
 
+    /// A snapshot a plain session exported with `pg_export_snapshot()`:
+    /// it lives while `holder` stays in that transaction. Not listed among
+    /// the task's source snapshots.
+    pub fn exported(holder: Connection, name: String, lsn: Lsn) -> SharedSnapshot {
+        let hold = Arc::new(SnapshotHold {
+            source_shard: 0,
+            server: format!("{}:{}", holder.addr().host, holder.addr().port),
+            lsn,
+            since: Instant::now(),
+            released: Default::default(),
+        });
+        SharedSnapshot {
+            name,
+            lsn,
+            holder: Some(holder),
+            hold,
+        }
+    }
+
     /// A new session on `server` inside a REPEATABLE READ transaction that
     /// sees exactly this snapshot.
     pub async fn reader(&self, server: &ConnectOptions) -> Result<Connection> {

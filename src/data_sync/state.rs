@@ -45,6 +45,17 @@ CREATE TABLE IF NOT EXISTS pgdog.schema_phases (
     done_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (slot_name, phase)
 );
+CREATE TABLE IF NOT EXISTS pgdog.verify_barriers (
+    slot_name text NOT NULL,
+    source_shard int NOT NULL,
+    verify_id text NOT NULL,
+    state text NOT NULL,
+    target_lsn pg_lsn,
+    reached_lsn pg_lsn,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (slot_name, source_shard)
+);
 CREATE TABLE IF NOT EXISTS pgdog.hash_bigint (k bigint) PARTITION BY HASH (k);
 CREATE TABLE IF NOT EXISTS pgdog.hash_text (k text) PARTITION BY HASH (k);
 CREATE TABLE IF NOT EXISTS pgdog.hash_uuid (k uuid) PARTITION BY HASH (k);
@@ -184,7 +195,7 @@ pub async fn forget(conn: &mut Connection, slot: &str) -> Result<()> {
         &[slot],
     )
     .await?;
-    for table in ["schema_tables", "schema_phases"] {
+    for table in ["schema_tables", "schema_phases", "verify_barriers"] {
         conn.query_text(
             &format!("DELETE FROM pgdog.{table} WHERE slot_name = $1"),
             &[slot],

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use pgdog::config::Config;
 use pgdog::data_sync::catalog::TableName;
 use pgdog::data_sync::progress::Phase;
-use pgdog::data_sync::verify::{self, TableCheck, TableReport};
+pub mod oracle;
+
+use oracle::{TableCheck, TableReport};
 use pgdog::data_sync::{self, Mode, Options, Outcome, Registry, Task};
 use pgdog::harness::Fleet;
 use pgdog::net::{ConnectOptions, Connection};
@@ -247,10 +249,10 @@ pub fn check(
 }
 
 pub async fn verify_equal(fleet: &Fleet, checks: &[TableCheck]) -> Vec<TableReport> {
-    let reports = verify::compare(&fleet.source_options(), &fleet.dest_options(), checks)
+    let reports = oracle::compare(&fleet.source_options(), &fleet.dest_options(), checks)
         .await
         .unwrap();
-    let rendered = verify::render(&reports);
+    let rendered = oracle::render(&reports);
     eprintln!("{rendered}");
     for r in &reports {
         assert!(r.ok, "{} differs:\n{rendered}", r.table);

@@ -70,7 +70,12 @@ impl Context {
 pub fn is_running(phase: Phase) -> bool {
     matches!(
         phase,
-        Phase::Preflight | Phase::Schema | Phase::Copying | Phase::Indexing | Phase::Streaming
+        Phase::Preflight
+            | Phase::Schema
+            | Phase::Copying
+            | Phase::Indexing
+            | Phase::Streaming
+            | Phase::Verifying
     )
 }
 

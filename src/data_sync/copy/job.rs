@@ -14,13 +14,8 @@ use super::chunk::{copy_stream, ChunkResult};
 use super::pool::{DestPool, ServerCopy};
 use super::Job;
 
-/// The `SELECT` of one range of the table, `None` for the whole table.
+/// The `COPY` of one range of the table, `None` for the whole table.
 fn select_sql(ctx: &Ctx, job: &Job, range: Option<(u64, Option<u64>)>) -> String {
-    let plan = &ctx.plan.tables[job.table];
-    let t = &plan.table;
-    // ONLY: a plain table's inheritance children are separate tables; a
-    // partitioned root must not have it (its rows live in the partitions).
-    let only = if t.relkind == 'p' { "" } else { "ONLY " };
     let mut conds = Vec::new();
     if let Some((start, end)) = range {
         conds.push(format!("ctid >= '({start},0)'::tid"));
@@ -28,24 +23,7 @@ fn select_sql(ctx: &Ctx, job: &Job, range: Option<(u64, Option<u64>)>) -> String
             conds.push(format!("ctid < '({end},0)'::tid"));
         }
     }
-    if let Some(filter) = &t.row_filter {
-        conds.push(format!("({filter})"));
-    }
-    let filter = if conds.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conds.join(" AND "))
-    };
-    let format = if t.binary_safe() {
-        " (FORMAT binary)"
-    } else {
-        ""
-    };
-    format!(
-        "COPY (SELECT {} FROM {only}{}{filter}) TO STDOUT{format}",
-        t.column_list(),
-        t.name.quoted()
-    )
+    ctx.plan.tables[job.table].copy_out_sql(true, conds)
 }
 
 /// How many ranges to split a table into.

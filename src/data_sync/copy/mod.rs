@@ -7,7 +7,7 @@
 
 mod chunk;
 mod job;
-mod pool;
+pub(crate) mod pool;
 
 use std::sync::Arc;
 

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use super::barrier;
 use super::error::{DataSyncError, Result};
 use super::progress;
 use super::retry::{Retrier, RetryPolicy};
@@ -31,6 +32,15 @@ use super::Ctx;
 /// Stream every source shard until shutdown or a permanent error.
 pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
     let n = ctx.plan.source_shards();
+    // `pgdog verify` may ask the sessions to hold at an LSN.
+    let agent_stop = ctx.shutdown.child_token();
+    let (requests, answers) = barrier::spawn_agent(
+        ctx.endpoints.clone(),
+        ctx.plan.slot.clone(),
+        n,
+        agent_stop.clone(),
+    );
+    let _agent = agent_stop.drop_guard();
     let mut set = JoinSet::new();
     for s in 0..n {
         let status = Arc::new(progress::Stream {
@@ -48,7 +58,11 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
             .unwrap_or_else(|e| e.into_inner())
             .push(status.clone());
         let ctx = ctx.clone();
-        set.spawn(async move { run_source(ctx, s, status).await });
+        let verify = Verify {
+            requests: requests.clone(),
+            answers: answers.clone(),
+        };
+        set.spawn(async move { run_source(ctx, s, status, verify).await });
     }
     let mut first_error = None;
     while let Some(joined) = set.join_next().await {
@@ -67,12 +81,24 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
     }
 }
 
+/// The session's end of the verify barrier ([`barrier`]).
+#[derive(Debug, Clone)]
+pub struct Verify {
+    pub requests: barrier::Requests,
+    pub answers: tokio::sync::mpsc::UnboundedSender<barrier::Answer>,
+}
+
 /// One source shard, with retries of failures worth one
 /// ([`super::retry`]).
-async fn run_source(ctx: Arc<Ctx>, s: usize, status: Arc<progress::Stream>) -> Result<()> {
+async fn run_source(
+    ctx: Arc<Ctx>,
+    s: usize,
+    status: Arc<progress::Stream>,
+    verify: Verify,
+) -> Result<()> {
     let mut retrier = Retrier::new(RetryPolicy::STREAM);
     loop {
-        let result = session::Session::run(&ctx, s, &status).await;
+        let result = session::Session::run(&ctx, s, &status, verify.clone()).await;
         match result {
             Ok(()) | Err(DataSyncError::Stopped) => return Ok(()),
             Err(_) if ctx.shutdown.is_cancelled() => return Ok(()),

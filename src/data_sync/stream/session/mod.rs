@@ -14,6 +14,7 @@ use pgdog_protocol::replication::ServerMessage;
 use pgdog_protocol::Lsn;
 use tracing::{debug, info};
 
+use super::super::barrier::{self, Ask, Request};
 use super::super::error::{DataSyncError, Result};
 use super::super::progress;
 use super::super::state;
@@ -83,6 +84,9 @@ pub struct Session<'a> {
     read: std::collections::VecDeque<ServerMessage>,
     /// Positions for the reader task to report.
     status_tx: tokio::sync::watch::Sender<super::reader::Status>,
+    /// Where `pgdog verify` asks this session to hold, and what it asks.
+    verify: super::Verify,
+    asked: Option<Request>,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -105,7 +109,12 @@ fn proto_version(server_version: u32) -> u32 {
 
 impl<'a> Session<'a> {
     /// Run until shutdown (Ok) or an error.
-    pub async fn run(ctx: &'a Ctx, s: usize, status: &'a progress::Stream) -> Result<()> {
+    pub async fn run(
+        ctx: &'a Ctx,
+        s: usize,
+        status: &'a progress::Stream,
+        verify: super::Verify,
+    ) -> Result<()> {
         let plan = &ctx.plan;
         let m = plan.dest_shards();
         // Destinations first: what they already hold decides what to skip.
@@ -152,6 +161,9 @@ impl<'a> Session<'a> {
         ];
         if version >= 2 {
             options.push(("streaming", "on".into()));
+            // Logical messages: what `pgdog verify` writes after its
+            // snapshot shows an idle source's stream is past it.
+            options.push(("messages", "true".into()));
         }
         // The source is read in its own task, ahead of what is applied.
         let (items_tx, items) = tokio::sync::mpsc::channel(super::reader::QUEUE);
@@ -181,7 +193,10 @@ impl<'a> Session<'a> {
             items,
             read: std::collections::VecDeque::new(),
             status_tx,
+            verify,
+            asked: None,
         };
+        session.refresh_ask();
         let result = session.run_loop().await;
         if result.is_ok() || matches!(result, Err(DataSyncError::Stopped)) {
             // Clean stop: commit what is complete, confirm it, end the stream.
@@ -225,12 +240,21 @@ impl<'a> Session<'a> {
                                 self.publish_status(false);
                                 continue;
                             }
+                            _ = self.verify.requests.changed() => {
+                                self.refresh_ask();
+                                self.pause_if_asked().await?;
+                                continue;
+                            }
                             _ = self.ctx.shutdown.cancelled() => return Err(DataSyncError::Stopped),
                         }
                     }
                 },
             };
             self.handle_item(item, &mut pgoutput).await?;
+            if self.txn.is_none() && self.verify.requests.has_changed().unwrap_or(false) {
+                self.refresh_ask();
+                self.pause_if_asked().await?;
+            }
             if self.txn.is_none() && self.group_due() {
                 self.commit_group().await?;
             }
@@ -307,6 +331,10 @@ impl<'a> Session<'a> {
                 // end has been received and handled.
                 if self.txn.is_none() && self.spools.is_empty() {
                     self.processed = self.processed.max(end);
+                }
+                // Everything committed before `end` has been received.
+                if self.txn.is_none() {
+                    self.hold_before(end).await?;
                 }
                 if reply {
                     if self.txn.is_none() {
@@ -391,7 +419,10 @@ impl<'a> Session<'a> {
                 final_lsn,
                 commit_time,
                 ..
-            } => self.begin(final_lsn, commit_time)?,
+            } => {
+                self.hold_before(final_lsn).await?;
+                self.begin(final_lsn, commit_time)?
+            }
             Message::Commit {
                 commit_lsn,
                 end_lsn,
@@ -402,6 +433,11 @@ impl<'a> Session<'a> {
             | Message::Update { .. }
             | Message::Delete { .. }
             | Message::Truncate { .. } => self.change(msg).await?,
+            Message::Message {
+                transactional: false,
+                lsn,
+                ..
+            } if self.txn.is_none() => self.hold_before(lsn).await?,
             Message::Type { .. } | Message::Origin { .. } | Message::Message { .. } => {}
             Message::StreamStart { xid, .. } => {
                 self.streaming_xid = Some(xid);
@@ -424,6 +460,7 @@ impl<'a> Session<'a> {
                 commit_time,
                 ..
             } => {
+                self.hold_before(commit_lsn).await?;
                 let mut spool = self.spools.remove(&xid).ok_or_else(|| {
                     self.stream_error(&format!("Stream Commit of unknown transaction {xid}"))
                 })?;
@@ -471,6 +508,77 @@ impl<'a> Session<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Read the verify request for this source shard again.
+    fn refresh_ask(&mut self) {
+        self.asked = self
+            .verify
+            .requests
+            .borrow_and_update()
+            .get(self.s)
+            .cloned()
+            .flatten();
+    }
+
+    /// At a transaction boundary: stop here if verify asked for a pause.
+    async fn pause_if_asked(&mut self) -> Result<()> {
+        match self.asked.clone() {
+            Some(r) if r.ask == Ask::Pause => self.hold(r, "paused").await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Before a transaction committed at `lsn` (or once WAL is known to be
+    /// complete up to `lsn`): stop if verify holds the move below it.
+    async fn hold_before(&mut self, lsn: Lsn) -> Result<()> {
+        if self.verify.requests.has_changed().unwrap_or(false) {
+            self.refresh_ask();
+        }
+        match self.asked.clone() {
+            Some(r) if matches!(r.ask, Ask::HoldAt(target) if lsn >= target) => {
+                self.hold(r, "held").await
+            }
+            Some(r) if r.ask == Ask::Pause => self.hold(r, "paused").await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Commit everything applied, answer `state`, and wait until the
+    /// request is withdrawn or changes (still confirming to the slot, so
+    /// the WAL sender does not time out).
+    async fn hold(&mut self, request: Request, state: &'static str) -> Result<()> {
+        self.commit_group().await?;
+        let answer = barrier::Answer {
+            source_shard: self.s,
+            id: request.id.clone(),
+            state,
+            lsn: self.processed,
+        };
+        info!(source_shard = self.s, verify = %request.id, lsn = %self.processed, "{state} for verify");
+        let mut tick = tokio::time::interval(STATUS_INTERVAL);
+        loop {
+            // Sent again every tick: an answer lost with the agent's
+            // connection is not lost for good.
+            let _ = self.verify.answers.send(answer.clone());
+            tokio::select! {
+                changed = self.verify.requests.changed() => {
+                    if changed.is_err() {
+                        self.asked = None;
+                        return Ok(());
+                    }
+                }
+                _ = tick.tick() => {
+                    self.publish_status(false);
+                    continue;
+                }
+                _ = self.ctx.shutdown.cancelled() => return Err(DataSyncError::Stopped),
+            }
+            self.refresh_ask();
+            if self.asked.as_ref() != Some(&request) {
+                return Ok(());
+            }
+        }
     }
 
     fn stream_error(&self, message: &str) -> DataSyncError {

@@ -1,12 +1,14 @@
-//! Checking a finished (or caught-up) move: row counts per shard, every row
-//! on the shard PostgreSQL's hash partitioning would pick, and the same
-//! order-independent checksum on both sides. Used by the demo and the tests.
+//! The tests' own check of a finished (or caught-up) move, independent of
+//! `pgdog verify`: row counts per shard, every row on the shard
+//! PostgreSQL's hash partitioning would pick, and the same
+//! order-independent checksum (computed by the servers, from md5) on both
+//! sides.
 
-use crate::net::{ConnectOptions, Connection};
+use pgdog::net::{ConnectOptions, Connection};
 
-use super::catalog::{quote_ident, TableName};
-use super::error::{DataSyncError, Result};
-use crate::sharding::Sharder;
+use pgdog::data_sync::catalog::{quote_ident, TableName};
+use pgdog::data_sync::{DataSyncError, Result};
+use pgdog::sharding::Sharder;
 
 /// What to compare for one table.
 #[derive(Debug, Clone)]
@@ -112,7 +114,7 @@ pub async fn compare(
                 dest_sum += sum;
                 if let Some((sharder, column)) = &t.routing {
                     {
-                        let pred = super::plan::shard_predicate(sharder, column, d, m);
+                        let pred = pgdog::data_sync::plan::shard_predicate(sharder, column, d, m);
                         let (bad, _) = one_row(
                             c,
                             &format!(

@@ -1,0 +1,666 @@
+//! `pgdog verify`: is the destination the source, resharded? Answered at
+//! one consistent point while the move keeps streaming and the source
+//! keeps taking writes.
+//!
+//! 1. A temporary slot on every source shard exports a snapshot that sees
+//!    exactly the transactions committed before its consistent point L.
+//! 2. The move's apply is held at L on every source shard ([`barrier`]):
+//!    the running `data-sync` does it when there is one (in this process or
+//!    another), else verify streams from the slot itself up to L.
+//! 3. Every destination shard exports a snapshot while the apply is held,
+//!    then apply goes on.
+//! 4. Every published table is read with COPY on every source shard that
+//!    holds its rows and on every destination shard, in parallel, and its
+//!    rows hashed in pgdog ([`hash`]): per destination shard, the count and
+//!    sum of the source rows the sharding function puts there against the
+//!    shard's own, and the rows the shard holds that belong elsewhere.
+//! 5. `--detail` narrows each differing table down to keys ([`detail`]).
+//!
+//! [`barrier`]: super::barrier
+
+mod detail;
+mod hash;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use pgdog_protocol::Lsn;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Config;
+use crate::net::replication::SnapshotAction;
+
+use super::barrier::Hold;
+use super::catalog::TableName;
+use super::copy::pool::ServerCopy;
+use super::error::{DataSyncError, Result};
+use super::progress::{Phase, Task, VerifyItem};
+use super::snapshot::{self, SharedSnapshot};
+use super::{preflight, Ctx, Endpoints, Options, Plan};
+
+pub use detail::KeyDiffs;
+use hash::{Side, Sums};
+
+/// What to verify, beyond the move.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Only these tables (`name` or `schema.name`); empty: all of them.
+    pub tables: Vec<String>,
+    /// Narrow differing tables down to keys.
+    pub detail: bool,
+}
+
+/// One table on one destination shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardResult {
+    pub dest_shard: usize,
+    /// Source rows the sharding function puts on this shard.
+    pub source_rows: u64,
+    pub dest_rows: u64,
+    /// Rows here that belong on another shard.
+    pub misplaced: u64,
+    pub checksum_equal: bool,
+}
+
+impl ShardResult {
+    pub fn equal(&self) -> bool {
+        self.checksum_equal && self.source_rows == self.dest_rows && self.misplaced == 0
+    }
+
+    /// What differs, for people.
+    pub fn describe(&self) -> String {
+        if self.equal() {
+            return "equal".into();
+        }
+        let mut what = Vec::new();
+        if self.source_rows != self.dest_rows {
+            what.push(format!(
+                "{} rows on the source, {} here",
+                self.source_rows, self.dest_rows
+            ));
+        }
+        if self.misplaced > 0 {
+            what.push(format!("{} rows belong on another shard", self.misplaced));
+        }
+        if !self.checksum_equal && self.source_rows == self.dest_rows {
+            what.push("same count, different rows".into());
+        }
+        format!("DIFFERS: {}", what.join("; "))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableResult {
+    pub table: TableName,
+    pub shards: Vec<ShardResult>,
+    pub detail: Option<KeyDiffs>,
+}
+
+impl TableResult {
+    pub fn equal(&self) -> bool {
+        self.shards.iter().all(ShardResult::equal)
+    }
+}
+
+/// Everything verify found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub tables: Vec<TableResult>,
+    /// The source LSN compared at, per source shard.
+    pub lsns: Vec<Lsn>,
+    /// How long the apply was held.
+    pub held: Duration,
+    /// Whether verify streamed from the slot itself (no data-sync ran).
+    pub applied_itself: bool,
+}
+
+impl Report {
+    pub fn equal(&self) -> bool {
+        self.tables.iter().all(TableResult::equal)
+    }
+}
+
+/// How long the sessions have to stop at a transaction boundary.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long they have to apply up to the verify LSN.
+const HOLD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Verify the move `opts` names.
+pub async fn run(
+    config: Arc<Config>,
+    opts: &Options,
+    request: &Request,
+    task: &Arc<Task>,
+    shutdown: &CancellationToken,
+) -> Result<Report> {
+    let slot = opts.slot_name();
+    *task.slot.lock().unwrap_or_else(|e| e.into_inner()) = slot.clone();
+    task.set_phase(Phase::Preflight);
+    let endpoints = Endpoints::of_move(config.clone(), opts)?;
+    let findings = tokio::select! {
+        f = preflight::run(&endpoints, &opts.publication, &slot, preflight::Intent::ReplicateOnly) => f?,
+        _ = shutdown.cancelled() => return Err(DataSyncError::Stopped),
+    };
+    let mut plan = findings.plan.clone();
+    let tables = select_tables(&plan, &request.tables)?;
+    // Every table must be copied everywhere: a copy still running is not
+    // a difference worth reporting.
+    for &ti in &tables {
+        let t = &plan.tables[ti];
+        for (d, done) in findings.finished.iter().enumerate() {
+            for s in 0..plan.source_shards() {
+                if t.from_source(s) && !done.contains_key(&(s, t.table.name.clone())) {
+                    return Err(DataSyncError::preflight(
+                        format!(
+                            "table {} from source shard {s} is not copied to destination shard {d} yet (slot \"{slot}\")",
+                            t.table.name
+                        ),
+                        "let the move's copy finish (SHOW TABLE_COPIES), then verify",
+                    ));
+                }
+            }
+        }
+    }
+    preflight::refresh_dest_tables(&endpoints, &mut plan).await?;
+
+    task.set_phase(Phase::Verifying);
+    let point = consistent_point(&endpoints, &findings, &plan, &slot, task, shutdown).await?;
+    let Point {
+        sources,
+        dests,
+        lsns,
+        held,
+        applied_itself,
+    } = point;
+    let result = compare(
+        &config, &plan, &tables, &sources, &dests, request, task, shutdown,
+    )
+    .await;
+    for s in sources.into_iter().chain(dests).flatten() {
+        s.finish().await;
+    }
+    let tables = result?;
+    Ok(Report {
+        tables,
+        lsns,
+        held,
+        applied_itself,
+    })
+}
+
+/// Plan indexes of the tables asked for.
+fn select_tables(plan: &Plan, names: &[String]) -> Result<Vec<usize>> {
+    if names.is_empty() {
+        return Ok((0..plan.tables.len()).collect());
+    }
+    let mut out = Vec::new();
+    for n in names {
+        let found: Vec<usize> = plan
+            .tables
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| {
+                let name = &t.table.name;
+                *n == name.name || *n == format!("{}.{}", name.schema, name.name)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if found.is_empty() {
+            return Err(DataSyncError::preflight(
+                format!(
+                    "--table {n}: no such table in publication \"{}\"",
+                    plan.publication
+                ),
+                "name a published table, as name or schema.name",
+            ));
+        }
+        out.extend(found);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// The snapshots verify reads: per source shard and per destination shard.
+struct Point {
+    sources: Vec<Option<ServerCopy>>,
+    dests: Vec<Option<ServerCopy>>,
+    lsns: Vec<Lsn>,
+    held: Duration,
+    applied_itself: bool,
+}
+
+async fn consistent_point(
+    endpoints: &Endpoints,
+    findings: &preflight::Findings,
+    plan: &Plan,
+    slot: &str,
+    task: &Arc<Task>,
+    shutdown: &CancellationToken,
+) -> Result<Point> {
+    let n = plan.source_shards();
+    // Who streams this move now? A slot in use is a running data-sync.
+    let mut active = Vec::with_capacity(n);
+    for s in 0..n {
+        let mut conn = endpoints.connect_source(s, false).await?;
+        active.push(
+            preflight::slot_info(&mut conn, slot)
+                .await?
+                .and_then(|i| i.active_pid),
+        );
+        conn.close().await;
+    }
+    let running = active.iter().any(Option::is_some);
+    let own_stream = CancellationToken::new();
+    let mut streamer = None;
+    if running {
+        info!(
+            slot,
+            "a data-sync streams this move (pid {:?} on the source): verify holds it at one LSN",
+            active.iter().flatten().next()
+        );
+    } else {
+        info!(
+            slot,
+            "no data-sync streams this move: verify applies from the slot itself"
+        );
+        let ctx = Arc::new(Ctx {
+            endpoints: endpoints.clone(),
+            plan: plan.clone(),
+            task: task.clone(),
+            shutdown: own_stream.clone(),
+            parallel: 1,
+            chunk_bytes: 0,
+            resume: true,
+            copy_sources: findings.copy_sources.clone(),
+            stream_start: Vec::new(),
+        });
+        streamer = Some(tokio::spawn(super::stream::run(ctx)));
+    }
+    let id = format!("pid {} task {}", std::process::id(), task.id);
+    let result = hold_and_snapshot(endpoints, plan, slot, &id, task, shutdown).await;
+    if let Some(h) = streamer {
+        own_stream.cancel();
+        match h.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if result.is_ok() => return Err(e),
+            _ => {}
+        }
+    }
+    let (sources, dests, lsns, held) = result?;
+    Ok(Point {
+        sources,
+        dests,
+        lsns,
+        held,
+        applied_itself: !running,
+    })
+}
+
+type Snapshots = (
+    Vec<Option<ServerCopy>>,
+    Vec<Option<ServerCopy>>,
+    Vec<Lsn>,
+    Duration,
+);
+
+/// Pause the move, take the source snapshots, hold the move at them, take
+/// the destination snapshots, let the move go. The hold is withdrawn on
+/// every path.
+async fn hold_and_snapshot(
+    endpoints: &Endpoints,
+    plan: &Plan,
+    slot: &str,
+    id: &str,
+    task: &Arc<Task>,
+    shutdown: &CancellationToken,
+) -> Result<Snapshots> {
+    let mut hold = Hold::begin(endpoints, slot, id).await?;
+    let started = Instant::now();
+    let result = async {
+        hold.wait(
+            "paused",
+            PAUSE_TIMEOUT,
+            &format!("verify: pausing the move of slot \"{slot}\" at a transaction boundary"),
+            shutdown,
+        )
+        .await?;
+        let mut sources: Vec<Option<ServerCopy>> = Vec::new();
+        let mut lsns = Vec::new();
+        for s in 0..plan.source_shards() {
+            let snap = source_snapshot(endpoints, s, task).await?;
+            lsns.push(snap.lsn);
+            sources.push(Some(ServerCopy::new(snap, endpoints.source(s))));
+        }
+        hold.hold_at(&lsns).await?;
+        let reached = hold
+            .wait(
+                "held",
+                HOLD_TIMEOUT,
+                &format!("verify: applying the move of slot \"{slot}\" up to the verify LSN"),
+                shutdown,
+            )
+            .await?;
+        info!(?lsns, ?reached, "the move is held at the verify LSN");
+        let mut dests = Vec::new();
+        for d in 0..plan.dest_shards() {
+            let mut conn = endpoints.connect_dest(d).await?;
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await?;
+            let rows = conn.query("SELECT pg_export_snapshot()").await?;
+            let name = rows
+                .first()
+                .and_then(|r| r.text(0))
+                .ok_or_else(|| {
+                    DataSyncError::State(format!(
+                        "pg_export_snapshot() returned nothing on destination shard {d}"
+                    ))
+                })?
+                .to_string();
+            let snap =
+                SharedSnapshot::exported(conn, name, lsns.first().copied().unwrap_or_default());
+            dests.push(Some(ServerCopy::new(snap, endpoints.dest(d))));
+        }
+        Ok::<_, DataSyncError>((sources, dests, lsns))
+    }
+    .await;
+    let held = started.elapsed();
+    let released = hold.release().await;
+    let (sources, dests, lsns) = result?;
+    released?;
+    info!(held_ms = held.as_millis() as u64, "the move goes on");
+    Ok((sources, dests, lsns, held))
+}
+
+/// A temporary slot on source shard `s` exporting its snapshot, then a
+/// logical message past it, so that a stream of an idle source still
+/// shows it has passed the slot's consistent point.
+async fn source_snapshot(
+    endpoints: &Endpoints,
+    s: usize,
+    task: &Arc<Task>,
+) -> Result<SharedSnapshot> {
+    let mut repl = endpoints.connect_source(s, true).await?;
+    let primary = endpoints.source(s);
+    let what = format!("source shard {s} ({}:{})", primary.host, primary.port);
+    let name = format!("pgdog_verify_{}_{}_{s}", std::process::id(), task.id);
+    let created = snapshot::create_slot(
+        &mut repl,
+        &primary,
+        &name,
+        true,
+        SnapshotAction::Export,
+        task,
+        &what,
+    )
+    .await?;
+    let snap = SharedSnapshot::new(repl, &created, task, s)?;
+    let mut conn = endpoints.connect_source(s, false).await?;
+    conn.query_text(
+        "SELECT pg_logical_emit_message(false, 'pgdog', $1)",
+        &[&format!("verify at {}", snap.lsn)],
+    )
+    .await?;
+    conn.close().await;
+    Ok(snap)
+}
+
+/// One COPY read of one table on one server.
+struct Job {
+    table: usize,
+    side: Side,
+    item: Arc<VerifyItem>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn compare(
+    config: &Config,
+    plan: &Plan,
+    tables: &[usize],
+    sources: &[Option<ServerCopy>],
+    dests: &[Option<ServerCopy>],
+    request: &Request,
+    task: &Arc<Task>,
+    shutdown: &CancellationToken,
+) -> Result<Vec<TableResult>> {
+    let n = plan.source_shards();
+    let m = plan.dest_shards();
+    let mut jobs = Vec::new();
+    for &ti in tables {
+        let t = &plan.tables[ti];
+        for s in (0..n).filter(|&s| t.from_source(s)) {
+            let item =
+                task.add_verify_item(VerifyItem::new(&t.table.name, "source", s, t.table.bytes));
+            jobs.push(Job {
+                table: ti,
+                side: Side::Source(s),
+                item,
+            });
+        }
+        let per_shard = if t.dest.is_some() {
+            t.table.bytes / m as u64
+        } else {
+            t.table.bytes
+        };
+        for d in 0..m {
+            let item =
+                task.add_verify_item(VerifyItem::new(&t.table.name, "destination", d, per_shard));
+            jobs.push(Job {
+                table: ti,
+                side: Side::Dest(d),
+                item,
+            });
+        }
+    }
+    // Largest first, so the last reads are short.
+    jobs.sort_by_key(|j| std::cmp::Reverse(plan.tables[j.table].table.bytes));
+    let parallel = config
+        .general
+        .resharding_parallel_copies
+        .unwrap_or_else(super::default_parallel);
+    let limits: Vec<Semaphore> = (0..n + m).map(|_| Semaphore::new(parallel)).collect();
+    let results: Vec<Result<(usize, Side, hash::Read)>> = futures::stream::iter(jobs)
+        .map(|job| {
+            let limits = &limits;
+            async move {
+                let (server, limit) = match job.side {
+                    Side::Source(s) => (sources[s].as_ref(), &limits[s]),
+                    Side::Dest(d) => (dests[d].as_ref(), &limits[n + d]),
+                };
+                let server = server.ok_or_else(|| DataSyncError::State("verify: a snapshot is missing".into()))?;
+                let _permit = limit
+                    .acquire()
+                    .await
+                    .map_err(|_| DataSyncError::Stopped)?;
+                job.item.set_state("reading");
+                let mut reader = server.reader().await?;
+                let read = tokio::select! {
+                    r = hash::read(&mut reader.conn, &plan.tables[job.table], job.side, m, &job.item) => r,
+                    _ = shutdown.cancelled() => Err(DataSyncError::Stopped),
+                };
+                match read {
+                    Ok(r) => {
+                        server.give_back(reader).await;
+                        job.item.set_state("read");
+                        Ok((job.table, job.side, r))
+                    }
+                    Err(e) => {
+                        reader.conn.close().await;
+                        job.item.set_state("failed");
+                        Err(e)
+                    }
+                }
+            }
+        })
+        .buffer_unordered(parallel * (n + m))
+        .collect()
+        .await;
+
+    // Per table: the source's sums per destination shard, each shard's own.
+    let mut expected: Vec<Vec<Sums>> = vec![vec![Sums::default(); m]; plan.tables.len()];
+    let mut found: Vec<Vec<(Sums, u64)>> = vec![vec![(Sums::default(), 0); m]; plan.tables.len()];
+    for r in results {
+        let (ti, side, read) = r?;
+        match side {
+            Side::Source(_) => {
+                if read.sums.len() == m {
+                    for (d, s) in read.sums.iter().enumerate() {
+                        expected[ti][d].add(s);
+                    }
+                } else if let Some(all) = read.sums.first() {
+                    // Every destination shard holds the whole table.
+                    for e in expected[ti].iter_mut() {
+                        e.add(all);
+                    }
+                }
+            }
+            Side::Dest(d) => {
+                if let Some(s) = read.sums.first() {
+                    found[ti][d].0.add(s);
+                }
+                found[ti][d].1 += read.misplaced;
+            }
+        }
+    }
+    let items = task.verify_items();
+    let mut out = Vec::new();
+    for &ti in tables {
+        let t = &plan.tables[ti];
+        let shards: Vec<ShardResult> = (0..m)
+            .map(|d| ShardResult {
+                dest_shard: d,
+                source_rows: expected[ti][d].rows,
+                dest_rows: found[ti][d].0.rows,
+                misplaced: found[ti][d].1,
+                checksum_equal: expected[ti][d] == found[ti][d].0,
+            })
+            .collect();
+        for s in &shards {
+            if let Some(item) = items.iter().find(|i| {
+                i.side == "destination"
+                    && i.shard == s.dest_shard
+                    && i.schema == t.table.name.schema
+                    && i.table == t.table.name.name
+            }) {
+                item.set_result(s.describe());
+            }
+        }
+        let mut result = TableResult {
+            table: t.table.name.clone(),
+            shards,
+            detail: None,
+        };
+        if request.detail && !result.equal() {
+            let differing: HashSet<usize> = result
+                .shards
+                .iter()
+                .filter(|s| !s.equal())
+                .map(|s| s.dest_shard)
+                .collect();
+            let sharded = t.dest.is_some() && m > 1;
+            let sides = detail::Sides {
+                sources: (0..n)
+                    .filter(|&s| t.from_source(s))
+                    .filter_map(|s| sources[s].as_ref())
+                    .collect(),
+                // A sharded table is compared against all its shards at
+                // once; a full copy on each shard against each differing one.
+                dests: (0..m)
+                    .filter(|d| sharded || differing.contains(d))
+                    .filter_map(|d| dests[d].as_ref().map(|c| (d, c)))
+                    .collect(),
+            };
+            let mut diffs = KeyDiffs::default();
+            if sharded {
+                diffs = detail::narrow(t, &sides, m).await?;
+            } else {
+                for one in &sides.dests {
+                    let single = detail::Sides {
+                        sources: sides.sources.clone(),
+                        dests: vec![*one],
+                    };
+                    let d = detail::narrow(t, &single, m).await?;
+                    diffs.missing.extend(d.missing);
+                    diffs.extra.extend(d.extra);
+                    diffs.changed.extend(d.changed);
+                    diffs.note = diffs.note.or(d.note);
+                }
+            }
+            result.detail = Some(diffs);
+        }
+        out.push(result);
+    }
+    Ok(out)
+}
+
+/// The report as a table, for people; with `--detail`, the keys.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let width = report
+        .tables
+        .iter()
+        .map(|t| t.table.to_string().len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    out.push_str(&format!(
+        "{:<width$} {:>5} {:>12} {:>12} {:>9}  {}\n",
+        "table", "shard", "source rows", "dest rows", "misplaced", "result"
+    ));
+    for t in &report.tables {
+        for s in &t.shards {
+            out.push_str(&format!(
+                "{:<width$} {:>5} {:>12} {:>12} {:>9}  {}\n",
+                t.table.to_string(),
+                s.dest_shard,
+                s.source_rows,
+                s.dest_rows,
+                s.misplaced,
+                s.describe()
+            ));
+        }
+        if let Some(d) = &t.detail {
+            for (kind, list) in [
+                ("missing", &d.missing),
+                ("extra", &d.extra),
+                ("changed", &d.changed),
+                ("misplaced", &d.misplaced),
+            ] {
+                for (shard, key) in list {
+                    out.push_str(&format!(
+                        "  {kind:<9} {} shard {shard} key {key}\n",
+                        t.table
+                    ));
+                }
+            }
+            if let Some(n) = &d.note {
+                out.push_str(&format!("  note: {} {n}\n", t.table));
+            }
+        }
+    }
+    let lsns: Vec<String> = report.lsns.iter().map(|l| l.to_string()).collect();
+    out.push_str(&format!(
+        "compared at source LSN {} (apply held {} ms{})\n",
+        lsns.join(", "),
+        report.held.as_millis(),
+        if report.applied_itself {
+            ", applied by verify: no data-sync was running"
+        } else {
+            ""
+        }
+    ));
+    let differing = report.tables.iter().filter(|t| !t.equal()).count();
+    if differing == 0 {
+        out.push_str(&format!("all {} tables equal\n", report.tables.len()));
+    } else {
+        out.push_str(&format!(
+            "{differing} of {} tables differ\n",
+            report.tables.len()
+        ));
+    }
+    out
+}

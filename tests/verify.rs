@@ -1,0 +1,272 @@
+//! `pgdog verify` against real moves: equal while the source keeps
+//! writing (a move streaming in another process, and no move running, so
+//! verify applies from the slot itself), 1→2 and 2→3; and after a value
+//! is changed on one shard, a row deleted, a row added and a row put on
+//! the wrong shard, exit status 1 naming the table, the shard and, with
+//! `--detail`, the key.
+
+// A test or benchmark: an unwrap that fails is a failure to see.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Output;
+use std::time::Duration;
+
+use common::*;
+use pgdog::data_sync::Mode;
+use pgdog::harness::fleet::DATABASE;
+use pgdog::harness::{ClusterOptions, Fleet};
+use pgdog::net::Connection;
+
+const SCHEMA: &str = "
+CREATE TABLE countries (code char(2) PRIMARY KEY, name text NOT NULL);
+INSERT INTO countries VALUES ('US', 'United States'), ('DE', 'Germany'), ('JP', 'Japan');
+-- Sharded on a column outside its primary key.
+CREATE TABLE notes (id bigint PRIMARY KEY, tenant bigint NOT NULL, body text);
+";
+
+fn sharding(cluster: &str) -> String {
+    format!(
+        "[[sharded_tables]]\ndatabase = \"{cluster}\"\ncolumn = \"tenant\"\ndata_type = \"bigint\"\n\n"
+    )
+}
+
+async fn fleet(n: usize, m: usize) -> (Fleet, String) {
+    init_logging();
+    let fleet = Fleet::start(n, m, ClusterOptions::default()).await.unwrap();
+    fleet.on_sources(ITEMS_SCHEMA).await.unwrap();
+    fleet.on_sources(SCHEMA).await.unwrap();
+    for (s, c) in fleet.sources.iter().enumerate() {
+        c.exec(DATABASE, &items_rows(20_000, s, n)).await.unwrap();
+        c.exec(
+            DATABASE,
+            &format!(
+                "INSERT INTO notes SELECT g, g % 997, 'note ' || g FROM generate_series(1, 3000) g WHERE g % {n} = {s}"
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    if n > 1 {
+        // Notes live on the source shard their tenant hashes to.
+        for (s, c) in fleet.sources.iter().enumerate() {
+            c.exec(
+                DATABASE,
+                &format!(
+                    "CREATE SCHEMA helper; CREATE TABLE helper.h (k bigint) PARTITION BY HASH (k);
+                     DELETE FROM notes WHERE NOT satisfies_hash_partition('helper.h'::regclass, {n}, {s}, tenant);"
+                ),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    fleet
+        .on_sources("CREATE PUBLICATION pub FOR TABLE items, notes, countries")
+        .await
+        .unwrap();
+    let mut toml = sharding("dest");
+    if n > 1 {
+        toml.push_str(&sharding("source"));
+    }
+    (fleet, toml)
+}
+
+fn verify(files: &ConfigFiles, extra: &[&str]) -> Output {
+    let out = files
+        .command("verify", "pub")
+        .args(extra)
+        .env("PGDOG_LOG", "info")
+        .output()
+        .expect("run pgdog verify");
+    eprintln!(
+        "pgdog verify {extra:?}: {:?}\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Verify reports equal with the source writing all along: first while a
+/// data-sync streams (in this process: verify runs as another one), then
+/// with none running.
+async fn equal_under_writes(n: usize, m: usize) -> (Fleet, ConfigFiles) {
+    let (fleet, toml) = fleet(n, m).await;
+    let config = fleet.config(&toml).unwrap();
+    let files = ConfigFiles::write(&fleet, &toml);
+    let writer = Writer::start(fleet.source_options(), 10_000_000);
+    let mut run = start(config, move_options("pub", Mode::Full));
+    run.wait_streaming(Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let out = verify(&files, &[]);
+    assert_eq!(out.status.code(), Some(0), "verify while a move streams");
+    let text = stdout(&out);
+    assert!(text.contains("all 3 tables equal"), "{text}");
+    assert!(!text.contains("applied by verify"), "{text}");
+    // The move went on after the hold.
+    let before = run.task.streams().iter().map(|s| s.confirmed().0).max();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = run.task.streams().iter().map(|s| s.confirmed().0).max();
+    assert!(after > before, "the move did not go on after verify");
+
+    // No move running: verify streams from the slot itself, still while
+    // the source writes.
+    run.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = verify(&files, &[]);
+    assert_eq!(out.status.code(), Some(0), "verify with no move running");
+    let text = stdout(&out);
+    assert!(text.contains("applied by verify"), "{text}");
+    let writes = writer.stop().await;
+    assert!(writes > 100, "the writer made only {writes} writes");
+    (fleet, files)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn equal_under_writes_2_to_3() {
+    let (_fleet, _files) = equal_under_writes(2, 3).await;
+}
+
+/// An `items` row on destination shard `d`: its tenant and id.
+async fn some_item(fleet: &Fleet, d: usize) -> (i64, i64) {
+    let mut c = Connection::connect(&fleet.dest_options()[d]).await.unwrap();
+    let rows = c
+        .query("SELECT tenant, id FROM items WHERE big IS NULL ORDER BY id LIMIT 1")
+        .await
+        .unwrap();
+    let r = &rows[0];
+    (
+        r.text(0).unwrap().parse().unwrap(),
+        r.text(1).unwrap().parse().unwrap(),
+    )
+}
+
+async fn on_dest(fleet: &Fleet, d: usize, sql: &str) {
+    let mut c = Connection::connect(&fleet.dest_options()[d]).await.unwrap();
+    c.execute(&format!("SET session_replication_role = replica; {sql}"))
+        .await
+        .unwrap();
+}
+
+/// A difference: exit status 1, and the table, the shard and (with
+/// `--detail`) the kind and key named.
+fn assert_differs(files: &ConfigFiles, d: usize, kind: &str, key: &str) {
+    let out = verify(files, &["--detail"]);
+    assert_eq!(out.status.code(), Some(1), "verify must see the {kind} row");
+    let text = stdout(&out);
+    let line = format!("{kind:<9} public.items shard {d} key {key}");
+    assert!(text.contains(&line), "no '{line}' in:\n{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("public.items")
+            && l.contains(&format!(" {d} "))
+            && l.contains("DIFFERS")),
+        "shard {d} of items is not reported as differing:\n{text}"
+    );
+    assert!(text.contains("1 of 3 tables differ"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn differences_are_found_1_to_2() {
+    let (fleet, files) = equal_under_writes(1, 2).await;
+    let d = 1;
+    let other = 0;
+    let (tenant, id) = some_item(&fleet, d).await;
+    let key = format!("({tenant}, {id})");
+
+    // One value changed on one shard.
+    on_dest(
+        &fleet,
+        d,
+        &format!("UPDATE items SET qty = qty + 1000 WHERE id = {id}"),
+    )
+    .await;
+    assert_differs(&files, d, "changed", &key);
+    on_dest(
+        &fleet,
+        d,
+        &format!("UPDATE items SET qty = qty - 1000 WHERE id = {id}"),
+    )
+    .await;
+
+    // A row deleted.
+    on_dest(
+        &fleet,
+        d,
+        &format!("CREATE TABLE saved AS SELECT * FROM items WHERE id = {id}; DELETE FROM items WHERE id = {id}"),
+    )
+    .await;
+    assert_differs(&files, d, "missing", &key);
+
+    // The row put on the wrong shard.
+    let mut c = Connection::connect(&fleet.dest_options()[d]).await.unwrap();
+    let rows = c
+        .query("SELECT tenant, id, qty, coalesce(label, 'NULL'), updated::text FROM saved")
+        .await
+        .unwrap();
+    let r = &rows[0];
+    let values = format!(
+        "({}, {}, {}, {}, NULL, '{}')",
+        r.text(0).unwrap(),
+        r.text(1).unwrap(),
+        r.text(2).unwrap(),
+        match r.text(3).unwrap() {
+            "NULL" => "NULL".to_string(),
+            l => format!("'{l}'"),
+        },
+        r.text(4).unwrap()
+    );
+    on_dest(
+        &fleet,
+        other,
+        &format!("INSERT INTO items (tenant, id, qty, label, big, updated) VALUES {values}"),
+    )
+    .await;
+    let out = verify(&files, &["--detail"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "verify must see the misplaced row"
+    );
+    let text = stdout(&out);
+    let line = format!("misplaced public.items shard {other} key {key}");
+    assert!(text.contains(&line), "no '{line}' in:\n{text}");
+    on_dest(&fleet, other, &format!("DELETE FROM items WHERE id = {id}")).await;
+    on_dest(
+        &fleet,
+        d,
+        "INSERT INTO items SELECT * FROM saved; DROP TABLE saved",
+    )
+    .await;
+
+    // A row added.
+    on_dest(
+        &fleet,
+        d,
+        &format!(
+            "INSERT INTO items (tenant, id, qty, label) VALUES ({tenant}, 99999999, 1, 'stray')"
+        ),
+    )
+    .await;
+    assert_differs(&files, d, "extra", &format!("({tenant}, 99999999)"));
+    on_dest(&fleet, d, "DELETE FROM items WHERE id = 99999999").await;
+
+    // Put back: equal again; and only the tables asked for are read.
+    let out = verify(&files, &["--table", "items", "--table", "public.countries"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains("all 2 tables equal"),
+        "{}",
+        stdout(&out)
+    );
+    // An error is exit status 2.
+    let out = verify(&files, &["--table", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--table nope"));
+}
