@@ -544,7 +544,7 @@ async fn commands_during_a_move() {
     assert_eq!(v, [[format!("pgdog {}", env!("CARGO_PKG_VERSION"))]]);
     let help = psql_csv(port, "HELP").await;
     assert_eq!(help[0], ["command", "description"]);
-    assert_eq!(help.len(), 12, "{help:?}");
+    assert_eq!(help.len(), 14, "{help:?}");
     // The destinations had the schema: pre-data found every object there.
     let schema = psql_csv(port, "SHOW SCHEMA_SYNC").await;
     assert_eq!(
@@ -569,6 +569,44 @@ async fn commands_during_a_move() {
         assert_eq!(pre[4], "done", "{pre:?}");
         assert!(pre[3].starts_with("0 objects to create"), "{pre:?}");
     }
+    // VERIFY of the streaming move: a task of its own, followed in SHOW
+    // VERIFY, every destination shard equal.
+    let v = rows(&mut conn, "VERIFY 1").await;
+    assert_eq!(v[0][1], "1", "{v:?}");
+    let verify_id = v[0][0].clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = psql_csv(port, "SHOW TASKS").await;
+        let row = t.iter().find(|r| r[0] == verify_id).cloned().unwrap();
+        if row.iter().any(|c| c == "done") {
+            break;
+        }
+        assert!(!row.iter().any(|c| c == "failed"), "verify failed: {row:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "verify did not end: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sv = psql_csv(port, "SHOW VERIFY").await;
+    assert_eq!(
+        sv[0],
+        [
+            "task_id", "schema", "table", "side", "shard", "state", "rows", "bytes", "elapsed",
+            "percent", "result"
+        ]
+    );
+    let dest_rows: Vec<&Vec<String>> = sv.iter().filter(|r| r[3] == "destination").collect();
+    assert!(!dest_rows.is_empty(), "{sv:?}");
+    for r in &dest_rows {
+        assert_eq!(r[0], verify_id);
+        assert_eq!(r[5], "read", "{r:?}");
+        assert_eq!(r[10], "equal", "{sv:?}");
+    }
+    assert!(
+        sv.iter().any(|r| r[3] == "source" && r[2] == "users"),
+        "{sv:?}"
+    );
     assert!(help.iter().any(|r| r[0] == "STOP_TASK <id>"));
     assert!(
         help.iter()
@@ -609,7 +647,7 @@ async fn commands_during_a_move() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("\"nowhere\""), "{err}");
-    assert_eq!(registry.tasks().len(), 1);
+    assert_eq!(registry.tasks().len(), 2, "the move and its verify");
 
     // STOP_TASK: stopped cleanly, the slot kept.
     let stopped = rows(&mut conn, "STOP_TASK 1").await;
@@ -652,7 +690,7 @@ async fn logins_and_refusals() {
     // Right password, case-insensitive commands, several per query.
     let mut conn = connect(port).await;
     let both = rows(&mut conn, "show version; HELP;").await;
-    assert_eq!(both.len(), 1 + 11);
+    assert_eq!(both.len(), 1 + 13);
     let out = psql(
         &conninfo(port, "sslmode=disable"),
         PASSWORD,

@@ -152,6 +152,7 @@ pub async fn run(
     task: Arc<Task>,
     shutdown: CancellationToken,
 ) -> Result<Outcome> {
+    *task.options.lock().unwrap_or_else(|e| e.into_inner()) = Some(opts.clone());
     let result = run_inner(config, &opts, &task, shutdown).await;
     match &result {
         Ok(Outcome::Stopped) => task.set_phase(Phase::Stopped),

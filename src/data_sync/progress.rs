@@ -458,6 +458,8 @@ pub struct Task {
     pub schema: Mutex<Vec<Arc<SchemaItem>>>,
     /// `pgdog verify`: each table read on each server.
     pub verify: Mutex<Vec<Arc<VerifyItem>>>,
+    /// The move's command line, for a VERIFY of it from the console.
+    pub options: Mutex<Option<super::Options>>,
 }
 
 impl Task {
@@ -481,6 +483,7 @@ impl Task {
             snapshots: Mutex::new(Vec::new()),
             schema: Mutex::new(Vec::new()),
             verify: Mutex::new(Vec::new()),
+            options: Mutex::new(None),
         }
     }
 

@@ -14,8 +14,10 @@ mod show_schema_sync;
 mod show_table_copies;
 mod show_tasks;
 mod show_users;
+mod show_verify;
 mod show_version;
 mod stop_task;
+mod verify;
 
 use std::sync::{Arc, Mutex};
 
@@ -36,8 +38,10 @@ pub use show_schema_sync::ShowSchemaSync;
 pub use show_table_copies::ShowTableCopies;
 pub use show_tasks::ShowTasks;
 pub use show_users::ShowUsers;
+pub use show_verify::ShowVerify;
 pub use show_version::ShowVersion;
 pub use stop_task::StopTask;
+pub use verify::Verify;
 
 /// What every command can reach.
 #[derive(Debug)]
@@ -108,7 +112,9 @@ pub enum Command {
     ShowTableCopies(ShowTableCopies),
     ShowReplicationSlots(ShowReplicationSlots),
     ShowSchemaSync(ShowSchemaSync),
+    ShowVerify(ShowVerify),
     DataSync(DataSync),
+    Verify(Verify),
     StopTask(StopTask),
     Help(Help),
 }
@@ -123,14 +129,16 @@ pub const COMMANDS: &[Usage] = &[
     ShowTableCopies::USAGE,
     ShowReplicationSlots::USAGE,
     ShowSchemaSync::USAGE,
+    ShowVerify::USAGE,
     DataSync::USAGE,
+    Verify::USAGE,
     StopTask::USAGE,
     Help::USAGE,
 ];
 
 /// What SHOW can show, for hints.
 const SHOW_TARGETS: &str =
-    "VERSION, CONFIG, DATABASES, USERS, TASKS, TABLE_COPIES, REPLICATION_SLOTS, SCHEMA_SYNC";
+    "VERSION, CONFIG, DATABASES, USERS, TASKS, TABLE_COPIES, REPLICATION_SLOTS, SCHEMA_SYNC, VERIFY";
 
 impl Command {
     /// Parse one statement (no `;` inside, see [`statements`]).
@@ -159,6 +167,7 @@ impl Command {
                         ShowReplicationSlots::parse(args).map(Command::ShowReplicationSlots)
                     }
                     "SCHEMA_SYNC" => ShowSchemaSync::parse(args).map(Command::ShowSchemaSync),
+                    "VERIFY" => ShowVerify::parse(args).map(Command::ShowVerify),
                     _ => Err(CommandError::unknown(format!(
                         "unknown SHOW target \"{target}\" in \"{}\"",
                         statement.trim()
@@ -168,6 +177,7 @@ impl Command {
             }
             "DATA_SYNC" => DataSync::parse(rest).map(Command::DataSync),
             "STOP_TASK" => StopTask::parse(rest).map(Command::StopTask),
+            "VERIFY" => Verify::parse(rest).map(Command::Verify),
             "HELP" => Help::parse(rest).map(Command::Help),
             _ => Err(CommandError::unknown(format!(
                 "unknown admin command \"{}\"",
@@ -188,6 +198,8 @@ impl Command {
             Command::ShowTableCopies(c) => c.execute(ctx).await,
             Command::ShowReplicationSlots(c) => c.execute(ctx).await,
             Command::ShowSchemaSync(c) => c.execute(ctx).await,
+            Command::ShowVerify(c) => c.execute(ctx).await,
+            Command::Verify(c) => c.execute(ctx).await,
             Command::DataSync(c) => c.execute(ctx).await,
             Command::StopTask(c) => c.execute(ctx).await,
             Command::Help(c) => c.execute(ctx).await,

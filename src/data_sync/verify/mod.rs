@@ -129,8 +129,28 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long they have to apply up to the verify LSN.
 const HOLD_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Verify the move `opts` names.
+/// Verify the move `opts` names; `task` ends done (whatever was found)
+/// or failed.
 pub async fn run(
+    config: Arc<Config>,
+    opts: &Options,
+    request: &Request,
+    task: &Arc<Task>,
+    shutdown: &CancellationToken,
+) -> Result<Report> {
+    let result = run_inner(config, opts, request, task, shutdown).await;
+    match &result {
+        Ok(_) => task.set_phase(Phase::Done),
+        Err(DataSyncError::Stopped) => task.set_phase(Phase::Stopped),
+        Err(e) => {
+            task.set_error(e);
+            task.set_phase(Phase::Failed);
+        }
+    }
+    result
+}
+
+async fn run_inner(
     config: Arc<Config>,
     opts: &Options,
     request: &Request,
