@@ -263,6 +263,22 @@ impl Bench {
         extra: &[&str],
         log: &str,
     ) -> Result<tokio::process::Child> {
+        let mut args = vec!["--admin-port", "0"];
+        args.extend_from_slice(extra);
+        self.pgdog_command("data-sync", from, publication, to, &args, log)
+    }
+
+    /// A pgdog subcommand of the move from `from` to `to`, under
+    /// `/usr/bin/time`, its output in `log`.
+    fn pgdog_command(
+        &self,
+        subcommand: &str,
+        from: &str,
+        publication: &str,
+        to: &str,
+        extra: &[&str],
+        log: &str,
+    ) -> Result<tokio::process::Child> {
         let log = std::fs::File::create(self.dir.join(log))?;
         let mut cmd = Command::new("/usr/bin/time");
         cmd.args(["-f", "PGDOG_USAGE %e %U %S %M"]);
@@ -278,7 +294,7 @@ impl Bench {
             .arg("--users")
             .arg(self.dir.join("users.toml"))
             .args([
-                "data-sync",
+                subcommand,
                 "--from-database",
                 from,
                 "--from-user",
@@ -289,8 +305,6 @@ impl Bench {
                 "pgdog",
                 "--publication",
                 publication,
-                "--admin-port",
-                "0",
             ])
             .args(extra)
             .env(
@@ -340,6 +354,24 @@ impl Bench {
         if !status.success() {
             return Err(format!(
                 "pgdog --sync-only failed:\n{}",
+                std::fs::read_to_string(self.dir.join(log))?
+            )
+            .into());
+        }
+        self.usage(log)
+    }
+
+    /// `pgdog verify` of the move to `to` (nothing streams it: verify
+    /// applies from the slot itself); it must find every table equal.
+    async fn pgdog_verify(&self, to: &str, log: &str) -> Result<Usage> {
+        let status = self
+            .pgdog_command("verify", "source", "bench", to, &[], log)?
+            .wait()
+            .await?;
+        if !status.success() {
+            return Err(format!(
+                "pgdog verify did not find the copy equal (exit {:?}):\n{}",
+                status.code(),
                 std::fs::read_to_string(self.dir.join(log))?
             )
             .into());
@@ -449,6 +481,7 @@ impl Bench {
         let mut two = Vec::new();
         let mut usage = Vec::new();
         let mut pipe_cpu = Vec::new();
+        let (mut verify_one, mut verify_two) = (Vec::new(), Vec::new());
         for run in 0..self.runs {
             eprintln!("copy run {}/{}", run + 1, self.runs);
             let (wall, cpu) = self.pipes(false).await?;
@@ -461,11 +494,13 @@ impl Bench {
             let u = self.pgdog_sync_only("dest1", "copy1.log").await?;
             one.push(u.wall);
             usage.push(u);
+            verify_one.push(self.pgdog_verify("dest1", "verify1.log").await?);
             self.pgdog_cleanup("dest1").await?;
             self.reset_dests().await?;
             let u = self.pgdog_sync_only("dest2", "copy2.log").await?;
             two.push(u.wall);
             usage.push(u);
+            verify_two.push(self.pgdog_verify("dest2", "verify2.log").await?);
             self.pgdog_cleanup("dest2").await?;
         }
         let (seq, par, native, one, two) = (
@@ -515,6 +550,21 @@ impl Bench {
                 ratio(two, par, "parallel pipe")
             ),
         );
+        for (name, runs, copy) in [("1→1", &verify_one, one), ("1→2", &verify_two, two)] {
+            let wall = median(runs.iter().map(|u| u.wall).collect());
+            let rss = runs.iter().map(|u| u.max_rss_kb).max().unwrap_or(0);
+            report.row(
+                &format!("verify {name}"),
+                "pgdog verify (counts, checksums, placement, every row)",
+                secs(wall),
+                format!(
+                    "{}, {}; peak RSS {:.1} MB; target ≤ 1x the copy",
+                    ratio(wall, copy, "pgdog's copy"),
+                    ratio(wall, seq, "sequential pipe"),
+                    rss as f64 / 1024.0
+                ),
+            );
+        }
         let gb = self.heap_bytes as f64 / 1e9;
         let cpu = median(usage.iter().map(|u| u.cpu / gb).collect());
         let user = median(usage.iter().map(|u| u.user / gb).collect());

@@ -154,15 +154,7 @@ pub async fn run(
 ) -> Result<Outcome> {
     *task.options.lock().unwrap_or_else(|e| e.into_inner()) = Some(opts.clone());
     let result = run_inner(config, &opts, &task, shutdown).await;
-    match &result {
-        Ok(Outcome::Stopped) => task.set_phase(Phase::Stopped),
-        Ok(_) => task.set_phase(Phase::Done),
-        Err(DataSyncError::Stopped) => task.set_phase(Phase::Stopped),
-        Err(e) => {
-            task.set_error(e);
-            task.set_phase(Phase::Failed);
-        }
-    }
+    task.end(result.as_ref().map(|o| *o == Outcome::Stopped));
     match result {
         Err(DataSyncError::Stopped) => Ok(Outcome::Stopped),
         other => other,

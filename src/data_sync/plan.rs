@@ -16,6 +16,31 @@ pub struct Routing {
     pub column: usize,
 }
 
+impl Routing {
+    /// The shard of one row of a binary `COPY` of the published columns.
+    #[inline]
+    pub fn binary_row(
+        &self,
+        row: &pgdog_protocol::copy_binary::RowRef<'_>,
+    ) -> std::result::Result<usize, crate::sharding::ShardingError> {
+        self.sharder.shard(
+            row.field(self.column).flatten(),
+            crate::sharding::Format::Binary,
+        )
+    }
+
+    /// The shard of one row (a line) of a text `COPY`.
+    #[inline]
+    pub fn text_row(
+        &self,
+        row: &[u8],
+    ) -> std::result::Result<usize, crate::sharding::ShardingError> {
+        let key = pgdog_protocol::copy_text::field(row, self.column).flatten();
+        self.sharder
+            .shard(key.as_deref(), crate::sharding::Format::Text)
+    }
+}
+
 /// One published table and its routing.
 #[derive(Debug, Clone)]
 pub struct TablePlan {
@@ -68,11 +93,10 @@ impl TablePlan {
         }
     }
 
-    /// `COPY (SELECT <published columns> ...) TO STDOUT` of this table on
-    /// a source (`source`: its relkind and the publication's row filter
-    /// apply) or a destination, with extra `conds`; binary when every
-    /// column's binary form is portable.
-    pub fn copy_out_sql(&self, source: bool, mut conds: Vec<String>) -> String {
+    /// `FROM ... [WHERE ...]` of this table on a source (`source`: its
+    /// relkind and the publication's row filter apply) or a destination,
+    /// with extra `conds`.
+    pub fn from_clause(&self, source: bool, mut conds: Vec<String>) -> String {
         let t = &self.table;
         // ONLY: a plain table's inheritance children are separate tables; a
         // partitioned root must not have it (its rows live in the partitions).
@@ -91,15 +115,22 @@ impl TablePlan {
         } else {
             format!(" WHERE {}", conds.join(" AND "))
         };
-        let format = if t.binary_safe() {
+        format!("FROM {only}{}{filter}", t.name.quoted())
+    }
+
+    /// `COPY (SELECT <published columns> ...) TO STDOUT` of this table (see
+    /// [`TablePlan::from_clause`]); binary when every column's binary form
+    /// is portable.
+    pub fn copy_out_sql(&self, source: bool, conds: Vec<String>) -> String {
+        let format = if self.table.binary_safe() {
             " (FORMAT binary)"
         } else {
             ""
         };
         format!(
-            "COPY (SELECT {} FROM {only}{}{filter}) TO STDOUT{format}",
-            t.column_list(),
-            t.name.quoted()
+            "COPY (SELECT {} {}) TO STDOUT{format}",
+            self.table.column_list(),
+            self.from_clause(source, conds)
         )
     }
 

@@ -555,6 +555,19 @@ impl Task {
         *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = ended.then(Instant::now);
     }
 
+    /// Record how a run ended: `Ok(stopped)`, or the error it failed with
+    /// (a stop is not a failure).
+    pub fn end(&self, result: Result<bool, &super::DataSyncError>) {
+        match result {
+            Ok(true) | Err(super::DataSyncError::Stopped) => self.set_phase(Phase::Stopped),
+            Ok(false) => self.set_phase(Phase::Done),
+            Err(e) => {
+                self.set_error(e);
+                self.set_phase(Phase::Failed);
+            }
+        }
+    }
+
     /// How long the task ran, or has been running.
     pub fn elapsed(&self) -> std::time::Duration {
         match *self.ended.lock().unwrap_or_else(|e| e.into_inner()) {

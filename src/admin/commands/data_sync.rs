@@ -66,27 +66,10 @@ impl AdminCommand for DataSync {
         // The console's shutdown stops the move too (cleanly: the slot
         // stays, a rerun resumes).
         let stop = task.stop.clone();
-        let shutdown = ctx.shutdown.clone();
         let config = ctx.config.clone();
         let id = task.id;
-        let mut moves = ctx.moves.lock().unwrap_or_else(|e| e.into_inner());
-        // Reap moves that ended, so the set does not grow for ever.
-        while moves.try_join_next().is_some() {}
-        moves.spawn(async move {
-            let watch = {
-                let stop = stop.clone();
-                async move {
-                    shutdown.cancelled().await;
-                    stop.cancel();
-                }
-            };
-            let run = data_sync::run(config, opts, task, stop.clone());
-            tokio::pin!(run);
-            let result = tokio::select! {
-                r = &mut run => r,
-                _ = watch => run.await,
-            };
-            match result {
+        super::spawn_task(ctx, stop.clone(), async move {
+            match data_sync::run(config, opts, task, stop).await {
                 Ok(Outcome::Stopped) => {
                     info!(task = id, "data-sync task stopped; its slot is kept")
                 }

@@ -70,6 +70,29 @@ impl Context {
     }
 }
 
+/// Run `work` in the background for the console: the console's shutdown
+/// cancels `stop` (so `work` ends cleanly), and shutdown waits for it.
+pub fn spawn_task<F>(ctx: &Context, stop: CancellationToken, work: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let shutdown = ctx.shutdown.clone();
+    let mut moves = ctx.moves.lock().unwrap_or_else(|e| e.into_inner());
+    // Reap tasks that ended, so the set does not grow for ever.
+    while moves.try_join_next().is_some() {}
+    moves.spawn(async move {
+        let watch = async move {
+            shutdown.cancelled().await;
+            stop.cancel();
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            _ = &mut work => {}
+            _ = watch => work.await,
+        }
+    });
+}
+
 /// A task that has not ended.
 pub fn is_running(phase: Phase) -> bool {
     matches!(

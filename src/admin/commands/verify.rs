@@ -63,31 +63,14 @@ impl AdminCommand for Verify {
         let task = ctx
             .registry
             .new_task(&opts.from_database, &opts.to_database, &opts.publication);
-        let (config, stop, shutdown) =
-            (ctx.config.clone(), task.stop.clone(), ctx.shutdown.clone());
+        let (config, stop) = (ctx.config.clone(), task.stop.clone());
         let request = verify::Request {
             tables: Vec::new(),
             detail: self.detail,
         };
-        let id = task.id;
-        let of_id = self.id;
-        let mut moves = ctx.moves.lock().unwrap_or_else(|e| e.into_inner());
-        while moves.try_join_next().is_some() {}
-        moves.spawn(async move {
-            let stop_on_shutdown = {
-                let stop = stop.clone();
-                async move {
-                    shutdown.cancelled().await;
-                    stop.cancel();
-                }
-            };
-            let run = verify::run(config, &opts, &request, &task, &stop);
-            tokio::pin!(run);
-            let result = tokio::select! {
-                r = &mut run => r,
-                _ = stop_on_shutdown => run.await,
-            };
-            match result {
+        let (id, of_id) = (task.id, self.id);
+        super::spawn_task(ctx, stop.clone(), async move {
+            match verify::run(config, &opts, &request, &task, &stop).await {
                 Ok(report) if report.equal() => {
                     info!(task = id, of = of_id, "verify: every table equal")
                 }

@@ -8,11 +8,10 @@ use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use pgdog_protocol::copy_binary::{Decoder, Encoder, TRAILER};
-use pgdog_protocol::copy_text::{self, Splitter};
+use pgdog_protocol::copy_text::Splitter;
 
 use crate::net::copy::CopyIn;
 use crate::net::Connection;
-use crate::sharding::Format;
 
 use super::super::error::{DataSyncError, Result};
 use super::super::plan::TablePlan;
@@ -76,13 +75,7 @@ pub async fn copy_stream(
             out.next_batch(|body| {
                 decoder.push_slice(body, |row| {
                     pending_rows += 1;
-                    let shard = match routing {
-                        Some(r) => Some(
-                            r.sharder
-                                .shard(row.field(r.column).flatten(), Format::Binary)?,
-                        ),
-                        None => None,
-                    };
+                    let shard = routing.map(|r| r.binary_row(&row)).transpose()?;
                     route(&mut sinks, &slot_of, shard, row.as_bytes(), b"");
                     Ok::<(), DataSyncError>(())
                 })
@@ -95,13 +88,7 @@ pub async fn copy_stream(
                     lines.push(chunk);
                     while let Some(row) = lines.next_row()? {
                         pending_rows += 1;
-                        let shard = match routing {
-                            Some(r) => {
-                                let key = copy_text::field(&row, r.column).flatten();
-                                Some(r.sharder.shard(key.as_deref(), Format::Text)?)
-                            }
-                            None => None,
-                        };
+                        let shard = routing.map(|r| r.text_row(&row)).transpose()?;
                         route(&mut sinks, &slot_of, shard, &row, b"\n");
                     }
                     Some(n)

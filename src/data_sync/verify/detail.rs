@@ -86,16 +86,6 @@ impl Sql<'_> {
     /// FROM and WHERE for `range`, on a source or a destination; the
     /// parameters it takes, in order.
     fn scan(&self, source: bool, range: &Range) -> (String, Vec<String>) {
-        let t = &self.plan.table;
-        let only = if source {
-            if t.relkind == 'p' {
-                ""
-            } else {
-                "ONLY "
-            }
-        } else {
-            self.plan.only()
-        };
         let mut conds = Vec::new();
         let mut params = Vec::new();
         let bound = |op: &str, values: &Vec<String>, params: &mut Vec<String>| {
@@ -116,17 +106,7 @@ impl Sql<'_> {
         if let Some(hi) = &range.hi {
             conds.push(bound("<", hi, &mut params));
         }
-        if source {
-            if let Some(f) = &t.row_filter {
-                conds.push(format!("({f})"));
-            }
-        }
-        let filter = if conds.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conds.join(" AND "))
-        };
-        (format!("FROM {only}{}{filter}", t.name.quoted()), params)
+        (self.plan.from_clause(source, conds), params)
     }
 }
 

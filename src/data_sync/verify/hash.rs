@@ -8,11 +8,10 @@
 use std::sync::atomic::Ordering;
 
 use pgdog_protocol::copy_binary::Decoder;
-use pgdog_protocol::copy_text::{self, Splitter};
+use pgdog_protocol::copy_text::Splitter;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::net::Connection;
-use crate::sharding::Format;
 
 use super::super::error::{DataSyncError, Result};
 use super::super::plan::TablePlan;
@@ -96,13 +95,7 @@ pub async fn read(
         let got = if binary {
             out.next_batch(|body| {
                 decoder.push_slice(body, |row| {
-                    let shard = match routing {
-                        Some(r) => Some(
-                            r.sharder
-                                .shard(row.field(r.column).flatten(), Format::Binary)?,
-                        ),
-                        None => None,
-                    };
+                    let shard = routing.map(|r| r.binary_row(&row)).transpose()?;
                     let b = place(shard);
                     sums[b].add_row(row.as_bytes());
                     Ok::<(), DataSyncError>(())
@@ -115,13 +108,7 @@ pub async fn read(
                     let n = chunk.len();
                     lines.push(chunk);
                     while let Some(row) = lines.next_row()? {
-                        let shard = match routing {
-                            Some(r) => {
-                                let key = copy_text::field(&row, r.column).flatten();
-                                Some(r.sharder.shard(key.as_deref(), Format::Text)?)
-                            }
-                            None => None,
-                        };
+                        let shard = routing.map(|r| r.text_row(&row)).transpose()?;
                         let b = place(shard);
                         sums[b].add_row(&row);
                     }

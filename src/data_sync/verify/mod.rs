@@ -139,14 +139,7 @@ pub async fn run(
     shutdown: &CancellationToken,
 ) -> Result<Report> {
     let result = run_inner(config, opts, request, task, shutdown).await;
-    match &result {
-        Ok(_) => task.set_phase(Phase::Done),
-        Err(DataSyncError::Stopped) => task.set_phase(Phase::Stopped),
-        Err(e) => {
-            task.set_error(e);
-            task.set_phase(Phase::Failed);
-        }
-    }
+    task.end(result.as_ref().map(|_| false));
     result
 }
 
