@@ -270,3 +270,72 @@ async fn differences_are_found_1_to_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--table nope"));
 }
+
+/// Whether `items` row `id` is on some destination shard.
+async fn item_arrived(fleet: &Fleet, id: u64) -> bool {
+    for o in fleet.dest_options() {
+        let mut c = Connection::connect(&o).await.unwrap();
+        let rows = c
+            .query(&format!("SELECT 1 FROM items WHERE id = {id}"))
+            .await
+            .unwrap();
+        if !rows.is_empty() {
+            return true;
+        }
+    }
+    false
+}
+
+/// A verify that dies while it holds a move (its hold never withdrawn):
+/// the move stays paused, a second verify is refused naming the first,
+/// and once the hold expires the move goes on by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_verify_lets_the_move_go() {
+    let (fleet, toml) = fleet(1, 2).await;
+    let config = fleet.config(&toml).unwrap();
+    let files = ConfigFiles::write(&fleet, &toml);
+    let opts = move_options("pub", Mode::Full);
+    let mut run = start(config.clone(), opts.clone());
+    run.wait_streaming(Duration::from_secs(120)).await;
+
+    let endpoints = pgdog::data_sync::Endpoints::of_move(config, &opts).unwrap();
+    let mut hold = pgdog::data_sync::barrier::Hold::begin(&endpoints, &run.slot, "dead verify")
+        .await
+        .unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    hold.wait("paused", Duration::from_secs(30), "test", &token)
+        .await
+        .unwrap();
+    let died = std::time::Instant::now();
+    drop(hold); // as if its process were killed: nothing is withdrawn
+    fleet.sources[0]
+        .exec(
+            DATABASE,
+            "INSERT INTO items (tenant, id, qty, label) VALUES (1, 77777777, 1, 'during the hold')",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !item_arrived(&fleet, 77777777).await,
+        "the move applied a write while paused"
+    );
+    let out = verify(&files, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("another verify (dead verify"), "{err}");
+
+    let deadline = Duration::from_secs(pgdog::data_sync::barrier::EXPIRY_SECS as u64 + 15);
+    while !item_arrived(&fleet, 77777777).await {
+        assert!(
+            died.elapsed() < deadline,
+            "the move is still held {:?} after its verify died",
+            died.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The move answers the next verify.
+    let out = verify(&files, &[]);
+    assert_eq!(out.status.code(), Some(0));
+    run.stop().await.unwrap();
+}

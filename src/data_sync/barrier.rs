@@ -60,7 +60,8 @@ pub struct Answer {
     pub id: String,
     /// `paused` or `held`.
     pub state: &'static str,
-    /// What the session had applied when it stopped.
+    /// Commit LSN of the last transaction the session applied (or
+    /// skipped) before it stopped; zero when none in this session.
     pub lsn: Lsn,
 }
 
@@ -277,8 +278,9 @@ impl Hold {
         }
     }
 
-    /// Keep the rows from expiring.
-    async fn beat(&mut self) -> Result<()> {
+    /// Keep the rows from expiring (at most one write per 5 s): call it
+    /// while something else is waited for.
+    pub async fn beat(&mut self) -> Result<()> {
         if self.last_beat.elapsed() < Duration::from_secs(5) {
             return Ok(());
         }

@@ -271,10 +271,11 @@ async fn consistent_point(
     let own_stream = CancellationToken::new();
     let mut streamer = None;
     if running {
+        let pids: Vec<String> = active.iter().flatten().map(|p| p.to_string()).collect();
         info!(
             slot,
-            "a data-sync streams this move (pid {:?} on the source): verify holds it at one LSN",
-            active.iter().flatten().next()
+            "a data-sync streams this move (WAL sender pid {} on the source): verify holds it at one LSN",
+            pids.join(", ")
         );
     } else {
         info!(
@@ -345,7 +346,19 @@ async fn hold_and_snapshot(
         let mut sources: Vec<Option<ServerCopy>> = Vec::new();
         let mut lsns = Vec::new();
         for s in 0..plan.source_shards() {
-            let snap = source_snapshot(endpoints, s, task).await?;
+            // The slot creation waits for the transactions running on the
+            // server; the hold must not expire meanwhile.
+            let snap = {
+                let create = source_snapshot(endpoints, s, task);
+                tokio::pin!(create);
+                loop {
+                    tokio::select! {
+                        r = &mut create => break r?,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => hold.beat().await?,
+                        _ = shutdown.cancelled() => return Err(DataSyncError::Stopped),
+                    }
+                }
+            };
             lsns.push(snap.lsn);
             sources.push(Some(ServerCopy::new(snap, endpoints.source(s))));
         }
@@ -358,6 +371,17 @@ async fn hold_and_snapshot(
                 shutdown,
             )
             .await?;
+        // A session that went past its LSN (a hold that expired while
+        // verify was stalled) would make the destination newer than the
+        // source snapshot: refuse rather than report false differences.
+        // (Transactions that commit at or after the LSN are not in the
+        // snapshot.)
+        if let Some(s) = (0..lsns.len()).find(|&s| reached[s] >= lsns[s]) {
+            return Err(DataSyncError::State(format!(
+                "verify: source shard {s} of the move had applied a transaction committed at {}, not before the verify LSN {} (did the hold expire?); run verify again",
+                reached[s], lsns[s]
+            )));
+        }
         info!(?lsns, ?reached, "the move is held at the verify LSN");
         let mut dests = Vec::new();
         for d in 0..plan.dest_shards() {

@@ -68,6 +68,9 @@ pub struct Session<'a> {
     processed: Lsn,
     /// What the slot has been told is flushed.
     confirmed: Lsn,
+    /// Commit LSN of the last source transaction processed in this
+    /// session: what a verify hold reports it stopped after.
+    last_commit: Lsn,
     /// Highest WAL position received.
     received: Lsn,
     /// Streamed (in-progress) transactions by top-level xid.
@@ -184,6 +187,7 @@ impl<'a> Session<'a> {
             group_opened: None,
             processed: Lsn::ZERO,
             confirmed: Lsn::ZERO,
+            last_commit: Lsn::ZERO,
             received: Lsn::ZERO,
             spools: HashMap::new(),
             streaming_xid: None,
@@ -553,9 +557,9 @@ impl<'a> Session<'a> {
             source_shard: self.s,
             id: request.id.clone(),
             state,
-            lsn: self.processed,
+            lsn: self.last_commit,
         };
-        info!(source_shard = self.s, verify = %request.id, lsn = %self.processed, "{state} for verify");
+        info!(source_shard = self.s, verify = %request.id, last_commit = %self.last_commit, "{state} for verify");
         let mut tick = tokio::time::interval(STATUS_INTERVAL);
         loop {
             // Sent again every tick: an answer lost with the agent's
@@ -631,6 +635,7 @@ impl<'a> Session<'a> {
             self.status.skipped.fetch_add(1, Ordering::Relaxed);
         }
         self.processed = self.processed.max(end_lsn);
+        self.last_commit = commit_lsn;
         self.group_txns += 1;
         if self.group_opened.is_none() {
             self.group_opened = Some(Instant::now());
