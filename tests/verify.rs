@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::*;
 use pgdog::data_sync::Mode;
 use pgdog::harness::fleet::DATABASE;
-use pgdog::harness::{ClusterOptions, Fleet};
+use pgdog::harness::{ClusterOptions, Fleet, PgInstall};
 use pgdog::net::Connection;
 
 const SCHEMA: &str = "
@@ -33,8 +33,15 @@ fn sharding(cluster: &str) -> String {
 }
 
 async fn fleet(n: usize, m: usize) -> (Fleet, String) {
+    fleet_with(n, m, ClusterOptions::default()).await
+}
+
+/// The same, with destinations made by `dest` (another major version).
+async fn fleet_with(n: usize, m: usize, dest: ClusterOptions) -> (Fleet, String) {
     init_logging();
-    let fleet = Fleet::start(n, m, ClusterOptions::default()).await.unwrap();
+    let fleet = Fleet::start_mixed(n, m, ClusterOptions::default(), dest)
+        .await
+        .unwrap();
     fleet.on_sources(ITEMS_SCHEMA).await.unwrap();
     fleet.on_sources(SCHEMA).await.unwrap();
     for (s, c) in fleet.sources.iter().enumerate() {
@@ -97,7 +104,11 @@ fn stdout(out: &Output) -> String {
 /// data-sync streams (in this process: verify runs as another one), then
 /// with none running.
 async fn equal_under_writes(n: usize, m: usize) -> (Fleet, ConfigFiles) {
-    let (fleet, toml) = fleet(n, m).await;
+    equal_under_writes_to(n, m, ClusterOptions::default()).await
+}
+
+async fn equal_under_writes_to(n: usize, m: usize, dest: ClusterOptions) -> (Fleet, ConfigFiles) {
+    let (fleet, toml) = fleet_with(n, m, dest).await;
     let config = fleet.config(&toml).unwrap();
     let files = ConfigFiles::write(&fleet, &toml);
     let writer = Writer::start(fleet.source_options(), 10_000_000);
@@ -132,6 +143,21 @@ async fn equal_under_writes(n: usize, m: usize) -> (Fleet, ConfigFiles) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn equal_under_writes_2_to_3() {
     let (_fleet, _files) = equal_under_writes(2, 3).await;
+}
+
+/// Across major versions (the default server to the newest, 16 or later):
+/// both sides' COPY output hashes alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn equal_under_writes_across_versions() {
+    let Some(install) = PgInstall::newest_at_least(16) else {
+        pgdog::harness::skip_unless_ci("no PostgreSQL 16+ for the destinations");
+        return;
+    };
+    let dest = ClusterOptions {
+        install: Some(install),
+        ..Default::default()
+    };
+    let (_fleet, _files) = equal_under_writes_to(1, 2, dest).await;
 }
 
 /// An `items` row on destination shard `d`: its tenant and id.
@@ -256,6 +282,30 @@ async fn differences_are_found_1_to_2() {
     .await;
     assert_differs(&files, d, "extra", &format!("({tenant}, 99999999)"));
     on_dest(&fleet, d, "DELETE FROM items WHERE id = 99999999").await;
+
+    // Thousands of rows changed: at most 20 listed, and narrowing stops
+    // early instead of walking the whole table.
+    on_dest(
+        &fleet,
+        d,
+        "UPDATE items SET qty = qty + 1 WHERE tenant < 500",
+    )
+    .await;
+    let out = verify(&files, &["--detail"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    let changed = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("changed"))
+        .count();
+    assert_eq!(changed, 20, "{text}");
+    assert!(text.contains("differing keys; there may be more"), "{text}");
+    on_dest(
+        &fleet,
+        d,
+        "UPDATE items SET qty = qty - 1 WHERE tenant < 500",
+    )
+    .await;
 
     // Put back: equal again; and only the tables asked for are read.
     let out = verify(&files, &["--table", "items", "--table", "public.countries"]);

@@ -26,10 +26,21 @@ impl Fleet {
     /// Start `n` source and `m` destination servers (in parallel threads:
     /// each start takes a moment) and create the `app` database on each.
     pub async fn start(n: usize, m: usize, options: ClusterOptions) -> Result<Fleet, HarnessError> {
+        Fleet::start_mixed(n, m, options.clone(), options).await
+    }
+
+    /// Sources made with `source`, destinations with `dest` (another
+    /// PostgreSQL major version, say), all started at once.
+    pub async fn start_mixed(
+        n: usize,
+        m: usize,
+        source: ClusterOptions,
+        dest: ClusterOptions,
+    ) -> Result<Fleet, HarnessError> {
         let total = n + m;
         let handles: Vec<_> = (0..total)
-            .map(|_| {
-                let o = options.clone();
+            .map(|i| {
+                let o = if i < n { source.clone() } else { dest.clone() };
                 std::thread::spawn(move || Cluster::start(o))
             })
             .collect();

@@ -21,6 +21,9 @@ use crate::sharding::Format;
 pub const LIMIT: usize = 20;
 /// A range with at most this many rows (both sides) is fetched.
 const LEAF_ROWS: u64 = 256;
+/// Narrowing stops after finding this many differing keys in all, listed
+/// or not: a table that differs everywhere is not walked end to end.
+const FOUND_AT_MOST: u64 = 3 * LIMIT as u64;
 
 /// What differs, by key: `(destination shard, key)`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,11 +38,24 @@ pub struct KeyDiffs {
     pub misplaced: Vec<(usize, String)>,
     /// Why narrowing stopped short, if it did.
     pub note: Option<String>,
+    /// Differing keys found, listed or not.
+    found: u64,
 }
 
 impl KeyDiffs {
-    fn full(&self) -> bool {
-        self.missing.len() >= LIMIT && self.extra.len() >= LIMIT && self.changed.len() >= LIMIT
+    fn done(&self) -> bool {
+        self.found >= FOUND_AT_MOST
+            || (self.missing.len() >= LIMIT
+                && self.extra.len() >= LIMIT
+                && self.changed.len() >= LIMIT)
+    }
+
+    /// Count one differing key, and list it under `kind` if there is room.
+    fn push(kind: &mut Vec<(usize, String)>, found: &mut u64, shard: usize, key: String) {
+        *found += 1;
+        if kind.len() < LIMIT {
+            kind.push((shard, key));
+        }
     }
 }
 
@@ -65,9 +81,30 @@ struct Sql<'a> {
 }
 
 impl Sql<'_> {
+    /// The key columns as compared and ordered: text-like ones in the "C"
+    /// collation, so that a range means the same rows on servers whose
+    /// collations differ.
+    fn key_columns(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .map(|c| {
+                let t = c.type_name.as_str();
+                let collatable = t == "text"
+                    || t == "name"
+                    || t.starts_with("character")
+                    || t.starts_with("varchar")
+                    || t == "citext";
+                if collatable {
+                    format!("{} COLLATE \"C\"", quote_ident(&c.name))
+                } else {
+                    quote_ident(&c.name)
+                }
+            })
+            .collect()
+    }
+
     fn key_row(&self) -> String {
-        let cols: Vec<String> = self.keys.iter().map(|c| quote_ident(&c.name)).collect();
-        format!("ROW({})", cols.join(", "))
+        format!("ROW({})", self.key_columns().join(", "))
     }
 
     fn key_text(&self) -> String {
@@ -151,11 +188,10 @@ async fn key_at(
     offset: u64,
 ) -> Result<Option<Vec<String>>> {
     let (from, params) = q.scan(source, range);
-    let cols: Vec<String> = q.keys.iter().map(|c| quote_ident(&c.name)).collect();
     let sql = format!(
         "SELECT {} {from} ORDER BY {} OFFSET {offset} LIMIT 1",
         q.key_text(),
-        cols.join(", ")
+        q.key_columns().join(", ")
     );
     let rows = query(server, &sql, &params).await?;
     Ok(rows.first().map(|r| {
@@ -225,7 +261,13 @@ pub async fn narrow(plan: &TablePlan, sides: &Sides<'_>, dest_shards: usize) -> 
     }
     let mut stack = vec![(Range { lo: None, hi: None }, 0u32)];
     while let Some((range, depth)) = stack.pop() {
-        if diffs.full() {
+        if diffs.done() {
+            if !stack.is_empty() {
+                diffs.note = Some(format!(
+                    "stopped after {} differing keys; there may be more",
+                    diffs.found
+                ));
+            }
             break;
         }
         let mut src = (0u64, 0i128);
@@ -304,15 +346,11 @@ async fn leaf(q: &Sql<'_>, sides: &Sides<'_>, range: &Range, diffs: &mut KeyDiff
                 // The copy on the right shard answers for it, else any.
                 let i = list.iter().position(|(d, _)| *d == shard).unwrap_or(0);
                 let (d, got) = list.remove(i);
-                if got != md5 && diffs.changed.len() < LIMIT {
-                    diffs.changed.push((d, key));
+                if got != md5 {
+                    KeyDiffs::push(&mut diffs.changed, &mut diffs.found, d, key);
                 }
             }
-            _ => {
-                if diffs.missing.len() < LIMIT {
-                    diffs.missing.push((shard, key));
-                }
-            }
+            _ => KeyDiffs::push(&mut diffs.missing, &mut diffs.found, shard, key),
         }
     }
     let mut extra: Vec<(usize, String)> = dest
@@ -320,10 +358,8 @@ async fn leaf(q: &Sql<'_>, sides: &Sides<'_>, range: &Range, diffs: &mut KeyDiff
         .flat_map(|(k, list)| list.into_iter().map(move |(d, _)| (d, k.clone())))
         .collect();
     extra.sort();
-    for e in extra {
-        if diffs.extra.len() < LIMIT {
-            diffs.extra.push(e);
-        }
+    for (d, key) in extra {
+        KeyDiffs::push(&mut diffs.extra, &mut diffs.found, d, key);
     }
     Ok(())
 }
@@ -340,7 +376,6 @@ async fn misplaced(
         return Ok(());
     };
     let column = &q.plan.table.columns[r.column].name;
-    let cols: Vec<String> = q.keys.iter().map(|c| quote_ident(&c.name)).collect();
     for (d, server) in &sides.dests {
         let pred = shard_predicate(&r.sharder, column, *d, dest_shards);
         let sql = format!(
@@ -348,7 +383,7 @@ async fn misplaced(
             q.key_text(),
             q.plan.only(),
             q.plan.table.name.quoted(),
-            cols.join(", ")
+            q.key_columns().join(", ")
         );
         for row in query(server, &sql, &[]).await? {
             if diffs.misplaced.len() < LIMIT {
