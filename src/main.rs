@@ -59,6 +59,11 @@ enum Command {
     /// and destination shard. Exit status 0: equal, 1: something differs,
     /// 2: error.
     Verify(VerifyArgs),
+    /// Set every sequence the published tables use on every destination
+    /// shard above the highest value handed out, plus a margin: interleaved
+    /// across shards for sharded tables. Run it once the source stopped
+    /// writing, before the application writes to the destination.
+    SequenceSync(SequenceSyncArgs),
     /// Check pgdog.toml and users.toml and print a summary.
     Configcheck,
     /// Print the shard of each value, as PostgreSQL hash partitioning would.
@@ -168,6 +173,18 @@ struct VerifyArgs {
     /// 20 missing, extra and changed each).
     #[arg(long)]
     detail: bool,
+}
+
+#[derive(Debug, Args)]
+struct SequenceSyncArgs {
+    #[command(flatten)]
+    target: MoveArgs,
+    /// How far above the highest value handed out to start.
+    #[arg(long, default_value_t = data_sync::sequences::DEFAULT_MARGIN)]
+    margin: i64,
+    /// Print what would be set, change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn parse_data_type(s: &str) -> Result<DataType, String> {
@@ -282,6 +299,28 @@ async fn async_main(cli: Cli) -> ExitCode {
                 Err(_) => return ExitCode::from(2),
             };
             verify_command(config, args).await
+        }
+        Some(Command::SequenceSync(args)) => {
+            let config = match load(&cli) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let opts = args.target.options(Mode::ReplicateOnly, false);
+            match data_sync::sequences::command(config, &opts, args.margin, args.dry_run).await {
+                Ok(plans) => {
+                    print!("{}", data_sync::sequences::render(&plans));
+                    if args.dry_run {
+                        eprintln!("dry run: nothing was changed.");
+                    } else {
+                        eprintln!("{} sequences set on every destination shard.", plans.len());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Some(Command::SchemaSync(args)) => {
             let config = match load(&cli) {

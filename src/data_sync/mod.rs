@@ -20,6 +20,7 @@ pub mod progress;
 pub mod replicas;
 pub mod retry;
 pub mod schema;
+pub mod sequences;
 pub mod snapshot;
 pub mod state;
 pub mod stream;
