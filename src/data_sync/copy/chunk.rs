@@ -7,15 +7,15 @@
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use pgdog_protocol::copy_binary::{Decoder, Encoder, TRAILER};
-use pgdog_protocol::copy_text::Splitter;
+use pgdog_protocol::copy_binary::{Encoder, TRAILER};
 
 use crate::net::copy::CopyIn;
 use crate::net::Connection;
 
-use super::super::error::{DataSyncError, Result};
+use super::super::error::Result;
 use super::super::plan::TablePlan;
 use super::super::progress::TableCopy;
+use super::rows::RowReader;
 
 /// Result of one stream: rows read, and rows written per destination.
 #[derive(Debug, Default)]
@@ -61,41 +61,19 @@ pub async fn copy_stream(
     }
 
     let mut out = source.copy_out(select).await?;
-    let mut decoder = Decoder::new();
-    let mut lines = Splitter::new();
+    let mut reader = RowReader::new(binary);
     let routing = plan.dest.as_ref();
     let mut rows = 0u64;
     let mut pending_bytes = 0u64;
     let mut pending_rows = 0u64;
     loop {
-        // Every row already read goes out before the next await: rows are
-        // routed straight from the read buffer, without a copy or a
-        // reference count per row.
-        let got = if binary {
-            out.next_batch(|body| {
-                decoder.push_slice(body, |row| {
-                    pending_rows += 1;
-                    let shard = routing.map(|r| r.binary_row(&row)).transpose()?;
-                    route(&mut sinks, &slot_of, shard, row.as_bytes(), b"");
-                    Ok::<(), DataSyncError>(())
-                })
+        // Every row already read goes out before the next await.
+        let got = reader
+            .next_batch(&mut out, routing, |shard, row, end| {
+                pending_rows += 1;
+                route(&mut sinks, &slot_of, shard, row, end);
             })
-            .await?
-        } else {
-            match out.next().await? {
-                Some(chunk) => {
-                    let n = chunk.len();
-                    lines.push(chunk);
-                    while let Some(row) = lines.next_row()? {
-                        pending_rows += 1;
-                        let shard = routing.map(|r| r.text_row(&row)).transpose()?;
-                        route(&mut sinks, &slot_of, shard, &row, b"\n");
-                    }
-                    Some(n)
-                }
-                None => None,
-            }
-        };
+            .await?;
         let Some(n) = got else { break };
         pending_bytes += n as u64;
         for sink in sinks.iter_mut() {
@@ -110,11 +88,7 @@ pub async fn copy_stream(
             pending_bytes = 0;
         }
     }
-    if binary {
-        decoder.finish()?;
-    } else {
-        lines.finish()?;
-    }
+    reader.finish()?;
     progress.rows.fetch_add(pending_rows, Ordering::Relaxed);
     progress.bytes.fetch_add(pending_bytes, Ordering::Relaxed);
     rows += pending_rows;

@@ -8,6 +8,7 @@
 mod chunk;
 mod job;
 pub(crate) mod pool;
+pub(crate) mod rows;
 
 use std::sync::Arc;
 

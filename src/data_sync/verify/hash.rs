@@ -7,13 +7,12 @@
 
 use std::sync::atomic::Ordering;
 
-use pgdog_protocol::copy_binary::Decoder;
-use pgdog_protocol::copy_text::Splitter;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::net::Connection;
 
-use super::super::error::{DataSyncError, Result};
+use super::super::copy::rows::RowReader;
+use super::super::error::Result;
 use super::super::plan::TablePlan;
 use super::super::progress::VerifyItem;
 
@@ -87,50 +86,25 @@ pub async fn read(
         }
     };
     let mut out = conn.copy_out(&sql).await?;
-    let mut decoder = Decoder::new();
-    let mut lines = Splitter::new();
+    let mut reader = RowReader::new(binary);
     let mut pending_rows = 0u64;
     loop {
-        let rows_before: u64 = sums.iter().map(|s| s.rows).sum();
-        let got = if binary {
-            out.next_batch(|body| {
-                decoder.push_slice(body, |row| {
-                    let shard = routing.map(|r| r.binary_row(&row)).transpose()?;
-                    let b = place(shard);
-                    sums[b].add_row(row.as_bytes());
-                    Ok::<(), DataSyncError>(())
-                })
+        let mut rows = 0u64;
+        let got = reader
+            .next_batch(&mut out, routing, |shard, row, _| {
+                rows += 1;
+                sums[place(shard)].add_row(row);
             })
-            .await?
-        } else {
-            match out.next().await? {
-                Some(chunk) => {
-                    let n = chunk.len();
-                    lines.push(chunk);
-                    while let Some(row) = lines.next_row()? {
-                        let shard = routing.map(|r| r.text_row(&row)).transpose()?;
-                        let b = place(shard);
-                        sums[b].add_row(&row);
-                    }
-                    Some(n)
-                }
-                None => None,
-            }
-        };
+            .await?;
         let Some(n) = got else { break };
-        let rows_after: u64 = sums.iter().map(|s| s.rows).sum();
-        pending_rows += rows_after - rows_before;
+        pending_rows += rows;
         item.bytes.fetch_add(n as u64, Ordering::Relaxed);
         if pending_rows >= 1024 {
             item.rows.fetch_add(pending_rows, Ordering::Relaxed);
             pending_rows = 0;
         }
     }
-    if binary {
-        decoder.finish()?;
-    } else {
-        lines.finish()?;
-    }
+    reader.finish()?;
     item.rows.fetch_add(pending_rows, Ordering::Relaxed);
     Ok(Read { sums, misplaced })
 }
