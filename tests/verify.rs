@@ -319,6 +319,16 @@ async fn differences_are_found_1_to_2() {
     let out = verify(&files, &["--table", "nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--table nope"));
+    // No such move: said before anything is read.
+    let out = verify(&files, &["--replication-slot", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains(
+            "pgdog verify looks at the move of replication slot \"nope\", which does not exist"
+        ),
+        "{err}"
+    );
 }
 
 /// Whether `items` row `id` is on some destination shard.

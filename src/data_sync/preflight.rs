@@ -41,6 +41,20 @@ pub enum Intent {
     CopyCreatingSchema,
     /// Stream only, from an existing slot.
     ReplicateOnly,
+    /// Look at an existing move without copying or streaming it
+    /// (`command`: verify, sequence-sync); `temporary_slot`: the command
+    /// creates a slot of its own.
+    Inspect {
+        command: &'static str,
+        temporary_slot: bool,
+    },
+}
+
+impl Intent {
+    /// Whether the run copies tables.
+    fn copies(self) -> bool {
+        matches!(self, Intent::Copy | Intent::CopyCreatingSchema)
+    }
 }
 
 async fn connect(opts: &ConnectOptions, what: &str) -> Result<Connection> {
@@ -176,7 +190,11 @@ pub async fn run(
         // The permanent slot, or (resuming) a temporary one whose snapshot
         // the copies share; one WAL sender at a time (the snapshot's holder
         // during the copy, the stream after it).
-        let need_slots = i64::from(intent != Intent::ReplicateOnly || exists.is_none());
+        let need_slots = match intent {
+            Intent::Inspect { temporary_slot, .. } => i64::from(temporary_slot),
+            Intent::ReplicateOnly => i64::from(exists.is_none()),
+            Intent::Copy | Intent::CopyCreatingSchema => 1,
+        };
         let need_senders = 1;
         if free_slots < need_slots {
             problems.push(
@@ -194,11 +212,17 @@ pub async fn run(
                 "raise max_wal_senders on the source (restart needed)",
             );
         }
-        if intent == Intent::ReplicateOnly && exists.is_none() {
-            problems.push(
+        match intent {
+            _ if exists.is_some() => {}
+            Intent::ReplicateOnly => problems.push(
                 format!("--replicate-only needs the replication slot \"{slot}\", which does not exist on {what}"),
                 "run the copy first (without --replicate-only, or with --sync-only), or pass the slot's name with --replication-slot",
-            );
+            ),
+            Intent::Inspect { command, .. } => problems.push(
+                format!("{command} looks at the move of replication slot \"{slot}\", which does not exist on {what}"),
+                "run pgdog data-sync first, or pass the move's slot name with --replication-slot",
+            ),
+            Intent::Copy | Intent::CopyCreatingSchema => {}
         }
         slot_exists[s] = exists.is_some();
 
@@ -341,7 +365,7 @@ pub async fn run(
             .filter(|(_, f)| f.is_some())
             .map(|(n, _)| *n)
             .collect();
-        let with_rows: Vec<&TableName> = if intent != Intent::ReplicateOnly && fresh {
+        let with_rows: Vec<&TableName> = if intent.copies() && fresh {
             let flags = catalog::tables_with_rows(&mut conn, &present).await?;
             present
                 .iter()
@@ -377,7 +401,7 @@ pub async fn run(
                     ),
                 );
             }
-            if intent == Intent::ReplicateOnly
+            if !intent.copies()
                 && (0..n).any(|s| plan.from_source(s) && !done.contains_key(&(s, t.name.clone())))
             {
                 let note = format!(
@@ -405,7 +429,7 @@ pub async fn run(
         conn.close().await;
     }
     problems.into_result()?;
-    let copy_sources = if intent != Intent::ReplicateOnly {
+    let copy_sources = if intent.copies() {
         super::replicas::qualify(endpoints).await?
     } else {
         Vec::new()

@@ -286,7 +286,10 @@ pub async fn command(
         &endpoints,
         &opts.publication,
         &opts.slot_name(),
-        super::preflight::Intent::ReplicateOnly,
+        super::preflight::Intent::Inspect {
+            command: "pgdog sequence-sync",
+            temporary_slot: false,
+        },
     )
     .await?;
     let plans = plan(&endpoints, &findings.plan, margin).await?;

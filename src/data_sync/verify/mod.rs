@@ -155,7 +155,10 @@ async fn run_inner(
     task.set_phase(Phase::Preflight);
     let endpoints = Endpoints::of_move(config.clone(), opts)?;
     let findings = tokio::select! {
-        f = preflight::run(&endpoints, &opts.publication, &slot, preflight::Intent::ReplicateOnly) => f?,
+        f = preflight::run(&endpoints, &opts.publication, &slot, preflight::Intent::Inspect {
+            command: "pgdog verify",
+            temporary_slot: true,
+        }) => f?,
         _ = shutdown.cancelled() => return Err(DataSyncError::Stopped),
     };
     let mut plan = findings.plan.clone();
