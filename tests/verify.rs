@@ -283,6 +283,34 @@ async fn differences_are_found_1_to_2() {
     assert_differs(&files, d, "extra", &format!("({tenant}, 99999999)"));
     on_dest(&fleet, d, "DELETE FROM items WHERE id = 99999999").await;
 
+    // A table sharded on a column outside its primary key: the key found
+    // across the shards.
+    let mut c = Connection::connect(&fleet.dest_options()[d]).await.unwrap();
+    let note: String = c
+        .query("SELECT id FROM notes ORDER BY id LIMIT 1")
+        .await
+        .unwrap()[0]
+        .text(0)
+        .unwrap()
+        .to_string();
+    on_dest(
+        &fleet,
+        d,
+        &format!("UPDATE notes SET body = 'edited' WHERE id = {note}"),
+    )
+    .await;
+    let out = verify(&files, &["--detail", "--table", "notes"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    let line = format!("changed   public.notes shard {d} key {note}");
+    assert!(text.contains(&line), "no '{line}' in:\n{text}");
+    on_dest(
+        &fleet,
+        d,
+        &format!("UPDATE notes SET body = 'note ' || id WHERE id = {note}"),
+    )
+    .await;
+
     // Thousands of rows changed: at most 20 listed, and narrowing stops
     // early instead of walking the whole table.
     on_dest(
