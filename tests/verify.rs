@@ -413,7 +413,9 @@ async fn a_dead_verify_lets_the_move_go() {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.contains("another verify (dead verify"), "{err}");
 
-    let deadline = Duration::from_secs(pgdog::data_sync::barrier::EXPIRY_SECS as u64 + 15);
+    // The hold expires EXPIRY_SECS after its last heartbeat (before
+    // `died`); a poll of the move's agent later it lets go.
+    let deadline = Duration::from_secs(pgdog::data_sync::barrier::EXPIRY_SECS as u64 + 3);
     while !item_arrived(&fleet, 77777777).await {
         assert!(
             died.elapsed() < deadline,

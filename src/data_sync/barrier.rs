@@ -184,32 +184,43 @@ impl Hold {
             &[slot],
         )
         .await?;
-        let busy = conn
+        let n_text = n.to_string();
+        let secs = EXPIRY_SECS.to_string();
+        // All rows or none: a verify that started at the same moment may
+        // own some of them (the primary key decides).
+        let inserted = conn
             .query_text(
-                "SELECT verify_id, extract(epoch FROM now() - started_at)::int
-                 FROM pgdog.verify_barriers WHERE slot_name = $1 LIMIT 1",
-                &[slot],
+                "INSERT INTO pgdog.verify_barriers (slot_name, source_shard, verify_id, state, expires_at)
+                 SELECT $1, s, $2, 'pause', now() + make_interval(secs => $4::int)
+                 FROM generate_series(0, $3::int - 1) s
+                 ON CONFLICT (slot_name, source_shard) DO NOTHING
+                 RETURNING source_shard",
+                &[slot, id, &n_text, &secs],
             )
             .await?;
-        if let Some(r) = busy.first() {
+        if inserted.len() != n {
+            conn.query_text(
+                "DELETE FROM pgdog.verify_barriers WHERE slot_name = $1 AND verify_id = $2",
+                &[slot, id],
+            )
+            .await?;
+            let busy = conn
+                .query_text(
+                    "SELECT verify_id, extract(epoch FROM now() - started_at)::int
+                     FROM pgdog.verify_barriers WHERE slot_name = $1 AND verify_id <> $2 LIMIT 1",
+                    &[slot, id],
+                )
+                .await?;
+            let r = busy.first();
             return Err(DataSyncError::preflight(
                 format!(
                     "another verify ({}, started {} s ago) holds the move of slot \"{slot}\"",
-                    r.text(0).unwrap_or("?"),
-                    r.text(1).unwrap_or("?")
+                    r.and_then(|r| r.text(0)).unwrap_or("?"),
+                    r.and_then(|r| r.text(1)).unwrap_or("?")
                 ),
                 format!("wait for it to finish (its hold expires {EXPIRY_SECS} s after it stops)"),
             ));
         }
-        let n_text = n.to_string();
-        let secs = EXPIRY_SECS.to_string();
-        conn.query_text(
-            "INSERT INTO pgdog.verify_barriers (slot_name, source_shard, verify_id, state, expires_at)
-             SELECT $1, s, $2, 'pause', now() + make_interval(secs => $4::int)
-             FROM generate_series(0, $3::int - 1) s",
-            &[slot, id, &n_text, &secs],
-        )
-        .await?;
         Ok(Hold {
             conn,
             slot: slot.to_string(),
@@ -296,7 +307,8 @@ impl Hold {
         Ok(())
     }
 
-    /// Ask source shard `s` to apply up to `lsn` and stop there.
+    /// Ask each source shard to apply up to its LSN in `targets` and stop
+    /// there.
     pub async fn hold_at(&mut self, targets: &[Lsn]) -> Result<()> {
         for (s, lsn) in targets.iter().enumerate() {
             let (s, lsn) = (s.to_string(), lsn.to_string());

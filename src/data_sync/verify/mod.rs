@@ -21,7 +21,7 @@
 mod detail;
 mod hash;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -470,6 +470,8 @@ async fn compare(
     let n = plan.source_shards();
     let m = plan.dest_shards();
     let mut jobs = Vec::new();
+    // Each table's destination reads, by plan index: where its result goes.
+    let mut dest_items: HashMap<usize, Vec<Arc<VerifyItem>>> = HashMap::new();
     for &ti in tables {
         let t = &plan.tables[ti];
         for s in (0..n).filter(|&s| t.from_source(s)) {
@@ -489,6 +491,7 @@ async fn compare(
         for d in 0..m {
             let item =
                 task.add_verify_item(VerifyItem::new(&t.table.name, "destination", d, per_shard));
+            dest_items.entry(ti).or_default().push(item.clone());
             jobs.push(Job {
                 table: ti,
                 side: Side::Dest(d),
@@ -566,7 +569,6 @@ async fn compare(
             }
         }
     }
-    let items = task.verify_items();
     let mut out = Vec::new();
     for &ti in tables {
         let t = &plan.tables[ti];
@@ -579,15 +581,8 @@ async fn compare(
                 checksum_equal: expected[ti][d] == found[ti][d].0,
             })
             .collect();
-        for s in &shards {
-            if let Some(item) = items.iter().find(|i| {
-                i.side == "destination"
-                    && i.shard == s.dest_shard
-                    && i.schema == t.table.name.schema
-                    && i.table == t.table.name.name
-            }) {
-                item.set_result(s.describe());
-            }
+        for (s, item) in shards.iter().zip(dest_items.get(&ti).into_iter().flatten()) {
+            item.set_result(s.describe());
         }
         let mut result = TableResult {
             table: t.table.name.clone(),

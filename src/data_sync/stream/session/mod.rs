@@ -527,8 +527,8 @@ impl<'a> Session<'a> {
 
     /// At a transaction boundary: stop here if verify asked for a pause.
     async fn pause_if_asked(&mut self) -> Result<()> {
-        match self.asked.clone() {
-            Some(r) if r.ask == Ask::Pause => self.hold(r, "paused").await,
+        match &self.asked {
+            Some(r) if r.ask == Ask::Pause => self.hold(r.clone(), "paused").await,
             _ => Ok(()),
         }
     }
@@ -539,12 +539,18 @@ impl<'a> Session<'a> {
         if self.verify.requests.has_changed().unwrap_or(false) {
             self.refresh_ask();
         }
+        // Per transaction: look, and clone only to hold.
+        let state = match &self.asked {
+            Some(r) => match r.ask {
+                Ask::HoldAt(target) if lsn >= target => "held",
+                Ask::Pause => "paused",
+                Ask::HoldAt(_) => return Ok(()),
+            },
+            None => return Ok(()),
+        };
         match self.asked.clone() {
-            Some(r) if matches!(r.ask, Ask::HoldAt(target) if lsn >= target) => {
-                self.hold(r, "held").await
-            }
-            Some(r) if r.ask == Ask::Pause => self.hold(r, "paused").await,
-            _ => Ok(()),
+            Some(r) => self.hold(r, state).await,
+            None => Ok(()),
         }
     }
 
