@@ -23,13 +23,19 @@ CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id bigint NOT NULL, tota
 CREATE SEQUENCE invoice_no START 500;
 CREATE TABLE invoices (no bigint PRIMARY KEY DEFAULT nextval('invoice_no'), customer_id bigint NOT NULL);
 CREATE TABLE plans (id serial PRIMARY KEY, name text);
+-- Partitioned, published partition by partition: the parent's identity.
+CREATE TABLE events (id bigint GENERATED ALWAYS AS IDENTITY, customer_id bigint NOT NULL, at date NOT NULL,
+                     PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO events (customer_id, at) SELECT 1 + g % 300, '2025-01-01'::date + g % 700 FROM generate_series(1, 400) g;
 CREATE SEQUENCE unrelated;
 INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 300) g;
 INSERT INTO orders (customer_id, total) SELECT 1 + g % 300, g FROM generate_series(1, 900) g;
 INSERT INTO invoices (customer_id) SELECT 1 + g % 300 FROM generate_series(1, 200) g;
 INSERT INTO plans (name) VALUES ('free'), ('pro'), ('team');
 SELECT nextval('unrelated');
-CREATE PUBLICATION pub FOR TABLE customers, orders, invoices, plans;
+CREATE PUBLICATION pub FOR TABLE customers, orders, invoices, plans, events;
 ";
 
 const SHARDING: &str = "[[sharded_tables]]\ndatabase = \"dest\"\nname = \"customers\"\ncolumn = \"id\"\ndata_type = \"bigint\"\n\n\
@@ -74,6 +80,7 @@ async fn sequences_interleave_above_the_source() {
         "public.orders_id_seq",
         "public.invoice_no",
         "public.plans_id_seq",
+        "public.events_id_seq",
     ] {
         assert!(text.contains(seq), "{seq} not planned:\n{text}");
     }
@@ -111,6 +118,10 @@ async fn sequences_interleave_above_the_source() {
         (
             "INSERT INTO invoices (customer_id) VALUES (1) RETURNING no",
             699,
+        ),
+        (
+            "INSERT INTO events (customer_id, at) VALUES (1, '2026-05-01') RETURNING id",
+            400,
         ),
     ] {
         let a = new_ids(&fleet, 0, insert, 30).await;

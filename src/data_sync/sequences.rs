@@ -52,23 +52,30 @@ impl SequencePlan {
     }
 }
 
-/// Sequences of the published tables, by `(schema, name)`, with the
-/// tables using them: owned by one of their columns, or in a default.
+/// Sequences and the tables that use them: owned by one of their columns,
+/// or named in a default; a partitioned table's sequence is also used by
+/// each of its partitions (a publication without
+/// `publish_via_partition_root` lists the partitions).
 const SEQUENCES_SQL: &str = "
+WITH used AS (
+    SELECT d.objid AS seq, d.refobjid AS tab
+    FROM pg_depend d
+    WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+    UNION
+    SELECT d.refobjid, ad.adrelid
+    FROM pg_attrdef ad
+    JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass
+), tabs AS (
+    SELECT seq, tab FROM used
+    UNION
+    SELECT u.seq, p.relid FROM used u JOIN pg_class t ON t.oid = u.tab AND t.relkind = 'p',
+         LATERAL pg_partition_tree(u.tab) p
+)
 SELECT sn.nspname, s.relname, tn.nspname, t.relname
-FROM pg_depend d
-JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+FROM tabs
+JOIN pg_class s ON s.oid = tabs.seq AND s.relkind = 'S'
 JOIN pg_namespace sn ON sn.oid = s.relnamespace
-JOIN pg_class t ON t.oid = d.refobjid
-JOIN pg_namespace tn ON tn.oid = t.relnamespace
-WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
-UNION
-SELECT sn.nspname, s.relname, tn.nspname, t.relname
-FROM pg_attrdef ad
-JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass
-JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
-JOIN pg_namespace sn ON sn.oid = s.relnamespace
-JOIN pg_class t ON t.oid = ad.adrelid
+JOIN pg_class t ON t.oid = tabs.tab
 JOIN pg_namespace tn ON tn.oid = t.relnamespace";
 
 /// What a sequence stands at on one server: the last value handed out
