@@ -334,10 +334,7 @@ async fn leaf(q: &Sql<'_>, sides: &Sides<'_>, range: &Range, diffs: &mut KeyDiff
     for (key, route, md5) in source {
         // The shard the row belongs on.
         let shard = match (routing, route) {
-            (Some(r), Some(v)) => r
-                .sharder
-                .shard(Some(v.as_bytes()), Format::Text)
-                .unwrap_or(0),
+            (Some(r), Some(v)) => r.sharder.shard(Some(v.as_bytes()), Format::Text)?,
             _ => sides.dests.first().map(|(d, _)| *d).unwrap_or(0),
         };
         let found = dest.get_mut(&key);

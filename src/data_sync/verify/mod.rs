@@ -196,7 +196,7 @@ async fn run_inner(
         &config, &plan, &tables, &sources, &dests, request, task, shutdown,
     )
     .await;
-    for s in sources.into_iter().chain(dests).flatten() {
+    for s in sources.into_iter().chain(dests) {
         s.finish().await;
     }
     let tables = result?;
@@ -243,8 +243,8 @@ fn select_tables(plan: &Plan, names: &[String]) -> Result<Vec<usize>> {
 
 /// The snapshots verify reads: per source shard and per destination shard.
 struct Point {
-    sources: Vec<Option<ServerCopy>>,
-    dests: Vec<Option<ServerCopy>>,
+    sources: Vec<ServerCopy>,
+    dests: Vec<ServerCopy>,
     lsns: Vec<Lsn>,
     held: Duration,
     applied_itself: bool,
@@ -299,13 +299,33 @@ async fn consistent_point(
         streamer = Some(tokio::spawn(super::stream::run(ctx)));
     }
     let id = format!("pid {} task {}", std::process::id(), task.id);
-    let result = hold_and_snapshot(endpoints, plan, slot, &id, task, shutdown).await;
+    let hold = hold_and_snapshot(endpoints, plan, slot, &id, task, shutdown);
+    let result = match streamer.take() {
+        None => hold.await,
+        // verify's own stream failing ends the wait at once, with its
+        // error (its hold rows expire by themselves).
+        Some(mut h) => tokio::select! {
+            r = hold => {
+                streamer = Some(h);
+                r
+            }
+            joined = &mut h => {
+                Err(match joined {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => DataSyncError::State(
+                        "verify's own stream of the move ended before it reached the verify LSN".into(),
+                    ),
+                    Err(e) => DataSyncError::State(format!("verify's own stream panicked: {e}")),
+                })
+            }
+        },
+    };
     if let Some(h) = streamer {
         own_stream.cancel();
-        match h.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if result.is_ok() => return Err(e),
-            _ => {}
+        if let Ok(Err(e)) = h.await {
+            if result.is_ok() {
+                return Err(e);
+            }
         }
     }
     let (sources, dests, lsns, held) = result?;
@@ -318,12 +338,7 @@ async fn consistent_point(
     })
 }
 
-type Snapshots = (
-    Vec<Option<ServerCopy>>,
-    Vec<Option<ServerCopy>>,
-    Vec<Lsn>,
-    Duration,
-);
+type Snapshots = (Vec<ServerCopy>, Vec<ServerCopy>, Vec<Lsn>, Duration);
 
 /// Pause the move, take the source snapshots, hold the move at them, take
 /// the destination snapshots, let the move go. The hold is withdrawn on
@@ -346,7 +361,7 @@ async fn hold_and_snapshot(
             shutdown,
         )
         .await?;
-        let mut sources: Vec<Option<ServerCopy>> = Vec::new();
+        let mut sources: Vec<ServerCopy> = Vec::new();
         let mut lsns = Vec::new();
         for s in 0..plan.source_shards() {
             // The slot creation waits for the transactions running on the
@@ -363,7 +378,7 @@ async fn hold_and_snapshot(
                 }
             };
             lsns.push(snap.lsn);
-            sources.push(Some(ServerCopy::new(snap, endpoints.source(s))));
+            sources.push(ServerCopy::new(snap, endpoints.source(s)));
         }
         hold.hold_at(&lsns).await?;
         let reached = hold
@@ -403,7 +418,7 @@ async fn hold_and_snapshot(
                 .to_string();
             let snap =
                 SharedSnapshot::exported(conn, name, lsns.first().copied().unwrap_or_default());
-            dests.push(Some(ServerCopy::new(snap, endpoints.dest(d))));
+            dests.push(ServerCopy::new(snap, endpoints.dest(d)));
         }
         Ok::<_, DataSyncError>((sources, dests, lsns))
     }
@@ -461,8 +476,8 @@ async fn compare(
     config: &Config,
     plan: &Plan,
     tables: &[usize],
-    sources: &[Option<ServerCopy>],
-    dests: &[Option<ServerCopy>],
+    sources: &[ServerCopy],
+    dests: &[ServerCopy],
     request: &Request,
     task: &Arc<Task>,
     shutdown: &CancellationToken,
@@ -511,10 +526,9 @@ async fn compare(
             let limits = &limits;
             async move {
                 let (server, limit) = match job.side {
-                    Side::Source(s) => (sources[s].as_ref(), &limits[s]),
-                    Side::Dest(d) => (dests[d].as_ref(), &limits[n + d]),
+                    Side::Source(s) => (&sources[s], &limits[s]),
+                    Side::Dest(d) => (&dests[d], &limits[n + d]),
                 };
-                let server = server.ok_or_else(|| DataSyncError::State("verify: a snapshot is missing".into()))?;
                 let _permit = limit
                     .acquire()
                     .await
@@ -600,13 +614,13 @@ async fn compare(
             let sides = detail::Sides {
                 sources: (0..n)
                     .filter(|&s| t.from_source(s))
-                    .filter_map(|s| sources[s].as_ref())
+                    .map(|s| &sources[s])
                     .collect(),
                 // A sharded table is compared against all its shards at
                 // once; a full copy on each shard against each differing one.
                 dests: (0..m)
                     .filter(|d| sharded || differing.contains(d))
-                    .filter_map(|d| dests[d].as_ref().map(|c| (d, c)))
+                    .map(|d| (d, &dests[d]))
                     .collect(),
             };
             let mut diffs = KeyDiffs::default();
