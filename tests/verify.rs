@@ -137,6 +137,15 @@ async fn equal_under_writes_to(n: usize, m: usize, dest: ClusterOptions) -> (Fle
     assert!(text.contains("applied by verify"), "{text}");
     let writes = writer.stop().await;
     assert!(writes > 100, "the writer made only {writes} writes");
+    // Once more after the last write: the slot is drained, so a change a
+    // test makes on a destination shard now cannot be overwritten by a
+    // source change still on its way.
+    let out = verify(&files, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "verify after the writes stopped"
+    );
     (fleet, files)
 }
 
