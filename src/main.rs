@@ -64,6 +64,10 @@ enum Command {
     /// across shards for sharded tables. Run it once the source stopped
     /// writing, before the application writes to the destination.
     SequenceSync(SequenceSyncArgs),
+    /// End a move: freeze the application's writes on the source, drain,
+    /// set the sequences, verify, then stream the destination's changes
+    /// back to the source (for a rollback) until stopped.
+    Cutover(CutoverArgs),
     /// Check pgdog.toml and users.toml and print a summary.
     Configcheck,
     /// Print the shard of each value, as PostgreSQL hash partitioning would.
@@ -185,6 +189,46 @@ struct SequenceSyncArgs {
     /// Print what would be set, change nothing.
     #[arg(long)]
     dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+struct CutoverArgs {
+    #[command(flatten)]
+    target: MoveArgs,
+    /// A login role the application writes with: frozen on the source
+    /// (on the destination for --rollback). Repeat for more.
+    #[arg(long = "freeze-role")]
+    freeze_roles: Vec<String>,
+    /// Freeze only once every source shard's lag is at most this many
+    /// bytes.
+    #[arg(long, default_value_t = data_sync::cutover::DEFAULT_MAX_LAG)]
+    max_lag: u64,
+    /// Seconds the freeze and the drain may take before the cutover
+    /// gives up and unfreezes.
+    #[arg(long, default_value_t = data_sync::cutover::DEFAULT_TIMEOUT.as_secs())]
+    timeout: u64,
+    /// The publication (and slot name) of the reverse stream on the
+    /// destination shards.
+    #[arg(long, default_value = data_sync::cutover::DEFAULT_REVERSE_PUBLICATION)]
+    reverse_publication: String,
+    /// Do not verify before switching.
+    #[arg(long)]
+    skip_verify: bool,
+    /// How far above the highest value handed out sequences start.
+    #[arg(long, default_value_t = data_sync::sequences::DEFAULT_MARGIN)]
+    margin: i64,
+    /// Make the source the primary again: freeze the destination, drain
+    /// the reverse stream, set the source's sequences, unfreeze the source.
+    #[arg(long, conflicts_with = "complete")]
+    rollback: bool,
+    /// Drop the reverse stream's slots and publications and the move's
+    /// slot: the source is left frozen.
+    #[arg(long)]
+    complete: bool,
+    /// Serve the admin console on this port while streaming back
+    /// (default: [general] port; 0 to disable).
+    #[arg(long)]
+    admin_port: Option<u16>,
 }
 
 fn parse_data_type(s: &str) -> Result<DataType, String> {
@@ -322,6 +366,13 @@ async fn async_main(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Some(Command::Cutover(args)) => {
+            let config = match load(&cli) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            cutover_command(config, args).await
+        }
         Some(Command::SchemaSync(args)) => {
             let config = match load(&cli) {
                 Ok(c) => c,
@@ -400,6 +451,98 @@ async fn verify_command(config: Arc<Config>, args: &VerifyArgs) -> ExitCode {
     }
 }
 
+async fn cutover_command(config: Arc<Config>, args: &CutoverArgs) -> ExitCode {
+    use data_sync::cutover::{self, Action, Done};
+    let opts = args.target.options(Mode::ReplicateOnly, false);
+    let request = cutover::Request {
+        action: if args.rollback {
+            Action::Rollback
+        } else if args.complete {
+            Action::Complete
+        } else {
+            Action::Cutover
+        },
+        freeze_roles: args.freeze_roles.clone(),
+        max_lag: args.max_lag,
+        timeout: std::time::Duration::from_secs(args.timeout),
+        reverse_publication: args.reverse_publication.clone(),
+        skip_verify: args.skip_verify,
+        margin: args.margin,
+    };
+    let token = CancellationToken::new();
+    stop_on_signals(token.clone());
+    let registry = Arc::new(Registry::default());
+    let task = registry.new_task(&opts.from_database, &opts.to_database, &opts.publication);
+    let admin_port = args.admin_port.unwrap_or(config.general.port);
+    if admin_port != 0 && request.action == Action::Cutover {
+        let (config, registry, token) = (config.clone(), registry.clone(), token.clone());
+        tokio::spawn(async move {
+            if let Err(e) = pgdog::admin::serve(config, registry, Some(admin_port), token).await {
+                tracing::warn!("admin console not available: {e}");
+            }
+        });
+    }
+    let reporting = token.child_token();
+    let reporter = pgdog::report::spawn(task.clone(), reporting.clone());
+    let result = cutover::run(config.clone(), &opts, &request, &task, &token).await;
+    reporting.cancel();
+    let reverse = match result {
+        Ok(Done::CutOver { reverse, summary }) => {
+            eprintln!("{summary}");
+            reverse
+        }
+        Ok(Done::RolledBack { summary } | Done::Completed { summary }) => {
+            let _ = reporter.await;
+            eprintln!("{summary}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = reporter.await;
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = reporter.await;
+    // The reverse stream is a task of its own (STOP_TASK stops it).
+    let back = registry.new_task(
+        &reverse.from_database,
+        &reverse.to_database,
+        &reverse.publication,
+    );
+    {
+        let (token, stop) = (token.clone(), back.stop.clone());
+        tokio::spawn(async move {
+            token.cancelled().await;
+            stop.cancel();
+        });
+    }
+    let reporter = pgdog::report::spawn(back.clone(), token.clone());
+    eprintln!(
+        "streaming {} back to {} until stopped (Ctrl-C)...",
+        reverse.from_database, reverse.to_database
+    );
+    let result =
+        cutover::stream_back(config, &opts, reverse, back.clone(), back.stop.clone()).await;
+    token.cancel();
+    let _ = reporter.await;
+    let same = std::env::args().collect::<Vec<_>>().join(" ");
+    match result {
+        Ok(data_sync::Outcome::CutOver) => {
+            eprintln!("the reverse stream was ended (by pgdog cutover --rollback or --complete).");
+            ExitCode::SUCCESS
+        }
+        Ok(_) => {
+            eprintln!("stopped. The reverse slot keeps every change on the destination; resume streaming it back with: {same}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("the destination still takes the writes, and the reverse slot keeps them: rerun {same} to stream them back");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn data_sync_command(config: Arc<Config>, args: &DataSyncArgs) -> ExitCode {
     let mode = if args.cleanup {
         Mode::Cleanup
@@ -448,6 +591,10 @@ async fn data_sync_command(config: Arc<Config>, args: &DataSyncArgs) -> ExitCode
     match result {
         Ok(Outcome::Copied) => {
             eprintln!("copy complete. The slot \"{slot}\" keeps the changes since; stream them with the same command and --replicate-only instead of --sync-only.");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::CutOver) => {
+            eprintln!("the move was cut over (pgdog cutover): the destination takes the writes, and this stream ended for good.");
             ExitCode::SUCCESS
         }
         Ok(Outcome::CleanedUp) => {

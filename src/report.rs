@@ -309,8 +309,9 @@ async fn live(task: Arc<Task>, stop: CancellationToken) {
             }
             Phase::Verifying => overall.set_message(verify_line(&task)),
             _ => overall.set_message(format!(
-                "{} ({}){}",
+                "{}{} ({}){}",
                 task.phase().as_str(),
+                task.step().map(|s| format!(": {s}")).unwrap_or_default(),
                 human_duration(started.elapsed().as_secs_f64()),
                 task.waiting()
                     .map(|w| format!("; waiting: {w}"))

@@ -544,7 +544,7 @@ async fn commands_during_a_move() {
     assert_eq!(v, [[format!("pgdog {}", env!("CARGO_PKG_VERSION"))]]);
     let help = psql_csv(port, "HELP").await;
     assert_eq!(help[0], ["command", "description"]);
-    assert_eq!(help.len(), 14, "{help:?}");
+    assert_eq!(help.len(), 15, "{help:?}");
     // The destinations had the schema: pre-data found every object there.
     let schema = psql_csv(port, "SHOW SCHEMA_SYNC").await;
     assert_eq!(
@@ -690,7 +690,7 @@ async fn logins_and_refusals() {
     // Right password, case-insensitive commands, several per query.
     let mut conn = connect(port).await;
     let both = rows(&mut conn, "show version; HELP;").await;
-    assert_eq!(both.len(), 1 + 13);
+    assert_eq!(both.len(), 1 + 14);
     let out = psql(
         &conninfo(port, "sslmode=disable"),
         PASSWORD,

@@ -27,13 +27,14 @@ const MAX_REQUEST: usize = 16 * 1024;
 /// Scrapes served at once; more wait in the kernel's accept queue.
 const MAX_SCRAPES: usize = 8;
 
-const PHASES: [Phase; 9] = [
+const PHASES: [Phase; 10] = [
     Phase::Preflight,
     Phase::Schema,
     Phase::Copying,
     Phase::Indexing,
     Phase::Streaming,
     Phase::Verifying,
+    Phase::CuttingOver,
     Phase::Stopped,
     Phase::Failed,
     Phase::Done,

@@ -20,6 +20,11 @@
 //!
 //! Rows expire: a verify that dies mid-way cannot hold a move for longer
 //! than [`EXPIRY_SECS`] past its last heartbeat.
+//!
+//! `pgdog cutover` uses the same hold to drain a frozen source (a target
+//! at the LSN of the freeze), keeps it through its verify (which moves the
+//! target on), then writes `stop`: each session, held, commits and ends
+//! its stream for good.
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +49,9 @@ pub enum Ask {
     Pause,
     /// Apply every transaction committed before this LSN, then stop.
     HoldAt(Lsn),
+    /// End the stream at this transaction boundary (a cutover, once
+    /// every session is held).
+    Stop,
 }
 
 /// One request, by verify run.
@@ -58,6 +66,9 @@ pub struct Request {
 pub struct Answer {
     pub source_shard: usize,
     pub id: String,
+    /// What it answers: an answer to an earlier ask (sent again while the
+    /// request changed) must not overwrite the new one.
+    pub ask: Ask,
     /// `paused` or `held`.
     pub state: &'static str,
     /// Commit LSN of the last transaction the session applied (or
@@ -138,6 +149,7 @@ async fn read_requests(
         let ask = match (r.text(2), r.text(3).and_then(Lsn::parse)) {
             (Some("pause") | Some("paused"), _) => Ask::Pause,
             (Some("target") | Some("held"), Some(lsn)) => Ask::HoldAt(lsn),
+            (Some("stop"), _) => Ask::Stop,
             _ => continue,
         };
         if let Some(slot) = out.get_mut(s) {
@@ -153,12 +165,28 @@ async fn read_requests(
 async fn write_answer(conn: &mut Connection, slot: &str, a: &Answer) -> Result<()> {
     let s = a.source_shard.to_string();
     let lsn = a.lsn.to_string();
-    conn.query_text(
-        "UPDATE pgdog.verify_barriers SET state = $4, reached_lsn = $5::pg_lsn
-         WHERE slot_name = $1 AND source_shard = $2::int AND verify_id = $3",
-        &[slot, &s, &a.id, a.state, &lsn],
-    )
-    .await?;
+    // Only while the row still asks what the answer answers.
+    match &a.ask {
+        Ask::Pause => {
+            conn.query_text(
+                "UPDATE pgdog.verify_barriers SET state = $4, reached_lsn = $5::pg_lsn
+                 WHERE slot_name = $1 AND source_shard = $2::int AND verify_id = $3
+                   AND state IN ('pause', 'paused')",
+                &[slot, &s, &a.id, a.state, &lsn],
+            )
+            .await?
+        }
+        Ask::HoldAt(target) => {
+            conn.query_text(
+                "UPDATE pgdog.verify_barriers SET state = $4, reached_lsn = $5::pg_lsn
+                 WHERE slot_name = $1 AND source_shard = $2::int AND verify_id = $3
+                   AND state IN ('target', 'held') AND target_lsn = $6::pg_lsn",
+                &[slot, &s, &a.id, a.state, &lsn, &target.to_string()],
+            )
+            .await?
+        }
+        Ask::Stop => return Ok(()),
+    };
     Ok(())
 }
 
@@ -320,6 +348,28 @@ impl Hold {
                 )
                 .await?;
         }
+        Ok(())
+    }
+
+    /// The id the rows carry.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// End every session's stream where it is held (a cutover): each
+    /// commits what it applied and stops for good. Call once every source
+    /// shard answered `held`; the caller then waits for the slots to be
+    /// let go.
+    pub async fn stop(&mut self) -> Result<()> {
+        let secs = EXPIRY_SECS.to_string();
+        self.conn
+            .query_text(
+                "UPDATE pgdog.verify_barriers SET state = 'stop', expires_at = now() + make_interval(secs => $3::int)
+                 WHERE slot_name = $1 AND verify_id = $2",
+                &[&self.slot, &self.id, &secs],
+            )
+            .await?;
+        self.last_beat = Instant::now();
         Ok(())
     }
 

@@ -137,7 +137,7 @@ pub async fn publication(conn: &mut Connection, name: &str) -> Result<Option<Pub
 }
 
 /// `{"a","b"}`: a text array literal for a `$n::text[]` parameter.
-fn text_array(items: impl IntoIterator<Item = String>) -> String {
+pub fn text_array(items: impl IntoIterator<Item = String>) -> String {
     let quoted: Vec<String> = items
         .into_iter()
         .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
@@ -174,7 +174,7 @@ pub async fn publication_tables(
          FROM pg_publication_tables pt
          JOIN pg_namespace n ON n.nspname = pt.schemaname
          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
-         WHERE pt.pubname = $1
+         WHERE pt.pubname = $1 AND pt.schemaname <> 'pgdog'
          ORDER BY 2, 3"
     );
     let rows = query1(conn, &sql, publication).await?;

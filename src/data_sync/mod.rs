@@ -12,6 +12,7 @@
 pub mod barrier;
 pub mod catalog;
 pub mod copy;
+pub mod cutover;
 pub mod endpoints;
 pub mod error;
 pub mod plan;
@@ -113,6 +114,8 @@ pub enum Outcome {
     Stopped,
     /// `--cleanup` finished.
     CleanedUp,
+    /// `pgdog cutover` ended the stream: the destination takes the writes.
+    CutOver,
 }
 
 /// Shared by every task of one run.
@@ -133,6 +136,34 @@ pub struct Ctx {
     /// Where each source shard's permanent slot starts: a replica must have
     /// replayed this far before it serves a copy.
     pub stream_start: Vec<pgdog_protocol::Lsn>,
+    /// Stream even a move that `pgdog cutover` marked as ended: the
+    /// cutover's own drain of what is left in the slot.
+    pub drain_ended: bool,
+}
+
+impl Ctx {
+    /// What a stream of an existing move needs (no copy): for a command
+    /// that streams the move itself while no `data-sync` does.
+    pub fn for_stream(
+        endpoints: Endpoints,
+        plan: Plan,
+        task: Arc<Task>,
+        shutdown: CancellationToken,
+        copy_sources: Vec<replicas::CopySources>,
+    ) -> Ctx {
+        Ctx {
+            endpoints,
+            plan,
+            task,
+            shutdown,
+            parallel: 1,
+            chunk_bytes: 0,
+            resume: true,
+            copy_sources,
+            stream_start: Vec::new(),
+            drain_ended: false,
+        }
+    }
 }
 
 /// Default parallel copies per server read: twice the cores here (a copy
@@ -156,7 +187,9 @@ pub async fn run(
     *task.options.lock().unwrap_or_else(|e| e.into_inner()) = Some(opts.clone());
     let result = run_inner(config, &opts, &task, shutdown).await;
     task.end(result.as_ref().map(|o| *o == Outcome::Stopped));
+    let cut_over = task.cut_over.load(std::sync::atomic::Ordering::Relaxed);
     match result {
+        Ok(Outcome::Stopped) | Err(DataSyncError::Stopped) if cut_over => Ok(Outcome::CutOver),
         Err(DataSyncError::Stopped) => Ok(Outcome::Stopped),
         other => other,
     }
@@ -291,6 +324,7 @@ async fn run_inner(
         resume: findings.slot_exists.iter().any(|e| *e),
         copy_sources: findings.copy_sources.clone(),
         stream_start,
+        drain_ended: false,
     });
 
     if opts.mode != Mode::ReplicateOnly {

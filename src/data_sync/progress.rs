@@ -22,6 +22,9 @@ pub enum Phase {
     Streaming,
     /// `pgdog verify`: holding the move at one LSN, then comparing.
     Verifying,
+    /// `pgdog cutover`: freezing, draining, switching (the step is shown).
+    CuttingOver,
+
     Stopped,
     Failed,
     Done,
@@ -36,6 +39,7 @@ impl Phase {
             Phase::Indexing => "building indexes",
             Phase::Streaming => "streaming",
             Phase::Verifying => "verifying",
+            Phase::CuttingOver => "cutting over",
             Phase::Stopped => "stopped",
             Phase::Failed => "failed",
             Phase::Done => "done",
@@ -460,6 +464,10 @@ pub struct Task {
     pub verify: Mutex<Vec<Arc<VerifyItem>>>,
     /// The move's command line, for a VERIFY of it from the console.
     pub options: Mutex<Option<super::Options>>,
+    /// A cutover ended this move's stream (it does not resume).
+    pub cut_over: std::sync::atomic::AtomicBool,
+    /// `pgdog cutover`: the step it is at, for SHOW TASKS.
+    pub step: Mutex<Option<String>>,
 }
 
 impl Task {
@@ -484,6 +492,8 @@ impl Task {
             schema: Mutex::new(Vec::new()),
             verify: Mutex::new(Vec::new()),
             options: Mutex::new(None),
+            cut_over: Default::default(),
+            step: Mutex::new(None),
         }
     }
 
@@ -520,6 +530,15 @@ impl Task {
     }
 
     /// What the task waits for right now, if anything.
+    /// The cutover step, if this task is a cutover.
+    pub fn step(&self) -> Option<String> {
+        self.step.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_step(&self, step: impl Into<String>) {
+        *self.step.lock().unwrap_or_else(|e| e.into_inner()) = Some(step.into());
+    }
+
     pub fn waiting(&self) -> Option<String> {
         self.waiting
             .lock()

@@ -78,6 +78,18 @@ JOIN pg_namespace sn ON sn.oid = s.relnamespace
 JOIN pg_class t ON t.oid = tabs.tab
 JOIN pg_namespace tn ON tn.oid = t.relnamespace";
 
+/// Whose increment a sequence keeps (times the shard count when it is
+/// interleaved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncrementFrom {
+    /// The source's: after a move.
+    Source,
+    /// The destination's own: after a rollback, the destination is the
+    /// cluster the sequence had before the move, and the source's is
+    /// already interleaved.
+    Dest,
+}
+
 /// What a sequence stands at on one server: the last value handed out
 /// (`None`: never used) and its increment and bounds.
 async fn state(
@@ -111,7 +123,12 @@ async fn state(
 }
 
 /// Work out what to set, reading every source and destination shard.
-pub async fn plan(endpoints: &Endpoints, plan: &Plan, margin: i64) -> Result<Vec<SequencePlan>> {
+pub async fn plan(
+    endpoints: &Endpoints,
+    plan: &Plan,
+    margin: i64,
+    increment_from: IncrementFrom,
+) -> Result<Vec<SequencePlan>> {
     let m = plan.dest_shards();
     let mut conn = endpoints.connect_source(0, false).await?;
     let rows = conn.query(SEQUENCES_SQL).await?;
@@ -154,20 +171,14 @@ pub async fn plan(endpoints: &Endpoints, plan: &Plan, margin: i64) -> Result<Vec
             let Some((last, inc, _, max)) = state(c, &schema, &name).await? else {
                 continue;
             };
-            if i == 0 {
+            if i == 0 && increment_from == IncrementFrom::Source {
                 increment = inc;
                 bound = max;
             }
             highest = highest.max(last);
         }
-        if increment <= 0 {
-            return Err(DataSyncError::preflight(
-                format!("{what} counts down (INCREMENT BY {increment}); pgdog only sets ascending sequences"),
-                format!("set {what} on every destination shard by hand"),
-            ));
-        }
         for (d, c) in dests.iter_mut().enumerate() {
-            let Some((last, _, _, max)) = state(c, &schema, &name).await? else {
+            let Some((last, inc, _, max)) = state(c, &schema, &name).await? else {
                 return Err(DataSyncError::preflight(
                     format!("{what} is missing on destination shard {d}"),
                     "create the schema there first (schema sync does)",
@@ -175,6 +186,15 @@ pub async fn plan(endpoints: &Endpoints, plan: &Plan, margin: i64) -> Result<Vec
             };
             highest = highest.max(last);
             bound = bound.min(max);
+            if d == 0 && increment_from == IncrementFrom::Dest {
+                increment = inc;
+            }
+        }
+        if increment <= 0 {
+            return Err(DataSyncError::preflight(
+                format!("{what} counts down (INCREMENT BY {increment}); pgdog only sets ascending sequences"),
+                format!("set {what} on every destination shard by hand"),
+            ));
         }
         let shards = if interleaved { m as i64 } else { 1 };
         let base = highest
@@ -299,7 +319,7 @@ pub async fn command(
         },
     )
     .await?;
-    let plans = plan(&endpoints, &findings.plan, margin).await?;
+    let plans = plan(&endpoints, &findings.plan, margin, IncrementFrom::Source).await?;
     if !dry_run {
         apply(&endpoints, &plans).await?;
     }

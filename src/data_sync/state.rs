@@ -56,6 +56,29 @@ CREATE TABLE IF NOT EXISTS pgdog.verify_barriers (
     expires_at timestamptz NOT NULL,
     PRIMARY KEY (slot_name, source_shard)
 );
+CREATE TABLE IF NOT EXISTS pgdog.stopped_streams (
+    slot_name text PRIMARY KEY,
+    reason text NOT NULL,
+    stopped_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS pgdog.cutovers (
+    slot_name text PRIMARY KEY,
+    state text NOT NULL,
+    freeze_roles text[] NOT NULL,
+    frozen_lsns text[],
+    reverse_publication text NOT NULL,
+    reverse_slot text NOT NULL,
+    error text,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS pgdog.cutover_freezes (
+    slot_name text NOT NULL,
+    cluster text NOT NULL,
+    shard int NOT NULL,
+    relation text NOT NULL,
+    frozen_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (slot_name, cluster, shard, relation)
+);
 CREATE TABLE IF NOT EXISTS pgdog.hash_bigint (k bigint) PARTITION BY HASH (k);
 CREATE TABLE IF NOT EXISTS pgdog.hash_text (k text) PARTITION BY HASH (k);
 CREATE TABLE IF NOT EXISTS pgdog.hash_uuid (k uuid) PARTITION BY HASH (k);
@@ -77,6 +100,45 @@ pub async fn ensure_schema(conn: &mut Connection) -> Result<()> {
         "BEGIN; SELECT pg_advisory_xact_lock(7205403100420); {SCHEMA_SQL} COMMIT;"
     ))
     .await?;
+    Ok(())
+}
+
+/// Why the stream of `slot` must not run any more (a cutover ended it),
+/// if it must not.
+pub async fn stream_stopped(conn: &mut Connection, slot: &str) -> Result<Option<String>> {
+    let rows = conn
+        .query_text(
+            "SELECT reason || ' (' || to_char(stopped_at, 'YYYY-MM-DD HH24:MI:SS TZ') || ')' FROM pgdog.stopped_streams WHERE slot_name = $1",
+            &[slot],
+        )
+        .await?;
+    Ok(rows.first().and_then(|r| r.text(0)).map(str::to_string))
+}
+
+/// Mark the stream of `slot` as ended for good (`reason`), or (`None`)
+/// let it run again.
+pub async fn set_stream_stopped(
+    conn: &mut Connection,
+    slot: &str,
+    reason: Option<&str>,
+) -> Result<()> {
+    match reason {
+        Some(r) => {
+            conn.query_text(
+                "INSERT INTO pgdog.stopped_streams (slot_name, reason) VALUES ($1, $2)
+                 ON CONFLICT (slot_name) DO UPDATE SET reason = EXCLUDED.reason",
+                &[slot, r],
+            )
+            .await?
+        }
+        None => {
+            conn.query_text(
+                "DELETE FROM pgdog.stopped_streams WHERE slot_name = $1",
+                &[slot],
+            )
+            .await?
+        }
+    };
     Ok(())
 }
 
@@ -195,18 +257,28 @@ pub async fn forget(conn: &mut Connection, slot: &str) -> Result<()> {
         &[slot],
     )
     .await?;
-    for table in ["schema_tables", "schema_phases", "verify_barriers"] {
+    for table in [
+        "schema_tables",
+        "schema_phases",
+        "verify_barriers",
+        "stopped_streams",
+        "cutovers",
+        "cutover_freezes",
+    ] {
         conn.query_text(
             &format!("DELETE FROM pgdog.{table} WHERE slot_name = $1"),
             &[slot],
         )
         .await?;
     }
-    // Drop the schema when no other move uses it.
+    // Drop the schema when no other move uses it, and no table is frozen
+    // by a cutover (the freeze triggers call a function in it).
     conn.execute(
         "DO $$ BEGIN
            IF NOT EXISTS (SELECT 1 FROM pgdog.copy_progress) AND NOT EXISTS (SELECT 1 FROM pgdog.replication_progress)
-              AND NOT EXISTS (SELECT 1 FROM pgdog.schema_tables) AND NOT EXISTS (SELECT 1 FROM pgdog.schema_phases) THEN
+              AND NOT EXISTS (SELECT 1 FROM pgdog.schema_tables) AND NOT EXISTS (SELECT 1 FROM pgdog.schema_phases)
+              AND NOT EXISTS (SELECT 1 FROM pgdog.cutovers)
+              AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'pgdog_cutover_freeze') THEN
              DROP SCHEMA pgdog CASCADE;
            END IF;
          END $$",

@@ -5,6 +5,7 @@
 //! statement into words; keywords are case-insensitive, names are taken as
 //! written (quotes, single or double, keep spaces and case).
 
+mod cutover;
 mod data_sync;
 mod help;
 mod show_config;
@@ -29,6 +30,7 @@ use super::reply::Reply;
 use crate::config::Config;
 use crate::data_sync::{Phase, Registry};
 
+pub use cutover::Cutover;
 pub use data_sync::DataSync;
 pub use help::Help;
 pub use show_config::ShowConfig;
@@ -103,6 +105,7 @@ pub fn is_running(phase: Phase) -> bool {
             | Phase::Indexing
             | Phase::Streaming
             | Phase::Verifying
+            | Phase::CuttingOver
     )
 }
 
@@ -138,6 +141,7 @@ pub enum Command {
     ShowVerify(ShowVerify),
     DataSync(DataSync),
     Verify(Verify),
+    Cutover(Cutover),
     StopTask(StopTask),
     Help(Help),
 }
@@ -155,6 +159,7 @@ pub const COMMANDS: &[Usage] = &[
     ShowVerify::USAGE,
     DataSync::USAGE,
     Verify::USAGE,
+    Cutover::USAGE,
     StopTask::USAGE,
     Help::USAGE,
 ];
@@ -201,6 +206,7 @@ impl Command {
             "DATA_SYNC" => DataSync::parse(rest).map(Command::DataSync),
             "STOP_TASK" => StopTask::parse(rest).map(Command::StopTask),
             "VERIFY" => Verify::parse(rest).map(Command::Verify),
+            "CUTOVER" => Cutover::parse(rest).map(Command::Cutover),
             "HELP" => Help::parse(rest).map(Command::Help),
             _ => Err(CommandError::unknown(format!(
                 "unknown admin command \"{}\"",
@@ -223,6 +229,7 @@ impl Command {
             Command::ShowSchemaSync(c) => c.execute(ctx).await,
             Command::ShowVerify(c) => c.execute(ctx).await,
             Command::Verify(c) => c.execute(ctx).await,
+            Command::Cutover(c) => c.execute(ctx).await,
             Command::DataSync(c) => c.execute(ctx).await,
             Command::StopTask(c) => c.execute(ctx).await,
             Command::Help(c) => c.execute(ctx).await,

@@ -46,7 +46,10 @@ impl AdminCommand for ShowTasks {
                 text(&task.dest),
                 text(&task.publication),
                 (!slot.is_empty()).then_some(slot),
-                text(task.phase().as_str()),
+                text(match task.step() {
+                    Some(step) => format!("{} ({step})", task.phase().as_str()),
+                    None => task.phase().as_str().to_string(),
+                }),
                 text(timestamp(task.started)),
                 text(interval(task.elapsed().as_secs_f64())),
                 task.waiting(),

@@ -138,12 +138,13 @@ pub async fn run(
     task: &Arc<Task>,
     shutdown: &CancellationToken,
 ) -> Result<Report> {
-    let result = run_inner(config, opts, request, task, shutdown).await;
+    let result = run_in(config, opts, request, task, shutdown).await;
     task.end(result.as_ref().map(|_| false));
     result
 }
 
-async fn run_inner(
+/// [`run`] as one step of a longer task (a cutover): `task` does not end.
+pub async fn run_in(
     config: Arc<Config>,
     opts: &Options,
     request: &Request,
@@ -285,17 +286,13 @@ async fn consistent_point(
             slot,
             "no data-sync streams this move: verify applies from the slot itself"
         );
-        let ctx = Arc::new(Ctx {
-            endpoints: endpoints.clone(),
-            plan: plan.clone(),
-            task: task.clone(),
-            shutdown: own_stream.clone(),
-            parallel: 1,
-            chunk_bytes: 0,
-            resume: true,
-            copy_sources: findings.copy_sources.clone(),
-            stream_start: Vec::new(),
-        });
+        let ctx = Arc::new(Ctx::for_stream(
+            endpoints.clone(),
+            plan.clone(),
+            task.clone(),
+            own_stream.clone(),
+            findings.copy_sources.clone(),
+        ));
         streamer = Some(tokio::spawn(super::stream::run(ctx)));
     }
     let id = format!("pid {} task {}", std::process::id(), task.id);

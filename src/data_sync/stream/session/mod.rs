@@ -120,6 +120,20 @@ impl<'a> Session<'a> {
     ) -> Result<()> {
         let plan = &ctx.plan;
         let m = plan.dest_shards();
+        // A move that was cut over never streams again (its destination
+        // takes the writes, and streams back).
+        if !ctx.drain_ended {
+            let mut conn = ctx.endpoints.connect_dest(0).await?;
+            state::ensure_schema(&mut conn).await?;
+            let stopped = state::stream_stopped(&mut conn, &plan.slot).await?;
+            conn.close().await;
+            if let Some(why) = stopped {
+                return Err(DataSyncError::preflight(
+                    format!("the move of slot \"{}\" does not stream any more: {why}", plan.slot),
+                    "this is the state pgdog cutover left; pgdog cutover --rollback makes the source the primary again and lets this move stream",
+                ));
+            }
+        }
         // Destinations first: what they already hold decides what to skip.
         let mut dests = Vec::with_capacity(m);
         let mut copied_at = Vec::with_capacity(m);
@@ -529,6 +543,7 @@ impl<'a> Session<'a> {
     async fn pause_if_asked(&mut self) -> Result<()> {
         match &self.asked {
             Some(r) if r.ask == Ask::Pause => self.hold(r.clone(), "paused").await,
+            Some(r) if r.ask == Ask::Stop => self.stop_for_cutover(),
             _ => Ok(()),
         }
     }
@@ -545,6 +560,7 @@ impl<'a> Session<'a> {
                 Ask::HoldAt(target) if lsn >= target => "held",
                 Ask::Pause => "paused",
                 Ask::HoldAt(_) => return Ok(()),
+                Ask::Stop => return self.stop_for_cutover(),
             },
             None => return Ok(()),
         };
@@ -562,6 +578,7 @@ impl<'a> Session<'a> {
         let answer = barrier::Answer {
             source_shard: self.s,
             id: request.id.clone(),
+            ask: request.ask.clone(),
             state,
             lsn: self.last_commit,
         };
@@ -585,10 +602,21 @@ impl<'a> Session<'a> {
                 _ = self.ctx.shutdown.cancelled() => return Err(DataSyncError::Stopped),
             }
             self.refresh_ask();
+            if self.asked.as_ref().is_some_and(|r| r.ask == Ask::Stop) {
+                return self.stop_for_cutover();
+            }
             if self.asked.as_ref() != Some(&request) {
                 return Ok(());
             }
         }
+    }
+
+    /// A cutover ends the stream here, at a transaction boundary, for
+    /// good: the clean stop commits and confirms what was applied.
+    fn stop_for_cutover(&mut self) -> Result<()> {
+        info!(source_shard = self.s, last_commit = %self.last_commit, "the move was cut over: the stream ends here");
+        self.ctx.task.cut_over.store(true, Ordering::Relaxed);
+        Err(DataSyncError::Stopped)
     }
 
     fn stream_error(&self, message: &str) -> DataSyncError {

@@ -1,0 +1,167 @@
+//! Freezing a cluster's published tables for the application's roles.
+//!
+//! A statement-level `BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE`
+//! trigger on every published table and every partition under it raises
+//! for the freeze roles (by name, or by membership unless the session is
+//! a superuser's). Triggers are looked up per statement, so sessions that
+//! are already open cannot write either once the freeze commits. pgdog's
+//! own apply runs with `session_replication_role = replica`, where such
+//! triggers do not fire, so a stream into a frozen cluster goes on.
+//!
+//! Creating a trigger takes a SHARE ROW EXCLUSIVE lock: it waits for
+//! running writes to the table and blocks new ones until the freeze
+//! commits, so every write committed before the freeze is before its LSN.
+//! Each shard freezes in one transaction with a short `lock_timeout`,
+//! retried until the caller's deadline. Unfreezing drops the triggers
+//! (the function stays, unused), which is the exact reverse.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::super::catalog::{quote_literal, TableName};
+use super::super::error::{DataSyncError, Result};
+use crate::net::Connection;
+
+/// The trigger's name on every frozen relation.
+pub const TRIGGER: &str = "pgdog_cutover_freeze";
+
+/// How long one attempt waits for a table's lock before it lets go of
+/// every lock it took and tries again.
+const LOCK_TIMEOUT: &str = "2s";
+
+const FUNCTION_SQL: &str = "CREATE SCHEMA IF NOT EXISTS pgdog;
+CREATE OR REPLACE FUNCTION pgdog.cutover_freeze() RETURNS trigger LANGUAGE plpgsql AS $pgdog$
+BEGIN
+    IF session_user::text = ANY (TG_ARGV) OR current_user::text = ANY (TG_ARGV)
+       OR (NOT coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = session_user), false)
+           AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = ANY (TG_ARGV)
+                       AND pg_has_role(session_user, r.oid, 'MEMBER'))) THEN
+        RAISE EXCEPTION 'pgdog cutover: % on %.% is frozen for role %', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, session_user
+            USING ERRCODE = 'read_only_sql_transaction',
+                  HINT = 'this cluster no longer takes the application''s writes: connect to the cluster the data moved to';
+    END IF;
+    RETURN NULL;
+END
+$pgdog$;";
+
+/// Every relation to freeze for `tables`: the tables and every partition
+/// under them, as `regclass` text (quoted where needed).
+pub async fn relations(conn: &mut Connection, tables: &[TableName]) -> Result<Vec<String>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list: Vec<String> = tables
+        .iter()
+        .map(|t| format!("({})", quote_literal(&t.quoted())))
+        .collect();
+    let rows = conn
+        .query(&format!(
+            "SELECT DISTINCT r::text FROM (VALUES {}) t(name),
+                 LATERAL (SELECT t.name::regclass AS r UNION SELECT relid FROM pg_partition_tree(t.name::regclass)) x
+             ORDER BY 1",
+            list.join(", ")
+        ))
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.text(0).map(str::to_string))
+        .collect())
+}
+
+/// Roles among `roles` that do not exist on this server.
+pub async fn missing_roles(conn: &mut Connection, roles: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for r in roles {
+        let rows = conn
+            .query_text("SELECT 1 FROM pg_roles WHERE rolname = $1", &[r])
+            .await?;
+        if rows.is_empty() {
+            out.push(r.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Freeze `relations` on one server for `roles`, in one transaction,
+/// retrying lock timeouts until `deadline`. `what` names the server.
+pub async fn freeze(
+    conn: &mut Connection,
+    relations: &[String],
+    roles: &[String],
+    deadline: Instant,
+    what: &str,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let args: Vec<String> = roles.iter().map(|r| quote_literal(r)).collect();
+    let mut sql = format!("SET lock_timeout = '{LOCK_TIMEOUT}'; BEGIN; {FUNCTION_SQL}\n");
+    for r in relations {
+        sql.push_str(&format!(
+            "CREATE OR REPLACE TRIGGER {TRIGGER} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {r} FOR EACH STATEMENT EXECUTE FUNCTION pgdog.cutover_freeze({});\n",
+            args.join(", ")
+        ));
+    }
+    sql.push_str("COMMIT; RESET lock_timeout;");
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match conn.execute(&sql).await {
+            Ok(()) => {
+                info!(
+                    relations = relations.len(),
+                    attempt, "froze the published tables on {what}"
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                // The transaction stays open after an error in it.
+                let _ = conn.execute("ROLLBACK; RESET lock_timeout").await;
+                let lock = e.code() == Some("55P03") || e.code() == Some("40P01");
+                if !lock {
+                    return Err(e.into());
+                }
+                if Instant::now() >= deadline {
+                    return Err(DataSyncError::State(format!(
+                        "freezing the published tables on {what}: their locks were not free within the timeout (last: {e})"
+                    )));
+                }
+                if attempt == 1 || attempt % 5 == 0 {
+                    warn!("freezing on {what}: a table is locked by a running transaction, trying again ({e})");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = shutdown.cancelled() => return Err(DataSyncError::Stopped),
+                }
+            }
+        }
+    }
+}
+
+/// Drop every freeze trigger on this server (whatever froze them); the
+/// relations that were frozen.
+pub async fn unfreeze(conn: &mut Connection) -> Result<Vec<String>> {
+    let rows = conn
+        .query_text(
+            "SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = $1 ORDER BY 1",
+            &[TRIGGER],
+        )
+        .await?;
+    let relations: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.text(0).map(str::to_string))
+        .collect();
+    if relations.is_empty() {
+        return Ok(relations);
+    }
+    let mut sql = String::from("BEGIN;\n");
+    for r in &relations {
+        sql.push_str(&format!("DROP TRIGGER IF EXISTS {TRIGGER} ON {r};\n"));
+    }
+    sql.push_str("COMMIT;");
+    if let Err(e) = conn.execute(&sql).await {
+        let _ = conn.execute("ROLLBACK").await;
+        return Err(e.into());
+    }
+    Ok(relations)
+}
