@@ -424,6 +424,12 @@ async fn wait_orders(servers: &[pgdog::harness::Cluster], notes: &[String], what
     }
 }
 
+/// The slot the reverse stream reads on every destination shard: named like
+/// any move's slot, after the reverse publication and the source database.
+fn reverse_slot() -> String {
+    pgdog::data_sync::default_slot_name("pgdog_reverse", "source")
+}
+
 /// Slots named `name` on `servers`.
 async fn slots(servers: &[pgdog::harness::Cluster], name: &str) -> i64 {
     let mut n = 0;
@@ -548,6 +554,8 @@ async fn cutover_1_to_2_under_writes_then_complete() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The way back reads a permanent slot on each destination shard.
+    assert_eq!(slots(&fleet.dests, &reverse_slot()).await, 2);
     let (status, out) = run_cutover(&files, &["--complete"], &[], "complete.log");
     assert!(status.success(), "{out}");
     assert!(out.contains("complete:"), "{out}");
@@ -562,7 +570,7 @@ async fn cutover_1_to_2_under_writes_then_complete() {
     let log = files.log("cutover.log");
     assert!(status.success(), "{log}");
     assert!(log.contains("the reverse stream was ended"), "{log}");
-    assert_eq!(slots(&fleet.dests, "pgdog_reverse_source").await, 0);
+    assert_eq!(slots(&fleet.dests, &reverse_slot()).await, 0);
     assert_eq!(slots(&fleet.sources, &run.slot).await, 0);
     assert!(freeze_triggers(&fleet.sources[0]).await > 0);
     assert_frozen(&mut as_role(&fleet.sources[0]).await, "after --complete").await;
@@ -646,6 +654,7 @@ async fn cutover_2_to_3_killed_at_every_step_then_rolled_back() {
     assert_sequences_above(&fleet.dests, &fleet.sources).await;
     let notes = write_orders(&fleet.dests, "on the destination").await;
     wait_orders(&fleet.sources, &notes, "streamed back 3→2").await;
+    assert_eq!(slots(&fleet.dests, &reverse_slot()).await, 3);
 
     for at in ["rollback-frozen", "rollback-drained", "rollback-advanced"] {
         let log = format!("crash-{at}.log");
@@ -681,7 +690,7 @@ async fn cutover_2_to_3_killed_at_every_step_then_rolled_back() {
     for s in &fleet.sources {
         assert_eq!(freeze_triggers(s).await, 0);
     }
-    assert_eq!(slots(&fleet.dests, "pgdog_reverse_source").await, 0);
+    assert_eq!(slots(&fleet.dests, &reverse_slot()).await, 0);
     assert_sequences_above(&fleet.sources, &fleet.dests).await;
 
     // The source takes the application's writes, and the move resumes.
@@ -746,4 +755,154 @@ async fn cutover_times_out_on_a_lock_and_leaves_the_source_writable() {
         .unwrap();
     verify_equal(&fleet, &checks(2, false)).await;
     assert_eq!(run.stop().await.unwrap(), Outcome::Stopped);
+}
+
+/// Rows of an admin console query as text cells.
+async fn admin_rows(conn: &mut Connection, sql: &str) -> Vec<Vec<String>> {
+    let rows = conn
+        .query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.text(i).unwrap_or("").to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// The phase of task `id` in SHOW TASKS.
+async fn task_phase(conn: &mut Connection, id: &str) -> Option<String> {
+    // id, kind, source, destination, publication, slot, phase, ...
+    let rows = conn.query("SHOW TASKS").await.unwrap();
+    rows.iter()
+        .find(|r| r.text(0) == Some(id))
+        .and_then(|r| r.text(6).map(str::to_string))
+}
+
+/// `DATA_SYNC` then `CUTOVER` in the admin console: the move is cut over
+/// while the application writes, SHOW TASKS follows it, the destination
+/// streams back, and STOP_TASK ends the way back with its slot kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cutover_from_the_admin_console() {
+    init_logging();
+    let fleet = Fleet::start(1, 2, ClusterOptions::default()).await.unwrap();
+    fleet.on_sources(SCHEMA).await.unwrap();
+    fleet.on_sources(&load_sql(0, 1)).await.unwrap();
+    fleet
+        .on_dests(&format!("CREATE ROLE {ROLE} LOGIN"))
+        .await
+        .unwrap();
+    let rules = sharding("dest") + &sharding("source");
+    let files = ConfigFiles::write(&fleet, &rules);
+    let password = "cutover-console";
+    let main = files.dir.join("pgdog.toml");
+    let text = std::fs::read_to_string(&main).unwrap()
+        + &format!("\n[admin]\npassword = \"{password}\"\n");
+    std::fs::write(&main, text).unwrap();
+    let config = std::sync::Arc::new(
+        pgdog::config::Config::load(&main, &files.dir.join("users.toml")).unwrap(),
+    );
+    let registry = std::sync::Arc::new(pgdog::data_sync::Registry::default());
+    let port = pgdog::harness::cluster::free_port().unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    let served = tokio::spawn(pgdog::admin::serve(
+        config,
+        registry.clone(),
+        Some(port),
+        token.clone(),
+    ));
+    let opts = pgdog::net::ConnectOptions::new("127.0.0.1", port, "admin", "admin")
+        .password(Some(password));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut console = loop {
+        match Connection::connect(&opts).await {
+            Ok(c) => break c,
+            Err(e) => assert!(Instant::now() < deadline, "admin console: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let started = admin_rows(&mut console, "DATA_SYNC source pgdog dest pgdog pub").await;
+    assert_eq!(started[0][0], "1", "{started:?}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while task_phase(&mut console, "1").await.as_deref() != Some("streaming") {
+        assert!(Instant::now() < deadline, "the move is not streaming");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet.on_dests(&grants()).await.unwrap();
+    let app = App::start(&files, &fleet.sources[0], "app");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Refused before anything changes: no such task, no roles.
+    let err = console.query("CUTOVER 9 webapp").await.unwrap_err();
+    assert_eq!(err.code(), Some("42704"), "{err}");
+    let err = console.query("CUTOVER 1").await.unwrap_err();
+    assert!(err.to_string().contains("roles"), "{err}");
+
+    let cut = admin_rows(&mut console, &format!("CUTOVER 1 {ROLE}")).await;
+    assert_eq!(cut, [["2", "1"]]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen_cutting = false;
+    while cutover_state(&fleet).await.as_deref() != Some("cut_over") {
+        seen_cutting |= task_phase(&mut console, "2").await.as_deref() == Some("cutting over");
+        assert_ne!(
+            task_phase(&mut console, "2").await.as_deref(),
+            Some("failed"),
+            "{:?}",
+            admin_rows(&mut console, "SHOW TASKS").await
+        );
+        assert!(Instant::now() < deadline, "no cutover after 120 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The reverse stream is a task of its own, and the move ended.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while task_phase(&mut console, "3").await.as_deref() != Some("streaming") {
+        assert!(
+            Instant::now() < deadline,
+            "the reverse stream does not stream: {:?}",
+            admin_rows(&mut console, "SHOW TASKS").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        task_phase(&mut console, "1").await.as_deref(),
+        Some("stopped")
+    );
+    let tasks = admin_rows(&mut console, "SHOW TASKS").await;
+    assert!(
+        seen_cutting || tasks.iter().any(|r| r[0] == "2"),
+        "{tasks:?}"
+    );
+
+    let bench = app.wait_ended(Duration::from_secs(30));
+    assert!(bench.contains("frozen for role"), "pgbench:\n{bench}");
+    assert_frozen(&mut as_role(&fleet.sources[0]).await, "after CUTOVER").await;
+    verify_equal(&fleet, &checks(2, false)).await;
+    assert_sequences_above(&fleet.dests, &fleet.sources).await;
+    assert!(files.dir.join("pgdog.toml.cutover").exists());
+
+    let notes = write_orders(&fleet.dests, "after CUTOVER").await;
+    wait_orders(&fleet.sources, &notes, "streamed back").await;
+
+    // The cutover task itself is done once the switch is made; STOP_TASK
+    // on the reverse stream ends the way back, and its slots stay.
+    let phase = task_phase(&mut console, "2").await.unwrap_or_default();
+    assert!(phase.starts_with("done (cut over"), "{phase}");
+    let stopped = admin_rows(&mut console, "STOP_TASK 3").await;
+    assert_eq!(stopped[0][0], "3", "{stopped:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while task_phase(&mut console, "3").await.as_deref() == Some("streaming") {
+        assert!(Instant::now() < deadline, "the reverse stream still runs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(slots(&fleet.dests, &reverse_slot()).await, 2);
+    console.close().await;
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(60), served)
+        .await
+        .expect("the console stops")
+        .unwrap()
+        .unwrap();
 }

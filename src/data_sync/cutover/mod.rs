@@ -948,7 +948,7 @@ async fn switch(
     record.state = "cut_over".into();
     write_record(&mut dest0, &slot, &record, None).await?;
     dest0.close().await;
-    task.set_step("done: streaming back");
+    task.set_step("cut over; the stream back is a task of its own");
     let mut summary = format!(
         "cut over: every write committed on the source before the freeze is on {to}, its sequences are set, and the source is frozen for {roles}.\n\
          The application now writes to {to}: ",
