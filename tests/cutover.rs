@@ -463,17 +463,31 @@ async fn freeze_triggers(server: &pgdog::harness::Cluster) -> i64 {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cutover_1_to_2_under_writes_then_complete() {
-    init_logging();
-    let fleet = Fleet::start(1, 2, ClusterOptions::default()).await.unwrap();
+/// `sources` → `dests` clusters with the application's schema and rows on
+/// the sources, its role on the destination too, and sharding rules for
+/// both ways; the rules.
+async fn app_fleet(sources: usize, dests: usize) -> (Fleet, String) {
+    let fleet = Fleet::start(sources, dests, ClusterOptions::default())
+        .await
+        .unwrap();
     fleet.on_sources(SCHEMA).await.unwrap();
-    fleet.on_sources(&load_sql(0, 1)).await.unwrap();
+    for (s, server) in fleet.sources.iter().enumerate() {
+        let mut c = Connection::connect(&server.options("postgres", DATABASE))
+            .await
+            .unwrap();
+        c.execute(&load_sql(s, sources)).await.unwrap();
+    }
     fleet
         .on_dests(&format!("CREATE ROLE {ROLE} LOGIN"))
         .await
         .unwrap();
-    let rules = sharding("dest") + &sharding("source");
+    (fleet, sharding("dest") + &sharding("source"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cutover_1_to_2_under_writes_then_complete() {
+    init_logging();
+    let (fleet, rules) = app_fleet(1, 2).await;
     let config = fleet.config(&rules).unwrap();
     let files = ConfigFiles::write(&fleet, &rules);
     let mut run = start(config, move_options("pub", Mode::Full));
@@ -589,19 +603,7 @@ async fn cutover_1_to_2_under_writes_then_complete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cutover_2_to_3_killed_at_every_step_then_rolled_back() {
     init_logging();
-    let fleet = Fleet::start(2, 3, ClusterOptions::default()).await.unwrap();
-    fleet.on_sources(SCHEMA).await.unwrap();
-    for (s, server) in fleet.sources.iter().enumerate() {
-        let mut c = Connection::connect(&server.options("postgres", DATABASE))
-            .await
-            .unwrap();
-        c.execute(&load_sql(s, 2)).await.unwrap();
-    }
-    fleet
-        .on_dests(&format!("CREATE ROLE {ROLE} LOGIN"))
-        .await
-        .unwrap();
-    let rules = sharding("dest") + &sharding("source");
+    let (fleet, rules) = app_fleet(2, 3).await;
     let config = fleet.config(&rules).unwrap();
     let files = ConfigFiles::write(&fleet, &rules);
     let mut run = start(config.clone(), move_options("pub", Mode::Full));
@@ -787,14 +789,7 @@ async fn task_phase(conn: &mut Connection, id: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cutover_from_the_admin_console() {
     init_logging();
-    let fleet = Fleet::start(1, 2, ClusterOptions::default()).await.unwrap();
-    fleet.on_sources(SCHEMA).await.unwrap();
-    fleet.on_sources(&load_sql(0, 1)).await.unwrap();
-    fleet
-        .on_dests(&format!("CREATE ROLE {ROLE} LOGIN"))
-        .await
-        .unwrap();
-    let rules = sharding("dest") + &sharding("source");
+    let (fleet, rules) = app_fleet(1, 2).await;
     let files = ConfigFiles::write(&fleet, &rules);
     let password = "cutover-console";
     let main = files.dir.join("pgdog.toml");

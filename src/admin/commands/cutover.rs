@@ -6,7 +6,7 @@
 use tracing::{info, warn};
 
 use super::{AdminCommand, Context, Usage};
-use crate::admin::error::{sqlstate, CommandError};
+use crate::admin::error::CommandError;
 use crate::admin::format::text;
 use crate::admin::reply::Reply;
 use crate::data_sync::cutover::{self, Done};
@@ -49,19 +49,7 @@ impl AdminCommand for Cutover {
     }
 
     async fn execute(&self, ctx: &Context) -> Result<Reply, CommandError> {
-        let Some(of) = ctx.registry.get(self.id) else {
-            return Err(
-                CommandError::unknown(format!("no task with id {}", self.id))
-                    .hint("SHOW TASKS lists the tasks; CUTOVER takes a DATA_SYNC task's id"),
-            );
-        };
-        let Some(opts) = of.options.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
-            return Err(CommandError::new(
-                sqlstate::OBJECT_IN_USE,
-                format!("task {} is not a data-sync move", self.id),
-            )
-            .hint("CUTOVER takes the id of a task DATA_SYNC started"));
-        };
+        let opts = super::move_options(ctx, self.id, "CUTOVER")?;
         let task = ctx
             .registry
             .new_task(&opts.from_database, &opts.to_database, &opts.publication);

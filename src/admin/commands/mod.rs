@@ -95,6 +95,32 @@ where
     });
 }
 
+/// The options of the move DATA_SYNC started as task `id`, for `command`
+/// (VERIFY, CUTOVER) to act on, or an error saying what `id` is instead.
+pub fn move_options(
+    ctx: &Context,
+    id: u64,
+    command: &str,
+) -> Result<crate::data_sync::Options, CommandError> {
+    let Some(of) = ctx.registry.get(id) else {
+        return Err(
+            CommandError::unknown(format!("no task with id {id}")).hint(format!(
+                "SHOW TASKS lists the tasks; {command} takes a DATA_SYNC task's id"
+            )),
+        );
+    };
+    let opts = of.options.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    opts.ok_or_else(|| {
+        CommandError::new(
+            super::error::sqlstate::OBJECT_IN_USE,
+            format!("task {id} is not a data-sync move"),
+        )
+        .hint(format!(
+            "{command} takes the id of a task DATA_SYNC started"
+        ))
+    })
+}
+
 /// A task that has not ended.
 pub fn is_running(phase: Phase) -> bool {
     matches!(

@@ -763,6 +763,40 @@ async fn wait_lag(
     Ok(())
 }
 
+/// Freezes `roles` on every shard that `endpoints` reads from (`cluster`
+/// names it in `pgdog.cutover_freezes` and in errors). What is frozen is
+/// recorded on `dest0` before it is, so an unfreeze after a crash finds it.
+#[allow(clippy::too_many_arguments)]
+async fn freeze_shards(
+    endpoints: &Endpoints,
+    plan: &Plan,
+    cluster: &str,
+    dest0: &mut Connection,
+    slot: &str,
+    roles: &[String],
+    deadline: Instant,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let tables: Vec<_> = plan.tables.iter().map(|t| t.table.name.clone()).collect();
+    for s in 0..endpoints.source.shards.len() {
+        let mut conn = endpoints.connect_source(s, false).await?;
+        let relations = freeze::relations(&mut conn, &tables).await?;
+        for r in &relations {
+            dest0
+                .query_text(
+                    "INSERT INTO pgdog.cutover_freezes (slot_name, cluster, shard, relation) VALUES ($1, $2, $3::int, $4)
+                     ON CONFLICT DO NOTHING",
+                    &[slot, cluster, &s.to_string(), r],
+                )
+                .await?;
+        }
+        let what = format!("{cluster} shard {s} ({})", endpoints.source(s).addr());
+        freeze::freeze(&mut conn, &relations, roles, deadline, &what, shutdown).await?;
+        conn.close().await;
+    }
+    Ok(())
+}
+
 /// Steps 2 to 5; any error leaves it to the caller to unfreeze.
 #[allow(clippy::too_many_arguments)]
 async fn freeze_drain_verify(
@@ -786,32 +820,17 @@ async fn freeze_drain_verify(
         2,
         &format!("freezing the source for {}", record.roles.join(", ")),
     );
-    let tables: Vec<_> = plan.tables.iter().map(|t| t.table.name.clone()).collect();
-    for s in 0..endpoints.source.shards.len() {
-        let mut conn = endpoints.connect_source(s, false).await?;
-        let relations = freeze::relations(&mut conn, &tables).await?;
-        // What is frozen is recorded before it is.
-        for r in &relations {
-            dest0
-                .query_text(
-                    "INSERT INTO pgdog.cutover_freezes (slot_name, cluster, shard, relation) VALUES ($1, 'source', $2::int, $3)
-                     ON CONFLICT DO NOTHING",
-                    &[slot, &s.to_string(), r],
-                )
-                .await?;
-        }
-        let what = format!("source shard {s} ({})", endpoints.source(s).addr());
-        freeze::freeze(
-            &mut conn,
-            &relations,
-            &record.roles,
-            deadline,
-            &what,
-            shutdown,
-        )
-        .await?;
-        conn.close().await;
-    }
+    freeze_shards(
+        endpoints,
+        plan,
+        "source",
+        dest0,
+        slot,
+        &record.roles,
+        deadline,
+        shutdown,
+    )
+    .await?;
     let frozen = mark_lsns(endpoints, "pgdog cutover: frozen").await?;
     record.state = "frozen".into();
     write_record(dest0, slot, &record, None).await?;
@@ -1001,6 +1020,44 @@ async fn cut_over_record(endpoints: &Endpoints, slot: &str, allowed: &[&str]) ->
     }
 }
 
+/// What `--rollback` and `--complete` start from: the finished cutover's
+/// record, now marked `state` (`rolling_back` or `completing`) so that a
+/// rerun after a crash takes the same way.
+struct Finishing {
+    slot: String,
+    endpoints: Endpoints,
+    rev_endpoints: Endpoints,
+    record: Record,
+    dest0: Connection,
+}
+
+impl Finishing {
+    async fn start(
+        config: &Arc<Config>,
+        opts: &Options,
+        task: &Arc<Task>,
+        state: &str,
+    ) -> Result<Finishing> {
+        let slot = opts.slot_name();
+        task.set_phase(Phase::Preflight);
+        let endpoints = Endpoints::of_move(config.clone(), opts)?;
+        let mut record = cut_over_record(&endpoints, &slot, &["cut_over", state]).await?;
+        let rev = reverse_options(opts, &record.reverse_publication, &record.reverse_slot);
+        let rev_endpoints = Endpoints::of_move(config.clone(), &rev)?;
+        let mut dest0 = endpoints.connect_dest(0).await?;
+        record.state = state.into();
+        write_record(&mut dest0, &slot, &record, None).await?;
+        task.set_phase(Phase::CuttingOver);
+        Ok(Finishing {
+            slot,
+            endpoints,
+            rev_endpoints,
+            record,
+            dest0,
+        })
+    }
+}
+
 async fn rollback(
     config: Arc<Config>,
     opts: &Options,
@@ -1008,16 +1065,13 @@ async fn rollback(
     task: &Arc<Task>,
     shutdown: &CancellationToken,
 ) -> Result<Done> {
-    let slot = opts.slot_name();
-    task.set_phase(Phase::Preflight);
-    let endpoints = Endpoints::of_move(config.clone(), opts)?;
-    let mut record = cut_over_record(&endpoints, &slot, &["cut_over", "rolling_back"]).await?;
-    let rev = reverse_options(opts, &record.reverse_publication, &record.reverse_slot);
-    let rev_endpoints = Endpoints::of_move(config.clone(), &rev)?;
-    let mut dest0 = endpoints.connect_dest(0).await?;
-    record.state = "rolling_back".into();
-    write_record(&mut dest0, &slot, &record, None).await?;
-    task.set_phase(Phase::CuttingOver);
+    let Finishing {
+        slot,
+        endpoints,
+        rev_endpoints,
+        mut record,
+        mut dest0,
+    } = Finishing::start(&config, opts, task, "rolling_back").await?;
 
     let slots_left = reverse::slots_exist(&rev_endpoints, &record.reverse_slot).await?;
     if slots_left {
@@ -1044,35 +1098,17 @@ async fn rollback(
                 record.roles.join(", ")
             ),
         );
-        let tables: Vec<_> = rev_plan
-            .tables
-            .iter()
-            .map(|t| t.table.name.clone())
-            .collect();
-        for d in 0..rev_endpoints.source.shards.len() {
-            let mut conn = rev_endpoints.connect_source(d, false).await?;
-            let relations = freeze::relations(&mut conn, &tables).await?;
-            for r in &relations {
-                dest0
-                    .query_text(
-                        "INSERT INTO pgdog.cutover_freezes (slot_name, cluster, shard, relation) VALUES ($1, 'destination', $2::int, $3)
-                         ON CONFLICT DO NOTHING",
-                        &[&slot, &d.to_string(), r],
-                    )
-                    .await?;
-            }
-            let what = format!("destination shard {d} ({})", rev_endpoints.source(d).addr());
-            freeze::freeze(
-                &mut conn,
-                &relations,
-                &record.roles,
-                deadline,
-                &what,
-                shutdown,
-            )
-            .await?;
-            conn.close().await;
-        }
+        freeze_shards(
+            &rev_endpoints,
+            &rev_plan,
+            "destination",
+            &mut dest0,
+            &slot,
+            &record.roles,
+            deadline,
+            shutdown,
+        )
+        .await?;
         fail_point("rollback-frozen");
 
         step(task, 2, "draining the reverse stream");
@@ -1166,17 +1202,14 @@ async fn complete(
     task: &Arc<Task>,
     shutdown: &CancellationToken,
 ) -> Result<Done> {
-    let slot = opts.slot_name();
-    task.set_phase(Phase::Preflight);
-    let endpoints = Endpoints::of_move(config.clone(), opts)?;
-    let mut record = cut_over_record(&endpoints, &slot, &["cut_over", "completing"]).await?;
-    let rev = reverse_options(opts, &record.reverse_publication, &record.reverse_slot);
-    let rev_endpoints = Endpoints::of_move(config.clone(), &rev)?;
-    let mut dest0 = endpoints.connect_dest(0).await?;
-    record.state = "completing".into();
-    write_record(&mut dest0, &slot, &record, None).await?;
+    let Finishing {
+        slot,
+        endpoints,
+        rev_endpoints,
+        record,
+        dest0,
+    } = Finishing::start(&config, opts, task, "completing").await?;
     dest0.close().await;
-    task.set_phase(Phase::CuttingOver);
     task.set_step("ending the reverse stream");
     if reverse::slots_exist(&rev_endpoints, &record.reverse_slot).await? {
         let id = format!(
