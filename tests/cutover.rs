@@ -490,7 +490,7 @@ async fn cutover_1_to_2_under_writes_then_complete() {
     let (fleet, rules) = app_fleet(1, 2).await;
     let config = fleet.config(&rules).unwrap();
     let files = ConfigFiles::write(&fleet, &rules);
-    let mut run = start(config, move_options("pub", Mode::Full));
+    let mut run = start(config.clone(), move_options("pub", Mode::Full));
     run.wait_streaming(Duration::from_secs(120)).await;
     fleet.on_dests(&grants()).await.unwrap();
 
@@ -506,6 +506,15 @@ async fn cutover_1_to_2_under_writes_then_complete() {
     ));
     wait_cut_over(&fleet, &files, &mut cutover, "cutover.log").await;
     let log = files.log("cutover.log");
+    // The move that was cut over does not start again: its preflight says
+    // so, before anything is copied or applied.
+    let again = start(config.clone(), move_options("pub", Mode::Full));
+    let result = tokio::time::timeout(Duration::from_secs(60), again.handle)
+        .await
+        .expect("a second data-sync ends")
+        .unwrap();
+    let err = result.expect_err("a second data-sync refuses").to_string();
+    assert!(err.contains("does not copy or stream any more"), "{err}");
     for step in ["1/7", "2/7", "3/7", "4/7", "5/7", "6/7", "7/7"] {
         assert!(
             log.contains(&format!("cutover step {step}")),

@@ -347,6 +347,16 @@ pub async fn run(
             ),
             Err(e) => return Err(e.into()),
         }
+        // A move that a cutover ended must not copy or stream again: its
+        // destination now takes the application's writes.
+        if d == 0 && !matches!(intent, Intent::Inspect { .. }) {
+            if let Some(why) = state::stream_stopped(&mut conn, slot).await? {
+                problems.push(
+                    format!("the move of slot \"{slot}\" does not copy or stream any more: {why}"),
+                    "this is the state pgdog cutover left; pgdog cutover --rollback makes the source the primary again and lets this move stream",
+                );
+            }
+        }
         let done = state::finished_copies(&mut conn, slot).await?;
         let created: std::collections::HashSet<TableName> = if intent == Intent::CopyCreatingSchema
         {

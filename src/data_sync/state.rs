@@ -106,6 +106,15 @@ pub async fn ensure_schema(conn: &mut Connection) -> Result<()> {
 /// Why the stream of `slot` must not run any more (a cutover ended it),
 /// if it must not.
 pub async fn stream_stopped(conn: &mut Connection, slot: &str) -> Result<Option<String>> {
+    let table = conn
+        .query_text(
+            "SELECT to_regclass('pgdog.stopped_streams') IS NOT NULL",
+            &[],
+        )
+        .await?;
+    if table.first().and_then(|r| r.text(0)) != Some("t") {
+        return Ok(None);
+    }
     let rows = conn
         .query_text(
             "SELECT reason || ' (' || to_char(stopped_at, 'YYYY-MM-DD HH24:MI:SS TZ') || ')' FROM pgdog.stopped_streams WHERE slot_name = $1",
