@@ -1,7 +1,9 @@
 //! `pgdog demo`: a whole move on throwaway local servers. A source and two
-//! destination shards start, the source gets a sample schema and data,
-//! writes keep coming while `data-sync` copies and streams, and at the end
-//! the destination is checked row by row against the source.
+//! destination shards start, the source gets a sample schema and data, an
+//! application role keeps writing while `data-sync` copies and streams,
+//! the destination is checked row by row against the source, and then
+//! `cutover` switches the application over: the source is frozen for it,
+//! sequences are set, and the destination streams back to the source.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::data_sync::cutover::{self, Done};
 use crate::data_sync::progress::Phase;
 use crate::data_sync::verify;
 use crate::data_sync::{self, Mode, Options, Registry};
+use crate::harness::fleet::DATABASE;
 use crate::harness::{ClusterOptions, Fleet};
+use crate::net::{ConnectOptions, Connection};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -42,6 +47,7 @@ pub enum DemoError {
 }
 
 pub const SCHEMA: &str = "
+CREATE SEQUENCE orders_id_seq;
 CREATE TABLE users (
     id bigint PRIMARY KEY,
     email text NOT NULL,
@@ -51,15 +57,28 @@ CREATE TABLE users (
 );
 CREATE TABLE orders (
     user_id bigint NOT NULL,
-    id bigint NOT NULL,
+    id bigint NOT NULL DEFAULT nextval('orders_id_seq'),
     amount numeric(12,2),
     status text NOT NULL DEFAULT 'new',
     notes text,
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (user_id, id)
 );
+ALTER SEQUENCE orders_id_seq OWNED BY orders.id;
 CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL);
 ";
+
+/// The application's login role: it writes during the move, and the
+/// cutover freezes it on the source.
+pub const APP_ROLE: &str = "webapp";
+
+fn grants() -> String {
+    format!(
+        "GRANT USAGE ON SCHEMA public TO {APP_ROLE};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {APP_ROLE};
+         GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE};"
+    )
+}
 
 /// The sharding of the demo's destination: users by id, orders by user_id,
 /// countries everywhere.
@@ -87,22 +106,23 @@ fn load_sql(users: u64) -> String {
            SELECT (g % {users}) + 1, g, (g % 10000) / 100.0, 'paid',
                   CASE WHEN g % 100 = 0 THEN (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 80) i) END
            FROM generate_series(1, {orders}) g;
-         CREATE SEQUENCE ids START {next};
+         SELECT setval('orders_id_seq', {orders});
          ANALYZE;",
         orders = users * 3,
-        next = users * 3 + 1
     )
 }
 
-/// Keep writing on the source until `stop`: inserts, updates (one leaving a
-/// TOASTed value unchanged, one moving a row to another shard), deletes.
+/// Keep writing on the source as the application until `stop`, or until
+/// the cutover freezes it (then: the error it got): inserts, updates (one
+/// leaving a TOASTed value unchanged, one moving a row to another shard),
+/// deletes.
 async fn writer(
-    fleet_source: crate::net::ConnectOptions,
+    source: ConnectOptions,
     users: u64,
     stop: Arc<AtomicBool>,
     done: Arc<AtomicU64>,
-) -> Result<(), DemoError> {
-    let mut c = crate::net::Connection::connect(&fleet_source).await?;
+) -> Result<Option<String>, DemoError> {
+    let mut c = Connection::connect(&source).await?;
     let mut i: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
         i += 1;
@@ -110,7 +130,7 @@ async fn writer(
         let sql = match i % 5 {
             0 => format!(
                 "BEGIN; INSERT INTO users (id, email) VALUES ({id}, 'new{id}@example.com');
-                 INSERT INTO orders (user_id, id, amount) VALUES ({id}, nextval('ids'), 9.99), ({id}, nextval('ids'), 19.99); COMMIT;",
+                 INSERT INTO orders (user_id, amount) VALUES ({id}, 9.99), ({id}, 19.99); COMMIT;",
                 id = users + i
             ),
             1 => format!("UPDATE users SET name = 'Renamed {i}', profile = profile || '{{\"seen\": {i}}}' WHERE id = {u}"),
@@ -118,7 +138,12 @@ async fn writer(
             3 => format!("UPDATE orders SET user_id = {} WHERE user_id = {u} AND id % 2 = 0", (u % users) + 1),
             _ => format!("DELETE FROM orders WHERE user_id = {u} AND status = 'shipped'"),
         };
-        c.execute(&sql).await?;
+        match c.execute(&sql).await {
+            Ok(()) => {}
+            // read_only_sql_transaction: the cutover's freeze.
+            Err(e) if e.code() == Some("25006") => return Ok(Some(e.to_string())),
+            Err(e) => return Err(e.into()),
+        }
         done.fetch_add(1, Ordering::Relaxed);
         if i % 50 == 0 {
             // A steady, moderate load rather than a flood.
@@ -126,7 +151,37 @@ async fn writer(
         }
     }
     c.close().await;
-    Ok(())
+    Ok(None)
+}
+
+/// The demo's `pgdog.toml` and `users.toml`, in a folder of their own that
+/// is removed when the demo ends, however it ends.
+struct ConfigDir(std::path::PathBuf);
+
+impl ConfigDir {
+    fn write(fleet: &Fleet) -> Result<ConfigDir, DemoError> {
+        let dir = std::env::temp_dir().join(format!("pgdog-demo-{}", std::process::id()));
+        let io = |e: std::io::Error| DemoError::Failed(format!("writing {}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let files = ConfigDir(dir.clone());
+        std::fs::write(files.pgdog(), fleet.pgdog_toml(SHARDING)).map_err(io)?;
+        std::fs::write(files.users(), fleet.users_toml()).map_err(io)?;
+        Ok(files)
+    }
+
+    fn pgdog(&self) -> std::path::PathBuf {
+        self.0.join("pgdog.toml")
+    }
+
+    fn users(&self) -> std::path::PathBuf {
+        self.0.join("users.toml")
+    }
+}
+
+impl Drop for ConfigDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
@@ -157,13 +212,21 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     fleet
         .on_sources("CREATE PUBLICATION demo FOR TABLE users, orders, countries")
         .await?;
-    let config = fleet.config(SHARDING)?;
+    // Roles belong to a server, not to the schema a move creates.
+    let create_role = format!("CREATE ROLE {APP_ROLE} LOGIN");
+    fleet.on_sources(&create_role).await?;
+    fleet.on_dests(&create_role).await?;
+    fleet.on_sources(&grants()).await?;
+    // The config lives in files, as it would for the binary: the cutover
+    // writes its swapped copy next to them.
+    let files = ConfigDir::write(&fleet)?;
+    let config = Arc::new(crate::config::Config::load(&files.pgdog(), &files.users())?);
 
     // Writes start before the move and go on during the copy and after.
     let stop_writes = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
     let writer_task = tokio::spawn(writer(
-        fleet.source_options()[0].clone(),
+        fleet.sources[0].options(APP_ROLE, DATABASE),
         args.rows,
         stop_writes.clone(),
         writes.clone(),
@@ -210,6 +273,9 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         copy_started.elapsed().as_secs_f64(),
         writes.load(Ordering::Relaxed)
     );
+    // Schema sync creates tables, not privileges: the application's grants
+    // are given on the new shards as they were on the source.
+    fleet.on_dests(&grants()).await?;
     tokio::time::sleep(Duration::from_secs(args.stream_seconds)).await;
     eprintln!(
         "running: pgdog verify --from-database source --from-user pgdog --to-database dest --to-user pgdog --publication demo (writes still coming)"
@@ -222,29 +288,120 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         &verify_task,
         &token,
     )
-    .await;
-    stop_writes.store(true, Ordering::Relaxed);
-    writer_task
-        .await
-        .map_err(|e| DemoError::Failed(e.to_string()))??;
-    eprintln!(
-        "writes stopped after {} transactions",
-        writes.load(Ordering::Relaxed)
-    );
-    token.cancel();
-    sync.await.map_err(|e| DemoError::Failed(e.to_string()))??;
-    let _ = reporter.await;
-    let report = report?;
+    .await?;
     println!("\n{}", verify::render(&report));
-    if report.equal() {
-        println!(
-            "all tables equal at one source LSN while writes went on: same rows and checksums as the source, every row on the shard PostgreSQL's hash partitioning picks ({:.0}s in all)",
-            started.elapsed().as_secs_f64()
-        );
-        Ok(())
-    } else {
-        Err(DemoError::Failed(
+    if !report.equal() {
+        stop_writes.store(true, Ordering::Relaxed);
+        return Err(DemoError::Failed(
             "the destination differs from the source".into(),
-        ))
+        ));
     }
+    println!(
+        "all tables equal at one source LSN while writes went on: same rows and checksums as the source, every row on the shard PostgreSQL's hash partitioning picks\n"
+    );
+
+    eprintln!(
+        "running: pgdog cutover --from-database source --from-user pgdog --to-database dest --to-user pgdog --publication demo --freeze-role {APP_ROLE} (writes still coming)"
+    );
+    let cutover_started = Instant::now();
+    let cut_task = registry.new_task("source", "dest", "demo");
+    let request = cutover::Request {
+        freeze_roles: vec![APP_ROLE.to_string()],
+        ..Default::default()
+    };
+    let done = cutover::run(config.clone(), &opts, &request, &cut_task, &token).await;
+    let frozen = tokio::time::timeout(Duration::from_secs(30), writer_task).await;
+    stop_writes.store(true, Ordering::Relaxed);
+    let Done::CutOver { reverse, summary } = done? else {
+        return Err(DemoError::Failed(
+            "the cutover ended without switching".into(),
+        ));
+    };
+    println!("{summary}");
+    let swapped = crate::config::Config::load(
+        &files.0.join("pgdog.toml.cutover"),
+        &files.0.join("users.toml.cutover"),
+    )?;
+    for d in swapped.databases.iter().filter(|d| d.name == "source") {
+        println!(
+            "pgdog.toml.cutover: database \"source\" shard {} is now {}:{}",
+            d.shard, d.host, d.port
+        );
+    }
+    println!(
+        "cutover took {:.1}s; the application's writes on the source after {} transactions: {}",
+        cutover_started.elapsed().as_secs_f64(),
+        writes.load(Ordering::Relaxed),
+        match frozen {
+            Ok(Ok(Ok(Some(refused)))) => format!("refused ({refused})"),
+            Ok(Ok(Ok(None))) => "stopped without being refused".to_string(),
+            Ok(Ok(Err(e))) => format!("failed: {e}"),
+            Ok(Err(e)) => format!("failed: {e}"),
+            Err(_) => "still going after 30 s".to_string(),
+        }
+    );
+    sync.await.map_err(|e| DemoError::Failed(e.to_string()))??;
+
+    // The destination streams back, so a rollback would lose nothing.
+    let back_task = registry.new_task(
+        &reverse.from_database,
+        &reverse.to_database,
+        &reverse.publication,
+    );
+    let back_stop = token.child_token();
+    let back = tokio::spawn({
+        let (config, opts, stop) = (config.clone(), opts.clone(), back_stop.clone());
+        async move { cutover::stream_back(config, &opts, reverse, back_task, stop).await }
+    });
+    let mut ids = Vec::new();
+    for (d, shard) in fleet.dests.iter().enumerate() {
+        let mut c = Connection::connect(&shard.options(APP_ROLE, DATABASE)).await?;
+        let rows = c
+            .query(
+                "INSERT INTO orders (user_id, amount) SELECT min(id), 1.00 FROM users RETURNING id",
+            )
+            .await?;
+        let id = rows
+            .first()
+            .and_then(|r| r.text(0))
+            .unwrap_or_default()
+            .to_string();
+        println!("the application writes on destination shard {d}: a new order gets id {id} from that shard's sequence");
+        ids.push(id);
+        c.close().await;
+    }
+    let written = Instant::now();
+    let mut source = Connection::connect(&fleet.source_options()[0]).await?;
+    let count = format!(
+        "SELECT count(*) FROM orders WHERE id IN ({})",
+        ids.join(", ")
+    );
+    loop {
+        let rows = source.query(&count).await?;
+        if rows.first().and_then(|r| r.text(0)) == Some(ids.len().to_string().as_str()) {
+            break;
+        }
+        if back.is_finished() || written.elapsed() > Duration::from_secs(30) {
+            back_stop.cancel();
+            let _ = back.await;
+            return Err(DemoError::Failed(
+                "the orders written on the destination did not reach the source".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    source.close().await;
+    println!(
+        "both orders reached the source {} ms later, through the reverse stream",
+        written.elapsed().as_millis()
+    );
+    back_stop.cancel();
+    back.await.map_err(|e| DemoError::Failed(e.to_string()))??;
+    token.cancel();
+    let _ = reporter.await;
+    println!(
+        "\nmoved, verified and cut over while the application wrote ({:.0}s in all)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
