@@ -914,3 +914,51 @@ async fn cutover_from_the_admin_console() {
         .unwrap()
         .unwrap();
 }
+
+/// A stream that reconnects after a cutover ended it (the stop it was
+/// asked for never reached it: the walsender went away first) ends as cut
+/// over, as that stop would have, and does not stream again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_that_reconnects_after_the_cutover_ended_it_stops_cleanly() {
+    init_logging();
+    let (fleet, rules) = app_fleet(1, 2).await;
+    let config = fleet.config(&rules).unwrap();
+    let mut run = start(config, move_options("pub", Mode::Full));
+    run.wait_streaming(Duration::from_secs(120)).await;
+    let mut d0 = Connection::connect(&fleet.dest_options()[0]).await.unwrap();
+    pgdog::data_sync::state::set_stream_stopped(&mut d0, &run.slot, Some("ended by this test"))
+        .await
+        .unwrap();
+    d0.close().await;
+    let mut src = Connection::connect(&fleet.source_options()[0])
+        .await
+        .unwrap();
+    let killed = one(
+        &mut src,
+        &format!(
+            "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = '{}' AND active_pid IS NOT NULL",
+            run.slot
+        ),
+    )
+    .await;
+    assert_eq!(killed.as_deref(), Some("1"));
+    let outcome = tokio::time::timeout(Duration::from_secs(60), run.handle)
+        .await
+        .expect("the stream ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, Outcome::CutOver);
+    // The slot was not taken again.
+    assert_eq!(
+        one(
+            &mut src,
+            &format!(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = '{}'",
+                run.slot
+            )
+        )
+        .await
+        .as_deref(),
+        Some("f")
+    );
+}

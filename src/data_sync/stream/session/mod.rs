@@ -121,17 +121,19 @@ impl<'a> Session<'a> {
         let plan = &ctx.plan;
         let m = plan.dest_shards();
         // A move that was cut over never streams again (its destination
-        // takes the writes, and streams back).
+        // takes the writes, and streams back). Preflight refuses a new run
+        // of it; a session that reconnects after the cutover ended the
+        // stream (everything up to the freeze is applied by then) ends as
+        // the stop the cutover asked for would have.
         if !ctx.drain_ended {
             let mut conn = ctx.endpoints.connect_dest(0).await?;
             state::ensure_schema(&mut conn).await?;
             let stopped = state::stream_stopped(&mut conn, &plan.slot).await?;
             conn.close().await;
             if let Some(why) = stopped {
-                return Err(DataSyncError::preflight(
-                    format!("the move of slot \"{}\" does not stream any more: {why}", plan.slot),
-                    "this is the state pgdog cutover left; pgdog cutover --rollback makes the source the primary again and lets this move stream",
-                ));
+                info!(source_shard = s, slot = %plan.slot, "the move was cut over, the stream does not start again: {why}");
+                ctx.task.cut_over.store(true, Ordering::Relaxed);
+                return Err(DataSyncError::Stopped);
             }
         }
         // Destinations first: what they already hold decides what to skip.
