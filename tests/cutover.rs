@@ -722,10 +722,7 @@ async fn cutover_2_to_3_killed_at_every_step_then_rolled_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cutover_times_out_on_a_lock_and_leaves_the_source_writable() {
     init_logging();
-    let fleet = Fleet::start(1, 2, ClusterOptions::default()).await.unwrap();
-    fleet.on_sources(SCHEMA).await.unwrap();
-    fleet.on_sources(&load_sql(0, 1)).await.unwrap();
-    let rules = sharding("dest");
+    let (fleet, rules) = app_fleet(1, 2).await;
     let config = fleet.config(&rules).unwrap();
     let files = ConfigFiles::write(&fleet, &rules);
     let mut run = start(config, move_options("pub", Mode::Full));
@@ -736,6 +733,37 @@ async fn cutover_times_out_on_a_lock_and_leaves_the_source_writable() {
     assert!(!status.success(), "{out}");
     assert!(out.contains("nosuchrole"), "{out}");
     assert_eq!(cutover_state(&fleet).await, None);
+
+    // The role has no grants on the new shards (schema sync made the
+    // tables): said before anything is frozen, with the GRANTs to run.
+    // (USAGE on schema public comes to every role through PUBLIC.)
+    let (status, out) = run_cutover(&files, &["--freeze-role", ROLE], &[], "nogrants.log");
+    assert!(!status.success(), "{out}");
+    for seen in [
+        "destination shard 0",
+        "destination shard 1",
+        "lacks",
+        &format!("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.orders TO \"{ROLE}\";"),
+        &format!("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.events TO \"{ROLE}\";"),
+        &format!("GRANT USAGE, SELECT ON SEQUENCE public.orders_id_seq TO \"{ROLE}\";"),
+    ] {
+        assert!(out.contains(seen), "{seen}: {out}");
+    }
+    assert_eq!(cutover_state(&fleet).await, None);
+    assert_eq!(freeze_triggers(&fleet.sources[0]).await, 0);
+    // One shard granted, the other not: only that one is named.
+    fleet.dests[0]
+        .connect(DATABASE)
+        .await
+        .unwrap()
+        .execute(&grants())
+        .await
+        .unwrap();
+    let (status, out) = run_cutover(&files, &["--freeze-role", ROLE], &[], "halfgrants.log");
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("destination shard 1"), "{out}");
+    assert!(!out.contains("destination shard 0"), "{out}");
+    fleet.on_dests(&grants()).await.unwrap();
 
     // The application holds a lock on orders in an open transaction.
     let mut open = as_role(&fleet.sources[0]).await;
@@ -933,15 +961,23 @@ async fn a_stream_that_reconnects_after_the_cutover_ended_it_stops_cleanly() {
     let mut src = Connection::connect(&fleet.source_options()[0])
         .await
         .unwrap();
-    let killed = one(
+    // The walsender goes away (once the stream has one: streaming is
+    // reported a moment before START_REPLICATION).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while one(
         &mut src,
         &format!(
             "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = '{}' AND active_pid IS NOT NULL",
             run.slot
         ),
     )
-    .await;
-    assert_eq!(killed.as_deref(), Some("1"));
+    .await
+    .as_deref()
+        != Some("1")
+    {
+        assert!(Instant::now() < deadline, "the stream never took its slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let outcome = tokio::time::timeout(Duration::from_secs(60), run.handle)
         .await
         .expect("the stream ends")

@@ -27,6 +27,7 @@
 //! record.
 
 pub mod freeze;
+pub mod privileges;
 pub mod reverse;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use crate::config::Config;
 use crate::net::Connection;
 
 use super::barrier::Hold;
+use super::catalog::TableName;
 use super::error::{DataSyncError, Result};
 use super::progress::{Phase, Task};
 use super::{catalog, preflight, sequences, state, verify, Ctx, Endpoints, Mode, Options, Plan};
@@ -644,13 +646,17 @@ async fn cutover(
     switch(&config, opts, &endpoints, plan, &record, task, shutdown).await
 }
 
-/// Before anything changes: the roles exist, the destination shards can
-/// serve logical replication.
+/// Before anything changes: the roles exist on both sides and may do on
+/// the destination what they do on the source, and the destination shards
+/// can serve logical replication.
 async fn precheck(endpoints: &Endpoints, plan: &Plan, record: &Record) -> Result<()> {
     let mut problems = Vec::new();
+    let tables: Vec<TableName> = plan.tables.iter().map(|t| t.table.name.clone()).collect();
+    let mut on_source = std::collections::BTreeSet::new();
     for s in 0..endpoints.source.shards.len() {
         let mut conn = endpoints.connect_source(s, false).await?;
         let missing = freeze::missing_roles(&mut conn, &record.roles).await?;
+        on_source.extend(privileges::of(&mut conn, &record.roles, &tables).await?);
         conn.close().await;
         if !missing.is_empty() {
             problems.push(super::error::Problem {
@@ -664,6 +670,20 @@ async fn precheck(endpoints: &Endpoints, plan: &Plan, record: &Record) -> Result
     }
     for d in 0..plan.dest_shards() {
         let mut conn = endpoints.connect_dest(d).await?;
+        let what = format!("destination shard {d} ({})", endpoints.dest(d).addr());
+        let missing = freeze::missing_roles(&mut conn, &record.roles).await?;
+        if missing.is_empty() {
+            let here = privileges::of(&mut conn, &record.roles, &tables).await?;
+            problems.extend(privileges::problem(&on_source, &here, &what));
+        } else {
+            problems.push(super::error::Problem {
+                problem: format!(
+                    "--freeze-role {}: no such role on {what}, where the application logs in after the switch",
+                    missing.join(", ")
+                ),
+                fix: "create the application's roles on every destination shard (roles belong to a server, not to the schema a move creates; pg_dumpall --roles-only on the source lists them)".into(),
+            });
+        }
         let rows = conn
             .query(
                 "SELECT current_setting('wal_level'),

@@ -1,0 +1,230 @@
+//! Whether the application can work on the destination once it is
+//! switched. Every privilege a freeze role has on the source (through its
+//! own grants, its memberships or PUBLIC) on the moved tables, the
+//! partitioned tables above them, their schemas and the sequences they use,
+//! it must have on every destination shard too. Otherwise the cutover
+//! would freeze the source and hand the application a cluster where its
+//! first write fails. Schema sync creates objects, not grants, so after a
+//! move onto empty shards this is what the operator is told to run.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::super::catalog::{quote_ident, text_array, TableName};
+use super::super::error::{Problem, Result};
+use crate::net::Connection;
+
+/// One privilege of one role on one object, as GRANT spells it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Privilege {
+    pub role: String,
+    /// `TABLE`, `SEQUENCE` or `SCHEMA`.
+    pub kind: String,
+    /// Quoted as needed (`quote_ident`): `public.orders`, `public`.
+    pub object: String,
+    pub privilege: String,
+}
+
+/// The effective privileges of roles `$1` on tables `$2` (quoted names)
+/// and what comes with them: their partitioned ancestors, their schemas,
+/// and the sequences they own or name in a default. A table or role the
+/// server lacks gives no rows.
+const PRIVILEGES_SQL: &str = "
+WITH roles AS (
+    SELECT oid, rolname FROM pg_roles WHERE rolname = ANY ($1::text[])
+), named AS (
+    SELECT to_regclass(t.name) AS oid FROM unnest($2::text[]) AS t(name)
+), tabs AS (
+    -- pg_partition_ancestors gives nothing for a table outside a tree.
+    SELECT oid FROM named WHERE oid IS NOT NULL
+    UNION
+    SELECT a.relid FROM named, LATERAL pg_partition_ancestors(named.oid) AS a
+), seqs AS (
+    SELECT d.objid AS oid
+    FROM pg_depend d JOIN tabs t ON d.refobjid = t.oid
+    WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+    UNION
+    SELECT d.refobjid
+    FROM pg_attrdef ad JOIN tabs t ON ad.adrelid = t.oid
+    JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass
+), objects AS (
+    SELECT 'TABLE' AS kind, c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name,
+           ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'] AS privileges
+    FROM tabs JOIN pg_class c ON c.oid = tabs.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+    UNION ALL
+    SELECT 'SEQUENCE', c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+           ARRAY['USAGE', 'SELECT', 'UPDATE']
+    FROM seqs JOIN pg_class c ON c.oid = seqs.oid AND c.relkind = 'S' JOIN pg_namespace n ON n.oid = c.relnamespace
+    UNION ALL
+    SELECT DISTINCT 'SCHEMA', n.oid, quote_ident(n.nspname), ARRAY['USAGE']
+    FROM tabs JOIN pg_class c ON c.oid = tabs.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+)
+SELECT r.rolname, o.kind, o.name, p.privilege
+FROM roles r CROSS JOIN objects o CROSS JOIN LATERAL unnest(o.privileges) AS p(privilege)
+WHERE CASE o.kind
+        WHEN 'TABLE' THEN has_table_privilege(r.oid, o.oid, p.privilege)
+        WHEN 'SEQUENCE' THEN has_sequence_privilege(r.oid, o.oid, p.privilege)
+        ELSE has_schema_privilege(r.oid, o.oid, p.privilege)
+      END";
+
+/// What `roles` may do on one server with `tables` and what comes with
+/// them.
+pub async fn of(
+    conn: &mut Connection,
+    roles: &[String],
+    tables: &[TableName],
+) -> Result<BTreeSet<Privilege>> {
+    let roles = text_array(roles.iter().cloned());
+    let tables = text_array(tables.iter().map(TableName::quoted));
+    let rows = conn.query_text(PRIVILEGES_SQL, &[&roles, &tables]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| Privilege {
+            role: r.text(0).unwrap_or("").to_string(),
+            kind: r.text(1).unwrap_or("").to_string(),
+            object: r.text(2).unwrap_or("").to_string(),
+            privilege: r.text(3).unwrap_or("").to_string(),
+        })
+        .collect())
+}
+
+/// The GRANT statements that give what `missing` lists, one per role and
+/// object.
+pub fn grants(missing: &BTreeSet<Privilege>) -> Vec<String> {
+    let mut by_object: BTreeMap<(&str, &str, &str), Vec<&str>> = BTreeMap::new();
+    for p in missing {
+        by_object
+            .entry((&p.role, &p.kind, &p.object))
+            .or_default()
+            .push(&p.privilege);
+    }
+    by_object
+        .into_iter()
+        .map(|((role, kind, object), mut privileges)| {
+            privileges.sort_by_key(|p| order(kind, p));
+            format!(
+                "GRANT {} ON {kind} {object} TO {};",
+                privileges.join(", "),
+                quote_ident(role)
+            )
+        })
+        .collect()
+}
+
+/// Where `privilege` comes in a GRANT on a `kind`, as people write them.
+fn order(kind: &str, privilege: &str) -> usize {
+    let list: &[&str] = match kind {
+        "SEQUENCE" => &["USAGE", "SELECT", "UPDATE"],
+        _ => &[
+            "USAGE",
+            "SELECT",
+            "INSERT",
+            "UPDATE",
+            "DELETE",
+            "TRUNCATE",
+            "REFERENCES",
+            "TRIGGER",
+        ],
+    };
+    list.iter()
+        .position(|p| *p == privilege)
+        .unwrap_or(list.len())
+}
+
+/// The problem, if the roles lack on one destination shard (`what`) some of
+/// what they have on the source.
+pub fn problem(
+    source: &BTreeSet<Privilege>,
+    dest: &BTreeSet<Privilege>,
+    what: &str,
+) -> Option<Problem> {
+    let missing: BTreeSet<Privilege> = source.difference(dest).cloned().collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let statements = grants(&missing);
+    const SHOWN: usize = 20;
+    let mut fix = format!(
+        "grant them on that shard before the cutover (schema sync creates objects, not grants; the statements run as the objects' owner or a superuser):\n  {}",
+        statements.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("\n  ")
+    );
+    if statements.len() > SHOWN {
+        fix.push_str(&format!(
+            "\n  and {} more; pg_dump --schema-only on the source lists every GRANT",
+            statements.len() - SHOWN
+        ));
+    }
+    let roles: BTreeSet<&str> = missing.iter().map(|p| p.role.as_str()).collect();
+    Some(Problem {
+        problem: format!(
+            "on {what}, {} {} lacks {} privilege{} it has on the source, so the application's first write there after the switch would fail",
+            if roles.len() == 1 { "role" } else { "roles" },
+            roles.into_iter().collect::<Vec<_>>().join(", "),
+            missing.len(),
+            if missing.len() == 1 { "" } else { "s" }
+        ),
+        fix,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(role: &str, kind: &str, object: &str, privilege: &str) -> Privilege {
+        Privilege {
+            role: role.into(),
+            kind: kind.into(),
+            object: object.into(),
+            privilege: privilege.into(),
+        }
+    }
+
+    #[test]
+    fn grants_group_by_role_and_object() {
+        let missing: BTreeSet<Privilege> = [
+            p("webapp", "TABLE", "\"public\".\"orders\"", "INSERT"),
+            p("webapp", "TABLE", "\"public\".\"orders\"", "UPDATE"),
+            p("webapp", "SCHEMA", "\"public\"", "USAGE"),
+            p(
+                "Odd\"Role",
+                "SEQUENCE",
+                "\"public\".\"orders_id_seq\"",
+                "USAGE",
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            grants(&missing),
+            [
+                "GRANT USAGE ON SEQUENCE \"public\".\"orders_id_seq\" TO \"Odd\"\"Role\";",
+                "GRANT USAGE ON SCHEMA \"public\" TO \"webapp\";",
+                "GRANT INSERT, UPDATE ON TABLE \"public\".\"orders\" TO \"webapp\";",
+            ]
+        );
+    }
+
+    #[test]
+    fn only_what_the_destination_lacks_is_a_problem() {
+        let source: BTreeSet<Privilege> = [
+            p("webapp", "TABLE", "t", "SELECT"),
+            p("webapp", "TABLE", "t", "INSERT"),
+        ]
+        .into_iter()
+        .collect();
+        let more: BTreeSet<Privilege> = source
+            .iter()
+            .cloned()
+            .chain([p("webapp", "TABLE", "t", "DELETE")])
+            .collect();
+        assert!(problem(&source, &more, "shard 0").is_none());
+        let less: BTreeSet<Privilege> = [p("webapp", "TABLE", "t", "SELECT")].into_iter().collect();
+        let found = problem(&source, &less, "destination shard 1").unwrap();
+        assert!(found.problem.contains("destination shard 1"), "{found:?}");
+        assert!(found.problem.contains("lacks 1 privilege "), "{found:?}");
+        assert!(
+            found.fix.contains("GRANT INSERT ON TABLE t TO \"webapp\";"),
+            "{found:?}"
+        );
+    }
+}
