@@ -212,7 +212,8 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     fleet
         .on_sources("CREATE PUBLICATION demo FOR TABLE users, orders, countries")
         .await?;
-    // Roles belong to a server, not to the schema a move creates.
+    // Roles belong to a server, not to the schema a move creates; schema
+    // sync carries the grants to them.
     let create_role = format!("CREATE ROLE {APP_ROLE} LOGIN");
     fleet.on_sources(&create_role).await?;
     fleet.on_dests(&create_role).await?;
@@ -273,9 +274,6 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         copy_started.elapsed().as_secs_f64(),
         writes.load(Ordering::Relaxed)
     );
-    // Schema sync creates tables, not privileges: the application's grants
-    // are given on the new shards as they were on the source.
-    fleet.on_dests(&grants()).await?;
     tokio::time::sleep(Duration::from_secs(args.stream_seconds)).await;
     eprintln!(
         "running: pgdog verify --from-database source --from-user pgdog --to-database dest --to-user pgdog --publication demo (writes still coming)"

@@ -3,8 +3,9 @@
 //! schema with quoted names, an extension, enums and domains, a function
 //! used by a default, triggers, a partitioned table with its own indexes
 //! and a foreign key, an exclusion constraint, a policy, extended
-//! statistics, comments) plus objects a move must leave out (a view, a
-//! table outside the publication, a function tied to it).
+//! statistics, comments, grants to a role every shard has and to one only
+//! the source has) plus objects a move must leave out (a view, a table
+//! outside the publication, a function tied to it).
 
 // A test or benchmark: an unwrap that fails is a failure to see.
 #![allow(clippy::unwrap_used)]
@@ -21,6 +22,8 @@ use pgdog::harness::fleet::DATABASE;
 use pgdog::harness::{ClusterOptions, Fleet};
 
 const SCHEMA: &str = r#"
+CREATE ROLE reader;
+CREATE ROLE ghost;
 CREATE EXTENSION IF NOT EXISTS btree_gist;
 CREATE SCHEMA billing;
 CREATE TYPE billing.plan_kind AS ENUM ('free', 'pro');
@@ -63,6 +66,13 @@ CREATE POLICY tenant_only ON billing.invoices USING (tenant_id > 0);
 CREATE STATISTICS billing.invoices_stats ON tenant_id, account_id FROM billing.invoices;
 COMMENT ON TABLE billing.invoices IS 'what customers owe';
 COMMENT ON COLUMN billing."Accounts"."Display Name" IS 'shown on invoices';
+GRANT USAGE ON SCHEMA billing TO reader;
+GRANT SELECT ON billing.invoices TO reader;
+GRANT SELECT ("Display Name"), UPDATE ("Display Name") ON billing."Accounts" TO reader;
+GRANT USAGE ON SEQUENCE billing.invoices_id_seq TO reader WITH GRANT OPTION;
+REVOKE EXECUTE ON FUNCTION billing.new_ref() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.new_ref() TO reader;
+GRANT INSERT ON public.events TO ghost;
 
 -- Left out of the move.
 CREATE TABLE public.private (id int PRIMARY KEY, secret text);
@@ -88,8 +98,19 @@ CREATE PUBLICATION pub FOR TABLE billing.\"Accounts\", billing.invoices, public.
 const SHARDING: &str =
     "[[sharded_tables]]\ndatabase = \"dest\"\ncolumn = \"tenant_id\"\ndata_type = \"bigint\"\n";
 
+/// Left out of the move, and the grants to a role the destination lacks.
 fn left_out(e: &Entry) -> bool {
-    e.tag.contains("private")
+    e.tag.contains("private") || e.sql.contains("ghost")
+}
+
+/// Roles belong to a server: the destination shards have `reader` (not
+/// `ghost`).
+async fn start_fleet(sources: usize) -> Fleet {
+    let fleet = Fleet::start(sources, 2, ClusterOptions::default())
+        .await
+        .unwrap();
+    fleet.on_dests("CREATE ROLE reader").await.unwrap();
+    fleet
 }
 
 fn pgdog(files: &ConfigFiles, args: &[&str]) -> Output {
@@ -131,7 +152,7 @@ fn tables_on(fleet: &Fleet, d: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_sync_is_exact_idempotent_and_names_conflicts() {
     init_logging();
-    let fleet = Fleet::start(1, 2, ClusterOptions::default()).await.unwrap();
+    let fleet = start_fleet(1).await;
     fleet.on_sources(SCHEMA).await.unwrap();
     fleet.on_sources(ROWS).await.unwrap();
     let files = ConfigFiles::write(&fleet, SHARDING);
@@ -157,12 +178,36 @@ async fn schema_sync_is_exact_idempotent_and_names_conflicts() {
     }
     assert!(tables_on(&fleet, 0).is_empty(), "a dry run created tables");
 
-    // The real run: every shard gets the source's schema, exactly.
+    // The real run: every shard gets the source's schema, exactly, with
+    // its grants; those to a role a shard lacks are left out and said.
     let out = pgdog(&files, &[]);
     let (_, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("schema sync done"), "{stderr}");
     assert_same_schema(&fleet, left_out);
+    for d in 0..2 {
+        assert!(
+            stderr.contains(&format!(
+                "role \"ghost\" does not exist on destination shard {d}"
+            )),
+            "{stderr}"
+        );
+        let mut c = fleet.dests[d].connect(DATABASE).await.unwrap();
+        let rows = c
+            .query(
+                "SELECT has_table_privilege('reader', 'billing.invoices', 'SELECT'),
+                        has_column_privilege('reader', 'billing.\"Accounts\"', 'Display Name', 'UPDATE'),
+                        has_table_privilege('reader', 'billing.\"Accounts\"', 'SELECT'),
+                        has_function_privilege('reader', 'billing.new_ref()', 'EXECUTE'),
+                        has_function_privilege('public', 'billing.new_ref()', 'EXECUTE'),
+                        has_sequence_privilege('reader', 'billing.invoices_id_seq', 'USAGE WITH GRANT OPTION')",
+            )
+            .await
+            .unwrap();
+        let got: Vec<&str> = (0..6).map(|i| rows[0].text(i).unwrap()).collect();
+        assert_eq!(got, ["t", "t", "f", "t", "f", "t"], "shard {d}");
+        c.close().await;
+    }
     let before: Vec<Vec<Entry>> = fleet.dests.iter().map(schema_entries).collect();
 
     // Again: nothing to do, nothing changes.
@@ -232,7 +277,7 @@ async fn schema_sync_is_exact_idempotent_and_names_conflicts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_sync_builds_indexes_after_the_copy() {
     init_logging();
-    let fleet = Fleet::start(1, 2, ClusterOptions::default()).await.unwrap();
+    let fleet = start_fleet(1).await;
     fleet.on_sources(SCHEMA).await.unwrap();
     fleet.on_sources(ROWS).await.unwrap();
     let files = ConfigFiles::write(&fleet, SHARDING);
@@ -314,7 +359,7 @@ async fn data_sync_builds_indexes_after_the_copy() {
 async fn a_move_resumed_after_pre_data_builds_the_deferred_keys() {
     use pgdog::data_sync::{schema, Endpoints, Registry};
     init_logging();
-    let fleet = Fleet::start(1, 2, ClusterOptions::default()).await.unwrap();
+    let fleet = start_fleet(1).await;
     fleet.on_sources(SCHEMA).await.unwrap();
     fleet.on_sources(ROWS).await.unwrap();
     let config = fleet.config(SHARDING).unwrap();
@@ -370,7 +415,7 @@ async fn a_move_resumed_after_pre_data_builds_the_deferred_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_shards_with_different_schemas_are_refused() {
     init_logging();
-    let fleet = Fleet::start(2, 2, ClusterOptions::default()).await.unwrap();
+    let fleet = start_fleet(2).await;
     fleet.on_sources(SCHEMA).await.unwrap();
     fleet.on_sources(ROWS).await.unwrap();
     fleet.sources[1]

@@ -353,7 +353,6 @@ pub fn schema_entries(
         .args([
             "--schema-only",
             "--no-owner",
-            "--no-privileges",
             "--no-publications",
             "--exclude-schema=pgdog",
             "--username=postgres",

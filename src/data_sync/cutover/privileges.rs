@@ -4,8 +4,9 @@
 //! partitioned tables above them, their schemas and the sequences they use,
 //! it must have on every destination shard too. Otherwise the cutover
 //! would freeze the source and hand the application a cluster where its
-//! first write fails. Schema sync creates objects, not grants, so after a
-//! move onto empty shards this is what the operator is told to run.
+//! first write fails. Schema sync carries grants only onto what it
+//! creates and only to roles a shard had then; tables made by hand, and
+//! grants changed since, are caught here, with the GRANTs to run.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -143,8 +144,9 @@ pub fn problem(
     }
     let statements = grants(&missing);
     const SHOWN: usize = 20;
-    let mut fix = format!(
-        "grant them on that shard before the cutover (schema sync creates objects, not grants; the statements run as the objects' owner or a superuser):\n  {}",
+    let mut fix =
+        format!(
+        "grant them on that shard before the cutover (as the objects' owner or a superuser):\n  {}",
         statements.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("\n  ")
     );
     if statements.len() > SHOWN {

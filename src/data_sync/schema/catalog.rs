@@ -252,6 +252,8 @@ SELECT 'EXTENSION', NULL, e.extname, NULL, NULL, '', NULL, 0 FROM pg_catalog.pg_
 UNION ALL
 SELECT 'AVAILABLE EXTENSION', NULL, a.name, NULL, NULL, '', NULL, 0 FROM pg_catalog.pg_available_extensions a
 UNION ALL
+SELECT 'ROLE', NULL, r.rolname, NULL, NULL, '', NULL, 0 FROM pg_catalog.pg_roles r
+UNION ALL
 SELECT 'COLLATION', n.nspname, co.collname, NULL, NULL, '', NULL, 0
   FROM pg_catalog.pg_collation co JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgdog') AND n.nspname NOT LIKE 'pg\_%'

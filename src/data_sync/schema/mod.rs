@@ -20,6 +20,7 @@
 pub mod apply;
 pub mod catalog;
 pub mod dump;
+pub mod grants;
 pub mod pg_dump;
 pub mod plan;
 
@@ -268,15 +269,23 @@ fn plan_pre(
     // to them (their defaults, keys, partitions' attachment).
     let mut existing_tables: HashSet<TableName> = HashSet::new();
     let mut created: HashSet<Key> = HashSet::new();
+    let mut roles_left_out = std::collections::BTreeMap::new();
     for p in source.plan.entries.iter().filter(|p| p.step == Step::Pre) {
         let e = &p.entry;
         let schema = e.schema.as_deref();
         let src = source.objects.get(&e.kind, schema, &e.tag);
         if e.kind == "COMMENT" || e.kind == "SECURITY LABEL" {
             // Only with an object this run creates: a rerun changes nothing.
-            let on_created = created.iter().any(|k| comment_names(&e.tag, k));
-            if on_created {
+            if on_created(e, &created) {
                 out.statements.push(statement(e, false));
+            }
+            continue;
+        }
+        if e.kind == "ACL" {
+            // The same for grants, for the roles this shard has.
+            if on_created(e, &created) {
+                out.statements
+                    .extend(grants::for_shard(e, dest, &mut roles_left_out));
             }
             continue;
         }
@@ -365,6 +374,7 @@ fn plan_pre(
             out.created_tables.push(name);
         }
     }
+    grants::warn_left_out(&roles_left_out, what);
     out
 }
 
@@ -385,11 +395,13 @@ fn is_identity(e: &dump::Entry, src: Option<&catalog::Object>) -> bool {
         && src.is_some_and(|o| o.has('r'))
 }
 
-/// Does a comment's tag name the object `k`?
-fn comment_names(tag: &str, k: &Key) -> bool {
-    plan::comment_targets(tag)
-        .iter()
-        .any(|(kind, t)| *kind == k.kind && *t == k.tag)
+/// Does a comment's (or grant's) tag name an object this run creates?
+fn on_created(e: &dump::Entry, created: &HashSet<Key>) -> bool {
+    plan::comment_targets(&e.tag).iter().any(|(kind, tag)| {
+        [e.schema.as_deref(), None]
+            .iter()
+            .any(|schema| created.contains(&Key::new(kind, *schema, tag)))
+    })
 }
 
 fn statement(e: &dump::Entry, may_exist: bool) -> Statement {
@@ -654,7 +666,7 @@ fn plan_post(source: &Source, dest: &Objects, only: Option<&HashSet<TableName>>)
             s => s,
         };
         if e.kind == "COMMENT" || e.kind == "SECURITY LABEL" {
-            if created.iter().any(|k| comment_names(&e.tag, k)) {
+            if on_created(e, &created) {
                 out.other.push(statement(e, false));
             }
             continue;
@@ -955,26 +967,37 @@ mod tests {
     }
 
     #[test]
-    fn comments_follow_their_objects() {
-        assert!(comment_names(
+    fn comments_and_grants_follow_their_objects() {
+        let named = |kind: &str, tag: &str, key: Key| {
+            let e = dump::Entry {
+                kind: kind.into(),
+                schema: Some("public".into()),
+                tag: tag.into(),
+                sql: String::new(),
+            };
+            on_created(&e, &HashSet::from([key]))
+        };
+        let orders = || Key::new("TABLE", Some("public"), "orders");
+        assert!(named("COMMENT", "TABLE orders", orders()));
+        assert!(named("COMMENT", "COLUMN orders.note", orders()));
+        assert!(!named("COMMENT", "COLUMN orders2.note", orders()));
+        assert!(!named(
+            "COMMENT",
             "TABLE orders",
-            &Key::new("TABLE", Some("public"), "orders")
+            Key::new("TABLE", Some("other"), "orders")
         ));
-        assert!(comment_names(
-            "COLUMN orders.note",
-            &Key::new("TABLE", Some("public"), "orders")
-        ));
-        assert!(!comment_names(
-            "COLUMN orders2.note",
-            &Key::new("TABLE", Some("public"), "orders")
-        ));
-        assert!(comment_names(
+        assert!(named(
+            "COMMENT",
             "CONSTRAINT c ON orders",
-            &Key::new("FK CONSTRAINT", Some("public"), "orders c")
+            Key::new("FK CONSTRAINT", Some("public"), "orders c")
         ));
-        assert!(comment_names(
+        assert!(named(
+            "COMMENT",
             "FUNCTION f()",
-            &Key::new("FUNCTION", Some("public"), "f()")
+            Key::new("FUNCTION", Some("public"), "f()")
         ));
+        assert!(named("ACL", "TABLE orders", orders()));
+        assert!(named("ACL", "COLUMN orders.note", orders()));
+        assert!(named("ACL", "SCHEMA app", Key::new("SCHEMA", None, "app")));
     }
 }

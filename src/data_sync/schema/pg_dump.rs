@@ -170,7 +170,6 @@ impl PgDump {
         cmd.args([
             "--schema-only",
             "--no-owner",
-            "--no-privileges",
             "--no-tablespaces",
             "--no-publications",
             "--no-subscriptions",

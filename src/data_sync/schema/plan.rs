@@ -80,7 +80,6 @@ const OMITTED_KINDS: &[&str] = &[
     "FOREIGN DATA WRAPPER",
     "DATABASE",
     "DATABASE PROPERTIES",
-    "ACL",
     "DEFAULT ACL",
     "SEQUENCE SET",
     "TABLE DATA",
@@ -227,7 +226,7 @@ pub fn plan(entries: Vec<Entry>, source: &Objects) -> SchemaPlan {
         .into_iter()
         .map(|e| {
             let k = match e.kind.as_str() {
-                "SCHEMA" | "COMMENT" | "SECURITY LABEL" => None,
+                "SCHEMA" | "COMMENT" | "SECURITY LABEL" | "ACL" => None,
                 kind => Some(kept_kind(kind, e.schema.as_deref(), &e.tag).unwrap_or(true)),
             };
             (e, k)
@@ -244,7 +243,8 @@ pub fn plan(entries: Vec<Entry>, source: &Objects) -> SchemaPlan {
     for (e, k) in decided.drain(..) {
         let step = match (e.kind.as_str(), k) {
             ("SCHEMA", _) => used_schemas.contains(&e.tag).then_some(Step::Pre),
-            ("COMMENT" | "SECURITY LABEL", _) => {
+            // Grants go with their object, as comments do.
+            ("COMMENT" | "SECURITY LABEL" | "ACL", _) => {
                 let schema = e.schema.as_deref();
                 let targets = comment_targets(&e.tag);
                 let target = targets.iter().find_map(|(kind, tag)| {
