@@ -721,10 +721,28 @@ async fn cutover_2_to_3_killed_at_every_step_then_rolled_back() {
 async fn cutover_times_out_on_a_lock_and_leaves_the_source_writable() {
     init_logging();
     let (fleet, rules) = app_fleet(1, 2).await;
+    // The application owns one of its tables (it runs its migrations).
+    fleet
+        .on_sources(&format!("ALTER TABLE customers OWNER TO {ROLE}"))
+        .await
+        .unwrap();
     let config = fleet.config(&rules).unwrap();
     let files = ConfigFiles::write(&fleet, &rules);
     let mut run = start(config, move_options("pub", Mode::Full));
     run.wait_streaming(Duration::from_secs(120)).await;
+    // Schema sync gave it the same table on every shard.
+    for d in &fleet.dests {
+        let mut c = d.connect(DATABASE).await.unwrap();
+        assert_eq!(
+            one(
+                &mut c,
+                "SELECT tableowner FROM pg_tables WHERE tablename = 'customers'"
+            )
+            .await
+            .as_deref(),
+            Some(ROLE)
+        );
+    }
 
     // A role that does not exist: said before anything changes.
     let (status, out) = run_cutover(&files, &["--freeze-role", "nosuchrole"], &[], "norole.log");
@@ -739,7 +757,9 @@ async fn cutover_times_out_on_a_lock_and_leaves_the_source_writable() {
     fleet
         .on_dests(&format!(
             "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {ROLE};
-             REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {ROLE};"
+             REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {ROLE};
+             GRANT ALL ON customers TO {ROLE};
+             GRANT ALL ON SEQUENCE customers_id_seq TO {ROLE};"
         ))
         .await
         .unwrap();
@@ -757,7 +777,8 @@ async fn cutover_times_out_on_a_lock_and_leaves_the_source_writable() {
     }
     assert_eq!(cutover_state(&fleet).await, None);
     assert_eq!(freeze_triggers(&fleet.sources[0]).await, 0);
-    // One shard granted, the other not: only that one is named.
+    // One shard granted, the other not (and its table given away): only
+    // that one is named, with the owner to set back.
     fleet.dests[0]
         .connect(DATABASE)
         .await
@@ -765,11 +786,31 @@ async fn cutover_times_out_on_a_lock_and_leaves_the_source_writable() {
         .execute(&grants())
         .await
         .unwrap();
+    fleet.dests[1]
+        .connect(DATABASE)
+        .await
+        .unwrap()
+        .execute("ALTER TABLE customers OWNER TO postgres")
+        .await
+        .unwrap();
     let (status, out) = run_cutover(&files, &["--freeze-role", ROLE], &[], "halfgrants.log");
     assert!(!status.success(), "{out}");
     assert!(out.contains("destination shard 1"), "{out}");
     assert!(!out.contains("destination shard 0"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "ALTER TABLE public.customers OWNER TO \"{ROLE}\";"
+        )),
+        "{out}"
+    );
     fleet.on_dests(&grants()).await.unwrap();
+    fleet.dests[1]
+        .connect(DATABASE)
+        .await
+        .unwrap()
+        .execute(&format!("ALTER TABLE customers OWNER TO {ROLE}"))
+        .await
+        .unwrap();
 
     // The application holds a lock on orders in an open transaction.
     let mut open = as_role(&fleet.sources[0]).await;
@@ -958,31 +999,36 @@ async fn a_stream_that_reconnects_after_the_cutover_ended_it_stops_cleanly() {
     let config = fleet.config(&rules).unwrap();
     let mut run = start(config, move_options("pub", Mode::Full));
     run.wait_streaming(Duration::from_secs(120)).await;
+    let mut src = Connection::connect(&fleet.source_options()[0])
+        .await
+        .unwrap();
+    let active = format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND active_pid IS NOT NULL",
+        run.slot
+    );
+    // The stream has its walsender (streaming is reported a moment before
+    // START_REPLICATION, and a session that starts after the mark below
+    // stops at once, which is not what this is about).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while one(&mut src, &active).await.as_deref() != Some("1") {
+        assert!(Instant::now() < deadline, "the stream never took its slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut d0 = Connection::connect(&fleet.dest_options()[0]).await.unwrap();
     pgdog::data_sync::state::set_stream_stopped(&mut d0, &run.slot, Some("ended by this test"))
         .await
         .unwrap();
     d0.close().await;
-    let mut src = Connection::connect(&fleet.source_options()[0])
-        .await
-        .unwrap();
-    // The walsender goes away (once the stream has one: streaming is
-    // reported a moment before START_REPLICATION).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while one(
+    // Its walsender goes away: the session reconnects and finds the mark.
+    let killed = one(
         &mut src,
         &format!(
             "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = '{}' AND active_pid IS NOT NULL",
             run.slot
         ),
     )
-    .await
-    .as_deref()
-        != Some("1")
-    {
-        assert!(Instant::now() < deadline, "the stream never took its slot");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    .await;
+    assert_eq!(killed.as_deref(), Some("1"));
     let outcome = tokio::time::timeout(Duration::from_secs(60), run.handle)
         .await
         .expect("the stream ends")

@@ -23,6 +23,7 @@ use pgdog::harness::{ClusterOptions, Fleet};
 
 const SCHEMA: &str = r#"
 CREATE ROLE reader;
+CREATE ROLE app_owner;
 CREATE ROLE ghost;
 CREATE EXTENSION IF NOT EXISTS btree_gist;
 CREATE SCHEMA billing;
@@ -73,6 +74,8 @@ GRANT USAGE ON SEQUENCE billing.invoices_id_seq TO reader WITH GRANT OPTION;
 REVOKE EXECUTE ON FUNCTION billing.new_ref() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION billing.new_ref() TO reader;
 GRANT INSERT ON public.events TO ghost;
+ALTER TABLE billing.invoices OWNER TO app_owner;
+ALTER FUNCTION public.touch() OWNER TO ghost;
 
 -- Left out of the move.
 CREATE TABLE public.private (id int PRIMARY KEY, secret text);
@@ -103,13 +106,16 @@ fn left_out(e: &Entry) -> bool {
     e.tag.contains("private") || e.sql.contains("ghost")
 }
 
-/// Roles belong to a server: the destination shards have `reader` (not
-/// `ghost`).
+/// Roles belong to a server: the destination shards have `reader` and
+/// `app_owner` (not `ghost`).
 async fn start_fleet(sources: usize) -> Fleet {
     let fleet = Fleet::start(sources, 2, ClusterOptions::default())
         .await
         .unwrap();
-    fleet.on_dests("CREATE ROLE reader").await.unwrap();
+    fleet
+        .on_dests("CREATE ROLE reader; CREATE ROLE app_owner")
+        .await
+        .unwrap();
     fleet
 }
 
@@ -206,6 +212,21 @@ async fn schema_sync_is_exact_idempotent_and_names_conflicts() {
             .unwrap();
         let got: Vec<&str> = (0..6).map(|i| rows[0].text(i).unwrap()).collect();
         assert_eq!(got, ["t", "t", "f", "t", "f", "t"], "shard {d}");
+        // Owners come along where the role exists; the rest stay pgdog's.
+        let rows = c
+            .query(
+                "SELECT (SELECT tableowner FROM pg_tables WHERE schemaname = 'billing' AND tablename = 'invoices'),
+                        (SELECT tableowner FROM pg_tables WHERE schemaname = 'billing' AND tablename = 'Accounts'),
+                        (SELECT proowner::regrole::text FROM pg_proc WHERE proname = 'touch')",
+            )
+            .await
+            .unwrap();
+        let got: Vec<&str> = (0..3).map(|i| rows[0].text(i).unwrap()).collect();
+        assert_eq!(got, ["app_owner", "postgres", "postgres"], "shard {d}");
+        assert!(
+            stderr.contains(&format!("objects owned by role \"ghost\" on the source stay owned by pgdog's user on destination shard {d}")),
+            "{stderr}"
+        );
         c.close().await;
     }
     let before: Vec<Vec<Entry>> = fleet.dests.iter().map(schema_entries).collect();

@@ -27,7 +27,8 @@ pub struct Privilege {
 
 /// The effective privileges of roles `$1` on tables `$2` (quoted names)
 /// and what comes with them: their partitioned ancestors, their schemas,
-/// and the sequences they own or name in a default. A table or role the
+/// and the sequences they own or name in a default; and `OWNER` where a
+/// role owns a table (its migrations need that). A table or role the
 /// server lacks gives no rows.
 const PRIVILEGES_SQL: &str = "
 WITH roles AS (
@@ -65,7 +66,10 @@ WHERE CASE o.kind
         WHEN 'TABLE' THEN has_table_privilege(r.oid, o.oid, p.privilege)
         WHEN 'SEQUENCE' THEN has_sequence_privilege(r.oid, o.oid, p.privilege)
         ELSE has_schema_privilege(r.oid, o.oid, p.privilege)
-      END";
+      END
+UNION ALL
+SELECT r.rolname, 'TABLE', o.name, 'OWNER'
+FROM roles r JOIN objects o ON o.kind = 'TABLE' JOIN pg_class c ON c.oid = o.oid AND c.relowner = r.oid";
 
 /// What `roles` may do on one server with `tables` and what comes with
 /// them.
@@ -88,8 +92,8 @@ pub async fn of(
         .collect())
 }
 
-/// The GRANT statements that give what `missing` lists, one per role and
-/// object.
+/// The statements that give what `missing` lists: one GRANT per role and
+/// object, and ALTER ... OWNER TO for ownership.
 pub fn grants(missing: &BTreeSet<Privilege>) -> Vec<String> {
     let mut by_object: BTreeMap<(&str, &str, &str), Vec<&str>> = BTreeMap::new();
     for p in missing {
@@ -102,12 +106,24 @@ pub fn grants(missing: &BTreeSet<Privilege>) -> Vec<String> {
         .into_iter()
         .map(|((role, kind, object), mut privileges)| {
             privileges.sort_by_key(|p| order(kind, p));
-            format!(
-                "GRANT {} ON {kind} {object} TO {};",
-                privileges.join(", "),
-                quote_ident(role)
-            )
+            let mut out = Vec::new();
+            if privileges.contains(&"OWNER") {
+                privileges.retain(|p| *p != "OWNER");
+                out.push(format!(
+                    "ALTER {kind} {object} OWNER TO {};",
+                    quote_ident(role)
+                ));
+            }
+            if !privileges.is_empty() {
+                out.push(format!(
+                    "GRANT {} ON {kind} {object} TO {};",
+                    privileges.join(", "),
+                    quote_ident(role)
+                ));
+            }
+            out
         })
+        .flat_map(|v| v.into_iter())
         .collect()
 }
 
@@ -186,6 +202,7 @@ mod tests {
         let missing: BTreeSet<Privilege> = [
             p("webapp", "TABLE", "\"public\".\"orders\"", "INSERT"),
             p("webapp", "TABLE", "\"public\".\"orders\"", "UPDATE"),
+            p("webapp", "TABLE", "\"public\".\"plans\"", "OWNER"),
             p("webapp", "SCHEMA", "\"public\"", "USAGE"),
             p(
                 "Odd\"Role",
@@ -202,6 +219,7 @@ mod tests {
                 "GRANT USAGE ON SEQUENCE \"public\".\"orders_id_seq\" TO \"Odd\"\"Role\";",
                 "GRANT USAGE ON SCHEMA \"public\" TO \"webapp\";",
                 "GRANT INSERT, UPDATE ON TABLE \"public\".\"orders\" TO \"webapp\";",
+                "ALTER TABLE \"public\".\"plans\" OWNER TO \"webapp\";",
             ]
         );
     }

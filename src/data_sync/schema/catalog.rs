@@ -254,6 +254,10 @@ SELECT 'AVAILABLE EXTENSION', NULL, a.name, NULL, NULL, '', NULL, 0 FROM pg_cata
 UNION ALL
 SELECT 'ROLE', NULL, r.rolname, NULL, NULL, '', NULL, 0 FROM pg_catalog.pg_roles r
 UNION ALL
+SELECT 'OWNABLE ROLE', NULL, r.rolname, NULL, NULL, '', NULL, 0 FROM pg_catalog.pg_roles r
+ WHERE pg_catalog.pg_has_role(current_user, r.oid, 'USAGE')
+    OR (SELECT u.rolsuper FROM pg_catalog.pg_roles u WHERE u.rolname = current_user)
+UNION ALL
 SELECT 'COLLATION', n.nspname, co.collname, NULL, NULL, '', NULL, 0
   FROM pg_catalog.pg_collation co JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgdog') AND n.nspname NOT LIKE 'pg\_%'

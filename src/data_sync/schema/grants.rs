@@ -1,8 +1,12 @@
-//! The source's privileges on what schema sync creates. pg_dump writes an
-//! object's ACL as one GRANT or REVOKE per grantee. Those run with the
-//! object on every destination shard. A statement whose role the shard
-//! lacks (roles belong to a server, not to the schema) is left out and
-//! said once per role and shard, instead of failing the whole sync.
+//! The source's owners and privileges on what schema sync creates.
+//! pg_dump ends an object's entry with `ALTER ... OWNER TO role;` and
+//! writes its ACL as one GRANT or REVOKE per grantee. Those run with the
+//! object on every destination shard where they can. Roles belong to a
+//! server, not to the schema, so a shard may lack one. The user pgdog
+//! connects as may also be unable to give objects to a role (it must be a
+//! superuser or inherit the role, which it then needs anyway to build the
+//! table's indexes). Such a statement is left out and said once per role
+//! and shard, and the sync goes on.
 
 use std::collections::BTreeMap;
 
@@ -12,19 +16,12 @@ use super::apply::Statement;
 use super::catalog::Objects;
 use super::dump::Entry;
 
-/// The role a GRANT or REVOKE line of pg_dump's gives to or takes from
-/// (`PUBLIC`: every role), or `None` for any other line. The grantee is
-/// the last word, read from the end, so a quoted name may hold anything.
-pub fn grantee(line: &str) -> Option<String> {
-    let s = line.trim().strip_suffix(';')?.trim_end();
-    let s = s.strip_suffix(" WITH GRANT OPTION").unwrap_or(s);
-    let word = if s.starts_with("GRANT ") {
-        " TO "
-    } else if s.starts_with("REVOKE ") {
-        " FROM "
-    } else {
-        return None;
-    };
+/// Statements left out on one shard, by role.
+pub type LeftOut = BTreeMap<String, Vec<String>>;
+
+/// The role named last in `s` after `word` (` TO `, ` FROM `), read from
+/// the end so that a quoted name may hold anything.
+fn last_role(s: &str, word: &str) -> Option<String> {
     let (before, name) = if let Some(body) = s.strip_suffix('"') {
         // Back to the quote that opens the name: quotes inside it come in
         // pairs.
@@ -45,21 +42,45 @@ pub fn grantee(line: &str) -> Option<String> {
     (before.ends_with(word) && !name.is_empty()).then_some(name)
 }
 
+/// The role a GRANT or REVOKE line of pg_dump's gives to or takes from
+/// (`PUBLIC`: every role), or `None` for any other line.
+pub fn grantee(line: &str) -> Option<String> {
+    let s = line.trim().strip_suffix(';')?.trim_end();
+    let s = s.strip_suffix(" WITH GRANT OPTION").unwrap_or(s);
+    if s.starts_with("GRANT ") {
+        last_role(s, " TO ")
+    } else if s.starts_with("REVOKE ") {
+        last_role(s, " FROM ")
+    } else {
+        None
+    }
+}
+
+/// The new owner of an `ALTER ... OWNER TO role;` line, or `None`.
+pub fn owner(line: &str) -> Option<String> {
+    let s = line.trim().strip_suffix(';')?.trim_end();
+    if !s.starts_with("ALTER ") {
+        return None;
+    }
+    last_role(s, " OWNER TO ")
+}
+
 /// What of an ACL entry runs on a shard whose catalog is `dest`: its
 /// statements for roles the shard has. Those for missing roles go to
-/// `left_out`, by role.
-pub fn for_shard(
-    e: &Entry,
-    dest: &Objects,
-    left_out: &mut BTreeMap<String, Vec<String>>,
-) -> Option<Statement> {
+/// `left_out`. A grant pg_dump wrote as made by another role (`SET SESSION
+/// AUTHORIZATION`) is made by pgdog's user instead: that role may not
+/// exist here, and the privilege is the same.
+pub fn for_shard(e: &Entry, dest: &Objects, left_out: &mut LeftOut) -> Option<Statement> {
     let mut kept = Vec::new();
     for line in e.sql.lines().filter(|l| !l.trim().is_empty()) {
+        let t = line.trim();
+        if t.starts_with("SET SESSION AUTHORIZATION ") || t == "RESET SESSION AUTHORIZATION;" {
+            continue;
+        }
         match grantee(line) {
-            Some(role) if role != "PUBLIC" && !dest.contains("ROLE", None, &role) => left_out
-                .entry(role)
-                .or_default()
-                .push(line.trim().to_string()),
+            Some(role) if role != "PUBLIC" && !dest.contains("ROLE", None, &role) => {
+                left_out.entry(role).or_default().push(t.to_string())
+            }
             _ => kept.push(line),
         }
     }
@@ -70,15 +91,54 @@ pub fn for_shard(
     })
 }
 
-/// Say what was left out on `what` (a destination shard), once per role.
-pub fn warn_left_out(left_out: &BTreeMap<String, Vec<String>>, what: &str) {
+/// `statement` without the trailing `OWNER TO` lines whose role pgdog
+/// cannot give objects to on this shard (they go to `left_out`). Only the
+/// lines after the object's own statement are looked at, never a line in
+/// a function body.
+pub fn owners_for_shard(statement: &mut Statement, dest: &Objects, left_out: &mut LeftOut) {
+    let mut lines: Vec<&str> = statement.sql.lines().collect();
+    let mut keep_from_end = Vec::new();
+    while let Some(last) = lines.last() {
+        if last.trim().is_empty() {
+            lines.pop();
+            continue;
+        }
+        let Some(role) = owner(last) else { break };
+        if !dest.contains("OWNABLE ROLE", None, &role) {
+            left_out
+                .entry(role)
+                .or_default()
+                .push(last.trim().to_string());
+        } else {
+            keep_from_end.push(*last);
+        }
+        lines.pop();
+    }
+    if lines.len() + keep_from_end.len() == statement.sql.lines().count() {
+        return;
+    }
+    lines.extend(keep_from_end.into_iter().rev());
+    statement.sql = lines.join("\n");
+}
+
+/// Say what was left out on `what` (a destination shard), once per role:
+/// grants (`owners` false) or owners.
+pub fn warn_left_out(left_out: &LeftOut, what: &str, owners: bool) {
     for (role, lines) in left_out {
-        warn!(
-            "role \"{role}\" does not exist on {what}: {} of the source's GRANT and REVOKE statements for it were left out ({}{}); create the role there (pg_dumpall --roles-only on the source lists the roles) and run them",
-            lines.len(),
-            lines[0],
-            if lines.len() > 1 { ", ..." } else { "" }
-        );
+        let more = if lines.len() > 1 { ", ..." } else { "" };
+        if owners {
+            warn!(
+                "objects owned by role \"{role}\" on the source stay owned by pgdog's user on {what}, which has no such role or may not give objects to it ({} statements left out: {}{more}); create the role there, or let pgdog's user inherit it, and run them",
+                lines.len(),
+                lines[0]
+            );
+        } else {
+            warn!(
+                "role \"{role}\" does not exist on {what}: {} of the source's GRANT and REVOKE statements for it were left out ({}{more}); create the role there (pg_dumpall --roles-only on the source lists the roles) and run them",
+                lines.len(),
+                lines[0]
+            );
+        }
     }
 }
 
@@ -110,6 +170,48 @@ mod tests {
             Some("a\"")
         );
         assert_eq!(g("SET SESSION AUTHORIZATION admin;"), None);
+        assert_eq!(
+            owner("ALTER TABLE billing.\"Accounts\" OWNER TO \"App Owner\";").as_deref(),
+            Some("App Owner")
+        );
+        assert_eq!(
+            owner("ALTER FUNCTION public.f(integer) OWNER TO app;").as_deref(),
+            Some("app")
+        );
+        assert_eq!(owner("GRANT ALL ON TABLE t TO x;"), None);
         assert_eq!(g("GRANT SELECT ON TABLE t TO"), None);
+    }
+
+    #[test]
+    fn owners_kept_where_pgdog_can_give_objects_to_them() {
+        use super::super::catalog::{Key, Object};
+        let mut dest = Objects::default();
+        dest.by_key
+            .insert(Key::new("OWNABLE ROLE", None, "app"), Object::default());
+        let mut st = Statement {
+            sql: "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$\nBEGIN\n  ALTER TABLE t OWNER TO ghost;\nEND $$;\n\nALTER FUNCTION public.f() OWNER TO app;".into(),
+            object: "FUNCTION f()".into(),
+            may_exist: false,
+        };
+        let mut left = LeftOut::new();
+        owners_for_shard(&mut st, &dest, &mut left);
+        assert!(
+            st.sql.ends_with("ALTER FUNCTION public.f() OWNER TO app;"),
+            "{}",
+            st.sql
+        );
+        assert!(
+            st.sql.contains("ALTER TABLE t OWNER TO ghost;"),
+            "a body is not touched"
+        );
+        assert!(left.is_empty());
+        let mut st = Statement {
+            sql: "CREATE TABLE t (id int);\nALTER TABLE t OWNER TO ghost;".into(),
+            object: "TABLE t".into(),
+            may_exist: false,
+        };
+        owners_for_shard(&mut st, &dest, &mut left);
+        assert_eq!(st.sql, "CREATE TABLE t (id int);");
+        assert_eq!(left["ghost"], ["ALTER TABLE t OWNER TO ghost;"]);
     }
 }

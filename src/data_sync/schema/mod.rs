@@ -269,7 +269,7 @@ fn plan_pre(
     // to them (their defaults, keys, partitions' attachment).
     let mut existing_tables: HashSet<TableName> = HashSet::new();
     let mut created: HashSet<Key> = HashSet::new();
-    let mut roles_left_out = std::collections::BTreeMap::new();
+    let mut roles_left_out = grants::LeftOut::new();
     for p in source.plan.entries.iter().filter(|p| p.step == Step::Pre) {
         let e = &p.entry;
         let schema = e.schema.as_deref();
@@ -374,7 +374,12 @@ fn plan_pre(
             out.created_tables.push(name);
         }
     }
-    grants::warn_left_out(&roles_left_out, what);
+    let mut owners_left_out = grants::LeftOut::new();
+    for st in &mut out.statements {
+        grants::owners_for_shard(st, dest, &mut owners_left_out);
+    }
+    grants::warn_left_out(&roles_left_out, what, false);
+    grants::warn_left_out(&owners_left_out, what, true);
     out
 }
 
@@ -575,7 +580,7 @@ pub async fn post_data(
         };
         conn.close().await;
         let what = describe_shard(endpoints, d);
-        let steps = plan_post(source, &dest, only.as_ref());
+        let steps = plan_post(source, &dest, only.as_ref(), &what);
         report.existed += steps.existed;
         if dry_run {
             println!(
@@ -651,7 +656,12 @@ impl PostSteps {
     }
 }
 
-fn plan_post(source: &Source, dest: &Objects, only: Option<&HashSet<TableName>>) -> PostSteps {
+fn plan_post(
+    source: &Source,
+    dest: &Objects,
+    only: Option<&HashSet<TableName>>,
+    what: &str,
+) -> PostSteps {
     let mut out = PostSteps::default();
     let mut created: HashSet<Key> = HashSet::new();
     for p in &source.plan.entries {
@@ -722,6 +732,12 @@ fn plan_post(source: &Source, dest: &Objects, only: Option<&HashSet<TableName>>)
             _ => out.other.push(statement(e, !looked_up(&e.kind))),
         }
     }
+    // Extended statistics have owners too.
+    let mut owners_left_out = grants::LeftOut::new();
+    for st in &mut out.other {
+        grants::owners_for_shard(st, dest, &mut owners_left_out);
+    }
+    grants::warn_left_out(&owners_left_out, what, true);
     out
 }
 

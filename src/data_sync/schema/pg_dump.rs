@@ -169,7 +169,6 @@ impl PgDump {
         }
         cmd.args([
             "--schema-only",
-            "--no-owner",
             "--no-tablespaces",
             "--no-publications",
             "--no-subscriptions",
