@@ -4,9 +4,11 @@
 //! partitioned tables above them, their schemas and the sequences they use,
 //! it must have on every destination shard too. Otherwise the cutover
 //! would freeze the source and hand the application a cluster where its
-//! first write fails. Schema sync carries grants only onto what it
-//! creates and only to roles a shard had then; tables made by hand, and
-//! grants changed since, are caught here, with the GRANTs to run.
+//! first write fails. Where a role owns a table on the source, it must
+//! own it on the destination too (the application's migrations alter
+//! it). Schema sync carries owners and grants only onto what it creates,
+//! and only to roles a shard had then. Tables made by hand, and grants
+//! changed since, are caught here, with the statements to run.
 
 use std::collections::{BTreeMap, BTreeSet};
 
