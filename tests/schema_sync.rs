@@ -356,6 +356,32 @@ async fn data_sync_builds_indexes_after_the_copy() {
             .map(|i| (&i.object, i.state(), i.message()))
             .collect::<Vec<_>>()
     );
+    // The copied tables were analyzed, also the partitioned table that
+    // autovacuum never analyzes.
+    for (d, c) in fleet.dests.iter().enumerate() {
+        let mut conn = c.connect(DATABASE).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows = conn
+                .query(
+                    "SELECT (SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE schemaname = 'billing' AND relname = 'invoices'),
+                            EXISTS (SELECT 1 FROM pg_stats WHERE schemaname = 'public' AND tablename = 'events'),
+                            (SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'events_2026')",
+                )
+                .await
+                .unwrap();
+            let got: Vec<&str> = (0..3).map(|i| rows[0].text(i).unwrap_or("")).collect();
+            if got == ["t", "t", "t"] {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "shard {d} not analyzed: {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        conn.close().await;
+    }
     run.stop().await.unwrap();
     assert_same_schema(&fleet, left_out);
     for c in &fleet.dests {

@@ -9,6 +9,7 @@
 //! stopped. Progress lives on the destinations ([`state`]), so rerunning
 //! the same command resumes.
 
+pub mod analyze;
 pub mod barrier;
 pub mod catalog;
 pub mod copy;
@@ -372,13 +373,25 @@ async fn run_inner(
         }
     }
     if opts.mode == Mode::SyncOnly {
+        analyze::run(ctx.endpoints.clone(), ctx.plan.clone(), shutdown.clone()).await;
         return Ok(Outcome::Copied);
     }
     if shutdown.is_cancelled() {
         return Ok(Outcome::Stopped);
     }
     task.set_phase(Phase::Streaming);
-    stream::run(ctx).await?;
+    let analyzing = (opts.mode != Mode::ReplicateOnly).then(|| {
+        tokio::spawn(analyze::run(
+            ctx.endpoints.clone(),
+            ctx.plan.clone(),
+            shutdown.child_token(),
+        ))
+    });
+    let streamed = stream::run(ctx).await;
+    if let Some(a) = analyzing {
+        a.abort();
+    }
+    streamed?;
     Ok(Outcome::Stopped)
 }
 
