@@ -521,6 +521,8 @@ async fn cutover_1_to_2_under_writes_then_complete() {
         );
     }
     assert!(log.contains("pgdog.toml.cutover"), "{log}");
+    // Only the frozen role wrote: nothing after the stream ended.
+    assert!(!log.contains("changes were committed on"), "{log}");
 
     // The data-sync was ended by the cutover, not by an error.
     let outcome = tokio::time::timeout(Duration::from_secs(30), run.handle)
@@ -647,6 +649,18 @@ async fn cutover_2_to_3_killed_at_every_step_then_rolled_back() {
         for s in &fleet.sources {
             assert_frozen(&mut as_role(s).await, &format!("killed after {at}")).await;
         }
+        if at == "switching" {
+            // The forward stream has ended: a role that is not frozen (a
+            // superuser's fix) writes on the source, which the rerun
+            // must report as not carried.
+            fleet.sources[0]
+                .exec(
+                    DATABASE,
+                    "INSERT INTO plans (name, price) VALUES ('late', 1); DELETE FROM plans WHERE name = 'late';",
+                )
+                .await
+                .unwrap();
+        }
     }
     for app in apps {
         let bench = app.wait_ended(Duration::from_secs(30));
@@ -659,6 +673,12 @@ async fn cutover_2_to_3_killed_at_every_step_then_rolled_back() {
         "cutover.log",
     ));
     wait_cut_over(&fleet, &files, &mut cutover, "cutover.log").await;
+    let log = files.log("cutover.log");
+    assert!(
+        log.contains("2 changes were committed on source after the forward stream ended")
+            && log.contains("public.plans (2)"),
+        "{log}"
+    );
     verify_equal(&fleet, &checks(3, true)).await;
     assert_sequences_above(&fleet.dests, &fleet.sources).await;
     let notes = write_orders(&fleet.dests, "on the destination").await;

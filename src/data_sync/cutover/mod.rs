@@ -966,6 +966,32 @@ async fn switch(
         .await?;
     }
     fail_point("switching");
+    // Nothing streams the source any more and nothing streams back yet:
+    // what the forward slot still holds was written by a role that was
+    // not frozen, and is not on the destination.
+    let late = match reverse::late_changes(endpoints, &slot, &opts.publication).await {
+        Ok(late) => late,
+        Err(e) => {
+            warn!("could not check the source for writes after the forward stream ended: {e}");
+            Default::default()
+        }
+    };
+    let late_note = (!late.is_empty()).then(|| {
+        let tables: Vec<String> = late
+            .iter()
+            .map(|(t, n)| format!("{t} ({n})"))
+            .collect();
+        format!(
+            "{} changes were committed on {from} after the forward stream ended, by roles that were not frozen (a superuser, a job); {to} does not have them: {}. Look at them on {from} (pg_logical_slot_peek_changes on slot \"{slot}\" shows them until the slot moves on) and apply them by hand, or roll back.",
+            late.values().sum::<u64>(),
+            tables.join(", "),
+            from = opts.from_database,
+            to = opts.to_database,
+        )
+    });
+    if let Some(note) = &late_note {
+        warn!("{note}");
+    }
     step(task, 6, "creating the reverse stream");
     let rev = reverse_options(opts, &record.reverse_publication, &record.reverse_slot);
     let rev_endpoints = Endpoints::of_move(config.clone(), &rev)?;
@@ -1007,6 +1033,9 @@ async fn switch(
             opts.from_database
         )),
         None => summary.push_str("(no configuration file on disk to write a swapped copy of)\n"),
+    }
+    if let Some(note) = &late_note {
+        summary.push_str(&format!("WARNING: {note}\n"));
     }
     summary.push_str(&format!(
         "Changes on {to} stream back to {from} (slot \"{rs}\" on every shard of {to}, publication \"{rp}\"), so pgdog cutover --rollback loses nothing; pgdog cutover --complete drops them when you are done.",

@@ -290,6 +290,79 @@ fn swap(
     Ok(out)
 }
 
+/// Changes to published tables that the source shards committed after the
+/// forward stream ended, by table (`schema.table`), from what the forward
+/// slot still holds (peeked, not consumed). The freeze refuses only the
+/// freeze roles. A change here came from another role (a superuser, a
+/// job), and the destination does not have it. At most `LATE_PEEK` changes
+/// per shard are looked at.
+pub async fn late_changes(
+    forward: &Endpoints,
+    slot: &str,
+    publication: &str,
+) -> Result<std::collections::BTreeMap<String, u64>> {
+    use pgdog_protocol::frontend::Format;
+    use pgdog_protocol::pgoutput::{Decoder, Message};
+    let mut out = std::collections::BTreeMap::new();
+    let publications = quote_ident(publication);
+    for s in 0..forward.source.shards.len() {
+        let mut conn = forward.connect_source(s, false).await?;
+        let rows = conn
+            .query_params(
+                &format!(
+                    "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, {LATE_PEEK}, 'proto_version', '1', 'publication_names', $2)"
+                ),
+                &[Format::Text],
+                [Some(slot.as_bytes()), Some(publications.as_bytes())],
+                Format::Binary,
+            )
+            .await?;
+        conn.close().await;
+        let mut decoder = Decoder::new(1);
+        let mut names = std::collections::HashMap::new();
+        for row in &rows {
+            let Some(data) = row.get_bytes(0) else {
+                continue;
+            };
+            let relations = match decoder.decode(data) {
+                Ok(Message::Relation { relation, .. }) => {
+                    names.insert(
+                        relation.oid,
+                        format!("{}.{}", relation.namespace, relation.name),
+                    );
+                    continue;
+                }
+                Ok(Message::Insert { relation, .. })
+                | Ok(Message::Update { relation, .. })
+                | Ok(Message::Delete { relation, .. }) => vec![relation],
+                Ok(Message::Truncate { relations, .. }) => relations,
+                Ok(_) => continue,
+                Err(e) => {
+                    return Err(DataSyncError::State(format!(
+                        "reading what slot \"{slot}\" holds on source shard {s}: {e}"
+                    )))
+                }
+            };
+            for r in relations {
+                let name = names
+                    .get(&r)
+                    .cloned()
+                    .unwrap_or_else(|| format!("relation {r}"));
+                // pgdog's own state (a FOR ALL TABLES publication has it):
+                // the reverse stream's set-up writes it on the source.
+                if name.starts_with("pgdog.") {
+                    continue;
+                }
+                *out.entry(name).or_insert(0) += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How many changes [`late_changes`] looks at per source shard.
+const LATE_PEEK: u32 = 100_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
