@@ -789,9 +789,13 @@ async fn cutover_times_out_on_a_lock_and_leaves_the_source_writable() {
         "destination shard 0",
         "destination shard 1",
         "lacks",
-        &format!("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.orders TO \"{ROLE}\";"),
-        &format!("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.events TO \"{ROLE}\";"),
-        &format!("GRANT USAGE, SELECT ON SEQUENCE public.orders_id_seq TO \"{ROLE}\";"),
+        &format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE \"public\".\"orders\" TO \"{ROLE}\";"
+        ),
+        &format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE \"public\".\"events\" TO \"{ROLE}\";"
+        ),
+        &format!("GRANT USAGE, SELECT ON SEQUENCE \"public\".\"orders_id_seq\" TO \"{ROLE}\";"),
     ] {
         assert!(out.contains(seen), "{seen}: {out}");
     }
@@ -819,7 +823,7 @@ async fn cutover_times_out_on_a_lock_and_leaves_the_source_writable() {
     assert!(!out.contains("destination shard 0"), "{out}");
     assert!(
         out.contains(&format!(
-            "ALTER TABLE public.customers OWNER TO \"{ROLE}\";"
+            "ALTER TABLE \"public\".\"customers\" OWNER TO \"{ROLE}\";"
         )),
         "{out}"
     );

@@ -197,6 +197,11 @@ impl Connection {
         loop {
             let msg = self.recv_raw().await?;
             match msg {
+                // A server's WARNING is meant for people (pgdog raises
+                // some itself); NOTICE and below are chatter.
+                Message::NoticeResponse(fields) if fields.severity() == "WARNING" => {
+                    warn!(server = %self.addr, "{}", fields.get(b'M').unwrap_or(""));
+                }
                 Message::NoticeResponse(fields) => {
                     debug!(server = %self.addr, "notice: {fields}");
                 }

@@ -982,11 +982,12 @@ async fn switch(
             .map(|(t, n)| format!("{t} ({n})"))
             .collect();
         format!(
-            "{} changes were committed on {from} after the forward stream ended, by roles that were not frozen (a superuser, a job); {to} does not have them: {}. Look at them on {from} (pg_logical_slot_peek_changes on slot \"{slot}\" shows them until the slot moves on) and apply them by hand, or roll back.",
+            "{} changes were committed on {from} after the forward stream ended, by roles that were not frozen (a superuser, a job); {to} does not have them: {}. Look at them on {from} (SELECT * FROM pg_logical_slot_peek_binary_changes('{slot}', NULL, NULL, 'proto_version', '1', 'publication_names', '{publication}') shows them, in pgoutput's format, until the slot moves on) and apply them by hand, or roll back.",
             late.values().sum::<u64>(),
             tables.join(", "),
             from = opts.from_database,
             to = opts.to_database,
+            publication = catalog::quote_ident(&opts.publication),
         )
     });
     if let Some(note) = &late_note {

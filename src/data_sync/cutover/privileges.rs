@@ -22,7 +22,7 @@ pub struct Privilege {
     pub role: String,
     /// `TABLE`, `SEQUENCE` or `SCHEMA`.
     pub kind: String,
-    /// Quoted as needed (`quote_ident`): `public.orders`, `public`.
+    /// Quoted: `"public"."orders"`, or `"public"` for a schema.
     pub object: String,
     pub privilege: String,
 }
@@ -51,18 +51,18 @@ WITH roles AS (
     FROM pg_attrdef ad JOIN tabs t ON ad.adrelid = t.oid
     JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass
 ), objects AS (
-    SELECT 'TABLE' AS kind, c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name,
+    SELECT 'TABLE' AS kind, c.oid, n.nspname::text AS schema, c.relname::text AS name,
            ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'] AS privileges
     FROM tabs JOIN pg_class c ON c.oid = tabs.oid JOIN pg_namespace n ON n.oid = c.relnamespace
     UNION ALL
-    SELECT 'SEQUENCE', c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+    SELECT 'SEQUENCE', c.oid, n.nspname::text, c.relname::text,
            ARRAY['USAGE', 'SELECT', 'UPDATE']
     FROM seqs JOIN pg_class c ON c.oid = seqs.oid AND c.relkind = 'S' JOIN pg_namespace n ON n.oid = c.relnamespace
     UNION ALL
-    SELECT DISTINCT 'SCHEMA', n.oid, quote_ident(n.nspname), ARRAY['USAGE']
+    SELECT DISTINCT 'SCHEMA', n.oid, n.nspname::text, NULL::text, ARRAY['USAGE']
     FROM tabs JOIN pg_class c ON c.oid = tabs.oid JOIN pg_namespace n ON n.oid = c.relnamespace
 )
-SELECT r.rolname, o.kind, o.name, p.privilege
+SELECT r.rolname, o.kind, o.schema, o.name, p.privilege
 FROM roles r CROSS JOIN objects o CROSS JOIN LATERAL unnest(o.privileges) AS p(privilege)
 WHERE CASE o.kind
         WHEN 'TABLE' THEN has_table_privilege(r.oid, o.oid, p.privilege)
@@ -70,7 +70,7 @@ WHERE CASE o.kind
         ELSE has_schema_privilege(r.oid, o.oid, p.privilege)
       END
 UNION ALL
-SELECT r.rolname, 'TABLE', o.name, 'OWNER'
+SELECT r.rolname, 'TABLE', o.schema, o.name, 'OWNER'
 FROM roles r JOIN objects o ON o.kind = 'TABLE' JOIN pg_class c ON c.oid = o.oid AND c.relowner = r.oid";
 
 /// What `roles` may do on one server with `tables` and what comes with
@@ -85,11 +85,19 @@ pub async fn of(
     let rows = conn.query_text(PRIVILEGES_SQL, &[&roles, &tables]).await?;
     Ok(rows
         .iter()
-        .map(|r| Privilege {
-            role: r.text(0).unwrap_or("").to_string(),
-            kind: r.text(1).unwrap_or("").to_string(),
-            object: r.text(2).unwrap_or("").to_string(),
-            privilege: r.text(3).unwrap_or("").to_string(),
+        .map(|r| {
+            // Quoted here, not by the server: servers of other versions
+            // reserve other words.
+            let schema = quote_ident(r.text(2).unwrap_or(""));
+            Privilege {
+                role: r.text(0).unwrap_or("").to_string(),
+                kind: r.text(1).unwrap_or("").to_string(),
+                object: match r.text(3) {
+                    Some(name) => format!("{schema}.{}", quote_ident(name)),
+                    None => schema,
+                },
+                privilege: r.text(4).unwrap_or("").to_string(),
+            }
         })
         .collect())
 }

@@ -255,8 +255,13 @@ UNION ALL
 SELECT 'ROLE', NULL, r.rolname, NULL, NULL, '', NULL, 0 FROM pg_catalog.pg_roles r
 UNION ALL
 SELECT 'OWNABLE ROLE', NULL, r.rolname, NULL, NULL, '', NULL, 0 FROM pg_catalog.pg_roles r
- WHERE pg_catalog.pg_has_role(current_user, r.oid, 'USAGE')
-    OR (SELECT u.rolsuper FROM pg_catalog.pg_roles u WHERE u.rolname = current_user)
+ WHERE (SELECT u.rolsuper FROM pg_catalog.pg_roles u WHERE u.rolname = current_user)
+    OR (pg_catalog.pg_has_role(current_user, r.oid, 'USAGE')
+        AND CASE WHEN current_setting('server_version_num')::int >= 160000
+                 THEN pg_catalog.pg_has_role(current_user, r.oid, 'SET') ELSE true END)
+UNION ALL
+SELECT 'PRIVILEGE', NULL, 'MAINTAIN', NULL, NULL, '', NULL, 0
+ WHERE current_setting('server_version_num')::int >= 170000
 UNION ALL
 SELECT 'COLLATION', n.nspname, co.collname, NULL, NULL, '', NULL, 0
   FROM pg_catalog.pg_collation co JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace

@@ -81,7 +81,10 @@ pub fn for_shard(e: &Entry, dest: &Objects, left_out: &mut LeftOut) -> Option<St
             Some(role) if role != "PUBLIC" && !dest.contains("ROLE", None, &role) => {
                 left_out.entry(role).or_default().push(t.to_string())
             }
-            _ => kept.push(line),
+            Some(_) if !dest.contains("PRIVILEGE", None, "MAINTAIN") => {
+                kept.extend(without_maintain(line))
+            }
+            _ => kept.push(line.to_string()),
         }
     }
     (!kept.is_empty()).then(|| Statement {
@@ -91,13 +94,44 @@ pub fn for_shard(e: &Entry, dest: &Objects, left_out: &mut LeftOut) -> Option<St
     })
 }
 
+/// A GRANT or REVOKE line without the MAINTAIN privilege (PostgreSQL 17),
+/// for an older server; `None` when nothing else is left.
+fn without_maintain(line: &str) -> Option<String> {
+    let Some(on) = line.find(" ON ") else {
+        return Some(line.to_string());
+    };
+    let (head, rest) = line.split_at(on);
+    let (keyword, list) = ["GRANT ", "REVOKE GRANT OPTION FOR ", "REVOKE "]
+        .iter()
+        .find_map(|k| head.trim_start().strip_prefix(k).map(|l| (*k, l)))?;
+    let privileges: Vec<&str> = list.split(',').map(str::trim).collect();
+    if !privileges.contains(&"MAINTAIN") {
+        return Some(line.to_string());
+    }
+    let kept: Vec<&str> = privileges
+        .into_iter()
+        .filter(|p| *p != "MAINTAIN")
+        .collect();
+    (!kept.is_empty()).then(|| format!("{keyword}{}{rest}", kept.join(",")))
+}
+
+/// `ALTER ... OWNER TO` run so that a refusal (a non-superuser pgdog may
+/// lack the new owner's CREATE on the schema) is a warning, not a failed
+/// sync: the object then stays pgdog's user's.
+fn tolerant_owner(line: &str) -> String {
+    format!(
+        "DO $pgdog_owner$ BEGIN {} EXCEPTION WHEN insufficient_privilege THEN RAISE WARNING 'pgdog schema sync could not give an object its source owner, it stays owned by %: %', current_user, SQLERRM; END $pgdog_owner$;",
+        line.trim()
+    )
+}
+
 /// `statement` without the trailing `OWNER TO` lines whose role pgdog
-/// cannot give objects to on this shard (they go to `left_out`). Only the
-/// lines after the object's own statement are looked at, never a line in
-/// a function body.
+/// cannot give objects to on this shard (they go to `left_out`), the others
+/// made [`tolerant_owner`]. Only the lines after the object's own
+/// statement are looked at, never a line in a function body.
 pub fn owners_for_shard(statement: &mut Statement, dest: &Objects, left_out: &mut LeftOut) {
     let mut lines: Vec<&str> = statement.sql.lines().collect();
-    let mut keep_from_end = Vec::new();
+    let mut keep_from_end: Vec<String> = Vec::new();
     while let Some(last) = lines.last() {
         if last.trim().is_empty() {
             lines.pop();
@@ -110,15 +144,16 @@ pub fn owners_for_shard(statement: &mut Statement, dest: &Objects, left_out: &mu
                 .or_default()
                 .push(last.trim().to_string());
         } else {
-            keep_from_end.push(*last);
+            keep_from_end.push(tolerant_owner(last));
         }
         lines.pop();
     }
-    if lines.len() + keep_from_end.len() == statement.sql.lines().count() {
+    if keep_from_end.is_empty() && lines.len() == statement.sql.lines().count() {
         return;
     }
-    lines.extend(keep_from_end.into_iter().rev());
-    statement.sql = lines.join("\n");
+    let mut out: Vec<String> = lines.into_iter().map(str::to_string).collect();
+    out.extend(keep_from_end.into_iter().rev());
+    statement.sql = out.join("\n");
 }
 
 /// Say what was left out on `what` (a destination shard), once per role:
@@ -196,7 +231,7 @@ mod tests {
         let mut left = LeftOut::new();
         owners_for_shard(&mut st, &dest, &mut left);
         assert!(
-            st.sql.ends_with("ALTER FUNCTION public.f() OWNER TO app;"),
+            st.sql.ends_with("BEGIN ALTER FUNCTION public.f() OWNER TO app; EXCEPTION WHEN insufficient_privilege THEN RAISE WARNING 'pgdog schema sync could not give an object its source owner, it stays owned by %: %', current_user, SQLERRM; END $pgdog_owner$;"),
             "{}",
             st.sql
         );
@@ -213,5 +248,38 @@ mod tests {
         owners_for_shard(&mut st, &dest, &mut left);
         assert_eq!(st.sql, "CREATE TABLE t (id int);");
         assert_eq!(left["ghost"], ["ALTER TABLE t OWNER TO ghost;"]);
+    }
+
+    #[test]
+    fn maintain_is_left_out_for_older_servers() {
+        assert_eq!(
+            without_maintain("GRANT SELECT,MAINTAIN ON TABLE public.t TO app;").as_deref(),
+            Some("GRANT SELECT ON TABLE public.t TO app;")
+        );
+        assert_eq!(
+            without_maintain("GRANT MAINTAIN ON TABLE public.t TO app;"),
+            None
+        );
+        assert_eq!(
+            without_maintain("REVOKE ALL ON TABLE public.t FROM app;").as_deref(),
+            Some("REVOKE ALL ON TABLE public.t FROM app;")
+        );
+        assert_eq!(
+            without_maintain("GRANT SELECT(a),UPDATE(a) ON TABLE public.t TO app;").as_deref(),
+            Some("GRANT SELECT(a),UPDATE(a) ON TABLE public.t TO app;")
+        );
+        let entry = Entry {
+            kind: "ACL".into(),
+            schema: Some("public".into()),
+            tag: "TABLE t".into(),
+            sql: "GRANT MAINTAIN ON TABLE public.t TO app;\nGRANT INSERT,MAINTAIN ON TABLE public.t TO app;".into(),
+        };
+        let mut dest = Objects::default();
+        dest.by_key.insert(
+            super::super::catalog::Key::new("ROLE", None, "app"),
+            Default::default(),
+        );
+        let st = for_shard(&entry, &dest, &mut LeftOut::new()).unwrap();
+        assert_eq!(st.sql, "GRANT INSERT ON TABLE public.t TO app;");
     }
 }

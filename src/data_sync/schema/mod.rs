@@ -161,7 +161,17 @@ pub async fn read_source(
 /// (shard 0's), at most 20 problems. Only the objects schema sync makes
 /// count; extensions available and the like may differ.
 fn compare_sources(first: &Objects, theirs: &Objects, what: &str) -> Vec<Problem> {
-    let ignored = ["AVAILABLE EXTENSION", "EXTENSION", "SCHEMA", "COLLATION"];
+    // Roles belong to each server (and what pgdog's user may do with them
+    // to how it was set up there); a destination shard's matter.
+    let ignored = [
+        "AVAILABLE EXTENSION",
+        "EXTENSION",
+        "SCHEMA",
+        "COLLATION",
+        "ROLE",
+        "OWNABLE ROLE",
+        "PRIVILEGE",
+    ];
     let describe = |k: &Key| match &k.schema {
         Some(s) => format!("{} {s}.{}", k.kind, k.tag),
         None => format!("{} {}", k.kind, k.tag),
