@@ -493,3 +493,52 @@ async fn source_shards_with_different_schemas_are_refused() {
     assert!(!stderr.contains("monitoring"), "{stderr}");
     assert!(tables_on(&fleet, 0).is_empty(), "something was created");
 }
+
+/// pgdog connecting to the destination as a user that is not a superuser
+/// (a managed service's admin): it inherits `app_owner` but `app_owner`
+/// may not create in the schemas pgdog made, so PostgreSQL refuses to
+/// give it the table. That is a warning and the table stays pgdog's; the
+/// schema and every grant are still made, and the sync succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_user_without_superuser_keeps_what_it_cannot_give_away() {
+    init_logging();
+    let fleet = start_fleet(1).await;
+    fleet.on_sources(SCHEMA).await.unwrap();
+    fleet.on_sources(ROWS).await.unwrap();
+    fleet
+        .on_dests(&format!(
+            "CREATE ROLE mover LOGIN; GRANT CREATE ON DATABASE {DATABASE} TO mover; GRANT app_owner TO mover;
+             GRANT SET ON PARAMETER session_replication_role TO mover; GRANT CREATE ON SCHEMA public TO mover;"
+        ))
+        .await
+        .unwrap();
+    let files = ConfigFiles::write(&fleet, SHARDING);
+    let users = fleet.users_toml().replacen(
+        "database = \"dest\"\nserver_user = \"postgres\"",
+        "database = \"dest\"\nserver_user = \"mover\"",
+        1,
+    );
+    assert!(users.contains("server_user = \"mover\""), "{users}");
+    std::fs::write(files.dir.join("users.toml"), users).unwrap();
+
+    let out = pgdog(&files, &[]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("could not give an object its source owner, it stays owned by mover"),
+        "{stderr}"
+    );
+    for (d, c) in fleet.dests.iter().enumerate() {
+        let mut conn = c.connect(DATABASE).await.unwrap();
+        let rows = conn
+            .query(
+                "SELECT (SELECT tableowner FROM pg_tables WHERE schemaname = 'billing' AND tablename = 'invoices'),
+                        has_table_privilege('reader', 'billing.invoices', 'SELECT')",
+            )
+            .await
+            .unwrap();
+        let got: Vec<&str> = (0..2).map(|i| rows[0].text(i).unwrap()).collect();
+        assert_eq!(got, ["mover", "t"], "shard {d}");
+        conn.close().await;
+    }
+}
