@@ -362,7 +362,9 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         let id = rows
             .first()
             .and_then(|r| r.text(0))
-            .unwrap_or_default()
+            .ok_or_else(|| {
+                DemoError::Failed(format!("destination shard {d} returned no order id"))
+            })?
             .to_string();
         println!("the application writes on destination shard {d}: a new order gets id {id} from that shard's sequence");
         ids.push(id);
@@ -390,7 +392,12 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     }
     source.close().await;
     println!(
-        "both orders reached the source {} ms later, through the reverse stream",
+        "{} reached the source {} ms later, through the reverse stream",
+        if ids.len() == 2 {
+            "both orders".to_string()
+        } else {
+            format!("all {} orders", ids.len())
+        },
         written.elapsed().as_millis()
     );
     back_stop.cancel();

@@ -366,12 +366,13 @@ async fn data_sync_builds_indexes_after_the_copy() {
                 .query(
                     "SELECT (SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE schemaname = 'billing' AND relname = 'invoices'),
                             EXISTS (SELECT 1 FROM pg_stats WHERE schemaname = 'public' AND tablename = 'events'),
-                            (SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'events_2026')",
+                            (SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'events_2026'),
+                            (SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE schemaname = 'billing' AND relname = 'Accounts')",
                 )
                 .await
                 .unwrap();
-            let got: Vec<&str> = (0..3).map(|i| rows[0].text(i).unwrap_or("")).collect();
-            if got == ["t", "t", "t"] {
+            let got: Vec<&str> = (0..4).map(|i| rows[0].text(i).unwrap_or("")).collect();
+            if got == ["t", "t", "t", "t"] {
                 break;
             }
             assert!(

@@ -53,10 +53,15 @@ pub async fn run(endpoints: Endpoints, plan: Plan, shutdown: CancellationToken) 
             let (endpoints, plan) = (&endpoints, &plan);
             async move { (d, shard(endpoints, plan, d).await) }
         });
-        let mut tables = 0;
-        for (d, result) in futures::future::join_all(shards).await {
+        let (mut tables, mut shards_done) = (0, 0);
+        let results = futures::future::join_all(shards).await;
+        let all = results.len();
+        for (d, result) in results {
             match result {
-                Ok(n) => tables = tables.max(n),
+                Ok(n) => {
+                    tables = tables.max(n);
+                    shards_done += 1;
+                }
                 Err(e) => warn!(
                     dest_shard = d,
                     "could not analyze the copied tables there (autovacuum will, in time): {e}"
@@ -66,7 +71,7 @@ pub async fn run(endpoints: Endpoints, plan: Plan, shutdown: CancellationToken) 
         info!(
             tables,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "planner statistics gathered for the copied tables on every destination shard"
+            "planner statistics gathered for the copied tables on {shards_done} of {all} destination shards"
         );
     };
     tokio::select! {

@@ -976,14 +976,16 @@ async fn switch(
             Default::default()
         }
     };
-    let late_note = (!late.is_empty()).then(|| {
+    let late_note = (!late.tables.is_empty()).then(|| {
         let tables: Vec<String> = late
+            .tables
             .iter()
             .map(|(t, n)| format!("{t} ({n})"))
             .collect();
         format!(
-            "{} changes were committed on {from} after the forward stream ended, by roles that were not frozen (a superuser, a job); {to} does not have them: {}. Look at them on {from} (SELECT * FROM pg_logical_slot_peek_binary_changes('{slot}', NULL, NULL, 'proto_version', '1', 'publication_names', '{publication}') shows them, in pgoutput's format, until the slot moves on) and apply them by hand, or roll back.",
-            late.values().sum::<u64>(),
+            "{}{} changes were committed on {from} after the forward stream ended, by roles that were not frozen (a superuser, a job); {to} does not have them: {}. Look at them on {from} (SELECT * FROM pg_logical_slot_peek_binary_changes('{slot}', NULL, NULL, 'proto_version', '1', 'publication_names', '{publication}') shows them, in pgoutput's format, until the slot moves on) and apply them by hand, or roll back.",
+            if late.more { "at least " } else { "" },
+            late.tables.values().sum::<u64>(),
             tables.join(", "),
             from = opts.from_database,
             to = opts.to_database,

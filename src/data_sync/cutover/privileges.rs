@@ -114,7 +114,7 @@ pub fn grants(missing: &BTreeSet<Privilege>) -> Vec<String> {
     }
     by_object
         .into_iter()
-        .map(|((role, kind, object), mut privileges)| {
+        .flat_map(|((role, kind, object), mut privileges)| {
             privileges.sort_by_key(|p| order(kind, p));
             let mut out = Vec::new();
             if privileges.contains(&"OWNER") {
@@ -133,7 +133,6 @@ pub fn grants(missing: &BTreeSet<Privilege>) -> Vec<String> {
             }
             out
         })
-        .flat_map(|v| v.into_iter())
         .collect()
 }
 
@@ -182,13 +181,31 @@ pub fn problem(
         ));
     }
     let roles: BTreeSet<&str> = missing.iter().map(|p| p.role.as_str()).collect();
+    let owned = missing.iter().filter(|p| p.privilege == "OWNER").count();
+    let granted = missing.len() - owned;
+    let mut lacks = Vec::new();
+    if granted > 0 {
+        lacks.push(format!(
+            "{granted} privilege{}",
+            if granted == 1 { "" } else { "s" }
+        ));
+    }
+    if owned > 0 {
+        lacks.push(format!(
+            "the ownership of {owned} table{}",
+            if owned == 1 { "" } else { "s" }
+        ));
+    }
+    let (noun, verb, has) = if roles.len() == 1 {
+        ("role", "lacks", "it has")
+    } else {
+        ("roles", "lack", "they have")
+    };
     Some(Problem {
         problem: format!(
-            "on {what}, {} {} lacks {} privilege{} it has on the source, so the application's first write there after the switch would fail",
-            if roles.len() == 1 { "role" } else { "roles" },
+            "on {what}, {noun} {} {verb} {} {has} on the source, so the application's writes (or its migrations, for what it owns) there after the switch would fail",
             roles.into_iter().collect::<Vec<_>>().join(", "),
-            missing.len(),
-            if missing.len() == 1 { "" } else { "s" }
+            lacks.join(" and "),
         ),
         fix,
     })

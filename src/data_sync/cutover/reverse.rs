@@ -300,10 +300,10 @@ pub async fn late_changes(
     forward: &Endpoints,
     slot: &str,
     publication: &str,
-) -> Result<std::collections::BTreeMap<String, u64>> {
+) -> Result<LateChanges> {
     use pgdog_protocol::frontend::Format;
     use pgdog_protocol::pgoutput::{Decoder, Message};
-    let mut out = std::collections::BTreeMap::new();
+    let mut out = LateChanges::default();
     let publications = quote_ident(publication);
     for s in 0..forward.source.shards.len() {
         let mut conn = forward.connect_source(s, false).await?;
@@ -318,6 +318,7 @@ pub async fn late_changes(
             )
             .await?;
         conn.close().await;
+        out.more |= rows.len() >= LATE_PEEK as usize;
         let mut decoder = Decoder::new(1);
         let mut names = std::collections::HashMap::new();
         for row in &rows {
@@ -353,11 +354,20 @@ pub async fn late_changes(
                 if name.starts_with("pgdog.") {
                     continue;
                 }
-                *out.entry(name).or_insert(0) += 1;
+                *out.tables.entry(name).or_insert(0) += 1;
             }
         }
     }
     Ok(out)
+}
+
+/// What [`late_changes`] found.
+#[derive(Debug, Default)]
+pub struct LateChanges {
+    /// Changes by table (`schema.table`).
+    pub tables: std::collections::BTreeMap<String, u64>,
+    /// A shard held more than was looked at: the counts are a floor.
+    pub more: bool,
 }
 
 /// How many changes [`late_changes`] looks at per source shard.

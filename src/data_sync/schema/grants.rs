@@ -4,9 +4,10 @@
 //! object on every destination shard where they can. Roles belong to a
 //! server, not to the schema, so a shard may lack one. The user pgdog
 //! connects as may also be unable to give objects to a role (it must be a
-//! superuser or inherit the role, which it then needs anyway to build the
-//! table's indexes). Such a statement is left out and said once per role
-//! and shard, and the sync goes on.
+//! superuser, or inherit the role and on 16+ be able to SET it, which it
+//! then needs anyway to build the table's indexes). Such a statement is
+//! left out and said once per role and shard, and the sync goes on; an
+//! owner the server still refuses is a warning from the server.
 
 use std::collections::BTreeMap;
 
