@@ -157,7 +157,7 @@ pub fn schema_item_line(i: &SchemaItem) -> String {
     let mut line = format!(
         "{} [destination shard {}] {}",
         i.object,
-        i.dest_shard,
+        i.dest_shard.map_or("every".to_string(), |d| d.to_string()),
         human_duration(i.elapsed().unwrap_or(0.0))
     );
     if let Some(p) = i.percent() {
@@ -172,7 +172,10 @@ pub fn schema_item_line(i: &SchemaItem) -> String {
 /// An overall line while indexes are built after the copy.
 pub fn schema_line(task: &Task) -> String {
     let items = task.schema_items();
-    let post: Vec<_> = items.iter().filter(|i| i.step != "pre-data").collect();
+    let post: Vec<_> = items
+        .iter()
+        .filter(|i| i.step != "pre-data" && i.state() != SchemaState::LeftOut)
+        .collect();
     let finished = post
         .iter()
         .filter(|i| !matches!(i.state(), SchemaState::Pending | SchemaState::Running))

@@ -247,6 +247,7 @@ async fn run_inner(
                 s = schema::read_source(&endpoints, &opts.publication, &schema_settings) => s?,
                 _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
             };
+            schema::report_left_out(task, &source);
             if !pre_done {
                 let r = schema::pre_data(&endpoints, &source, &slot, task, &shutdown, false, true)
                     .await?;
@@ -257,6 +258,10 @@ async fn run_inner(
                 );
                 preflight::refresh_dest_tables(&endpoints, &mut findings.plan).await?;
             }
+            let through = schema::check::Through::PreData {
+                deferred_identity: true,
+            };
+            schema::check::created(&endpoints, &source, &slot, through).await?;
             schema_source = Some(source);
             post_pending = true;
             // What follows (the slots) is still before the copy.
@@ -360,6 +365,13 @@ async fn run_inner(
             for n in &r.not_valid {
                 warn!("foreign key left NOT VALID: {n}");
             }
+            schema::check::created(
+                &ctx.endpoints,
+                source,
+                &slot,
+                schema::check::Through::PostData,
+            )
+            .await?;
             // The unique indexes just built decide how changes are batched.
             let mut plan = ctx.plan.clone();
             preflight::refresh_dest_tables(&ctx.endpoints, &mut plan).await?;

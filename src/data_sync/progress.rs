@@ -156,6 +156,9 @@ pub enum SchemaState {
     /// A foreign key that could not be validated: it stays NOT VALID.
     NotValid,
     Failed,
+    /// An entry of the source's dump the move does not take (the message
+    /// says why).
+    LeftOut,
 }
 
 impl SchemaState {
@@ -167,6 +170,7 @@ impl SchemaState {
             SchemaState::Existed => "existed",
             SchemaState::NotValid => "not valid",
             SchemaState::Failed => "failed",
+            SchemaState::LeftOut => "left out",
         }
     }
 }
@@ -175,8 +179,10 @@ impl SchemaState {
 /// foreign key validation, or the pre-data of a shard as a whole.
 #[derive(Debug)]
 pub struct SchemaItem {
-    pub dest_shard: usize,
-    /// `pre-data`, `index`, `attach`, `foreign key`, `post-data`.
+    /// `None`: about every shard (an entry left out).
+    pub dest_shard: Option<usize>,
+    /// `pre-data`, `index`, `attach`, `foreign key`, `post-data`, `left
+    /// out`.
     pub step: &'static str,
     /// `INDEX public.orders_customer_id_idx`.
     pub object: String,
@@ -194,7 +200,7 @@ pub struct SchemaItem {
 impl SchemaItem {
     pub fn new(dest_shard: usize, step: &'static str, object: String, table_bytes: u64) -> Self {
         SchemaItem {
-            dest_shard,
+            dest_shard: Some(dest_shard),
             step,
             object,
             table_bytes,
@@ -204,6 +210,18 @@ impl SchemaItem {
             started: Mutex::new(None),
             finished: Mutex::new(None),
         }
+    }
+
+    /// An entry the move does not take, on no shard, and why.
+    pub fn left_out(object: String, reason: String) -> Self {
+        let item = SchemaItem {
+            dest_shard: None,
+            step: "left out",
+            ..SchemaItem::new(0, "left out", object, 0)
+        };
+        *item.state.lock().unwrap_or_else(|e| e.into_inner()) = SchemaState::LeftOut;
+        item.set_message(reason);
+        item
     }
 
     pub fn state(&self) -> SchemaState {

@@ -41,7 +41,10 @@ impl AdminCommand for ShowSchemaSync {
             for item in task.schema_items() {
                 reply.push(vec![
                     text(task.id),
-                    text(item.dest_shard),
+                    text(
+                        item.dest_shard
+                            .map_or("every".to_string(), |d| d.to_string()),
+                    ),
                     text(item.step),
                     text(&item.object),
                     text(item.state().as_str()),

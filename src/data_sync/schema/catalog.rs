@@ -155,10 +155,14 @@ seqs AS (
    WHERE $1::text IS NULL AND c.relkind = 'S'
      AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgdog') AND n.nspname NOT LIKE 'pg\_%'
 )
-SELECT 'TABLE', nspname, relname, nspname, relname, CASE WHEN relkind = 'p' THEN 'P' ELSE '' END,
+-- The first branch types every column of the union: text, never name, or
+-- each tag built below (table, space, constraint) would be cut to 63 bytes
+-- and no longer match pg_dump's.
+SELECT 'TABLE'::text, nspname::text, relname::text, nspname::text, relname::text,
+       CASE WHEN relkind = 'p' THEN 'P' ELSE '' END::text,
        (SELECT string_agg(pg_catalog.quote_ident(a.attname) || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attname)
-          FROM pg_catalog.pg_attribute a WHERE a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped),
-       bytes
+          FROM pg_catalog.pg_attribute a WHERE a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped)::text,
+       bytes::bigint
   FROM rel
 UNION ALL
 SELECT 'TABLE ATTACH', nspname, relname, nspname, relname, '', NULL, 0 FROM rel WHERE relispartition

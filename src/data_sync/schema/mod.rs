@@ -16,9 +16,11 @@
 //! - [`catalog`]: what each entry belongs to, what exists, what matches.
 //! - [`plan`]: which entries a move takes, and when.
 //! - [`apply`]: running them.
+//! - [`check`]: what was created, against what pg_dump listed.
 
 pub mod apply;
 pub mod catalog;
+pub mod check;
 pub mod dump;
 pub mod grants;
 pub mod pg_dump;
@@ -117,9 +119,14 @@ pub async fn read_source(
     info!(pg_dump = %pg_dump.path.display(), version = %pg_dump.version, "reading the source schema");
     let objects = catalog::objects(&mut conn, Some(publication)).await?;
     let others = catalog::other_relations(&mut conn, &objects).await?;
-    let omitted_relations: Vec<String> = others
+    let omitted_relations: Vec<plan::Omitted> = others
         .iter()
-        .map(|(t, kind)| format!("{kind} {}.{}", t.schema, t.name))
+        .map(|(t, kind)| plan::Omitted {
+            what: format!("{kind} {}.{}", t.schema, t.name),
+            reason: "not in the publication".into(),
+            table: None,
+            required: false,
+        })
         .collect();
     let others: Vec<TableName> = others.into_iter().map(|(t, _)| t).collect();
     conn.close().await;
@@ -150,11 +157,56 @@ pub async fn read_source(
         .await?;
     let mut plan = plan::plan(dump::parse(&text), &objects);
     plan.omitted.splice(0..0, omitted_relations);
+    // What belongs to a moved table is never left out without a word; a
+    // key the move needs stops it here, before anything is created.
+    let required: Vec<Problem> = plan
+        .unmatched()
+        .filter(|o| o.required)
+        .map(|o| Problem {
+            problem: format!("schema sync would leave out {}: {}", o.what, o.reason),
+            fix: "this is a mismatch between pg_dump's output and pgdog's catalog query (please report it); meanwhile create the schema on every destination shard yourself and run with --skip-schema-sync".into(),
+        })
+        .collect();
+    if !required.is_empty() {
+        return Err(DataSyncError::Preflight { problems: required });
+    }
+    for o in plan.unmatched() {
+        warn!("schema sync leaves out {o}");
+    }
     Ok(Source {
         pg_dump,
         objects,
         plan,
     })
+}
+
+/// Put what the move leaves out in `SHOW SCHEMA_SYNC`, each entry by
+/// name with its reason; the many objects of tables outside the
+/// publication as one line per reason.
+pub fn report_left_out(task: &Task, source: &Source) {
+    let mut outside: HashMap<&str, usize> = HashMap::new();
+    for o in &source.plan.omitted {
+        let bulk = o.table.is_none()
+            && matches!(
+                o.reason.as_str(),
+                "not in the publication" | "belongs to a table outside the publication"
+            );
+        if bulk {
+            *outside.entry(o.reason.as_str()).or_default() += 1;
+        } else {
+            task.add_schema_item(SchemaItem::left_out(o.what.clone(), o.reason.clone()));
+        }
+    }
+    let mut outside: Vec<_> = outside.into_iter().collect();
+    outside.sort();
+    for (reason, n) in outside {
+        let what = if reason == "not in the publication" {
+            format!("{n} relations")
+        } else {
+            format!("{n} objects")
+        };
+        task.add_schema_item(SchemaItem::left_out(what, reason.to_string()));
+    }
 }
 
 /// How `theirs` (another source shard's objects) differs from `first`
@@ -883,6 +935,7 @@ pub async fn command(
     let settings = Settings::from_config(&config);
     task.set_phase(crate::data_sync::Phase::Schema);
     let source = read_source(&endpoints, &opts.publication, &settings).await?;
+    report_left_out(task, &source);
     if dry_run {
         println!(
             "-- schema of source shard 0 read with {} ({}): {} objects taken, {} left out",
@@ -892,7 +945,7 @@ pub async fn command(
             source.plan.omitted.len()
         );
         for o in &source.plan.omitted {
-            println!("--   left out: {o}");
+            println!("--   left out: {} ({})", o.what, o.reason);
         }
     }
     let mut report = Report::default();
@@ -900,6 +953,12 @@ pub async fn command(
         let r = pre_data(&endpoints, &source, &slot, task, shutdown, dry_run, false).await?;
         report.created += r.created;
         report.existed += r.existed;
+        if !dry_run {
+            let through = check::Through::PreData {
+                deferred_identity: false,
+            };
+            check::created(&endpoints, &source, &slot, through).await?;
+        }
     }
     if phases != Phases::Pre {
         task.set_phase(crate::data_sync::Phase::Indexing);
@@ -919,6 +978,9 @@ pub async fn command(
         report.created += r.created;
         report.existed += r.existed;
         report.not_valid = r.not_valid;
+        if !dry_run {
+            check::created(&endpoints, &source, &slot, check::Through::PostData).await?;
+        }
     }
     Ok(report)
 }

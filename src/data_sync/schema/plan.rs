@@ -13,8 +13,11 @@
 //! catalog ties them to a left-out table or view: a trigger function's
 //! body may call another function the catalog knows nothing of.
 
-use super::catalog::Objects;
+use std::collections::HashSet;
+
+use super::catalog::{Key, Objects};
 use super::dump::Entry;
+use crate::data_sync::catalog::TableName;
 
 /// When an entry runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -55,12 +58,51 @@ pub struct Planned {
     pub step: Step,
 }
 
+/// An entry of the source's dump that the move does not take, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Omitted {
+    /// `INDEX public.orders_x`, as [`Entry::describe`] says it.
+    pub what: String,
+    pub reason: String,
+    /// The moved table it belongs to. Nothing of a moved table is left out
+    /// on purpose: such an entry is one the catalog failed to match.
+    pub table: Option<TableName>,
+    /// Leaving it out breaks the move (a primary key, the replica
+    /// identity, an index a partitioned parent's index attaches).
+    pub required: bool,
+}
+
+impl Omitted {
+    fn new(what: String, reason: impl Into<String>) -> Omitted {
+        Omitted {
+            what,
+            reason: reason.into(),
+            table: None,
+            required: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Omitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.reason)
+    }
+}
+
 /// The source's schema, split for the move.
 #[derive(Debug, Clone, Default)]
 pub struct SchemaPlan {
     pub entries: Vec<Planned>,
-    /// What was left out, as `KIND schema.tag`, for `--dry-run`.
-    pub omitted: Vec<String>,
+    /// What was left out, each with its reason.
+    pub omitted: Vec<Omitted>,
+}
+
+impl SchemaPlan {
+    /// Left-out entries that belong to a moved table: each one is a
+    /// difference between the dump and the catalog.
+    pub fn unmatched(&self) -> impl Iterator<Item = &Omitted> {
+        self.omitted.iter().filter(|o| o.table.is_some())
+    }
 }
 
 /// Kinds never taken.
@@ -87,6 +129,29 @@ const OMITTED_KINDS: &[&str] = &[
     "BLOB",
     "BLOB METADATA",
 ];
+
+/// Why a kind of [`OMITTED_KINDS`] is never taken.
+fn kind_reason(kind: &str) -> &'static str {
+    match kind {
+        "VIEW" | "MATERIALIZED VIEW" | "MATERIALIZED VIEW DATA" => {
+            "views are not moved (create them on the destination yourself)"
+        }
+        "FOREIGN TABLE" | "SERVER" | "USER MAPPING" | "FOREIGN DATA WRAPPER" => {
+            "foreign data wrappers and their tables are not moved"
+        }
+        "PUBLICATION"
+        | "PUBLICATION TABLE"
+        | "PUBLICATION TABLES IN SCHEMA"
+        | "SUBSCRIPTION"
+        | "SUBSCRIPTION TABLE" => "publications and subscriptions belong to the source",
+        "EVENT TRIGGER" => "event triggers are not moved",
+        "DATABASE" | "DATABASE PROPERTIES" => "database settings belong to each server",
+        "DEFAULT ACL" => "default privileges are not carried over",
+        "SEQUENCE SET" => "sequence values are set by pgdog sequence-sync",
+        "TABLE DATA" => "rows are copied, not dumped",
+        _ => "large objects are not moved",
+    }
+}
 
 /// Kinds that belong to one table; taken when the catalog lists them among
 /// the publication's objects.
@@ -285,12 +350,207 @@ pub fn plan(entries: Vec<Entry>, source: &Objects) -> SchemaPlan {
         };
         steps.push((e, step));
     }
+    let moved = Moved::of(source);
+    let mut left_out = Vec::new();
     for (entry, step) in steps {
         match step {
             Some(step) => out.entries.push(Planned { entry, step }),
-            None => out.omitted.push(entry.describe()),
+            None => left_out.push(entry),
         }
     }
+    for entry in &left_out {
+        let omitted = why_left_out(entry, &moved, &left_out, &used_schemas);
+        out.omitted.push(omitted);
+    }
+    let kept: HashSet<Key> = out
+        .entries
+        .iter()
+        .map(|p| Key::new(&p.entry.kind, p.entry.schema.as_deref(), &p.entry.tag))
+        .collect();
+    out.omitted.extend(identity_not_dumped(source, &kept));
+    out
+}
+
+/// The tables a move takes (the publication's, with their partition
+/// trees), by schema.
+struct Moved<'a> {
+    tables: HashSet<(&'a str, &'a str)>,
+    source: &'a Objects,
+}
+
+impl<'a> Moved<'a> {
+    fn of(source: &'a Objects) -> Moved<'a> {
+        let tables = source
+            .by_key
+            .keys()
+            .filter(|k| k.kind == "TABLE")
+            .filter_map(|k| Some((k.schema.as_deref()?, k.tag.as_str())))
+            .collect();
+        Moved { tables, source }
+    }
+
+    fn table(&self, schema: &str, name: &str) -> Option<TableName> {
+        self.tables.contains(&(schema, name)).then(|| TableName {
+            schema: schema.into(),
+            name: name.into(),
+        })
+    }
+
+    /// The moved table a `table name` tag starts with (the longest, as
+    /// table names may hold spaces).
+    fn prefix_of(&self, schema: &str, tag: &str) -> Option<TableName> {
+        tag.char_indices()
+            .rev()
+            .filter(|(_, c)| *c == ' ')
+            .find_map(|(i, _)| self.table(schema, &tag[..i]))
+    }
+
+    /// The moved table a `CREATE INDEX ... ON [ONLY] table` statement
+    /// names: an index lives in its table's schema, so only that schema's
+    /// tables are tried, spelled each way pg_dump may quote them.
+    fn indexed_by(&self, schema: &str, sql: &str) -> Option<TableName> {
+        self.tables
+            .iter()
+            .filter(|(s, _)| *s == schema)
+            .find(|(s, t)| {
+                spellings(s, t).iter().any(|q| {
+                    sql.contains(&format!(" ON {q} ")) || sql.contains(&format!(" ON ONLY {q} "))
+                })
+            })
+            .map(|(s, t)| TableName {
+                schema: s.to_string(),
+                name: t.to_string(),
+            })
+    }
+}
+
+/// `schema.table` as pg_dump may write it: each part quoted or not.
+fn spellings(schema: &str, table: &str) -> [String; 4] {
+    let q = crate::data_sync::catalog::quote_ident;
+    [
+        format!("{schema}.{table}"),
+        format!("{}.{table}", q(schema)),
+        format!("{schema}.{}", q(table)),
+        format!("{}.{}", q(schema), q(table)),
+    ]
+}
+
+/// Which moved table, if any, a left-out entry of a table's kind belongs
+/// to.
+fn owner(entry: &Entry, moved: &Moved, left_out: &[Entry]) -> Option<TableName> {
+    let schema = entry.schema.as_deref()?;
+    match entry.kind.as_str() {
+        "TABLE" | "TABLE ATTACH" | "ROW SECURITY" => moved.table(schema, &entry.tag),
+        "DEFAULT" | "CONSTRAINT" | "CHECK CONSTRAINT" | "FK CONSTRAINT" | "TRIGGER" | "RULE"
+        | "POLICY" => moved.prefix_of(schema, &entry.tag),
+        "INDEX" => moved.indexed_by(schema, &entry.sql),
+        // The child index's table: the catalog's, or that of the index or
+        // constraint entry of the same name.
+        "INDEX ATTACH" => moved
+            .source
+            .get("INDEX", Some(schema), &entry.tag)
+            .and_then(|o| o.table.clone())
+            .filter(|t| moved.table(&t.schema, &t.name).is_some())
+            .or_else(|| {
+                left_out
+                    .iter()
+                    .filter(|e| e.schema.as_deref() == Some(schema))
+                    .find_map(|e| match e.kind.as_str() {
+                        "INDEX" if e.tag == entry.tag => owner(e, moved, &[]),
+                        "CONSTRAINT" if e.tag.ends_with(&format!(" {}", entry.tag)) => {
+                            owner(e, moved, &[])
+                        }
+                        _ => None,
+                    })
+            }),
+        _ => None,
+    }
+}
+
+/// A left-out entry that a move cannot do without: a primary key, the
+/// replica identity, or an index a partitioned parent's index attaches.
+fn required(entry: &Entry) -> bool {
+    match entry.kind.as_str() {
+        "CONSTRAINT" => {
+            entry.sql.contains(" PRIMARY KEY ")
+                || entry.sql.contains("REPLICA IDENTITY USING INDEX")
+        }
+        "INDEX" => entry.sql.contains("REPLICA IDENTITY USING INDEX"),
+        "INDEX ATTACH" => true,
+        _ => false,
+    }
+}
+
+/// The reason an entry is left out.
+fn why_left_out(
+    entry: &Entry,
+    moved: &Moved,
+    left_out: &[Entry],
+    used_schemas: &HashSet<String>,
+) -> Omitted {
+    let what = entry.describe();
+    let kind = entry.kind.as_str();
+    if OMITTED_KINDS.contains(&kind) {
+        return Omitted::new(what, kind_reason(kind));
+    }
+    if TABLE_KINDS.contains(&kind) {
+        if let Some(table) = owner(entry, moved, left_out) {
+            return Omitted {
+                reason: format!(
+                    "pg_dump lists it for {table}, which is moved, but pgdog's catalog query did not match its name; create it on every destination shard from the SQL below"
+                ),
+                table: Some(table),
+                required: required(entry),
+                what,
+            };
+        }
+        return Omitted::new(what, "belongs to a table outside the publication");
+    }
+    match kind {
+        "TYPE" | "DOMAIN" => Omitted::new(what, "no moved table or kept function uses it"),
+        "FUNCTION" | "PROCEDURE" | "AGGREGATE" => {
+            Omitted::new(what, "tied to a table or view that is not moved")
+        }
+        "SCHEMA" if !used_schemas.contains(&entry.tag) => {
+            Omitted::new(what, "holds nothing that is moved")
+        }
+        _ => Omitted::new(what, "on an object that is left out"),
+    }
+}
+
+/// Primary keys and replica identities of moved tables (and the
+/// attachments of their partitions' ones) that the catalog lists but no
+/// kept entry of the dump creates: required, so reported as such.
+fn identity_not_dumped(source: &Objects, kept: &HashSet<Key>) -> Vec<Omitted> {
+    let mut out: Vec<Omitted> = source
+        .by_key
+        .iter()
+        .filter(|(_, o)| o.has('r') && o.table.is_some())
+        .filter(|(k, o)| match k.kind.as_str() {
+            "CONSTRAINT" | "INDEX ATTACH" => !kept.contains(*k),
+            // An index that backs a constraint is dumped as the constraint.
+            "INDEX" => {
+                let table = o.table.as_ref().map_or("", |t| t.name.as_str());
+                let constraint = format!("{table} {}", k.tag);
+                !kept.contains(*k)
+                    && !kept.contains(&Key::new("CONSTRAINT", k.schema.as_deref(), &constraint))
+            }
+            _ => false,
+        })
+        .map(|(k, o)| {
+            let what = match &k.schema {
+                Some(s) => format!("{} {s}.{}", k.kind, k.tag),
+                None => format!("{} {}", k.kind, k.tag),
+            };
+            Omitted {
+                what,
+                reason: "the catalog lists it as a primary key or replica identity of a moved table, but pg_dump's output has no entry of that name".into(),
+                table: o.table.clone(),
+                required: true,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.what.cmp(&b.what));
     out
 }
 
@@ -371,9 +631,9 @@ mod tests {
         ] {
             assert_eq!(step(kind, tag), None, "{kind} {tag}");
             assert!(
-                plan.omitted
-                    .iter()
-                    .any(|o| o.starts_with(kind) && o.ends_with(tag)),
+                plan.omitted.iter().any(|o| o.what.starts_with(kind)
+                    && o.what.ends_with(tag)
+                    && o.table.is_none()),
                 "{kind} {tag} not listed as omitted"
             );
         }
@@ -388,6 +648,53 @@ mod tests {
         let pk = pre.iter().position(|k| *k == "CONSTRAINT").unwrap();
         let attach = pre.iter().position(|k| *k == "INDEX ATTACH").unwrap();
         assert!(table < pk && pk < attach, "{pre:?}");
+    }
+
+    /// What the catalog query returned before its tags were text: the
+    /// tag of a long table's primary key cut to 63 bytes.
+    #[test]
+    fn entries_of_moved_tables_the_catalog_misses_are_named() {
+        let table = "batched_background_migrations";
+        let full = format!("{table} {table}_pkey");
+        let cut = &full[..63];
+        let p = Some("public");
+        let mut source = objects(&[
+            ("INDEX", p, "bbm_status", ""),
+            ("INDEX ATTACH", Some("parts"), "bbm_1_pkey", "r"),
+        ]);
+        let on_table = |flags: &str| Object {
+            table: Some(TableName {
+                schema: "public".into(),
+                name: table.into(),
+            }),
+            flags: flags.into(),
+            ..Default::default()
+        };
+        source
+            .by_key
+            .insert(Key::new("TABLE", p, table), on_table(""));
+        source
+            .by_key
+            .insert(Key::new("CONSTRAINT", p, cut), on_table("prv"));
+        let dump = format!(
+            "--\n-- Name: {table}; Type: TABLE; Schema: public; Owner: -\n--\n\nCREATE TABLE public.{table} (id bigint, status int);\n\n\
+             --\n-- Name: {full}; Type: CONSTRAINT; Schema: public; Owner: -\n--\n\nALTER TABLE ONLY public.{table}\n    ADD CONSTRAINT {table}_pkey PRIMARY KEY (id);\n\n\
+             --\n-- Name: bbm_status_2; Type: INDEX; Schema: public; Owner: -\n--\n\nCREATE INDEX bbm_status_2 ON public.{table} USING btree (status);\n\n\
+             --\n-- Name: other_idx; Type: INDEX; Schema: public; Owner: -\n--\n\nCREATE INDEX other_idx ON public.other USING btree (status);\n"
+        );
+        let plan = plan(dump::parse(&dump), &source);
+        let find = |what: &str| plan.omitted.iter().find(|o| o.what == what).cloned();
+        let pk = find(&format!("CONSTRAINT public.{full}")).expect("the primary key is named");
+        assert!(pk.required && pk.table.as_ref().is_some_and(|t| t.name == table));
+        let index = find("INDEX public.bbm_status_2").expect("the index is named");
+        assert!(!index.required && index.table.is_some(), "{index:?}");
+        let other = find("INDEX public.other_idx").expect("left out");
+        assert_eq!(other.table, None);
+        assert_eq!(other.reason, "belongs to a table outside the publication");
+        // The catalog's side: its primary key has no entry of that name.
+        let listed = find(&format!("CONSTRAINT public.{cut}")).expect("catalog side");
+        assert!(listed.required);
+        assert_eq!(plan.unmatched().filter(|o| o.required).count(), 2);
     }
 
     #[test]
