@@ -1,7 +1,8 @@
 //! Freezing a cluster's published tables for the application's roles.
 //!
 //! A statement-level `BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE`
-//! trigger on every published table and every partition under it raises
+//! trigger on every published table, every partition under it and every
+//! partitioned table above it raises
 //! for the freeze roles (by name, or by membership unless the session is
 //! a superuser's). Triggers are looked up per statement, so sessions that
 //! are already open cannot write either once the freeze commits. pgdog's
@@ -46,8 +47,11 @@ BEGIN
 END
 $pgdog$;";
 
-/// Every relation to freeze for `tables`: the tables and every partition
-/// under them, as `regclass` text (quoted where needed).
+/// Every relation to freeze for `tables`: the tables, every partition
+/// under them, and every partitioned table above them, as `regclass` text
+/// (quoted where needed). A statement-level trigger fires only on the
+/// table a statement names, so with the leaves published (the default) an
+/// `INSERT INTO parent` is frozen only by a trigger on the parent.
 pub async fn relations(conn: &mut Connection, tables: &[TableName]) -> Result<Vec<String>> {
     if tables.is_empty() {
         return Ok(Vec::new());
@@ -59,7 +63,9 @@ pub async fn relations(conn: &mut Connection, tables: &[TableName]) -> Result<Ve
     let rows = conn
         .query(&format!(
             "SELECT DISTINCT r::text FROM (VALUES {}) t(name),
-                 LATERAL (SELECT t.name::regclass AS r UNION SELECT relid FROM pg_partition_tree(t.name::regclass)) x
+                 LATERAL (SELECT t.name::regclass AS r
+                          UNION SELECT relid FROM pg_partition_tree(t.name::regclass)
+                          UNION SELECT relid FROM pg_partition_ancestors(t.name::regclass)) x
              ORDER BY 1",
             list.join(", ")
         ))
