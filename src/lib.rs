@@ -7,6 +7,7 @@
 //!   partitioning would place it.
 //! - [`data_sync`]: the online copy and the logical replication stream.
 //! - [`harness`]: throwaway local Postgres clusters for tests and the demo.
+//! - [`names`]: table names and SQL quoting.
 //! - [`report`] and [`logging`]: what the operator sees on the terminal.
 
 pub mod admin;
@@ -15,6 +16,7 @@ pub mod data_sync;
 pub mod demo;
 pub mod harness;
 pub mod logging;
+pub mod names;
 pub mod net;
 pub mod report;
 pub mod sharding;

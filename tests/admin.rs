@@ -323,7 +323,8 @@ async fn commands_during_a_move() {
             "elapsed",
             "waiting_on",
             "snapshot_held",
-            "error"
+            "error",
+            "notes"
         ]
     );
     assert_eq!(
@@ -544,7 +545,35 @@ async fn commands_during_a_move() {
     assert_eq!(v, [[format!("pgdog {}", env!("CARGO_PKG_VERSION"))]]);
     let help = psql_csv(port, "HELP").await;
     assert_eq!(help[0], ["command", "description"]);
-    assert_eq!(help.len(), 15, "{help:?}");
+    assert_eq!(help.len(), 16, "{help:?}");
+    // How each table is routed, as the plan decided before the copy.
+    let routing = psql_csv(port, "SHOW ROUTING").await;
+    assert_eq!(
+        routing[0],
+        [
+            "task_id",
+            "table",
+            "source",
+            "destination",
+            "bytes",
+            "warning"
+        ]
+    );
+    let dest_of = |table: &str| {
+        routing
+            .iter()
+            .find(|r| r[1] == table)
+            .unwrap_or_else(|| panic!("{table} not in SHOW ROUTING: {routing:?}"))[3]
+            .clone()
+    };
+    assert_eq!(
+        dest_of("public.orders"),
+        "sharded by \"user_id\" (hash, its own rule)"
+    );
+    assert_eq!(
+        dest_of("public.countries"),
+        "copied whole to every one of the 2 destination shards (no sharding rule)"
+    );
     // The destinations had the schema: pre-data found every object there.
     let schema = psql_csv(port, "SHOW SCHEMA_SYNC").await;
     assert_eq!(
@@ -690,7 +719,7 @@ async fn logins_and_refusals() {
     // Right password, case-insensitive commands, several per query.
     let mut conn = connect(port).await;
     let both = rows(&mut conn, "show version; HELP;").await;
-    assert_eq!(both.len(), 1 + 14);
+    assert_eq!(both.len(), 1 + 15);
     let out = psql(
         &conninfo(port, "sslmode=disable"),
         PASSWORD,

@@ -60,6 +60,10 @@ pub struct General {
     pub schema_sync_parallel: Option<usize>,
     /// `maintenance_work_mem` of those sessions (a PostgreSQL size).
     pub schema_sync_maintenance_work_mem: String,
+    /// A table without a sharding rule is copied whole to every
+    /// destination shard; above this size (bytes) that is a warning that
+    /// names it.
+    pub omnisharded_warning_size: u64,
 }
 
 impl Default for General {
@@ -80,6 +84,7 @@ impl Default for General {
             pg_dump: None,
             schema_sync_parallel: None,
             schema_sync_maintenance_work_mem: "256MB".into(),
+            omnisharded_warning_size: 100 * 1024 * 1024,
         }
     }
 }

@@ -13,6 +13,7 @@ pub use files::{
     Admin, Database, General, MappingRule, PgdogToml, Role, ShardedTable, User, UsersToml,
 };
 
+use crate::names::TableName;
 use crate::net::{ConnectOptions, TlsConnector, TlsMode};
 use crate::sharding::{DataType, Function, Mapping, Rule, Sharder, Value};
 
@@ -201,51 +202,89 @@ impl Config {
         .max_message_size(self.general.max_message_size)
     }
 
-    /// How `schema.table` (with these columns) is sharded in cluster
-    /// `database` of `shards` shards: a named rule first, then a rule
+    /// How `table` (with these columns) is sharded in cluster `database`
+    /// of `shards` shards. The most specific rule wins: one naming the
+    /// table itself, then one naming its nearest partitioned ancestor
+    /// (`ancestors`, nearest first), and so on up to the root, then a rule
     /// without a name whose column the table has. `None`: not sharded, so
     /// every shard gets every row (an omnisharded table).
     pub fn sharder_for(
         &self,
         database: &str,
-        schema: &str,
-        table: &str,
+        table: &TableName,
+        ancestors: &[TableName],
         columns: &[&str],
         shards: usize,
-    ) -> Result<Option<(Sharder, String)>, ConfigError> {
-        let rules = self
+    ) -> Result<Option<RuleMatch>, ConfigError> {
+        let rules: Vec<(usize, &ShardedTable)> = self
             .sharded_tables
             .iter()
-            .filter(|t| t.database == database);
-        let named = rules.clone().find(|t| {
-            t.name.as_deref() == Some(table) && t.schema.as_deref().is_none_or(|s| s == schema)
-        });
-        let rule = match named {
-            Some(r) => Some(r),
-            None => rules.clone().find(|t| {
-                t.name.is_none()
-                    && t.schema.as_deref().is_none_or(|s| s == schema)
-                    && columns.contains(&t.column.as_str())
-            }),
+            .enumerate()
+            .filter(|(_, t)| t.database == database)
+            .collect();
+        let named = |name: &TableName| {
+            rules.iter().copied().find(|(_, t)| {
+                t.name.as_deref() == Some(name.name.as_str())
+                    && t.schema.as_deref().is_none_or(|s| s == name.schema)
+            })
         };
-        let Some(rule) = rule else {
+        let found = named(table)
+            .map(|r| (r, RuleOrigin::Table))
+            .or_else(|| {
+                ancestors
+                    .iter()
+                    .find_map(|a| named(a).map(|r| (r, RuleOrigin::Ancestor(a.clone()))))
+            })
+            .or_else(|| {
+                rules
+                    .iter()
+                    .copied()
+                    .find(|(_, t)| {
+                        t.name.is_none()
+                            && t.schema.as_deref().is_none_or(|s| s == table.schema)
+                            && columns.contains(&t.column.as_str())
+                    })
+                    .map(|r| (r, RuleOrigin::Column))
+            });
+        let Some(((index, rule), origin)) = found else {
             return Ok(None);
         };
-        let index = self
-            .sharded_tables
-            .iter()
-            .position(|t| std::ptr::eq(t, rule))
-            .unwrap_or(0);
-        let sharder =
-            build_sharder(rule, &format!("{schema}.{table}"), shards).map_err(|message| {
-                ConfigError::Invalid {
-                    file: self.path.clone(),
-                    field: format!("sharded_tables[{index}]"),
-                    message,
-                }
-            })?;
-        Ok(Some((sharder, rule.column.clone())))
+        let sharder = build_sharder(rule, &table.to_string(), shards).map_err(|message| {
+            ConfigError::Invalid {
+                file: self.path.clone(),
+                field: format!("sharded_tables[{index}]"),
+                message,
+            }
+        })?;
+        Ok(Some(RuleMatch {
+            sharder,
+            column: rule.column.clone(),
+            origin,
+            index,
+        }))
     }
+}
+
+/// Where the rule that routes a table comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleOrigin {
+    /// A rule naming the table itself.
+    Table,
+    /// A rule naming this partitioned table above it.
+    Ancestor(TableName),
+    /// A rule without a name, for every table with its column.
+    Column,
+}
+
+/// The rule that routes a table.
+#[derive(Debug, Clone)]
+pub struct RuleMatch {
+    pub sharder: Sharder,
+    /// The key column, by name.
+    pub column: String,
+    pub origin: RuleOrigin,
+    /// Its position in `[[sharded_tables]]`.
+    pub index: usize,
 }
 
 /// A sharder for one rule; errors as text for the caller to place.

@@ -89,16 +89,28 @@ fn loads_a_good_config() {
     assert_eq!(opts.password.as_deref(), Some("dest-secret"));
 
     // Named rule, then the column rule, then nothing (omnisharded).
-    let (s, col) = c
-        .sharder_for("dest", "public", "users", &["id", "name"], 2)
+    let t = |name: &str| TableName {
+        schema: "public".into(),
+        name: name.into(),
+    };
+    let users = c
+        .sharder_for("dest", &t("users"), &[], &["id", "name"], 2)
         .unwrap()
         .unwrap();
-    assert_eq!((s.table.as_str(), col.as_str()), ("public.users", "id"));
-    let (s, col) = c
-        .sharder_for("dest", "public", "orders", &["id", "tenant_id"], 2)
+    assert_eq!(
+        (users.sharder.table.as_str(), users.column.as_str()),
+        ("public.users", "id")
+    );
+    assert_eq!(users.origin, RuleOrigin::Table);
+    let orders = c
+        .sharder_for("dest", &t("orders"), &[], &["id", "tenant_id"], 2)
         .unwrap()
         .unwrap();
-    assert_eq!(col, "tenant_id");
+    assert_eq!(
+        (orders.column.as_str(), orders.origin),
+        ("tenant_id", RuleOrigin::Column)
+    );
+    let s = orders.sharder;
     assert_eq!(
         s.shard(Some(b"2"), crate::sharding::Format::Text).unwrap(),
         0
@@ -109,9 +121,39 @@ fn loads_a_good_config() {
         1
     );
     assert!(c
-        .sharder_for("dest", "public", "countries", &["code"], 2)
+        .sharder_for("dest", &t("countries"), &[], &["code"], 2)
         .unwrap()
         .is_none());
+    // A partition of `users` (in another schema, two levels down) takes
+    // its rule; a rule on the ancestor wins over the column rule; a rule
+    // naming the partition itself wins over its ancestor's.
+    let leaf = TableName {
+        schema: "parts".into(),
+        name: "users_2025_eu".into(),
+    };
+    let ancestors = [t("users_2025"), t("users")];
+    let r = c
+        .sharder_for("dest", &leaf, &ancestors, &["tenant_id", "id"], 2)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.column.as_str(), r.origin),
+        ("id", RuleOrigin::Ancestor(t("users")))
+    );
+    assert_eq!(r.sharder.table, "parts.users_2025_eu");
+    let own = load(
+        &format!("{GOOD}\n[[sharded_tables]]\ndatabase = \"dest\"\nname = \"users_2025_eu\"\ncolumn = \"tenant_id\"\n"),
+        USERS,
+    )
+    .unwrap();
+    let r = own
+        .sharder_for("dest", &leaf, &ancestors, &["tenant_id", "id"], 2)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.column.as_str(), r.origin),
+        ("tenant_id", RuleOrigin::Table)
+    );
 }
 
 #[test]

@@ -2,46 +2,13 @@
 //! replica identity and size on a source; the matching tables on a
 //! destination.
 
-use std::fmt;
-
 use pgdog_protocol::backend::DataRow;
 
 use crate::net::Connection;
 
 use super::error::{DataSyncError, Result};
 
-/// `"ident"` with embedded quotes doubled.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// `'literal'` with embedded quotes doubled: right because every session
-/// pgdog opens sets `standard_conforming_strings = on`. Values pgdog reads
-/// or writes go as parameters; this is for SQL it must spell out (sharding
-/// predicates from the config, a snapshot name).
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// A schema-qualified table name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TableName {
-    pub schema: String,
-    pub name: String,
-}
-
-impl TableName {
-    /// `"schema"."name"`, ready for SQL.
-    pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
-    }
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
-    }
-}
+pub use crate::names::{quote_ident, quote_literal, TableName};
 
 /// One column of a published table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +47,12 @@ pub struct PublishedTable {
     /// Stored generated columns (name, expression): never copied or
     /// streamed; the destination must compute them the same way.
     pub generated: Vec<(String, String)>,
+    /// The partitioned tables above a partition, nearest first: a
+    /// sharding rule naming one of them routes this table too.
+    pub ancestors: Vec<TableName>,
+    /// For a partitioned table (published through its root): its leaf
+    /// partitions, sorted, to notice one attached while the move runs.
+    pub leaves: Vec<TableName>,
 }
 
 impl PublishedTable {
@@ -198,6 +171,8 @@ pub async fn publication_tables(
             bytes: parse(r.text(8), "pg_relation_size")?,
             leaves_without_identity: Vec::new(),
             generated: Vec::new(),
+            ancestors: Vec::new(),
+            leaves: Vec::new(),
         });
     }
     let oids = format!(
@@ -277,6 +252,49 @@ pub async fn publication_tables(
         let oid: u32 = parse(r.text(0), "partition root oid")?;
         if let (Some(&i), Some(leaf)) = (index.get(&oid), r.text(1)) {
             tables[i].leaves_without_identity.push(leaf.to_string());
+        }
+    }
+    // Partitioned tables above each partition, nearest first.
+    let rows = query1(
+        conn,
+        "SELECT p.oid, n.nspname, c.relname
+         FROM unnest($1::oid[]) p(oid)
+         CROSS JOIN LATERAL pg_partition_ancestors(p.oid) WITH ORDINALITY a(relid, i)
+         JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE a.relid <> p.oid
+         ORDER BY p.oid, a.i",
+        &oids,
+    )
+    .await?;
+    for r in &rows {
+        let oid: u32 = parse(r.text(0), "partition oid")?;
+        if let Some(&i) = index.get(&oid) {
+            tables[i].ancestors.push(TableName {
+                schema: r.text(1).unwrap_or("").to_string(),
+                name: r.text(2).unwrap_or("").to_string(),
+            });
+        }
+    }
+    // Leaves of partitioned tables published through their root.
+    let rows = query1(
+        conn,
+        "SELECT p.oid, n.nspname, c.relname
+         FROM unnest($1::oid[]) p(oid)
+         JOIN pg_class r ON r.oid = p.oid AND r.relkind = 'p'
+         CROSS JOIN LATERAL pg_partition_tree(p.oid) t
+         JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE t.isleaf
+         ORDER BY p.oid, n.nspname, c.relname",
+        &oids,
+    )
+    .await?;
+    for r in &rows {
+        let oid: u32 = parse(r.text(0), "partition root oid")?;
+        if let Some(&i) = index.get(&oid) {
+            tables[i].leaves.push(TableName {
+                schema: r.text(1).unwrap_or("").to_string(),
+                name: r.text(2).unwrap_or("").to_string(),
+            });
         }
     }
     Ok(tables)
@@ -502,7 +520,7 @@ fn parse<T: std::str::FromStr>(text: Option<&str>, what: &str) -> Result<T> {
 }
 
 /// `{a,"b c"}` (a `name[]` in text form) to its elements.
-fn parse_name_array(text: &str) -> Vec<String> {
+pub(crate) fn parse_name_array(text: &str) -> Vec<String> {
     let inner = text.trim().trim_start_matches('{').trim_end_matches('}');
     let mut out = Vec::new();
     let mut cur = String::new();

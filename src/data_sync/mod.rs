@@ -27,6 +27,7 @@ pub mod snapshot;
 pub mod state;
 pub mod stream;
 pub mod verify;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -215,196 +216,355 @@ async fn run_inner(
         cleanup(&endpoints, &slot).await?;
         return Ok(Outcome::CleanedUp);
     }
-
-    task.set_phase(Phase::Preflight);
-    let parallel = config
-        .general
-        .resharding_parallel_copies
-        .unwrap_or_else(default_parallel);
-    let schema_sync = opts.schema_sync && opts.mode != Mode::ReplicateOnly;
-    let intent = if opts.mode == Mode::ReplicateOnly {
-        preflight::Intent::ReplicateOnly
-    } else if schema_sync {
-        preflight::Intent::CopyCreatingSchema
-    } else {
-        preflight::Intent::Copy
-    };
-    let mut findings = tokio::select! {
-        f = preflight::run(&endpoints, &opts.publication, &slot, intent) => f?,
-        _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
-    };
-
-    // Schema sync, pre-data: once preflight found nothing wrong, and
-    // before anything is copied. A rerun knows which phases are done.
-    let schema_settings = schema::Settings::from_config(&config);
-    let mut schema_source: Option<schema::Source> = None;
-    let mut post_pending = false;
-    if schema_sync {
-        let (pre_done, post_done) = schema::phases_done(&endpoints, &slot).await?;
-        if !post_done {
-            task.set_phase(Phase::Schema);
-            let source = tokio::select! {
-                s = schema::read_source(&endpoints, &opts.publication, &schema_settings) => s?,
-                _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
-            };
-            schema::report_left_out(task, &source);
-            if !pre_done {
-                let r = schema::pre_data(&endpoints, &source, &slot, task, &shutdown, false, true)
-                    .await?;
-                info!(
-                    created = r.created,
-                    existed = r.existed,
-                    "schema sync: pre-data on every destination shard"
-                );
-                preflight::refresh_dest_tables(&endpoints, &mut findings.plan).await?;
+    // A pass plans the move, creates and copies what is missing, and
+    // streams; a table that joins the publication while it streams ends
+    // the pass, and the next one takes it in (a resume of the same move).
+    let mut replanned = false;
+    loop {
+        let pass = Pass {
+            config: &config,
+            opts,
+            task,
+            shutdown: &shutdown,
+            endpoints: &endpoints,
+            slot: &slot,
+            replanned,
+        };
+        match pass.run().await? {
+            PassEnd::Done(outcome) => return Ok(outcome),
+            PassEnd::Replan(why) => {
+                info!("{why}: planning the move again");
+                replanned = true;
             }
-            let through = schema::check::Through::PreData {
-                deferred_identity: true,
-            };
-            schema::check::created(&endpoints, &source, &slot, through).await?;
-            schema_source = Some(source);
-            post_pending = true;
-            // What follows (the slots) is still before the copy.
-            task.set_phase(Phase::Preflight);
         }
     }
-    for d in 0..endpoints.dest.shards.len() {
-        let mut conn = endpoints.connect_dest(d).await?;
-        state::ensure_schema(&mut conn).await?;
-        conn.close().await;
-    }
+}
 
-    // The permanent slots: where streaming will start. A slot this run
-    // creates exports its snapshot, which every copy from that primary
-    // shares (copies from replicas take their own, one per replica).
-    let copying = opts.mode != Mode::ReplicateOnly;
-    let mut exported: Vec<Option<snapshot::SharedSnapshot>> = Vec::new();
-    for (s, exists) in findings.slot_exists.iter().enumerate() {
-        exported.push(None);
-        if *exists {
-            info!(source_shard = s, slot = %slot, "reusing existing replication slot");
-            continue;
-        }
-        let export = copying && findings.copy_sources.get(s).is_some_and(|c| !c.replicas);
-        let action = if export {
-            SnapshotAction::Export
-        } else {
-            SnapshotAction::NoExport
-        };
-        let mut repl = endpoints.connect_source(s, true).await?;
-        let primary = endpoints.source(s);
-        let what = format!("source shard {s} ({}:{})", primary.host, primary.port);
-        let created = tokio::select! {
-            c = snapshot::create_slot(&mut repl, &primary, &slot, false, action, task, &what) => c?,
-            _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
-        };
-        info!(
-            source_shard = s,
-            slot = %slot,
-            lsn = %created.consistent_point,
-            "created replication slot (drop it with --cleanup if you abandon this move)"
-        );
-        if export {
-            let snap = snapshot::SharedSnapshot::new(repl, &created, task, s)?;
-            snapshot::log_taken(&snap, &what);
-            exported[s] = Some(snap);
-        } else {
-            repl.close().await;
-        }
-    }
+/// How a pass of a move ended.
+#[derive(Debug)]
+enum PassEnd {
+    Done(Outcome),
+    /// The publication changed while streaming: plan again.
+    Replan(String),
+}
 
-    let mut stream_start = Vec::with_capacity(endpoints.source.shards.len());
-    for s in 0..endpoints.source.shards.len() {
-        let mut conn = endpoints.connect_source(s, false).await?;
-        let info = preflight::slot_info(&mut conn, &slot).await?;
-        stream_start.push(info.and_then(|i| i.confirmed_flush).unwrap_or_default());
-        conn.close().await;
-    }
-    let ctx = Arc::new(Ctx {
-        endpoints,
-        plan: findings.plan,
-        task: task.clone(),
-        shutdown: shutdown.clone(),
-        parallel,
-        chunk_bytes: config.general.resharding_copy_chunk_size,
-        resume: findings.slot_exists.iter().any(|e| *e),
-        copy_sources: findings.copy_sources.clone(),
-        stream_start,
-        drain_ended: false,
-    });
+/// One pass of a move: preflight, schema, slots, copy, indexes, stream.
+struct Pass<'a> {
+    config: &'a Arc<Config>,
+    opts: &'a Options,
+    task: &'a Arc<Task>,
+    shutdown: &'a CancellationToken,
+    endpoints: &'a Endpoints,
+    slot: &'a str,
+    /// An earlier pass ended because the source changed: schema sync
+    /// runs again (it creates only what is missing).
+    replanned: bool,
+}
 
-    if opts.mode != Mode::ReplicateOnly {
-        task.set_phase(Phase::Copying);
+impl std::fmt::Debug for Pass<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pass").field("slot", &self.slot).finish()
+    }
+}
+
+/// Return `Ok(PassEnd::Done(Outcome::Stopped))` from a pass when
+/// `shutdown` fires first.
+macro_rules! or_stopped {
+    ($shutdown:expr, $fut:expr) => {
         tokio::select! {
-            r = copy::run(ctx.clone(), &findings.finished, exported) => r?,
-            _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
+            r = $fut => r?,
+            _ = $shutdown.cancelled() => return Ok(PassEnd::Done(Outcome::Stopped)),
         }
-        info!("copy complete");
-    }
-    let mut ctx = ctx;
-    if post_pending {
-        if let Some(source) = &schema_source {
+    };
+}
+
+impl Pass<'_> {
+    async fn run(&self) -> Result<PassEnd> {
+        let (opts, task, shutdown) = (self.opts, self.task, self.shutdown);
+        task.set_phase(Phase::Preflight);
+        let schema_sync = opts.schema_sync && opts.mode != Mode::ReplicateOnly;
+        let intent = if opts.mode == Mode::ReplicateOnly {
+            preflight::Intent::ReplicateOnly
+        } else if schema_sync {
+            preflight::Intent::CopyCreatingSchema
+        } else {
+            preflight::Intent::Copy
+        };
+        let mut findings = or_stopped!(
+            shutdown,
+            preflight::run(self.endpoints, &opts.publication, self.slot, intent)
+        );
+        announce_routing(
+            task,
+            &findings.plan,
+            self.config.general.omnisharded_warning_size,
+        );
+        let schema = if schema_sync {
+            match self.schema_pre(&mut findings).await? {
+                Some(s) => s,
+                None => return Ok(PassEnd::Done(Outcome::Stopped)),
+            }
+        } else {
+            None
+        };
+        for d in 0..self.endpoints.dest.shards.len() {
+            let mut conn = self.endpoints.connect_dest(d).await?;
+            state::ensure_schema(&mut conn).await?;
+            conn.close().await;
+        }
+        let Some(exported) = self.create_slots(&findings).await? else {
+            return Ok(PassEnd::Done(Outcome::Stopped));
+        };
+        let mut ctx = self.ctx(&findings).await?;
+        if opts.mode != Mode::ReplicateOnly {
+            task.set_phase(Phase::Copying);
+            or_stopped!(
+                shutdown,
+                copy::run(Arc::new(ctx.clone()), &findings.finished, exported)
+            );
+            info!("copy complete");
+        }
+        if let Some(source) = &schema {
             task.set_phase(Phase::Indexing);
-            let r = schema::post_data(
-                &ctx.endpoints,
-                source,
-                &schema::Scope {
-                    slot: slot.clone(),
-                    only_created: true,
-                },
-                &schema_settings,
-                task,
-                &shutdown,
-                false,
-            )
-            .await?;
+            self.schema_post(source, &mut ctx).await?;
+        }
+        if opts.mode == Mode::SyncOnly {
+            analyze::run(ctx.endpoints.clone(), ctx.plan.clone(), shutdown.clone()).await;
+            return Ok(PassEnd::Done(Outcome::Copied));
+        }
+        if shutdown.is_cancelled() {
+            return Ok(PassEnd::Done(Outcome::Stopped));
+        }
+        self.stream(ctx).await
+    }
+
+    /// Schema sync before the copy: pre-data, once preflight found nothing
+    /// wrong. A rerun knows which phases are done; a table the shards
+    /// lack (one that joined the publication) runs it again. `None`:
+    /// stopped. `Some(None)`: nothing left for post-data.
+    async fn schema_pre(
+        &self,
+        findings: &mut preflight::Findings,
+    ) -> Result<Option<Option<schema::Source>>> {
+        let (endpoints, task, shutdown, slot) =
+            (self.endpoints, self.task, self.shutdown, self.slot);
+        let (pre_done, post_done) = schema::phases_done(endpoints, slot).await?;
+        // A table no destination shard has yet: preflight leaves its
+        // destination shape empty.
+        let missing = findings
+            .plan
+            .tables
+            .iter()
+            .any(|t| t.dest_table.columns.is_empty());
+        if post_done && !missing && !self.replanned {
+            return Ok(Some(None));
+        }
+        task.set_phase(Phase::Schema);
+        let settings = schema::Settings::from_config(self.config);
+        let source = tokio::select! {
+            s = schema::read_source(endpoints, &self.opts.publication, &settings) => s?,
+            _ = shutdown.cancelled() => return Ok(None),
+        };
+        schema::report_left_out(task, &source);
+        if !pre_done || missing || self.replanned {
+            let r = schema::pre_data(endpoints, &source, slot, task, shutdown, false, true).await?;
             info!(
                 created = r.created,
-                "schema sync: post-data on every destination shard"
+                existed = r.existed,
+                "schema sync: pre-data on every destination shard"
             );
-            for n in &r.not_valid {
-                warn!("foreign key left NOT VALID: {n}");
+            preflight::refresh_dest_tables(endpoints, &mut findings.plan).await?;
+        }
+        let through = schema::check::Through::PreData {
+            deferred_identity: true,
+        };
+        schema::check::created(endpoints, &source, slot, through).await?;
+        // What follows (the slots) is still before the copy.
+        task.set_phase(Phase::Preflight);
+        Ok(Some(Some(source)))
+    }
+
+    /// The permanent slots, where streaming starts: created where missing.
+    /// A slot this pass creates exports its snapshot, which every copy
+    /// from that primary shares (copies from replicas take their own).
+    /// `None`: stopped.
+    async fn create_slots(
+        &self,
+        findings: &preflight::Findings,
+    ) -> Result<Option<Vec<Option<snapshot::SharedSnapshot>>>> {
+        let (endpoints, task, slot) = (self.endpoints, self.task, self.slot);
+        let copying = self.opts.mode != Mode::ReplicateOnly;
+        let mut exported = Vec::new();
+        for (s, exists) in findings.slot_exists.iter().enumerate() {
+            exported.push(None);
+            if *exists {
+                info!(source_shard = s, slot = %slot, "reusing existing replication slot");
+                continue;
             }
-            schema::check::created(
-                &ctx.endpoints,
-                source,
-                &slot,
-                schema::check::Through::PostData,
-            )
-            .await?;
-            // The unique indexes just built decide how changes are batched.
-            let mut plan = ctx.plan.clone();
-            preflight::refresh_dest_tables(&ctx.endpoints, &mut plan).await?;
-            if let Some(c) = Arc::get_mut(&mut ctx) {
-                c.plan = plan;
+            let export = copying && findings.copy_sources.get(s).is_some_and(|c| !c.replicas);
+            let action = if export {
+                SnapshotAction::Export
             } else {
-                let mut c = (*ctx).clone();
-                c.plan = plan;
-                ctx = Arc::new(c);
+                SnapshotAction::NoExport
+            };
+            let mut repl = endpoints.connect_source(s, true).await?;
+            let primary = endpoints.source(s);
+            let what = format!("source shard {s} ({}:{})", primary.host, primary.port);
+            let created = tokio::select! {
+                c = snapshot::create_slot(&mut repl, &primary, slot, false, action, task, &what) => c?,
+                _ = self.shutdown.cancelled() => return Ok(None),
+            };
+            info!(
+                source_shard = s,
+                slot = %slot,
+                lsn = %created.consistent_point,
+                "created replication slot (drop it with --cleanup if you abandon this move)"
+            );
+            if export {
+                let snap = snapshot::SharedSnapshot::new(repl, &created, task, s)?;
+                snapshot::log_taken(&snap, &what);
+                exported[s] = Some(snap);
+            } else {
+                repl.close().await;
             }
         }
+        Ok(Some(exported))
     }
-    if opts.mode == Mode::SyncOnly {
-        analyze::run(ctx.endpoints.clone(), ctx.plan.clone(), shutdown.clone()).await;
-        return Ok(Outcome::Copied);
+
+    /// What every task of the copy and the stream shares.
+    async fn ctx(&self, findings: &preflight::Findings) -> Result<Ctx> {
+        let endpoints = self.endpoints;
+        let mut stream_start = Vec::with_capacity(endpoints.source.shards.len());
+        for s in 0..endpoints.source.shards.len() {
+            let mut conn = endpoints.connect_source(s, false).await?;
+            let info = preflight::slot_info(&mut conn, self.slot).await?;
+            stream_start.push(info.and_then(|i| i.confirmed_flush).unwrap_or_default());
+            conn.close().await;
+        }
+        Ok(Ctx {
+            endpoints: endpoints.clone(),
+            plan: findings.plan.clone(),
+            task: self.task.clone(),
+            shutdown: self.shutdown.clone(),
+            parallel: self
+                .config
+                .general
+                .resharding_parallel_copies
+                .unwrap_or_else(default_parallel),
+            chunk_bytes: self.config.general.resharding_copy_chunk_size,
+            resume: findings.slot_exists.iter().any(|e| *e),
+            copy_sources: findings.copy_sources.clone(),
+            stream_start,
+            drain_ended: false,
+        })
     }
-    if shutdown.is_cancelled() {
-        return Ok(Outcome::Stopped);
+
+    /// Schema sync after the copy: the keys, indexes and constraints of
+    /// the tables this move created, then the check against pg_dump. The
+    /// unique indexes just built decide how changes are batched.
+    async fn schema_post(&self, source: &schema::Source, ctx: &mut Ctx) -> Result<()> {
+        let settings = schema::Settings::from_config(self.config);
+        let scope = schema::Scope {
+            slot: self.slot.to_string(),
+            only_created: true,
+        };
+        let r = schema::post_data(
+            &ctx.endpoints,
+            source,
+            &scope,
+            &settings,
+            self.task,
+            self.shutdown,
+            false,
+        )
+        .await?;
+        info!(
+            created = r.created,
+            "schema sync: post-data on every destination shard"
+        );
+        for n in &r.not_valid {
+            warn!("foreign key left NOT VALID: {n}");
+        }
+        schema::check::created(
+            &ctx.endpoints,
+            source,
+            self.slot,
+            schema::check::Through::PostData,
+        )
+        .await?;
+        preflight::refresh_dest_tables(&ctx.endpoints, &mut ctx.plan).await
     }
-    task.set_phase(Phase::Streaming);
-    let analyzing = (opts.mode != Mode::ReplicateOnly).then(|| {
-        tokio::spawn(analyze::run(
+
+    /// Stream until stopped, or until the publication changes (a new plan
+    /// is needed: the stream stops cleanly first).
+    async fn stream(&self, mut ctx: Ctx) -> Result<PassEnd> {
+        let shutdown = self.shutdown;
+        self.task.set_phase(Phase::Streaming);
+        let analyzing = (self.opts.mode != Mode::ReplicateOnly).then(|| {
+            tokio::spawn(analyze::run(
+                ctx.endpoints.clone(),
+                ctx.plan.clone(),
+                shutdown.child_token(),
+            ))
+        });
+        let replan = shutdown.child_token();
+        ctx.shutdown = replan.clone();
+        let watcher = tokio::spawn(watch::publication(
             ctx.endpoints.clone(),
             ctx.plan.clone(),
-            shutdown.child_token(),
-        ))
-    });
-    let streamed = stream::run(ctx).await;
-    if let Some(a) = analyzing {
-        a.abort();
+            self.task.clone(),
+            replan.clone(),
+        ));
+        let watched = {
+            let replan = replan.clone();
+            async move {
+                let why = watcher.await.ok().flatten();
+                if why.is_some() {
+                    replan.cancel();
+                }
+                why
+            }
+        };
+        let (streamed, why) = tokio::join!(
+            async {
+                let r = stream::run(Arc::new(ctx)).await;
+                replan.cancel();
+                r
+            },
+            watched
+        );
+        if let Some(a) = analyzing {
+            a.abort();
+        }
+        if let Err(e) = streamed {
+            return match retry::wants_new_plan(&e) {
+                Some(why) if !shutdown.is_cancelled() => Ok(PassEnd::Replan(why)),
+                _ => Err(e),
+            };
+        }
+        Ok(match why {
+            Some(why) if !shutdown.is_cancelled() => PassEnd::Replan(why),
+            _ => PassEnd::Done(Outcome::Stopped),
+        })
     }
-    streamed?;
-    Ok(Outcome::Stopped)
+}
+
+/// Say how every table is routed before anything is copied (the log, and
+/// `SHOW ROUTING`), with a warning for each large table copied whole to
+/// every destination shard.
+fn announce_routing(task: &Task, plan: &Plan, warn_bytes: u64) {
+    let routing = plan.routing(warn_bytes);
+    for r in &routing {
+        if plan.source_shards() > 1 {
+            info!(table = %r.table, source = %r.source, "routing: {}", r.dest);
+        } else {
+            info!(table = %r.table, "routing: {}", r.dest);
+        }
+        if let Some(w) = &r.warning {
+            warn!("{w}");
+        }
+    }
+    task.set_routing(routing);
 }
 
 /// Drop the slot on every source shard and pgdog's state for it on every

@@ -2,7 +2,7 @@
 //! the destination, and therefore which source shards copy it and which
 //! destination shards receive each row.
 
-use crate::config::{Config, Topology};
+use crate::config::{Config, RuleOrigin, Topology};
 use crate::sharding::{DataType, Function, Rule, Sharder, Value};
 
 use super::catalog::{quote_ident, quote_literal, DestTable, PublishedTable, TableName};
@@ -12,8 +12,13 @@ use super::error::Result;
 #[derive(Debug, Clone)]
 pub struct Routing {
     pub sharder: Sharder,
-    /// Index of the key column in [`PublishedTable::columns`].
+    /// Index of the key column in [`PublishedTable::columns`]: found by
+    /// name in the table's own columns (a partition's may sit in another
+    /// order than its parent's).
     pub column: usize,
+    /// Which rule it comes from (the table's own, an ancestor's, a
+    /// column rule).
+    pub origin: RuleOrigin,
 }
 
 impl Routing {
@@ -134,6 +139,28 @@ impl TablePlan {
         )
     }
 
+    /// How its rows are placed on the destination, as recorded with its
+    /// copy: `whole`, or the function, key column and type. Compared on a
+    /// rerun, so rows copied under one routing are never streamed under
+    /// another.
+    pub fn routing_key(&self) -> String {
+        match &self.dest {
+            None => "whole".to_string(),
+            Some(r) => {
+                let function = match &r.sharder.function {
+                    Function::Hash => "hash",
+                    Function::Mapping(_) => "mapping",
+                };
+                format!(
+                    "{function} {} {} of {}",
+                    quote_ident(&self.table.columns[r.column].name),
+                    r.sharder.data_type,
+                    r.sharder.shards
+                )
+            }
+        }
+    }
+
     /// Whether source shard `s` contributes rows and changes of this table.
     pub fn from_source(&self, s: usize) -> bool {
         self.source.is_some() || s == 0
@@ -221,6 +248,94 @@ fn sql_literal(v: &Value) -> String {
     }
 }
 
+impl Routing {
+    /// `customer_id by hash, from the rule on public.payment`.
+    pub fn describe(&self, table: &PublishedTable) -> String {
+        let column = &table.columns[self.column].name;
+        let function = match &self.sharder.function {
+            Function::Hash => "hash",
+            Function::Mapping(_) => "list/range mapping",
+        };
+        let origin = match &self.origin {
+            RuleOrigin::Table => "its own rule".to_string(),
+            RuleOrigin::Ancestor(t) => format!("the rule on {t}, a partitioned table above it"),
+            RuleOrigin::Column => format!("the rule for every table with a column \"{column}\""),
+        };
+        format!("sharded by \"{column}\" ({function}, {origin})")
+    }
+}
+
+/// How one table's rows travel, for the operator to check before anything
+/// is copied: the data-sync output and `SHOW ROUTING`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRouting {
+    pub table: TableName,
+    /// How the source shards hold it.
+    pub source: String,
+    /// Where its rows go on the destination.
+    pub dest: String,
+    /// Heap size on source shard 0, bytes.
+    pub bytes: u64,
+    /// Copied whole to every one of several destination shards and larger
+    /// than `[general] omnisharded_warning_size`.
+    pub warning: Option<String>,
+}
+
+impl TablePlan {
+    /// Its routing, in words (see [`TableRouting`]).
+    pub fn routing(
+        &self,
+        source_shards: usize,
+        dest_shards: usize,
+        warn_bytes: u64,
+    ) -> TableRouting {
+        let t = &self.table;
+        let source = match (&self.source, source_shards) {
+            (Some(r), _) => r.describe(t),
+            (None, 1) => "one source shard".to_string(),
+            (None, n) => format!("the same on each of the {n} source shards: read from shard 0"),
+        };
+        let dest = match (&self.dest, dest_shards) {
+            (Some(r), _) => r.describe(t),
+            (None, 1) => "one destination shard: every row".to_string(),
+            (None, m) => format!(
+                "copied whole to every one of the {m} destination shards (no sharding rule)"
+            ),
+        };
+        let warning = (self.dest.is_none() && dest_shards > 1 && t.bytes > warn_bytes).then(|| {
+            format!(
+                "table {} ({}) has no sharding rule, so all of it is copied to each of the {dest_shards} destination shards ({} in all); if it should be split, add a [[sharded_tables]] entry naming it (or a partitioned table above it) before the copy starts",
+                t.name,
+                human_bytes(t.bytes),
+                human_bytes(t.bytes.saturating_mul(dest_shards as u64))
+            )
+        });
+        TableRouting {
+            table: t.name.clone(),
+            source,
+            dest,
+            bytes: t.bytes,
+            warning,
+        }
+    }
+}
+
+/// `1.5 GB`, `200 MB`, `12 kB`.
+pub fn human_bytes(n: u64) -> String {
+    let units = ["bytes", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
 /// Everything a move needs to know up front.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -244,6 +359,15 @@ impl Plan {
     pub fn table(&self, name: &TableName) -> Option<usize> {
         self.tables.iter().position(|t| &t.table.name == name)
     }
+
+    /// Every table's routing, in words.
+    pub fn routing(&self, warn_bytes: u64) -> Vec<TableRouting> {
+        let (n, m) = (self.source_shards(), self.dest_shards());
+        self.tables
+            .iter()
+            .map(|t| t.routing(n, m, warn_bytes))
+            .collect()
+    }
 }
 
 /// Routing of `table` on a cluster of `shards` shards named `cluster`.
@@ -257,16 +381,12 @@ pub fn routing(
         return Ok(None);
     }
     let columns = table.column_names();
-    let Some((sharder, column)) = config.sharder_for(
-        cluster,
-        &table.name.schema,
-        &table.name.name,
-        &columns,
-        shards,
-    )?
+    let Some(rule) =
+        config.sharder_for(cluster, &table.name, &table.ancestors, &columns, shards)?
     else {
         return Ok(None);
     };
+    let column = rule.column;
     let Some(index) = table.columns.iter().position(|c| c.name == column) else {
         return Err(super::error::DataSyncError::preflight(
             format!(
@@ -280,8 +400,9 @@ pub fn routing(
         ));
     };
     Ok(Some(Routing {
-        sharder,
+        sharder: rule.sharder,
         column: index,
+        origin: rule.origin,
     }))
 }
 
@@ -313,6 +434,8 @@ mod tests {
             bytes: 0,
             leaves_without_identity: vec![],
             generated: vec![],
+            ancestors: vec![],
+            leaves: vec![],
         }
     }
 
@@ -329,6 +452,7 @@ mod tests {
         plan.source = Some(Routing {
             sharder: Sharder::new("t", "k", DataType::Text, Function::Hash, 3).unwrap(),
             column: 0,
+            origin: RuleOrigin::Table,
         });
         assert_eq!(
             plan.source_rows_predicate(1, 3).unwrap(),
@@ -350,6 +474,7 @@ mod tests {
         plan.source = Some(Routing {
             sharder: Sharder::new("t", "k", DataType::Text, Function::Mapping(mapping), 3).unwrap(),
             column: 0,
+            origin: RuleOrigin::Table,
         });
         assert_eq!(
             plan.source_rows_predicate(2, 3).unwrap(),

@@ -358,6 +358,26 @@ pub async fn run(
             }
         }
         let done = state::finished_copies(&mut conn, slot).await?;
+        // Rows already copied stay where their routing put them: the plan
+        // must route them the same way now.
+        let copied_routing = state::copied_routing(&mut conn, slot).await?;
+        for plan in &plans {
+            let now = plan.routing_key();
+            match copied_routing.get(&plan.table.name) {
+                Some(then) if *then != now => problems.push(
+                    format!(
+                        "table {} was copied to {what} routed as \"{then}\", but the configuration now routes it as \"{now}\" ({}): its rows there would sit where the new routing does not put them",
+                        plan.table.name,
+                        plan.routing(n, m, u64::MAX).dest
+                    ),
+                    format!(
+                        "route it as before: a partition detached from its parent needs a [[sharded_tables]] entry of its own naming \"{}\" with the parent's column; or start the move over (--cleanup, then empty the destination tables)",
+                        plan.table.name.name
+                    ),
+                ),
+                _ => {}
+            }
+        }
         let created: std::collections::HashSet<TableName> = if intent == Intent::CopyCreatingSchema
         {
             state::schema_tables(&mut conn, slot)

@@ -486,6 +486,11 @@ pub struct Task {
     pub cut_over: std::sync::atomic::AtomicBool,
     /// `pgdog cutover`: the step it is at, for SHOW TASKS.
     pub step: Mutex<Option<String>>,
+    /// How each table is routed, once preflight planned the move.
+    routing: Mutex<Vec<super::plan::TableRouting>>,
+    /// What the operator should know while the task runs (a table that
+    /// left the publication), for SHOW TASKS.
+    notes: Mutex<Vec<String>>,
 }
 
 impl Task {
@@ -512,7 +517,33 @@ impl Task {
             options: Mutex::new(None),
             cut_over: Default::default(),
             step: Mutex::new(None),
+            routing: Mutex::new(Vec::new()),
+            notes: Mutex::new(Vec::new()),
         }
+    }
+
+    /// What the operator should know, oldest first.
+    pub fn notes(&self) -> Vec<String> {
+        self.notes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn add_note(&self, note: String) {
+        self.notes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(note);
+    }
+
+    /// How each table of the move is routed (empty before preflight).
+    pub fn routing(&self) -> Vec<super::plan::TableRouting> {
+        self.routing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_routing(&self, routing: Vec<super::plan::TableRouting>) {
+        *self.routing.lock().unwrap_or_else(|e| e.into_inner()) = routing;
     }
 
     pub fn verify_items(&self) -> Vec<Arc<VerifyItem>> {

@@ -15,6 +15,13 @@
 //! | 25P03 (idle in transaction timeout) | a server-side setting pgdog overrides; a pooler in between may still apply it |
 //! | 55006 (object in use: the slot is still held by an ending session) | the old session's walsender exits within seconds |
 //!
+//! Worth a new plan of the move instead (the stream stops cleanly, the
+//! move plans again and goes on from the slot):
+//!
+//! | failure | why |
+//! |-|-|
+//! | 23514 "no partition of relation ... found for row" while applying | the source has a partition the destination lacks (created under a table published through its root); schema sync creates it |
+//!
 //! Everything else is permanent: a query cancel (57014: pgdog sets no
 //! statement timeout, so somebody stopped its query on purpose), an
 //! authentication or permission error, a constraint violation, a protocol
@@ -70,6 +77,20 @@ pub fn worth_retrying(e: &DataSyncError) -> bool {
         | DataSyncError::Schema(_)
         | DataSyncError::Stopped => false,
     }
+}
+
+/// Whether a failure of the stream needs a new plan of the move (the
+/// second table above); what to say when it does.
+pub fn wants_new_plan(e: &DataSyncError) -> Option<String> {
+    let server = match e {
+        DataSyncError::Apply { error, .. } => match error.as_ref() {
+            DataSyncError::Connection(c) => c.server_error()?,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    (server.code() == "23514" && server.message().starts_with("no partition of relation"))
+        .then(|| format!("the destination lacks a partition the source has: {e}"))
 }
 
 /// How often and how patiently to retry.

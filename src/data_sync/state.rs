@@ -25,6 +25,9 @@ CREATE TABLE IF NOT EXISTS pgdog.copy_progress (
     finished_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (slot_name, source_shard, table_schema, table_name)
 );
+-- How the copy routed the table's rows (TablePlan::routing_key): a rerun
+-- that would route them otherwise is refused.
+ALTER TABLE pgdog.copy_progress ADD COLUMN IF NOT EXISTS routing text;
 CREATE TABLE IF NOT EXISTS pgdog.replication_progress (
     slot_name text NOT NULL,
     source_shard int NOT NULL,
@@ -195,7 +198,37 @@ pub async fn finished_copies(
     Ok(out)
 }
 
-/// Record that `table` from `source_shard` is fully copied to this shard.
+/// How finished copies of `slot` routed their tables' rows, where that
+/// was recorded: `table -> routing key`.
+pub async fn copied_routing(
+    conn: &mut Connection,
+    slot: &str,
+) -> Result<HashMap<TableName, String>> {
+    if !schema_exists(conn).await? {
+        return Ok(HashMap::new());
+    }
+    let rows = conn
+        .query_text(
+            "SELECT DISTINCT table_schema, table_name, routing FROM pgdog.copy_progress WHERE slot_name = $1 AND routing IS NOT NULL",
+            &[slot],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                TableName {
+                    schema: r.text(0).unwrap_or("").into(),
+                    name: r.text(1).unwrap_or("").into(),
+                },
+                r.text(2).unwrap_or("").to_string(),
+            )
+        })
+        .collect())
+}
+
+/// Record that `table` from `source_shard` is fully copied to this shard,
+/// its rows routed as `routing` says (`""`: not recorded).
 pub async fn record_copy(
     conn: &mut Connection,
     slot: &str,
@@ -203,6 +236,7 @@ pub async fn record_copy(
     table: &TableName,
     snapshot: Lsn,
     rows: u64,
+    routing: &str,
 ) -> Result<()> {
     let (shard, lsn, rows) = (
         source_shard.to_string(),
@@ -210,11 +244,11 @@ pub async fn record_copy(
         rows.to_string(),
     );
     conn.query_text(
-        "INSERT INTO pgdog.copy_progress (slot_name, source_shard, table_schema, table_name, snapshot_lsn, rows_copied)
-         VALUES ($1, $2::int, $3, $4, $5::pg_lsn, $6::bigint)
+        "INSERT INTO pgdog.copy_progress (slot_name, source_shard, table_schema, table_name, snapshot_lsn, rows_copied, routing)
+         VALUES ($1, $2::int, $3, $4, $5::pg_lsn, $6::bigint, NULLIF($7, ''))
          ON CONFLICT (slot_name, source_shard, table_schema, table_name)
-         DO UPDATE SET snapshot_lsn = EXCLUDED.snapshot_lsn, rows_copied = EXCLUDED.rows_copied, finished_at = now()",
-        &[slot, &shard, &table.schema, &table.name, &lsn, &rows],
+         DO UPDATE SET snapshot_lsn = EXCLUDED.snapshot_lsn, rows_copied = EXCLUDED.rows_copied, routing = EXCLUDED.routing, finished_at = now()",
+        &[slot, &shard, &table.schema, &table.name, &lsn, &rows, routing],
     )
     .await?;
     Ok(())

@@ -11,6 +11,7 @@ mod help;
 mod show_config;
 mod show_databases;
 mod show_replication_slots;
+mod show_routing;
 mod show_schema_sync;
 mod show_table_copies;
 mod show_tasks;
@@ -36,6 +37,7 @@ pub use help::Help;
 pub use show_config::ShowConfig;
 pub use show_databases::ShowDatabases;
 pub use show_replication_slots::{ApplyRates, ShowReplicationSlots};
+pub use show_routing::ShowRouting;
 pub use show_schema_sync::ShowSchemaSync;
 pub use show_table_copies::ShowTableCopies;
 pub use show_tasks::ShowTasks;
@@ -163,6 +165,7 @@ pub enum Command {
     ShowTasks(ShowTasks),
     ShowTableCopies(ShowTableCopies),
     ShowReplicationSlots(ShowReplicationSlots),
+    ShowRouting(ShowRouting),
     ShowSchemaSync(ShowSchemaSync),
     ShowVerify(ShowVerify),
     DataSync(DataSync),
@@ -181,6 +184,7 @@ pub const COMMANDS: &[Usage] = &[
     ShowTasks::USAGE,
     ShowTableCopies::USAGE,
     ShowReplicationSlots::USAGE,
+    ShowRouting::USAGE,
     ShowSchemaSync::USAGE,
     ShowVerify::USAGE,
     DataSync::USAGE,
@@ -192,7 +196,7 @@ pub const COMMANDS: &[Usage] = &[
 
 /// What SHOW can show, for hints.
 const SHOW_TARGETS: &str =
-    "VERSION, CONFIG, DATABASES, USERS, TASKS, TABLE_COPIES, REPLICATION_SLOTS, SCHEMA_SYNC, VERIFY";
+    "VERSION, CONFIG, DATABASES, USERS, TASKS, TABLE_COPIES, REPLICATION_SLOTS, ROUTING, SCHEMA_SYNC, VERIFY";
 
 impl Command {
     /// Parse one statement (no `;` inside, see [`statements`]).
@@ -220,6 +224,7 @@ impl Command {
                     "REPLICATION_SLOTS" => {
                         ShowReplicationSlots::parse(args).map(Command::ShowReplicationSlots)
                     }
+                    "ROUTING" => ShowRouting::parse(args).map(Command::ShowRouting),
                     "SCHEMA_SYNC" => ShowSchemaSync::parse(args).map(Command::ShowSchemaSync),
                     "VERIFY" => ShowVerify::parse(args).map(Command::ShowVerify),
                     _ => Err(CommandError::unknown(format!(
@@ -252,6 +257,7 @@ impl Command {
             Command::ShowTasks(c) => c.execute(ctx).await,
             Command::ShowTableCopies(c) => c.execute(ctx).await,
             Command::ShowReplicationSlots(c) => c.execute(ctx).await,
+            Command::ShowRouting(c) => c.execute(ctx).await,
             Command::ShowSchemaSync(c) => c.execute(ctx).await,
             Command::ShowVerify(c) => c.execute(ctx).await,
             Command::Verify(c) => c.execute(ctx).await,

@@ -11,7 +11,7 @@ pub struct ShowTasks;
 impl AdminCommand for ShowTasks {
     const USAGE: Usage = Usage {
         syntax: "SHOW TASKS",
-        description: "data-sync tasks: clusters, publication, slot, phase, time, what it waits on, the age of the copy snapshot it holds (it holds back vacuum on the source), error",
+        description: "data-sync tasks: clusters, publication, slot, phase, time, what it waits on, the age of the copy snapshot it holds (it holds back vacuum on the source), error, notes",
     };
 
     fn parse(args: &[String]) -> Result<Self, CommandError> {
@@ -35,6 +35,7 @@ impl AdminCommand for ShowTasks {
                 "waiting_on",
                 "snapshot_held",
                 "error",
+                "notes",
             ],
         );
         for task in ctx.registry.tasks() {
@@ -55,6 +56,10 @@ impl AdminCommand for ShowTasks {
                 task.waiting(),
                 snapshot_held(&task),
                 task.error(),
+                {
+                    let notes = task.notes();
+                    (!notes.is_empty()).then(|| notes.join("; "))
+                },
             ]);
         }
         Ok(reply)

@@ -141,12 +141,13 @@ pub async fn run(ctx: &Ctx, job: &Job, server: &ServerCopy, pool: &DestPool) -> 
     // Every stream committed on every destination: record the copy there.
     let rows: u64 = results.iter().map(|r| r.rows).sum();
     let mut conns = pool.take(ctx, &job.dests).await?;
+    let routing = ctx.plan.tables[job.table].routing_key();
     for (i, (_, conn)) in conns.iter_mut().enumerate() {
         let to_d: u64 = results
             .iter()
             .map(|r| r.per_dest.get(i).copied().unwrap_or(0))
             .sum();
-        state::record_copy(conn, &ctx.plan.slot, s, name, snapshot, to_d).await?;
+        state::record_copy(conn, &ctx.plan.slot, s, name, snapshot, to_d, &routing).await?;
     }
     pool.give_back(conns);
     info!(

@@ -90,7 +90,8 @@ pub async fn prepare(
         for (d, start) in starts.iter().enumerate() {
             for t in &plan.tables {
                 if !done.contains_key(&(d, t.table.name.clone())) {
-                    state::record_copy(&mut conn, slot, d, &t.table.name, *start, 0).await?;
+                    // Nothing is copied back: no routing to hold a rerun to.
+                    state::record_copy(&mut conn, slot, d, &t.table.name, *start, 0, "").await?;
                 }
             }
         }

@@ -41,6 +41,12 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
         agent_stop.clone(),
     );
     let _agent = agent_stop.drop_guard();
+    // A new streaming phase (a move that planned again) shows its own.
+    ctx.task
+        .streams
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
     let mut set = JoinSet::new();
     for s in 0..n {
         let status = Arc::new(progress::Stream {
