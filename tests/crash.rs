@@ -219,3 +219,109 @@ async fn destination_restart_mid_stream() {
     run.stop().await.unwrap();
     verify_equal(&fleet, &items_check(2)).await;
 }
+
+/// The process ends (as with SIGKILL) inside the chunked copy: after a
+/// chunk's rows reached the destinations but before anything committed,
+/// after one destination shard committed a chunk and before the other
+/// did, and while the stream waited for a chunk being written. Each rerun
+/// resumes from what the destinations recorded; the source writes all
+/// along; the end is exactly the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_inside_a_chunk_and_while_the_stream_waits_for_one() {
+    let fleet = Fleet::start(1, 2, ClusterOptions::default()).await.unwrap();
+    fleet.on_sources(ITEMS_SCHEMA).await.unwrap();
+    fleet.on_dests(ITEMS_SCHEMA).await.unwrap();
+    fleet.sources[0]
+        .exec(DATABASE, &items_rows(200_000, 0, 1))
+        .await
+        .unwrap();
+    fleet
+        .on_sources("CREATE PUBLICATION pub FOR TABLE items")
+        .await
+        .unwrap();
+    // Short chunks in several ranges: many chunks, held changes likely.
+    let files = ConfigFiles::write(&fleet, SHARDING);
+    std::fs::write(
+        files.dir.join("pgdog.toml"),
+        fleet.pgdog_toml(SHARDING).replace(
+            "[general]\n",
+            "[general]\nresharding_copy_chunk_size = 4000000\nresharding_chunk_seconds = 0.2\n",
+        ),
+    )
+    .unwrap();
+    let writer = Writer::start(fleet.source_options(), 100_000_000);
+    for (round, point) in ["read:2", "between-commits:3", "hold:1", "read:4"]
+        .iter()
+        .enumerate()
+    {
+        let log = format!("crash{round}.log");
+        let out = std::fs::File::create(files.dir.join(&log)).unwrap();
+        let mut child = KillOnDrop(
+            files
+                .command("data-sync", "pub")
+                .args(["--admin-port", "0"])
+                .env("PGDOG_LOG", "info")
+                .env("PGDOG_CHUNK_CRASH_AT", point)
+                .stdout(std::process::Stdio::null())
+                .stderr(out)
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(s) = child.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{point} was never reached:\n{}",
+                files.log(&log)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let text = files.log(&log);
+        assert!(
+            !status.success() && text.contains(&format!("PGDOG_CHUNK_CRASH_AT={point}")),
+            "run {round} ({point}) ended otherwise: {status}\n{text}"
+        );
+    }
+    let log = "final.log";
+    let mut child = KillOnDrop(files.spawn("pub", &[], log));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !files.log(log).contains("copy complete") {
+        assert!(
+            child.0.try_wait().unwrap().is_none() && Instant::now() < deadline,
+            "the final run did not finish the copy:\n{}",
+            files.log(log)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Resumed: chunks already on the destinations were not read again.
+    let text = files.log(log);
+    assert!(!text.contains("copying in chunks while the stream runs tables=0"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    writer.stop().await;
+    fleet
+        .wait_caught_up("pgdog_pub_dest", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        !files.log(log).contains("found no row"),
+        "an update or delete missed its row:\n{}",
+        files.log(log)
+    );
+    verify_equal(&fleet, &items_check(2)).await;
+    // Chunks were read in short transactions, each recorded once per shard.
+    for d in &fleet.dests {
+        let mut c = pgdog::net::Connection::connect(&d.options("postgres", DATABASE))
+            .await
+            .unwrap();
+        let rows = c
+            .query("SELECT count(*) > 4, count(*) = count(DISTINCT (lo_key, hi_key)) FROM pgdog.copy_chunks")
+            .await
+            .unwrap();
+        assert_eq!(rows[0].text(0), Some("t"), "several chunks");
+        assert_eq!(rows[0].text(1), Some("t"), "no chunk recorded twice");
+        c.close().await;
+    }
+}

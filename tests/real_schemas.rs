@@ -292,20 +292,23 @@ async fn foreign_keys_and_triggers_on_the_destination() {
         audit_rows
     );
 
-    // An interrupted copy of the parent: its rows stay on the destination
-    // but its copy is not recorded. The resume removes them (DELETE: a
-    // TRUNCATE is refused, orders references customers) and copies again.
+    // An interrupted copy of the parent, as a copy in chunks leaves one:
+    // its chunks never committed (neither their rows nor their records),
+    // and the table is not recorded as copied. The resume copies what is
+    // missing; orders, which references it, is left alone.
     fleet
         .on_dests(
-            "DELETE FROM pgdog.copy_progress WHERE table_schema = 'public' AND table_name = 'customers'",
+            "DELETE FROM pgdog.copy_progress WHERE table_schema = 'public' AND table_name = 'customers';
+             DELETE FROM pgdog.copy_chunks WHERE table_schema = 'public' AND table_name = 'customers';
+             SET session_replication_role = replica; DELETE FROM customers;",
         )
         .await
         .unwrap();
     let customers = count(&fleet.sources[0], "SELECT count(*) FROM customers").await;
     assert_eq!(
         dest_count(&fleet, "SELECT count(*) FROM customers").await,
-        customers,
-        "the rows stay"
+        0,
+        "the chunks are gone"
     );
     let again = start(config, move_options("pub", Mode::SyncOnly));
     let task = again.task.clone();

@@ -422,10 +422,11 @@ async fn data_sync_builds_indexes_after_the_copy() {
     verify_events(&fleet).await;
 }
 
-/// What a move leaves when it is killed after pre-data: tables created
-/// without their primary keys (deferred to after the copy) and recorded
-/// for the slot. The rerun must accept them (preflight knows the keys are
-/// pending), copy, build every key and index, and stream.
+/// What a move of an older pgdog leaves when it is killed after pre-data:
+/// tables created without their primary keys (deferred to after the
+/// copy) and recorded for the slot. The rerun must accept them, build the
+/// keys (before its copy, which streams meanwhile), copy, build every
+/// index, and stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_resumed_after_pre_data_builds_the_deferred_keys() {
     use pgdog::data_sync::{schema, Endpoints, Registry};

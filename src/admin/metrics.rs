@@ -397,7 +397,7 @@ fn plain(code: u16, reason: &str, body: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data_sync::progress::{CopyState, Stream, TableCopy};
+    use crate::data_sync::progress::{Stream, TableCopy};
 
     fn gauges() -> Gauges {
         let registry = Arc::new(Registry::default());
@@ -405,19 +405,18 @@ mod tests {
         task.set_phase(Phase::Copying);
         task.count_error("connection");
         task.count_error("connection");
-        let copy = TableCopy {
-            schema: "public".into(),
-            table: "we\"ird".into(),
-            source_shard: 0,
-            source_hosts: Default::default(),
-            estimated_rows: 10,
-            estimated_bytes: 100,
-            rows: 5.into(),
-            bytes: 50.into(),
-            state: std::sync::Mutex::new(CopyState::Pending),
-            started: Default::default(),
-            finished: Default::default(),
-        };
+        let copy = TableCopy::new(
+            &crate::data_sync::catalog::TableName {
+                schema: "public".into(),
+                name: "we\"ird".into(),
+            },
+            0,
+            String::new(),
+            10,
+            100,
+        );
+        copy.rows.store(5, std::sync::atomic::Ordering::Relaxed);
+        copy.bytes.store(50, std::sync::atomic::Ordering::Relaxed);
         task.copies.lock().unwrap().push(Arc::new(copy));
         let stream = Stream {
             source_shard: 1,

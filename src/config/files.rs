@@ -44,6 +44,9 @@ pub struct General {
     /// Tables larger than this (bytes) are copied in several ctid ranges in
     /// parallel, within one snapshot; 0 never splits.
     pub resharding_copy_chunk_size: u64,
+    /// Seconds a chunk of a table copied in key ranges aims to take: its
+    /// snapshot is held that long.
+    pub resharding_chunk_seconds: f64,
     /// Where to serve OpenMetrics text; off when unset.
     pub openmetrics_port: Option<u16>,
     /// Admin connections allowed at once.
@@ -78,6 +81,7 @@ impl Default for General {
             tls_client_required: false,
             resharding_parallel_copies: None,
             resharding_copy_chunk_size: 64 * 1024 * 1024,
+            resharding_chunk_seconds: 2.0,
             openmetrics_port: None,
             max_admin_connections: 32,
             max_message_size: pgdog_protocol::frame::DEFAULT_MAX_FRAME,

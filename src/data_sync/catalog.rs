@@ -23,6 +23,9 @@ pub struct Column {
     /// The binary form carries no server-specific OIDs (arrays of
     /// user-defined types and composite types do, so they go as text).
     pub binary_safe: bool,
+    /// Compared byte by byte (the `C` or `POSIX` collation), or not
+    /// collatable: pgdog orders such keys the way the server does.
+    pub c_collation: bool,
 }
 
 /// A table in a publication, as one source shard sees it.
@@ -198,7 +201,9 @@ pub async fn publication_tables(
                     ELSE false END, false),
                 a.attnotnull,
                 NOT (t.typtype = 'c' OR coalesce(e.oid >= 16384 OR e.typtype = 'c', false)),
-                a.attgenerated <> '', pg_get_expr(d.adbin, d.adrelid)
+                a.attgenerated <> '', pg_get_expr(d.adbin, d.adrelid),
+                a.attcollation IN (0, 950, 951) OR (a.attcollation = 100
+                    AND (SELECT datcollate FROM pg_database WHERE datname = current_database()) IN ('C', 'POSIX'))
          FROM pg_attribute a
          JOIN pg_class c ON c.oid = a.attrelid
          JOIN pg_type t ON t.oid = a.atttypid
@@ -232,6 +237,7 @@ pub async fn publication_tables(
             identity: r.text(4) == Some("t"),
             not_null: r.text(5) == Some("t"),
             binary_safe: r.text(6) != Some("f"),
+            c_collation: r.text(9) == Some("t"),
         });
     }
     // Partitions of partitioned tables without a usable identity.

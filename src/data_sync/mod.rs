@@ -36,6 +36,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::net::replication::{valid_slot_name, SnapshotAction};
+use copy::chunked;
 
 pub use endpoints::Endpoints;
 pub use error::{DataSyncError, Result};
@@ -131,6 +132,8 @@ pub struct Ctx {
     pub parallel: usize,
     /// Split tables into ranges of about this many bytes (0: never split).
     pub chunk_bytes: u64,
+    /// Seconds a chunk of a chunked copy aims to take.
+    pub chunk_seconds: f64,
     /// An earlier run left state: partial copies must be removed first.
     pub resume: bool,
     /// Where table copies read, per source shard.
@@ -141,6 +144,9 @@ pub struct Ctx {
     /// Stream even a move that `pgdog cutover` marked as ended: the
     /// cutover's own drain of what is left in the slot.
     pub drain_ended: bool,
+    /// Tables copied in key-range chunks, whose changes the stream decides
+    /// by what each destination shard holds of them.
+    pub chunks: Arc<Vec<Arc<copy::book::TableBook>>>,
 }
 
 impl Ctx {
@@ -160,11 +166,27 @@ impl Ctx {
             shutdown,
             parallel: 1,
             chunk_bytes: 0,
+            chunk_seconds: 2.0,
             resume: true,
             copy_sources,
             stream_start: Vec::new(),
             drain_ended: false,
+            chunks: Default::default(),
         }
+    }
+}
+
+impl Ctx {
+    /// The chunk books a stream of this move decides by (tables copied in
+    /// chunks whose snapshots it may still meet), given the finished
+    /// copies preflight found.
+    pub async fn with_chunks(
+        mut self,
+        finished: &[std::collections::HashMap<(usize, catalog::TableName), pgdog_protocol::Lsn>],
+    ) -> Result<Ctx> {
+        let prepared = chunked::prepare(&self, finished).await?;
+        self.chunks = Arc::new(prepared.books);
+        Ok(self)
     }
 }
 
@@ -316,13 +338,42 @@ impl Pass<'_> {
             return Ok(PassEnd::Done(Outcome::Stopped));
         };
         let mut ctx = self.ctx(&findings).await?;
+        // Tables with a usable unique key are copied in chunks while the
+        // stream runs; the others whole, in the slot's snapshot, first.
+        let prepared = chunked::prepare(&ctx, &findings.finished).await?;
+        for (ti, why) in &prepared.whole {
+            let note = format!(
+                "table {} is copied whole in one snapshot, not in chunks: {why}; the source's xmin horizon is held for as long as its copy takes",
+                ctx.plan.tables[*ti].table.name
+            );
+            info!("{note}");
+            task.add_note(note);
+        }
+        ctx.chunks = Arc::new(prepared.books.clone());
         if opts.mode != Mode::ReplicateOnly {
             task.set_phase(Phase::Copying);
+            let chunked: std::collections::HashSet<usize> =
+                prepared.books.iter().map(|b| b.table).collect();
             or_stopped!(
                 shutdown,
-                copy::run(Arc::new(ctx.clone()), &findings.finished, exported)
+                copy::run(
+                    Arc::new(ctx.clone()),
+                    &findings.finished,
+                    exported,
+                    &chunked
+                )
             );
+            if let Some(end) = self
+                .stream_while_copying(&ctx, &prepared, &findings.finished)
+                .await?
+            {
+                return Ok(end);
+            }
             info!("copy complete");
+        } else {
+            for e in exported.into_iter().flatten() {
+                e.release().await;
+            }
         }
         if let Some(source) = &schema {
             task.set_phase(Phase::Indexing);
@@ -336,6 +387,61 @@ impl Pass<'_> {
             return Ok(PassEnd::Done(Outcome::Stopped));
         }
         self.stream(ctx).await
+    }
+
+    /// The chunked copy with the stream running, so the slot's position
+    /// moves on and no snapshot is held longer than a chunk. The stream
+    /// ends once every table is copied (it starts again after the indexes
+    /// are built, with the plan that knows them). `Some`: the pass ends
+    /// here (stopped, or the publication changed).
+    async fn stream_while_copying(
+        &self,
+        ctx: &Ctx,
+        prepared: &chunked::Prepared,
+        finished: &[std::collections::HashMap<(usize, catalog::TableName), pgdog_protocol::Lsn>],
+    ) -> Result<Option<PassEnd>> {
+        let left = prepared.books.iter().any(|b| {
+            let name = &ctx.plan.tables[b.table].table.name;
+            (0..ctx.plan.dest_shards())
+                .any(|d| !finished[d].contains_key(&(b.source_shard, name.clone())))
+        });
+        if !left || self.shutdown.is_cancelled() {
+            return Ok(None);
+        }
+        let phase = self.shutdown.child_token();
+        let mut during = ctx.clone();
+        during.shutdown = phase.clone();
+        let during = Arc::new(during);
+        let watcher = tokio::spawn(watch::publication(
+            ctx.endpoints.clone(),
+            ctx.plan.clone(),
+            self.task.clone(),
+            phase.clone(),
+        ));
+        let streaming = tokio::spawn(stream::run(during.clone()));
+        let copied = chunked::run(during, prepared, finished).await;
+        phase.cancel();
+        let streamed = streaming
+            .await
+            .unwrap_or_else(|e| Err(DataSyncError::State(format!("stream task panicked: {e}"))));
+        let why = watcher.await.ok().flatten();
+        if self.shutdown.is_cancelled() {
+            return Ok(Some(PassEnd::Done(Outcome::Stopped)));
+        }
+        if let Err(e) = streamed {
+            return match retry::wants_new_plan(&e) {
+                Some(why) => Ok(Some(PassEnd::Replan(why))),
+                None => Err(e),
+            };
+        }
+        if let Some(why) = why {
+            return Ok(Some(PassEnd::Replan(why)));
+        }
+        match copied {
+            Ok(()) => Ok(None),
+            Err(DataSyncError::Stopped) => Ok(Some(PassEnd::Done(Outcome::Stopped))),
+            Err(e) => Err(e),
+        }
     }
 
     /// Schema sync before the copy: pre-data, once preflight found nothing
@@ -366,8 +472,21 @@ impl Pass<'_> {
             _ = shutdown.cancelled() => return Ok(None),
         };
         schema::report_left_out(task, &source);
-        if !pre_done || missing || self.replanned {
-            let r = schema::pre_data(endpoints, &source, slot, task, shutdown, false, true).await?;
+        let through = schema::check::Through::PreData {
+            deferred_identity: false,
+        };
+        // A rerun after pre-data: anything it lacks (primary keys an older
+        // pgdog deferred to after the copy) is created now, before the
+        // copy and the stream need it.
+        let lacking = pre_done
+            && schema::check::created(endpoints, &source, slot, through)
+                .await
+                .is_err();
+        if !pre_done || missing || self.replanned || lacking {
+            // Primary keys before the copy: the stream applies changes to
+            // what the chunks copied while the copy goes on.
+            let r =
+                schema::pre_data(endpoints, &source, slot, task, shutdown, false, false).await?;
             info!(
                 created = r.created,
                 existed = r.existed,
@@ -375,9 +494,6 @@ impl Pass<'_> {
             );
             preflight::refresh_dest_tables(endpoints, &mut findings.plan).await?;
         }
-        let through = schema::check::Through::PreData {
-            deferred_identity: true,
-        };
         schema::check::created(endpoints, &source, slot, through).await?;
         // What follows (the slots) is still before the copy.
         task.set_phase(Phase::Preflight);
@@ -452,10 +568,12 @@ impl Pass<'_> {
                 .resharding_parallel_copies
                 .unwrap_or_else(default_parallel),
             chunk_bytes: self.config.general.resharding_copy_chunk_size,
+            chunk_seconds: self.config.general.resharding_chunk_seconds,
             resume: findings.slot_exists.iter().any(|e| *e),
             copy_sources: findings.copy_sources.clone(),
             stream_start,
             drain_ended: false,
+            chunks: Default::default(),
         })
     }
 

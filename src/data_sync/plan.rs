@@ -428,6 +428,7 @@ mod tests {
                 identity: true,
                 not_null: true,
                 binary_safe: true,
+                c_collation: true,
             }],
             row_filter: None,
             estimated_rows: 0,

@@ -88,9 +88,65 @@ pub struct TableCopy {
     /// Set when the copy starts and when it ends.
     pub started: Mutex<Option<Instant>>,
     pub finished: Mutex<Option<Instant>>,
+    /// How it is copied: `chunks by (id)`, or `one snapshot: <why>`.
+    pub method: Mutex<String>,
+    /// Chunks written to every destination shard, in this run.
+    pub chunks: AtomicU64,
+    /// The key the copy has reached (the end of the last chunk written),
+    /// per key range being worked on, as its columns' text.
+    pub cursor: Mutex<Option<String>>,
 }
 
 impl TableCopy {
+    /// A copy of `schema.table` from source shard `source_shard`, read
+    /// from `hosts`, with the planner's estimates.
+    pub fn new(
+        name: &super::catalog::TableName,
+        source_shard: usize,
+        hosts: String,
+        estimated_rows: i64,
+        estimated_bytes: u64,
+    ) -> TableCopy {
+        TableCopy {
+            schema: name.schema.clone(),
+            table: name.name.clone(),
+            source_shard,
+            source_hosts: Mutex::new(hosts),
+            estimated_rows,
+            estimated_bytes,
+            rows: Default::default(),
+            bytes: Default::default(),
+            state: Mutex::new(CopyState::Pending),
+            started: Default::default(),
+            finished: Default::default(),
+            method: Mutex::new(String::new()),
+            chunks: Default::default(),
+            cursor: Mutex::new(None),
+        }
+    }
+
+    pub fn method(&self) -> String {
+        self.method
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_method(&self, method: impl Into<String>) {
+        *self.method.lock().unwrap_or_else(|e| e.into_inner()) = method.into();
+    }
+
+    pub fn cursor(&self) -> Option<String> {
+        self.cursor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_cursor(&self, cursor: String) {
+        *self.cursor.lock().unwrap_or_else(|e| e.into_inner()) = Some(cursor);
+    }
+
     pub fn state(&self) -> CopyState {
         *self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

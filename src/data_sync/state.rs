@@ -28,6 +28,27 @@ CREATE TABLE IF NOT EXISTS pgdog.copy_progress (
 -- How the copy routed the table's rows (TablePlan::routing_key): a rerun
 -- that would route them otherwise is refused.
 ALTER TABLE pgdog.copy_progress ADD COLUMN IF NOT EXISTS routing text;
+-- Chunks of tables copied in key ranges, each committed with its rows:
+-- keys in (lo, hi] (NULL: open), each bound as its columns' text and as
+-- the canonical text pgdog compares, read in `snapshot` before `lsn`.
+CREATE TABLE IF NOT EXISTS pgdog.copy_chunks (
+    -- A key, so a FOR ALL TABLES publication on this server (it is the
+    -- source of the way back after a cutover) lets its rows be deleted.
+    chunk_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    slot_name text NOT NULL,
+    source_shard int NOT NULL,
+    table_schema text NOT NULL,
+    table_name text NOT NULL,
+    lo text[],
+    lo_key text[],
+    hi text[],
+    hi_key text[],
+    snapshot text NOT NULL,
+    lsn pg_lsn NOT NULL,
+    rows_copied bigint NOT NULL,
+    done_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS copy_chunks_table ON pgdog.copy_chunks (slot_name, source_shard, table_schema, table_name);
 CREATE TABLE IF NOT EXISTS pgdog.replication_progress (
     slot_name text NOT NULL,
     source_shard int NOT NULL,
@@ -254,6 +275,103 @@ pub async fn record_copy(
     Ok(())
 }
 
+/// A chunk as recorded on a destination shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChunk {
+    pub source_shard: usize,
+    pub table: TableName,
+    /// (literals, canonical) of each bound; `None`: open.
+    pub lo: Option<(Vec<String>, Vec<String>)>,
+    pub hi: Option<(Vec<String>, Vec<String>)>,
+    pub snapshot: String,
+    pub lsn: Lsn,
+    pub rows: u64,
+}
+
+fn text_array_sql(items: &[String]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|i| super::catalog::quote_literal(i))
+        .collect();
+    format!("ARRAY[{}]::text[]", quoted.join(", "))
+}
+
+/// The statement that records `chunk` for `slot`, run in the transaction
+/// that writes its rows.
+pub fn record_chunk_sql(slot: &str, chunk: &StoredChunk) -> String {
+    let q = super::catalog::quote_literal;
+    let bound = |b: &Option<(Vec<String>, Vec<String>)>| match b {
+        Some((lit, key)) => (text_array_sql(lit), text_array_sql(key)),
+        None => ("NULL".to_string(), "NULL".to_string()),
+    };
+    let ((lo, lo_key), (hi, hi_key)) = (bound(&chunk.lo), bound(&chunk.hi));
+    format!(
+        "INSERT INTO pgdog.copy_chunks (slot_name, source_shard, table_schema, table_name, lo, lo_key, hi, hi_key, snapshot, lsn, rows_copied)
+         VALUES ({}, {}, {}, {}, {lo}, {lo_key}, {hi}, {hi_key}, {}, {}::pg_lsn, {})",
+        q(slot),
+        chunk.source_shard,
+        q(&chunk.table.schema),
+        q(&chunk.table.name),
+        q(&chunk.snapshot),
+        q(&chunk.lsn.to_string()),
+        chunk.rows
+    )
+}
+
+/// Every chunk recorded for `slot` here.
+pub async fn chunks(conn: &mut Connection, slot: &str) -> Result<Vec<StoredChunk>> {
+    if !schema_exists(conn).await? {
+        return Ok(Vec::new());
+    }
+    let rows = conn
+        .query_text(
+            "SELECT source_shard, table_schema, table_name, lo::text, lo_key::text, hi::text, hi_key::text, snapshot, lsn::text, rows_copied
+               FROM pgdog.copy_chunks WHERE slot_name = $1",
+            &[slot],
+        )
+        .await?;
+    let bad = || {
+        DataSyncError::State(format!(
+            "pgdog.copy_chunks for slot \"{slot}\" has an unreadable row: start the move over (--cleanup)"
+        ))
+    };
+    let bound = |lit: Option<&str>, key: Option<&str>| match (lit, key) {
+        (Some(l), Some(k)) => Some((
+            super::catalog::parse_name_array(l),
+            super::catalog::parse_name_array(k),
+        )),
+        _ => None,
+    };
+    rows.iter()
+        .map(|r| {
+            Ok(StoredChunk {
+                source_shard: r.text(0).and_then(|t| t.parse().ok()).ok_or_else(bad)?,
+                table: TableName {
+                    schema: r.text(1).unwrap_or("").into(),
+                    name: r.text(2).unwrap_or("").into(),
+                },
+                lo: bound(r.text(3), r.text(4)),
+                hi: bound(r.text(5), r.text(6)),
+                snapshot: r.text(7).ok_or_else(bad)?.to_string(),
+                lsn: r.text(8).and_then(Lsn::parse).ok_or_else(bad)?,
+                rows: r.text(9).and_then(|t| t.parse().ok()).ok_or_else(bad)?,
+            })
+        })
+        .collect()
+}
+
+/// SQL forgetting the chunks of `table` from `source_shard` (its rows are
+/// gone: a TRUNCATE applied in the same transaction).
+pub fn forget_chunks_sql(slot: &str, source_shard: usize, table: &TableName) -> String {
+    let q = super::catalog::quote_literal;
+    format!(
+        "DELETE FROM pgdog.copy_chunks WHERE slot_name = {} AND source_shard = {source_shard} AND table_schema = {} AND table_name = {}",
+        q(slot),
+        q(&table.schema),
+        q(&table.name)
+    )
+}
+
 /// The last source commit applied here, per source shard.
 pub async fn applied_positions(conn: &mut Connection, slot: &str) -> Result<HashMap<usize, Lsn>> {
     if !schema_exists(conn).await? {
@@ -292,6 +410,11 @@ pub async fn forget(conn: &mut Connection, slot: &str) -> Result<()> {
     ensure_schema(conn).await?;
     conn.query_text(
         "DELETE FROM pgdog.copy_progress WHERE slot_name = $1",
+        &[slot],
+    )
+    .await?;
+    conn.query_text(
+        "DELETE FROM pgdog.copy_chunks WHERE slot_name = $1",
         &[slot],
     )
     .await?;

@@ -92,8 +92,7 @@ fn cells(c: &TableCopy) -> Vec<Cell> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use super::*;
@@ -101,23 +100,25 @@ mod tests {
 
     fn copy(table: &str, state: CopyState, rows: u64, bytes: u64) -> Arc<TableCopy> {
         let started = Instant::now().checked_sub(Duration::from_secs(10));
-        Arc::new(TableCopy {
-            schema: "public".into(),
-            table: table.into(),
-            source_shard: 1,
-            source_hosts: Mutex::new("10.0.0.1:5432".into()),
-            estimated_rows: if table == "unknown" { -1 } else { 1000 },
-            estimated_bytes: 4000,
-            rows: AtomicU64::new(rows),
-            bytes: AtomicU64::new(bytes),
-            state: Mutex::new(state),
-            started: Mutex::new(if state == CopyState::Pending {
-                None
-            } else {
-                started
-            }),
-            finished: Mutex::new(None),
-        })
+        let c = TableCopy::new(
+            &crate::data_sync::catalog::TableName {
+                schema: "public".into(),
+                name: table.into(),
+            },
+            1,
+            "10.0.0.1:5432".into(),
+            if table == "unknown" { -1 } else { 1000 },
+            4000,
+        );
+        c.rows.store(rows, std::sync::atomic::Ordering::Relaxed);
+        c.bytes.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        *c.state.lock().unwrap() = state;
+        *c.started.lock().unwrap() = if state == CopyState::Pending {
+            None
+        } else {
+            started
+        };
+        Arc::new(c)
     }
 
     #[tokio::test]

@@ -5,8 +5,11 @@
 //! interrupted table is cleaned and copied again as a whole (a table is the
 //! unit of resumption).
 
+pub(crate) mod book;
 mod chunk;
+pub(crate) mod chunked;
 mod job;
+pub(crate) mod key;
 pub(crate) mod pool;
 pub(crate) mod rows;
 
@@ -50,32 +53,31 @@ pub async fn run(
         pgdog_protocol::Lsn,
     >],
     mut exported: Vec<Option<SharedSnapshot>>,
+    chunked: &std::collections::HashSet<usize>,
 ) -> Result<()> {
     let n = ctx.plan.source_shards();
     let m = ctx.plan.dest_shards();
     let mut jobs = Vec::new();
     for (ti, plan) in ctx.plan.tables.iter().enumerate() {
+        // Copied in chunks, with the stream running ([`chunked`]).
+        if chunked.contains(&ti) {
+            continue;
+        }
         for s in (0..n).filter(|&s| plan.from_source(s)) {
             let key = (s, plan.table.name.clone());
             let dests: Vec<usize> = (0..m)
                 .filter(|&d| !finished[d].contains_key(&key))
                 .collect();
-            let progress = Arc::new(TableCopy {
-                schema: plan.table.name.schema.clone(),
-                table: plan.table.name.name.clone(),
-                source_shard: s,
-                source_hosts: std::sync::Mutex::new(format!(
+            let progress = Arc::new(TableCopy::new(
+                &plan.table.name,
+                s,
+                format!(
                     "{}:{}",
                     ctx.plan.source.shards[s].primary.host, ctx.plan.source.shards[s].primary.port
-                )),
-                estimated_rows: plan.table.estimated_rows,
-                estimated_bytes: plan.table.bytes,
-                rows: Default::default(),
-                bytes: Default::default(),
-                state: std::sync::Mutex::new(CopyState::Pending),
-                started: Default::default(),
-                finished: Default::default(),
-            });
+                ),
+                plan.table.estimated_rows,
+                plan.table.bytes,
+            ));
             ctx.task
                 .copies
                 .lock()
@@ -97,7 +99,6 @@ pub async fn run(
         }
     }
     if jobs.is_empty() {
-        info!("every table was copied by an earlier run");
         for e in exported.into_iter().flatten() {
             e.release().await;
         }

@@ -243,7 +243,9 @@ impl OwnStream {
             task.clone(),
             stop.clone(),
             findings.copy_sources.clone(),
-        );
+        )
+        .with_chunks(&findings.finished)
+        .await?;
         // A rerun after a crash drains what an ended stream left.
         ctx.drain_ended = true;
         let ctx = Arc::new(ctx);

@@ -321,6 +321,7 @@ fn column_difference(source: &str, dest: &str) -> String {
 fn plan_pre(
     source: &Source,
     dest: &Objects,
+    ours: &HashSet<TableName>,
     slot: &str,
     what: &str,
     defer_identity: bool,
@@ -367,7 +368,11 @@ fn plan_pre(
                         fix: "make its columns match the source's, or drop it on that shard so schema sync creates it (or pass --skip-schema-sync to keep a schema made by hand)".into(),
                     });
                 }
-                existing_tables.insert(name);
+                // One an earlier run of this move created gets what it
+                // still lacks; one that was there before is left alone.
+                if !ours.contains(&name) {
+                    existing_tables.insert(name);
+                }
                 continue;
             }
         }
@@ -417,7 +422,16 @@ fn plan_pre(
             }
         }
         let i = out.statements.len();
-        out.statements.push(statement(e, !looked_up(&e.kind)));
+        let mut st = statement(e, !looked_up(&e.kind));
+        // A partition attached in this same run to a parent that has its
+        // primary key already gets its own from the attach.
+        if let (true, Some(t)) = (
+            e.kind == "CONSTRAINT" && src.is_some_and(|o| o.has('p')),
+            src.and_then(|o| o.table.as_ref()),
+        ) {
+            st.sql = unless_primary_key(t, &st.sql);
+        }
+        out.statements.push(st);
         created.insert(Key::new(&e.kind, schema, &e.tag));
         if e.kind == "TABLE" {
             let name = TableName {
@@ -443,6 +457,16 @@ fn plan_pre(
     grants::warn_left_out(&roles_left_out, what, false);
     grants::warn_left_out(&owners_left_out, what, true);
     out
+}
+
+/// `sql` (a primary key's entry) run only when `table` has no primary
+/// key when it runs.
+fn unless_primary_key(table: &TableName, sql: &str) -> String {
+    format!(
+        "DO $pgdog_pk$ BEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = {}::regclass AND contype = 'p') THEN\n    EXECUTE {};\n  END IF;\nEND $pgdog_pk$;",
+        crate::data_sync::catalog::quote_literal(&table.quoted()),
+        crate::data_sync::catalog::quote_literal(sql)
+    )
 }
 
 /// The two signatures, when the source's and the destination's object
@@ -507,10 +531,15 @@ pub async fn pre_data(
     for d in 0..shards {
         let mut conn = endpoints.connect_dest(d).await?;
         let dest = catalog::objects(&mut conn, None).await?;
+        let ours: HashSet<TableName> = state::schema_tables(&mut conn, slot)
+            .await?
+            .into_iter()
+            .collect();
         conn.close().await;
         plans.push(plan_pre(
             source,
             &dest,
+            &ours,
             slot,
             &describe_shard(endpoints, d),
             defer_identity,

@@ -286,13 +286,17 @@ async fn consistent_point(
             slot,
             "no data-sync streams this move: verify applies from the slot itself"
         );
-        let ctx = Arc::new(Ctx::for_stream(
-            endpoints.clone(),
-            plan.clone(),
-            task.clone(),
-            own_stream.clone(),
-            findings.copy_sources.clone(),
-        ));
+        let ctx = Arc::new(
+            Ctx::for_stream(
+                endpoints.clone(),
+                plan.clone(),
+                task.clone(),
+                own_stream.clone(),
+                findings.copy_sources.clone(),
+            )
+            .with_chunks(&findings.finished)
+            .await?,
+        );
         streamer = Some(tokio::spawn(super::stream::run(ctx)));
     }
     let id = format!("pid {} task {}", std::process::id(), task.id);

@@ -61,6 +61,10 @@ impl Session<'_> {
         if txn.commit_lsn <= self.applied_before[d] {
             return false;
         }
+        // A chunked table: decided for this row by its chunk's snapshot.
+        if let Some(decided) = &self.decided {
+            return decided.get(d).copied().unwrap_or(false);
+        }
         match self.copied_at[d].get(&table) {
             Some(snapshot) => txn.commit_lsn >= *snapshot,
             // Not copied from this source shard (replicate-only, or the
@@ -130,6 +134,56 @@ impl Session<'_> {
         if !self.ctx.plan.tables[ti].from_source(self.s) {
             // Omnisharded on the source: source shard 0 speaks for it.
             return Ok(());
+        }
+        self.decided = None;
+        if let Some(book) = self.books.get(&ti).cloned() {
+            let positions = self
+                .key_positions
+                .get(&relation_oid)
+                .cloned()
+                .unwrap_or_default();
+            let key_of = |t: &Tuple| book.key.key_of(&positions, |i| t.get(i));
+            let (key, old_key) = match &msg {
+                Message::Insert { new, .. } => (key_of(new), None),
+                Message::Update { old, new, .. } => {
+                    (key_of(new), old.as_ref().map(|o| key_of(o.tuple())))
+                }
+                Message::Delete { old, .. } => (key_of(old.tuple()), None),
+                _ => (None, None),
+            };
+            let unreadable = format!(
+                "a change of {} does not carry its chunk key {} readably",
+                rel.name,
+                book.key.row(None)
+            );
+            let key = key.ok_or_else(|| self.stream_error(&unreadable))?;
+            let decided = self.decide_row(&book, &key).await?;
+            if let Some(old_key) = old_key.filter(|k| k.as_ref() != Some(&key)) {
+                let old_key = old_key.ok_or_else(|| self.stream_error(&unreadable))?;
+                let old_decided = self.decide_row(&book, &old_key).await?;
+                if old_decided != decided {
+                    let Message::Update {
+                        old: Some(old),
+                        new,
+                        ..
+                    } = msg
+                    else {
+                        return Ok(());
+                    };
+                    return self
+                        .update_across_chunks(
+                            &rel,
+                            ti,
+                            &old,
+                            &new,
+                            old_decided,
+                            decided,
+                            commit_lsn,
+                        )
+                        .await;
+                }
+            }
+            self.decided = Some(decided);
         }
         let origin = |what, rows| Origin {
             table: rel.display.clone(),
@@ -206,6 +260,86 @@ impl Session<'_> {
             }
             _ => {}
         }
+        self.decided = None;
+        Ok(())
+    }
+
+    /// Which destination shards need a change of the row with `key` of a
+    /// chunked table, waiting for a chunk being written where one holds it.
+    async fn decide_row(
+        &mut self,
+        book: &crate::data_sync::copy::book::TableBook,
+        key: &crate::data_sync::copy::key::Key,
+    ) -> Result<Vec<bool>> {
+        use crate::data_sync::copy::book::Decision;
+        let Some(txn) = &self.txn else {
+            return Err(self.stream_error("change outside a transaction"));
+        };
+        let (xid, lsn) = (txn.xid, txn.commit_lsn);
+        let mut out = vec![false; self.dests.len()];
+        for (d, want) in out.iter_mut().enumerate() {
+            loop {
+                match book.decide(d, key, xid, lsn) {
+                    Decision::Apply => {
+                        *want = true;
+                        break;
+                    }
+                    Decision::Skip => break,
+                    Decision::Hold(id) => {
+                        crate::data_sync::copy::chunked::fail_point("hold");
+                        tokio::select! {
+                            _ = book.wait(d, id) => {}
+                            _ = self.ctx.shutdown.cancelled() => return Err(super::super::super::error::DataSyncError::Stopped),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// An UPDATE of a chunked table whose key moved between a part some
+    /// shard holds and one it does not (yet): the old row is deleted where
+    /// its chunk has it, the new one inserted where its chunk wants it
+    /// (a later chunk reads it otherwise).
+    #[allow(clippy::too_many_arguments)]
+    async fn update_across_chunks(
+        &mut self,
+        rel: &Arc<RelationInfo>,
+        ti: usize,
+        old: &OldTuple,
+        new: &Tuple,
+        old_decided: Vec<bool>,
+        new_decided: Vec<bool>,
+        commit_lsn: Lsn,
+    ) -> Result<()> {
+        let origin = |what| Origin {
+            table: rel.display.clone(),
+            commit_lsn,
+            what,
+            rows: 1,
+        };
+        self.decided = Some(old_decided);
+        let from = self.old_shard(rel, old)?;
+        for d in self.targets(from) {
+            if self.wanted(d, ti) {
+                self.delete(d, rel, old, origin("DELETE")).await?;
+            }
+        }
+        self.decided = Some(new_decided);
+        let to = self.shard_of(rel, new)?;
+        let fill = if new.columns().any(|c| matches!(c, Column::Unchanged)) {
+            self.source_row(rel, new).await?
+        } else {
+            None
+        };
+        for d in self.targets(to) {
+            if self.wanted(d, ti) {
+                self.insert(d, rel, new, fill.clone(), origin("INSERT"))
+                    .await?;
+            }
+        }
+        self.decided = None;
         Ok(())
     }
 
@@ -587,10 +721,48 @@ impl Session<'_> {
             !blocked
         });
         partial.extend(deletes_instead);
+        let (xid, _) = self
+            .txn
+            .as_ref()
+            .map(|t| (t.xid, t.commit_lsn))
+            .unwrap_or_default();
         for d in 0..self.dests.len() {
+            // A table copied in chunks: a chunk read after the TRUNCATE
+            // holds rows it must not remove; only the others' are.
+            let mut by_range: Vec<(usize, String, std::sync::Arc<str>)> = Vec::new();
+            for (ti, sql, name) in whole.iter().chain(&partial) {
+                let Some(book) = self.books.get(ti).cloned() else {
+                    continue;
+                };
+                tokio::select! {
+                    _ = book.wait_idle(d) => {}
+                    _ = self.ctx.shutdown.cancelled() => return Err(super::super::super::error::DataSyncError::Stopped),
+                }
+                let Some(ranges) = book.unseen(d, xid, commit_lsn) else {
+                    continue;
+                };
+                let plan = &self.ctx.plan.tables[*ti];
+                let target = format!("{}{}", plan.only(), plan.table.name.quoted());
+                let pred = plan.source_rows_predicate(self.s, n);
+                for r in ranges {
+                    let mut conds = book.key.range_conds(r.lo.as_ref(), r.hi.as_ref());
+                    conds.extend(pred.clone());
+                    if conds.is_empty() {
+                        conds.push("true".into());
+                    }
+                    by_range.push((
+                        *ti,
+                        format!("DELETE FROM {target} WHERE {}", conds.join(" AND ")),
+                        name.clone(),
+                    ));
+                }
+                // Its TRUNCATE (or DELETE) is replaced by those.
+                let _ = sql;
+            }
+            let replaced: Vec<usize> = by_range.iter().map(|(ti, _, _)| *ti).collect();
             let tables: Vec<&(usize, String, std::sync::Arc<str>)> = whole
                 .iter()
-                .filter(|(ti, _, _)| self.wanted(d, *ti))
+                .filter(|(ti, _, _)| self.wanted(d, *ti) && !replaced.contains(ti))
                 .collect();
             if !tables.is_empty() {
                 let mut sql = format!(
@@ -615,6 +787,8 @@ impl Session<'_> {
             }
             let deletes: Vec<(String, std::sync::Arc<str>)> = partial
                 .iter()
+                .filter(|(ti, _, _)| !replaced.contains(ti))
+                .chain(&by_range)
                 .filter(|(ti, _, _)| self.wanted(d, *ti))
                 .map(|(_, sql, name)| (sql.clone(), name.clone()))
                 .collect();

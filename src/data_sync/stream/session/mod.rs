@@ -40,6 +40,8 @@ const COMMIT_LINGER: Duration = Duration::from_millis(5);
 /// The source transaction being received.
 #[derive(Debug)]
 struct Txn {
+    /// The top-level transaction id: whether a chunk's snapshot saw it.
+    xid: u32,
     commit_lsn: Lsn,
     commit_time: i64,
     /// Destination shards it changed.
@@ -58,6 +60,14 @@ pub struct Session<'a> {
     copied_at: Vec<HashMap<usize, Lsn>>,
     /// Per destination: last source commit applied before this session.
     applied_before: Vec<Lsn>,
+    /// Tables of this source shard copied in chunks, by plan index.
+    books: HashMap<usize, std::sync::Arc<crate::data_sync::copy::book::TableBook>>,
+    /// Per relation of a chunked table: where each chunk key column sits
+    /// in its tuples.
+    key_positions: HashMap<u32, Vec<usize>>,
+    /// For the change being applied to a chunked table: which destination
+    /// shards need it (decided by the chunk book, row by row).
+    decided: Option<Vec<bool>>,
     txn: Option<Txn>,
     /// Source transactions in the open group, and when it opened.
     group_txns: usize,
@@ -198,6 +208,14 @@ impl<'a> Session<'a> {
             relations: HashMap::new(),
             copied_at,
             applied_before,
+            books: ctx
+                .chunks
+                .iter()
+                .filter(|b| b.source_shard == s)
+                .map(|b| (b.table, b.clone()))
+                .collect(),
+            key_positions: HashMap::new(),
+            decided: None,
             txn: None,
             group_txns: 0,
             group_opened: None,
@@ -438,10 +456,10 @@ impl<'a> Session<'a> {
             Message::Begin {
                 final_lsn,
                 commit_time,
-                ..
+                xid,
             } => {
                 self.hold_before(final_lsn).await?;
-                self.begin(final_lsn, commit_time)?
+                self.begin(xid, final_lsn, commit_time)?
             }
             Message::Commit {
                 commit_lsn,
@@ -484,7 +502,7 @@ impl<'a> Session<'a> {
                 let mut spool = self.spools.remove(&xid).ok_or_else(|| {
                     self.stream_error(&format!("Stream Commit of unknown transaction {xid}"))
                 })?;
-                self.begin(commit_lsn, commit_time)?;
+                self.begin(xid, commit_lsn, commit_time)?;
                 let mut reader = spool.reader()?;
                 let mut replayed = 0u64;
                 while let Some(raw) = reader.next_message()? {
@@ -628,11 +646,12 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn begin(&mut self, commit_lsn: Lsn, commit_time: i64) -> Result<()> {
+    fn begin(&mut self, xid: u32, commit_lsn: Lsn, commit_time: i64) -> Result<()> {
         if self.txn.is_some() {
             return Err(self.stream_error("Begin inside a transaction"));
         }
         self.txn = Some(Txn {
+            xid,
             commit_lsn,
             commit_time,
             touched: vec![false; self.dests.len()],
@@ -681,6 +700,27 @@ impl<'a> Session<'a> {
 
     async fn relation(&mut self, relation: &pgoutput::Relation) -> Result<()> {
         let info = RelationInfo::new(relation, &self.ctx.plan);
+        // Where a chunked table's key sits in this relation's tuples.
+        if let Some(book) = info.table.and_then(|t| self.books.get(&t)) {
+            let positions: Option<Vec<usize>> = book
+                .key
+                .columns
+                .iter()
+                .map(|k| info.columns.iter().position(|c| c.name == k.name))
+                .collect();
+            match positions {
+                Some(p) => {
+                    self.key_positions.insert(relation.oid, p);
+                }
+                None => {
+                    return Err(self.stream_error(&format!(
+                        "the Relation message of {} lacks a column of its chunk key {}",
+                        info.name,
+                        book.key.row(None)
+                    )))
+                }
+            }
+        }
         if info.table.is_none() {
             debug!(source_shard = self.s, table = %info.name, "changes of this table are not part of the move");
         }
