@@ -324,6 +324,7 @@ async fn commands_during_a_move() {
             "waiting_on",
             "snapshot_held",
             "error",
+            "copy",
             "notes"
         ]
     );
@@ -367,7 +368,10 @@ async fn commands_during_a_move() {
             "estimated_rows",
             "percent",
             "eta",
-            "elapsed"
+            "elapsed",
+            "method",
+            "chunks",
+            "cursor"
         ]
     );
     assert_eq!(c.len(), 4, "{c:?}");
@@ -390,6 +394,9 @@ async fn commands_during_a_move() {
     );
     assert_eq!(users[11], "100.0");
     assert_eq!(users[12], "", "no ETA once done");
+    // Copied in key-range chunks, the last one ending the table.
+    assert_eq!(users[14], "chunks by (\"id\")", "{users:?}");
+    assert!(users[15].parse::<u64>().unwrap() >= 1, "{users:?}");
     let orders = c.iter().find(|r| r[2] == "orders").expect("orders copy");
     assert_eq!(orders[6], (USERS * 2).to_string());
 

@@ -15,7 +15,7 @@ pub struct ShowTableCopies;
 impl AdminCommand for ShowTableCopies {
     const USAGE: Usage = Usage {
         syntax: "SHOW TABLE_COPIES",
-        description: "table copies of every task: rows, bytes, speed, percent done, ETA",
+        description: "table copies of every task: rows, bytes, speed, percent done, ETA, method (chunks or one snapshot), chunks written, cursor",
     };
 
     fn parse(args: &[String]) -> Result<Self, CommandError> {
@@ -41,6 +41,9 @@ impl AdminCommand for ShowTableCopies {
                 "percent",
                 "eta",
                 "elapsed",
+                "method",
+                "chunks",
+                "cursor",
             ],
         );
         for task in ctx.registry.tasks() {
@@ -87,6 +90,12 @@ fn cells(c: &TableCopy) -> Vec<Cell> {
         c.percent().and_then(decimal),
         c.eta().map(interval),
         (state != CopyState::Pending && state != CopyState::Skipped).then(|| interval(elapsed)),
+        {
+            let m = c.method();
+            (!m.is_empty()).then_some(m)
+        },
+        text(c.chunks.load(Ordering::Relaxed)),
+        c.cursor(),
     ]
 }
 
@@ -118,6 +127,11 @@ mod tests {
         } else {
             started
         };
+        if table == "users" {
+            c.set_method("chunks by (\"id\")");
+            c.chunks.store(3, std::sync::atomic::Ordering::Relaxed);
+            c.set_cursor("499".into());
+        }
         Arc::new(c)
     }
 
@@ -148,5 +162,9 @@ mod tests {
         assert_eq!(r.get(1, "estimated_rows"), None);
         assert_eq!(r.get(1, "rows_per_second"), None);
         assert_eq!(r.get(1, "elapsed"), None);
+        assert_eq!(r.get(0, "method"), Some("chunks by (\"id\")"));
+        assert_eq!(r.get(0, "chunks"), Some("3"));
+        assert_eq!(r.get(0, "cursor"), Some("499"));
+        assert_eq!(r.get(1, "cursor"), None);
     }
 }

@@ -11,7 +11,7 @@ pub struct ShowTasks;
 impl AdminCommand for ShowTasks {
     const USAGE: Usage = Usage {
         syntax: "SHOW TASKS",
-        description: "data-sync tasks: clusters, publication, slot, phase, time, what it waits on, the age of the copy snapshot it holds (it holds back vacuum on the source), error, notes",
+        description: "data-sync tasks: clusters, publication, slot, phase, time, what it waits on, the age of the copy snapshot it holds (it holds back vacuum on the source), error, the tables being copied (cursor, chunks, rows per second, ETA), notes",
     };
 
     fn parse(args: &[String]) -> Result<Self, CommandError> {
@@ -35,6 +35,7 @@ impl AdminCommand for ShowTasks {
                 "waiting_on",
                 "snapshot_held",
                 "error",
+                "copy",
                 "notes",
             ],
         );
@@ -56,6 +57,7 @@ impl AdminCommand for ShowTasks {
                 task.waiting(),
                 snapshot_held(&task),
                 task.error(),
+                copying(&task),
                 {
                     let notes = task.notes();
                     (!notes.is_empty()).then(|| notes.join("; "))
@@ -64,6 +66,41 @@ impl AdminCommand for ShowTasks {
         }
         Ok(reply)
     }
+}
+
+/// The tables being copied now: each with its cursor, chunks written,
+/// rows per second and ETA.
+fn copying(task: &crate::data_sync::Task) -> Option<String> {
+    use crate::data_sync::progress::CopyState;
+    let parts: Vec<String> = task
+        .copies()
+        .iter()
+        .filter(|c| c.state() == CopyState::Copying)
+        .map(|c| {
+            let rows = c.rows.load(std::sync::atomic::Ordering::Relaxed);
+            let elapsed = c.elapsed();
+            let rate = if elapsed > 0.0 {
+                rows as f64 / elapsed
+            } else {
+                0.0
+            };
+            let mut s = format!(
+                "{}.{} from shard {}: {} chunks, {rows} rows, {rate:.0} rows/s",
+                c.schema,
+                c.table,
+                c.source_shard,
+                c.chunks.load(std::sync::atomic::Ordering::Relaxed)
+            );
+            if let Some(cursor) = c.cursor() {
+                s.push_str(&format!(", at ({cursor})"));
+            }
+            if let Some(eta) = c.eta() {
+                s.push_str(&format!(", ETA {}", interval(eta)));
+            }
+            s
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// The oldest snapshot the task holds open for its copy: how long, where,

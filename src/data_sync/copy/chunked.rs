@@ -33,7 +33,7 @@ use super::pool::DestPool;
 use crate::net::Connection;
 
 /// Rows in a table's first chunk, before the rate is known.
-const FIRST_CHUNK_ROWS: u64 = 20_000;
+const FIRST_CHUNK_ROWS: u64 = 5_000;
 /// Sampled keys per range when a table is split.
 const SAMPLES_PER_RANGE: u64 = 100;
 
@@ -587,7 +587,7 @@ impl Worker {
                     let ideal = (rows.max(1) as f64 * target / secs) as u64;
                     *rows_per_chunk = ideal
                         .clamp(*rows_per_chunk / 4, *rows_per_chunk * 4)
-                        .clamp(1_000, 50_000_000);
+                        .clamp(500, 50_000_000);
                     if hi == item.range.hi {
                         return Ok(());
                     }

@@ -313,17 +313,20 @@ impl Session<'_> {
         new_decided: Vec<bool>,
         commit_lsn: Lsn,
     ) -> Result<()> {
-        let origin = |what| Origin {
+        let origin = |what, rows| Origin {
             table: rel.display.clone(),
             commit_lsn,
             what,
-            rows: 1,
+            rows,
         };
         self.decided = Some(old_decided);
         let from = self.old_shard(rel, old)?;
+        // Not knowing the shard, a delete on every shard finds the row on
+        // one: none is expected of each.
+        let rows = u32::from(from.is_some() || rel.dest_key.is_none());
         for d in self.targets(from) {
             if self.wanted(d, ti) {
-                self.delete(d, rel, old, origin("DELETE")).await?;
+                self.delete(d, rel, old, origin("DELETE", rows)).await?;
             }
         }
         self.decided = Some(new_decided);
@@ -335,7 +338,7 @@ impl Session<'_> {
         };
         for d in self.targets(to) {
             if self.wanted(d, ti) {
-                self.insert(d, rel, new, fill.clone(), origin("INSERT"))
+                self.insert(d, rel, new, fill.clone(), origin("INSERT", 1))
                     .await?;
             }
         }
