@@ -19,9 +19,14 @@
 //!    table with a primary key and three secondary indexes, against
 //!    `pgcopydb clone` and a raw pipe into the indexed table.
 //!
+//! 10. Source impact: the source's xmin horizon and the WAL its slot
+//!     retains while a large table is moved under pgbench, pgdog against
+//!     a native subscription.
+//!
 //! Run it with `bench/data-sync` (builds in release mode first).
 
 mod dataset;
+mod impact;
 mod runs;
 
 use std::path::PathBuf;
@@ -63,7 +68,14 @@ pub struct Args {
     /// Rows of the indexed table in the schema-sync figure.
     #[arg(long, default_value_t = 2_000_000)]
     pub schema_rows: u64,
-    /// Sections to skip: copy, catchup, wide, many, steady, schema, replicas.
+    /// pgbench scale of the source-impact section (100,000 accounts each,
+    /// about 13 MB).
+    #[arg(long, default_value_t = 300)]
+    pub impact_scale: u32,
+    /// pgbench transactions per second during the source-impact moves.
+    #[arg(long, default_value_t = 200)]
+    pub impact_rate: u32,
+    /// Sections to skip: copy, catchup, wide, many, steady, schema, replicas, impact.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     /// Write the report here too.
@@ -112,7 +124,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .setting("shared_buffers", "256MB")
     .setting("max_sync_workers_per_subscription", "2");
     let fleet = Fleet::start(1, 3, options).await?;
-    let bench = runs::Bench::new(fleet, install, &args).await?;
+    let bench = runs::Bench::new(fleet, install.clone(), &args).await?;
     let mut report = runs::Report::default();
     bench.machine(&mut report).await?;
     if !args.skip.iter().any(|s| s == "copy") {
@@ -145,6 +157,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(bench);
     if !args.skip.iter().any(|s| s == "replicas") {
         runs::replicas(&args, &mut report).await?;
+    }
+    if !args.skip.iter().any(|s| s == "impact") {
+        impact::run(&args, &install, &args.pgdog.canonicalize()?, &mut report).await?;
     }
     let text = report.render();
     println!("{text}");

@@ -31,7 +31,7 @@ impl Report {
         self.header.push(line);
     }
 
-    fn row(&mut self, section: &str, what: &str, value: String, ratio: String) {
+    pub fn row(&mut self, section: &str, what: &str, value: String, ratio: String) {
         eprintln!("{section:<22} {what:<44} {value:>14} {ratio}");
         self.rows.push([section.into(), what.into(), value, ratio]);
     }

@@ -733,7 +733,8 @@ impl Session<'_> {
             // A table copied in chunks: a chunk read after the TRUNCATE
             // holds rows it must not remove; only the others' are.
             let mut by_range: Vec<(usize, String, std::sync::Arc<str>)> = Vec::new();
-            for (ti, sql, name) in whole.iter().chain(&partial) {
+            // (Its TRUNCATE, or DELETE, is then replaced by those.)
+            for (ti, _, name) in whole.iter().chain(&partial) {
                 let Some(book) = self.books.get(ti).cloned() else {
                     continue;
                 };
@@ -759,8 +760,6 @@ impl Session<'_> {
                         name.clone(),
                     ));
                 }
-                // Its TRUNCATE (or DELETE) is replaced by those.
-                let _ = sql;
             }
             let replaced: Vec<usize> = by_range.iter().map(|(ti, _, _)| *ti).collect();
             let tables: Vec<&(usize, String, std::sync::Arc<str>)> = whole

@@ -1,0 +1,409 @@
+//! Source impact: what a move costs the source while it copies a large
+//! table under a steady write load. pgbench's tables at a scale whose copy
+//! lasts a minute or more, pgbench writing at a fixed rate, moved 1→2 by
+//! pgdog and 1→1 by a native subscription, each on fresh destinations.
+//! Every half second the source is sampled:
+//!
+//! - the age of its xmin horizon, in seconds: the oldest `backend_xmin` of
+//!   its sessions and `xmin` of its slots is the horizon;
+//!   its age is how long ago the next transaction id passed it (from the
+//!   samples' history of `pg_snapshot_xmax(pg_current_snapshot())`);
+//! - the WAL its logical slots retain (`pg_current_wal_lsn()` minus each
+//!   slot's `restart_lsn`, the largest);
+//!
+//! and at the end, how much `pgbench_accounts` grew (updates whose old
+//! versions vacuum could not remove while the horizon was held).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use pgdog::harness::fleet::DATABASE;
+use pgdog::harness::{Cluster, ClusterOptions, PgInstall};
+use pgdog::net::Connection;
+use tokio::process::Command;
+
+use crate::runs::Report;
+use crate::Args;
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+/// What the samples of one move found.
+#[derive(Debug, Default, Clone, Copy)]
+struct Impact {
+    /// Seconds until every table was copied.
+    copy: f64,
+    /// Seconds until the destination had caught up with the source.
+    caught_up: f64,
+    /// Largest age of the source's xmin horizon, seconds.
+    horizon: f64,
+    /// Largest WAL retained by a logical slot, bytes.
+    wal: u64,
+    /// Growth of pgbench_accounts' heap during the move, bytes.
+    growth: i64,
+}
+
+/// Samples the source every half second until dropped.
+struct Sampler {
+    stop: tokio::sync::watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<std::result::Result<(f64, u64), String>>,
+}
+
+const HORIZON_SQL: &str = "
+SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
+       least(
+         (SELECT min(backend_xmin::text::bigint) FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()),
+         (SELECT min(xmin::text::bigint) FROM pg_replication_slots WHERE xmin IS NOT NULL)),
+       coalesce((SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn))::bigint
+                   FROM pg_replication_slots WHERE slot_type = 'logical'), 0)";
+
+impl Sampler {
+    fn start(source: &Cluster) -> Sampler {
+        let opts = source.options("postgres", DATABASE);
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let handle = tokio::spawn(async move {
+            let mut c = Connection::connect(&opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            // (when, next xid) of every sample: when the counter passed a
+            // horizon is when that horizon's transactions began.
+            let mut history: Vec<(Instant, i64)> = Vec::new();
+            let (mut horizon_age, mut wal) = (0f64, 0u64);
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                let rows = c.query(HORIZON_SQL).await.map_err(|e| e.to_string())?;
+                let now = Instant::now();
+                let next: i64 = rows[0].text(0).and_then(|t| t.parse().ok()).unwrap_or(0);
+                history.push((now, next));
+                if let Some(h) = rows[0].text(1).and_then(|t| t.parse::<i64>().ok()) {
+                    // Uses 32-bit xids from the views: fine within an epoch.
+                    let h = h & 0xffff_ffff;
+                    let since = history
+                        .iter()
+                        .find(|(_, x)| (x & 0xffff_ffff) > h)
+                        .map(|(t, _)| *t)
+                        .unwrap_or(now);
+                    horizon_age = horizon_age.max(now.duration_since(since).as_secs_f64());
+                }
+                wal = wal.max(rows[0].text(2).and_then(|t| t.parse().ok()).unwrap_or(0));
+            }
+            c.close().await;
+            Ok((horizon_age, wal))
+        });
+        Sampler { stop, handle }
+    }
+
+    async fn finish(self) -> Result<(f64, u64)> {
+        let _ = self.stop.send(true);
+        Ok(self.handle.await??)
+    }
+}
+
+async fn scalar(c: &Cluster, sql: &str) -> Result<String> {
+    let mut conn = c.connect(DATABASE).await?;
+    let rows = conn.query(sql).await?;
+    conn.close().await;
+    Ok(rows
+        .first()
+        .and_then(|r| r.text(0))
+        .unwrap_or("")
+        .to_string())
+}
+
+async fn accounts_bytes(c: &Cluster) -> Result<i64> {
+    Ok(scalar(c, "SELECT pg_relation_size('pgbench_accounts')")
+        .await?
+        .parse()
+        .unwrap_or(0))
+}
+
+/// pgbench at a fixed rate on the source until killed.
+fn load(pgbench: &Path, source: &Cluster, rate: u32, log: &Path) -> Result<tokio::process::Child> {
+    let out = std::fs::File::create(log)?;
+    Ok(Command::new(pgbench)
+        .args(["-n", "-c", "2", "-j", "1", "-T", "3600", "-R"])
+        .arg(rate.to_string())
+        .args(["-U", "postgres", "-h", source.host(), "-p"])
+        .arg(source.port().to_string())
+        .arg(DATABASE)
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+/// Wait until `slot` (on the source) has confirmed everything written up
+/// to now, within `slack` bytes (pgbench keeps writing).
+async fn until_caught_up(source: &Cluster, slot: &str, slack: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let lag: String = scalar(
+            source,
+            &format!(
+                "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), -1)::bigint FROM pg_replication_slots WHERE slot_name = '{slot}'"
+            ),
+        )
+        .await?;
+        if let Ok(l) = lag.parse::<i64>() {
+            if l >= 0 && (l as u64) <= slack {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("slot {slot} did not catch up within an hour").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The source-impact section: the same data, the same load, pgdog 1→2
+/// then a native subscription 1→1, each sampled.
+pub async fn run(
+    args: &Args,
+    install: &PgInstall,
+    pgdog: &Path,
+    report: &mut Report,
+) -> Result<()> {
+    let pgbench = PgInstall::all()
+        .into_iter()
+        .map(|i| i.tool("pgbench"))
+        .find(|p| p.exists())
+        .ok_or("pgbench not found")?;
+    let options = ClusterOptions {
+        install: Some(install.clone()),
+        ..Default::default()
+    }
+    .setting("fsync", "on")
+    .setting("synchronous_commit", "on")
+    .setting("max_wal_size", "8GB")
+    .setting("checkpoint_timeout", "30min")
+    .setting("shared_buffers", "256MB")
+    .setting("autovacuum_naptime", "5s")
+    .setting("max_sync_workers_per_subscription", "2");
+    let dir = std::env::temp_dir().join(format!("pgdog-bench-impact-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut figures = Vec::new();
+    for who in ["pgdog 1→2", "native subscription 1→1"] {
+        // A fresh source each time: the same table, not the first run's
+        // bloat.
+        let fleet = pgdog::harness::Fleet::start(1, 2, options.clone()).await?;
+        let source = &fleet.sources[0];
+        eprintln!(
+            "impact ({who}): pgbench -i -s {} on the source...",
+            args.impact_scale
+        );
+        let status = std::process::Command::new(&pgbench)
+            .args(["-i", "-q", "-s"])
+            .arg(args.impact_scale.to_string())
+            .args(["-U", "postgres", "-h", source.host(), "-p"])
+            .arg(source.port().to_string())
+            .arg(DATABASE)
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            return Err("pgbench -i failed".into());
+        }
+        for sql in [
+            "ALTER TABLE pgbench_history REPLICA IDENTITY FULL",
+            "VACUUM ANALYZE",
+            "CHECKPOINT",
+            "CREATE PUBLICATION bench FOR ALL TABLES",
+        ] {
+            source.exec(DATABASE, sql).await?;
+        }
+        let table_bytes = accounts_bytes(source).await?;
+        let before = table_bytes;
+        let pgbench_log = dir.join(format!("pgbench-{}.log", figures.len()));
+        let mut app = load(&pgbench, source, args.impact_rate, &pgbench_log)?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let sampler = Sampler::start(source);
+        let started = Instant::now();
+        let (copy, slot) = if who.starts_with("pgdog") {
+            (
+                pgdog_move(pgdog, &fleet, &dir).await?,
+                "pgdog_bench_dest".to_string(),
+            )
+        } else {
+            (native_move(&fleet).await?, "impact_sub".to_string())
+        };
+        until_caught_up(source, &slot, 16 * 1024 * 1024).await?;
+        let caught_up = started.elapsed().as_secs_f64();
+        let (horizon, wal) = sampler.finish().await?;
+        let _ = app.kill().await;
+        let growth = accounts_bytes(source).await? - before;
+        eprintln!(
+            "impact ({who}): copy {copy:.1}s, caught up {caught_up:.1}s, horizon {horizon:.1}s, WAL {:.0} MB, accounts +{:.0} MB",
+            wal as f64 / 1e6,
+            growth as f64 / 1e6
+        );
+        figures.push((
+            who,
+            table_bytes,
+            Impact {
+                copy,
+                caught_up,
+                horizon,
+                wal,
+                growth,
+            },
+        ));
+        drop(fleet);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_, bytes, _) = figures[0];
+    report.note(format!(
+        "source impact: pgbench scale {} ({:.0} MB of pgbench_accounts), pgbench at {} tx/s during the move, sampled every 0.5 s",
+        args.impact_scale,
+        bytes as f64 / 1e6,
+        args.impact_rate
+    ));
+    let native = figures[1].2;
+    for (who, _, f) in &figures {
+        let vs = |v: f64, base: f64| {
+            if who.starts_with("native") {
+                "baseline".to_string()
+            } else {
+                format!("{:.2}x native", v / base.max(1e-9))
+            }
+        };
+        report.row(
+            "source impact",
+            &format!("{who}: largest xmin horizon age"),
+            format!("{:.1} s", f.horizon),
+            vs(f.horizon, native.horizon),
+        );
+        report.row(
+            "source impact",
+            &format!("{who}: largest WAL retained by the slot"),
+            format!("{:.0} MB", f.wal as f64 / 1e6),
+            vs(f.wal as f64, native.wal as f64),
+        );
+        report.row(
+            "source impact",
+            &format!("{who}: copy time"),
+            format!("{:.1} s", f.copy),
+            vs(f.copy, native.copy),
+        );
+        report.row(
+            "source impact",
+            &format!("{who}: time to caught up"),
+            format!("{:.1} s", f.caught_up),
+            vs(f.caught_up, native.caught_up),
+        );
+        report.row(
+            "source impact",
+            &format!("{who}: growth of pgbench_accounts"),
+            format!("{:.0} MB", f.growth as f64 / 1e6),
+            vs(f.growth as f64, native.growth as f64),
+        );
+    }
+    Ok(())
+}
+
+/// pgdog data-sync 1→2 into empty shards (schema sync); the seconds
+/// until its copy completed. It keeps streaming (killed when dropped).
+async fn pgdog_move(pgdog: &Path, fleet: &pgdog::harness::Fleet, dir: &Path) -> Result<f64> {
+    let mut toml = String::from("[general]\nport = 0\ntls_verify = \"disabled\"\n");
+    if let Some(pg_dump) = pgdog::harness::install::pg_dump() {
+        toml.push_str(&format!("pg_dump = \"{}\"\n", pg_dump.display()));
+    }
+    toml.push('\n');
+    let server = |name: &str, c: &Cluster, shard: usize| {
+        format!(
+            "[[databases]]\nname = \"{name}\"\nhost = \"{}\"\nport = {}\nshard = {shard}\ndatabase_name = \"{DATABASE}\"\n\n",
+            c.host(),
+            c.port()
+        )
+    };
+    toml.push_str(&server("source", &fleet.sources[0], 0));
+    toml.push_str(&server("dest", &fleet.dests[0], 0));
+    toml.push_str(&server("dest", &fleet.dests[1], 1));
+    toml.push_str(
+        "[[sharded_tables]]\ndatabase = \"dest\"\ncolumn = \"bid\"\ndata_type = \"integer\"\n",
+    );
+    std::fs::write(dir.join("pgdog.toml"), toml)?;
+    std::fs::write(
+        dir.join("users.toml"),
+        "[[users]]\nname = \"pgdog\"\ndatabase = \"source\"\nserver_user = \"postgres\"\n\n[[users]]\nname = \"pgdog\"\ndatabase = \"dest\"\nserver_user = \"postgres\"\n",
+    )?;
+    let log: PathBuf = dir.join("pgdog.log");
+    let out = std::fs::File::create(&log)?;
+    let started = Instant::now();
+    let child = Command::new(pgdog)
+        .arg("--config")
+        .arg(dir.join("pgdog.toml"))
+        .arg("--users")
+        .arg(dir.join("users.toml"))
+        .args([
+            "data-sync",
+            "--from-database",
+            "source",
+            "--from-user",
+            "pgdog",
+            "--to-database",
+            "dest",
+            "--to-user",
+            "pgdog",
+            "--publication",
+            "bench",
+            "--admin-port",
+            "0",
+        ])
+        .env("PGDOG_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()?;
+    // Leaked on purpose until the fleet goes: it streams meanwhile.
+    let child = Box::leak(Box::new(child));
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("copy complete") {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        if let Some(s) = child.try_wait()? {
+            return Err(format!("pgdog ended ({s}):\n{text}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A native subscription 1→1 into a destination with the tables and their
+/// primary keys; the seconds until every table is ready.
+async fn native_move(fleet: &pgdog::harness::Fleet) -> Result<f64> {
+    let dest = &fleet.dests[0];
+    let source = &fleet.sources[0];
+    dest.exec(
+        DATABASE,
+        "CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84)) WITH (fillfactor = 100);
+         CREATE TABLE pgbench_branches (bid int PRIMARY KEY, bbalance int, filler char(88));
+         CREATE TABLE pgbench_tellers (tid int PRIMARY KEY, bid int, tbalance int, filler char(84));
+         CREATE TABLE pgbench_history (tid int, bid int, aid int, delta int, mtime timestamp, filler char(22));",
+    )
+    .await?;
+    let started = Instant::now();
+    dest.exec(
+        DATABASE,
+        &format!(
+            "CREATE SUBSCRIPTION impact_sub CONNECTION 'host={} port={} user=postgres dbname={DATABASE}' PUBLICATION bench WITH (binary = true)",
+            source.host(),
+            source.port()
+        ),
+    )
+    .await?;
+    loop {
+        let left: String = scalar(
+            dest,
+            "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'",
+        )
+        .await?;
+        if left == "0" {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
