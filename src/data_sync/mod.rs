@@ -151,15 +151,16 @@ pub struct Ctx {
 
 impl Ctx {
     /// What a stream of an existing move needs (no copy): for a command
-    /// that streams the move itself while no `data-sync` does.
-    pub fn for_stream(
+    /// that streams the move itself while no `data-sync` does. Tables
+    /// copied in chunks are decided by their chunks, as a data-sync would.
+    pub async fn for_stream(
         endpoints: Endpoints,
         plan: Plan,
         task: Arc<Task>,
         shutdown: CancellationToken,
-        copy_sources: Vec<replicas::CopySources>,
-    ) -> Ctx {
-        Ctx {
+        findings: &preflight::Findings,
+    ) -> Result<Ctx> {
+        let mut ctx = Ctx {
             endpoints,
             plan,
             task,
@@ -168,25 +169,14 @@ impl Ctx {
             chunk_bytes: 0,
             chunk_seconds: 2.0,
             resume: true,
-            copy_sources,
+            copy_sources: findings.copy_sources.clone(),
             stream_start: Vec::new(),
             drain_ended: false,
             chunks: Default::default(),
-        }
-    }
-}
-
-impl Ctx {
-    /// The chunk books a stream of this move decides by (tables copied in
-    /// chunks whose snapshots it may still meet), given the finished
-    /// copies preflight found.
-    pub async fn with_chunks(
-        mut self,
-        finished: &[std::collections::HashMap<(usize, catalog::TableName), pgdog_protocol::Lsn>],
-    ) -> Result<Ctx> {
-        let prepared = chunked::prepare(&self, finished).await?;
-        self.chunks = Arc::new(prepared.books);
-        Ok(self)
+        };
+        let prepared = chunked::prepare(&ctx, &findings.finished).await?;
+        ctx.chunks = Arc::new(prepared.books);
+        Ok(ctx)
     }
 }
 

@@ -578,6 +578,16 @@ impl Task {
         }
     }
 
+    /// Show a table copy among the task's.
+    pub fn add_copy(&self, copy: TableCopy) -> Arc<TableCopy> {
+        let copy = Arc::new(copy);
+        self.copies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(copy.clone());
+        copy
+    }
+
     /// What the operator should know, oldest first.
     pub fn notes(&self) -> Vec<String> {
         self.notes.lock().unwrap_or_else(|e| e.into_inner()).clone()

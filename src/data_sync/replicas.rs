@@ -142,18 +142,21 @@ pub fn assign(jobs: &[u64], servers: usize) -> Vec<usize> {
     out
 }
 
+/// The LSN a query of one value returns (0/0 for none).
+pub async fn query_lsn(conn: &mut Connection, sql: &str) -> Result<Lsn> {
+    let rows = conn.query(sql).await?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.text(0))
+        .and_then(Lsn::parse)
+        .unwrap_or_default())
+}
+
 /// Wait until `replica` has replayed the primary's WAL up to `lsn`.
 pub async fn wait_replayed(replica: &mut Connection, lsn: Lsn, source_shard: usize) -> Result<()> {
     let started = Instant::now();
     loop {
-        let rows = replica
-            .query("SELECT pg_last_wal_replay_lsn()::text")
-            .await?;
-        let at = rows
-            .first()
-            .and_then(|r| r.text(0))
-            .and_then(Lsn::parse)
-            .unwrap_or_default();
+        let at = query_lsn(replica, "SELECT pg_last_wal_replay_lsn()::text").await?;
         if at >= lsn {
             return Ok(());
         }

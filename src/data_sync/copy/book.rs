@@ -386,9 +386,25 @@ impl TableBook {
     }
 }
 
+/// A book of a table keyed by one bigint column, over two destination
+/// shards.
+#[cfg(test)]
+pub(crate) fn test_book() -> TableBook {
+    use super::key::{KeyColumn, KeyKind};
+    let key = ChunkKey {
+        columns: vec![KeyColumn {
+            name: "id".into(),
+            type_name: "bigint".into(),
+            type_oid: 20,
+            kind: KeyKind::Int,
+        }],
+    };
+    TableBook::new(0, 0, key, 2)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::key::{KeyColumn, KeyKind, KeyValue};
+    use super::super::key::KeyValue;
     use super::*;
 
     fn k(v: i64) -> Key {
@@ -403,15 +419,7 @@ mod tests {
     }
 
     fn book() -> TableBook {
-        let key = ChunkKey {
-            columns: vec![KeyColumn {
-                name: "id".into(),
-                type_name: "bigint".into(),
-                type_oid: 20,
-                kind: KeyKind::Int,
-            }],
-        };
-        TableBook::new(0, 0, key, 2)
+        test_book()
     }
 
     fn snap(text: &str) -> Snapshot {

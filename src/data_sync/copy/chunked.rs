@@ -232,7 +232,7 @@ pub async fn run(
             }
             _ => (ctx.plan.source.shards[s].primary.clone(), false),
         };
-        let progress = Arc::new(TableCopy::new(
+        let progress = ctx.task.add_copy(TableCopy::new(
             &t.table.name,
             s,
             format!("{}:{}", server.host, server.port),
@@ -240,11 +240,6 @@ pub async fn run(
             t.table.bytes,
         ));
         progress.set_method(format!("chunks by {}", book.key.row(None)));
-        ctx.task
-            .copies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(progress.clone());
         if dests.is_empty() {
             progress.set_state(CopyState::Skipped);
             continue;
@@ -718,16 +713,9 @@ impl Worker {
         loop {
             // A standby must first replay what the stream may have seen.
             if let Some(primary) = &mut self.primary {
-                let rows = primary
-                    .query("SELECT pg_current_wal_flush_lsn()::text")
-                    .await?;
-                let at = rows
-                    .first()
-                    .and_then(|r| r.text(0))
-                    .and_then(Lsn::parse)
-                    .unwrap_or_default();
-                super::super::replicas::wait_replayed(&mut self.source, at, job.book.source_shard)
-                    .await?;
+                use super::super::replicas::{query_lsn, wait_replayed};
+                let at = query_lsn(primary, "SELECT pg_current_wal_flush_lsn()::text").await?;
+                wait_replayed(&mut self.source, at, job.book.source_shard).await?;
             }
             let sql = if self.primary.is_some() {
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
@@ -805,7 +793,7 @@ fn canonical_text(v: &super::key::KeyValue, kind: super::key::KeyKind) -> String
 
 #[cfg(test)]
 mod tests {
-    use super::super::key::{KeyColumn, KeyKind, KeyValue};
+    use super::super::key::{KeyKind, KeyValue};
     use super::*;
 
     fn bound(v: i64) -> Bound {
@@ -816,15 +804,7 @@ mod tests {
     }
 
     fn book() -> TableBook {
-        let key = ChunkKey {
-            columns: vec![KeyColumn {
-                name: "id".into(),
-                type_name: "bigint".into(),
-                type_oid: 20,
-                kind: KeyKind::Int,
-            }],
-        };
-        TableBook::new(0, 0, key, 2)
+        super::super::book::test_book()
     }
 
     fn chunk(lo: Option<i64>, hi: Option<i64>) -> Chunk {

@@ -68,7 +68,7 @@ pub async fn run(
             let dests: Vec<usize> = (0..m)
                 .filter(|&d| !finished[d].contains_key(&key))
                 .collect();
-            let progress = Arc::new(TableCopy::new(
+            let progress = ctx.task.add_copy(TableCopy::new(
                 &plan.table.name,
                 s,
                 format!(
@@ -78,11 +78,7 @@ pub async fn run(
                 plan.table.estimated_rows,
                 plan.table.bytes,
             ));
-            ctx.task
-                .copies
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(progress.clone());
+            progress.set_method("one snapshot");
             if dests.is_empty() {
                 progress.set_state(CopyState::Skipped);
                 continue;

@@ -242,9 +242,8 @@ impl OwnStream {
             plan.clone(),
             task.clone(),
             stop.clone(),
-            findings.copy_sources.clone(),
+            findings,
         )
-        .with_chunks(&findings.finished)
         .await?;
         // A rerun after a crash drains what an ended stream left.
         ctx.drain_ended = true;

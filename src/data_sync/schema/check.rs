@@ -15,28 +15,11 @@ use super::plan::{Planned, Step};
 use super::{describe_shard, is_identity, Source};
 
 /// Kinds whose existence on a shard the catalog query reports one to one
-/// with pg_dump's entries.
-const CHECKED: &[&str] = &[
-    "TABLE",
-    "TABLE ATTACH",
-    "DEFAULT",
-    "CONSTRAINT",
-    "CHECK CONSTRAINT",
-    "FK CONSTRAINT",
-    "INDEX",
-    "INDEX ATTACH",
-    "TRIGGER",
-    "RULE",
-    "POLICY",
-    "STATISTICS",
-    "SEQUENCE",
-    "SEQUENCE OWNED BY",
-    "TYPE",
-    "DOMAIN",
-    "FUNCTION",
-    "PROCEDURE",
-    "AGGREGATE",
-];
+/// with pg_dump's entries: those that belong to a table, and types and
+/// functions.
+fn checked(kind: &str) -> bool {
+    super::plan::TABLE_KINDS.contains(&kind) || super::plan::LISTED_KINDS.contains(&kind)
+}
 
 /// Kinds whose catalog signature must also match the source's.
 const COMPARED: &[&str] = &[
@@ -106,7 +89,7 @@ fn expected<'a>(
     through: Through,
 ) -> Option<&'a Object> {
     let e = &p.entry;
-    if !CHECKED.contains(&e.kind.as_str()) {
+    if !checked(&e.kind) {
         return None;
     }
     let src = source.objects.get(&e.kind, e.schema.as_deref(), &e.tag)?;

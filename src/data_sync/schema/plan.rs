@@ -155,7 +155,7 @@ fn kind_reason(kind: &str) -> &'static str {
 
 /// Kinds that belong to one table; taken when the catalog lists them among
 /// the publication's objects.
-const TABLE_KINDS: &[&str] = &[
+pub(super) const TABLE_KINDS: &[&str] = &[
     "TABLE",
     "TABLE ATTACH",
     "DEFAULT",
@@ -175,7 +175,7 @@ const TABLE_KINDS: &[&str] = &[
 
 /// Kinds taken when the catalog lists them (used by the tables, or not
 /// tied to anything left out).
-const LISTED_KINDS: &[&str] = &["TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "AGGREGATE"];
+pub(super) const LISTED_KINDS: &[&str] = &["TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "AGGREGATE"];
 
 /// Where a kept entry runs, by its kind and what the catalog says.
 fn step_of(entry: &Entry, source: &Objects) -> Step {

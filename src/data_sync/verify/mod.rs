@@ -292,9 +292,8 @@ async fn consistent_point(
                 plan.clone(),
                 task.clone(),
                 own_stream.clone(),
-                findings.copy_sources.clone(),
+                findings,
             )
-            .with_chunks(&findings.finished)
             .await?,
         );
         streamer = Some(tokio::spawn(super::stream::run(ctx)));

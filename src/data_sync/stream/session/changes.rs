@@ -171,15 +171,7 @@ impl Session<'_> {
                         return Ok(());
                     };
                     return self
-                        .update_across_chunks(
-                            &rel,
-                            ti,
-                            &old,
-                            &new,
-                            old_decided,
-                            decided,
-                            commit_lsn,
-                        )
+                        .update_across_chunks(&rel, &old, &new, old_decided, decided)
                         .await;
                 }
             }
@@ -287,10 +279,7 @@ impl Session<'_> {
                     Decision::Skip => break,
                     Decision::Hold(id) => {
                         crate::data_sync::copy::chunked::fail_point("hold");
-                        tokio::select! {
-                            _ = book.wait(d, id) => {}
-                            _ = self.ctx.shutdown.cancelled() => return Err(super::super::super::error::DataSyncError::Stopped),
-                        }
+                        self.unless_stopped(book.wait(d, id)).await?;
                     }
                 }
             }
@@ -302,17 +291,16 @@ impl Session<'_> {
     /// shard holds and one it does not (yet): the old row is deleted where
     /// its chunk has it, the new one inserted where its chunk wants it
     /// (a later chunk reads it otherwise).
-    #[allow(clippy::too_many_arguments)]
     async fn update_across_chunks(
         &mut self,
         rel: &Arc<RelationInfo>,
-        ti: usize,
         old: &OldTuple,
         new: &Tuple,
         old_decided: Vec<bool>,
         new_decided: Vec<bool>,
-        commit_lsn: Lsn,
     ) -> Result<()> {
+        let ti = rel.table.unwrap_or(0);
+        let commit_lsn = self.txn.as_ref().map(|t| t.commit_lsn).unwrap_or_default();
         let origin = |what, rows| Origin {
             table: rel.display.clone(),
             commit_lsn,
@@ -738,10 +726,7 @@ impl Session<'_> {
                 let Some(book) = self.books.get(ti).cloned() else {
                     continue;
                 };
-                tokio::select! {
-                    _ = book.wait_idle(d) => {}
-                    _ = self.ctx.shutdown.cancelled() => return Err(super::super::super::error::DataSyncError::Stopped),
-                }
+                self.unless_stopped(book.wait_idle(d)).await?;
                 let Some(ranges) = book.unseen(d, xid, commit_lsn) else {
                     continue;
                 };

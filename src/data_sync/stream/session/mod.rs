@@ -646,6 +646,17 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Wait for `until`, unless the stream is stopped first.
+    pub(super) async fn unless_stopped(
+        &self,
+        until: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        tokio::select! {
+            _ = until => Ok(()),
+            _ = self.ctx.shutdown.cancelled() => Err(DataSyncError::Stopped),
+        }
+    }
+
     fn begin(&mut self, xid: u32, commit_lsn: Lsn, commit_time: i64) -> Result<()> {
         if self.txn.is_some() {
             return Err(self.stream_error("Begin inside a transaction"));
