@@ -270,36 +270,41 @@ pub async fn run(
                 format!("{:.2}x native", v / base.max(1e-9))
             }
         };
-        report.row(
-            "source impact",
-            &format!("{who}: largest xmin horizon age"),
-            format!("{:.1} s", f.horizon),
-            vs(f.horizon, native.horizon),
-        );
-        report.row(
-            "source impact",
-            &format!("{who}: largest WAL retained by the slot"),
-            format!("{:.0} MB", f.wal as f64 / 1e6),
-            vs(f.wal as f64, native.wal as f64),
-        );
-        report.row(
-            "source impact",
-            &format!("{who}: copy time"),
-            format!("{:.1} s", f.copy),
-            vs(f.copy, native.copy),
-        );
-        report.row(
-            "source impact",
-            &format!("{who}: time to caught up"),
-            format!("{:.1} s", f.caught_up),
-            vs(f.caught_up, native.caught_up),
-        );
-        report.row(
-            "source impact",
-            &format!("{who}: growth of pgbench_accounts"),
-            format!("{:.0} MB", f.growth as f64 / 1e6),
-            vs(f.growth as f64, native.growth as f64),
-        );
+        let rows: [(&str, String, f64, f64); 5] = [
+            (
+                "largest xmin horizon age",
+                format!("{:.1} s", f.horizon),
+                f.horizon,
+                native.horizon,
+            ),
+            (
+                "largest WAL retained by the slot",
+                format!("{:.0} MB", f.wal as f64 / 1e6),
+                f.wal as f64,
+                native.wal as f64,
+            ),
+            ("copy time", format!("{:.1} s", f.copy), f.copy, native.copy),
+            (
+                "time to caught up",
+                format!("{:.1} s", f.caught_up),
+                f.caught_up,
+                native.caught_up,
+            ),
+            (
+                "growth of pgbench_accounts",
+                format!("{:.0} MB", f.growth as f64 / 1e6),
+                f.growth as f64,
+                native.growth as f64,
+            ),
+        ];
+        for (what, value, v, base) in rows {
+            report.row(
+                "source impact",
+                &format!("{who}: {what}"),
+                value,
+                vs(v, base),
+            );
+        }
     }
     Ok(())
 }
@@ -307,52 +312,17 @@ pub async fn run(
 /// pgdog data-sync 1→2 into empty shards (schema sync); the seconds
 /// until its copy completed. It keeps streaming (killed when dropped).
 async fn pgdog_move(pgdog: &Path, fleet: &pgdog::harness::Fleet, dir: &Path) -> Result<f64> {
-    let mut toml = String::from("[general]\nport = 0\ntls_verify = \"disabled\"\n");
-    if let Some(pg_dump) = pgdog::harness::install::pg_dump() {
-        toml.push_str(&format!("pg_dump = \"{}\"\n", pg_dump.display()));
-    }
-    toml.push('\n');
-    let server = |name: &str, c: &Cluster, shard: usize| {
-        format!(
-            "[[databases]]\nname = \"{name}\"\nhost = \"{}\"\nport = {}\nshard = {shard}\ndatabase_name = \"{DATABASE}\"\n\n",
-            c.host(),
-            c.port()
-        )
-    };
-    toml.push_str(&server("source", &fleet.sources[0], 0));
-    toml.push_str(&server("dest", &fleet.dests[0], 0));
-    toml.push_str(&server("dest", &fleet.dests[1], 1));
-    toml.push_str(
-        "[[sharded_tables]]\ndatabase = \"dest\"\ncolumn = \"bid\"\ndata_type = \"integer\"\n",
-    );
-    std::fs::write(dir.join("pgdog.toml"), toml)?;
     std::fs::write(
-        dir.join("users.toml"),
-        "[[users]]\nname = \"pgdog\"\ndatabase = \"source\"\nserver_user = \"postgres\"\n\n[[users]]\nname = \"pgdog\"\ndatabase = \"dest\"\nserver_user = \"postgres\"\n",
+        dir.join("pgdog.toml"),
+        fleet.pgdog_toml(
+            "[[sharded_tables]]\ndatabase = \"dest\"\ncolumn = \"bid\"\ndata_type = \"integer\"\n",
+        ),
     )?;
+    std::fs::write(dir.join("users.toml"), fleet.users_toml())?;
     let log: PathBuf = dir.join("pgdog.log");
     let out = std::fs::File::create(&log)?;
     let started = Instant::now();
-    let child = Command::new(pgdog)
-        .arg("--config")
-        .arg(dir.join("pgdog.toml"))
-        .arg("--users")
-        .arg(dir.join("users.toml"))
-        .args([
-            "data-sync",
-            "--from-database",
-            "source",
-            "--from-user",
-            "pgdog",
-            "--to-database",
-            "dest",
-            "--to-user",
-            "pgdog",
-            "--publication",
-            "bench",
-            "--admin-port",
-            "0",
-        ])
+    let child = Command::from(crate::runs::data_sync_command(pgdog, dir, "dest"))
         .env("PGDOG_LOG", "info")
         .stdout(Stdio::null())
         .stderr(out)

@@ -1462,28 +1462,8 @@ pub async fn replicas(args: &Args, report: &mut Report) -> Result<()> {
             primary.exec(DATABASE, "CHECKPOINT").await?;
             let started = Instant::now();
             let sync = |extra: &str| {
-                let mut cmd = std::process::Command::new(&args.pgdog);
-                cmd.arg("--config")
-                    .arg(dir.join("pgdog.toml"))
-                    .arg("--users")
-                    .arg(dir.join("users.toml"))
-                    .args([
-                        "data-sync",
-                        "--from-database",
-                        "source",
-                        "--from-user",
-                        "pgdog",
-                        "--to-database",
-                        "dest1",
-                        "--to-user",
-                        "pgdog",
-                        "--publication",
-                        "bench",
-                        "--admin-port",
-                        "0",
-                        extra,
-                    ])
-                    .env("PGDOG_LOG", "warn");
+                let mut cmd = data_sync_command(&args.pgdog, &dir, "dest1");
+                cmd.arg(extra).env("PGDOG_LOG", "warn");
                 cmd
             };
             let out = sync("--sync-only").output()?;
@@ -1524,6 +1504,36 @@ pub async fn replicas(args: &Args, report: &mut Report) -> Result<()> {
         report.row("copy from replicas", &what, format!("{t:.2} s"), ratio);
     }
     Ok(())
+}
+
+/// `pgdog data-sync` of publication `bench` from cluster `source` to `to`,
+/// with the config files in `dir`, without an admin console.
+pub fn data_sync_command(
+    pgdog: &std::path::Path,
+    dir: &std::path::Path,
+    to: &str,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(pgdog);
+    cmd.arg("--config")
+        .arg(dir.join("pgdog.toml"))
+        .arg("--users")
+        .arg(dir.join("users.toml"))
+        .args([
+            "data-sync",
+            "--from-database",
+            "source",
+            "--from-user",
+            "pgdog",
+            "--to-database",
+            to,
+            "--to-user",
+            "pgdog",
+            "--publication",
+            "bench",
+            "--admin-port",
+            "0",
+        ]);
+    cmd
 }
 
 /// A program on `$PATH`.
