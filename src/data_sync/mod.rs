@@ -174,7 +174,7 @@ impl Ctx {
             drain_ended: false,
             chunks: Default::default(),
         };
-        let prepared = chunked::prepare(&ctx, &findings.finished).await?;
+        let prepared = chunked::prepare(&ctx, &findings.finished, false).await?;
         ctx.chunks = Arc::new(prepared.books);
         Ok(ctx)
     }
@@ -330,7 +330,8 @@ impl Pass<'_> {
         let mut ctx = self.ctx(&findings).await?;
         // Tables with a usable unique key are copied in chunks while the
         // stream runs; the others whole, in the slot's snapshot, first.
-        let prepared = chunked::prepare(&ctx, &findings.finished).await?;
+        let prepared =
+            chunked::prepare(&ctx, &findings.finished, opts.mode != Mode::ReplicateOnly).await?;
         for (ti, why) in &prepared.whole {
             let note = format!(
                 "table {} is copied whole in one snapshot, not in chunks: {why}; the source's xmin horizon is held for as long as its copy takes",

@@ -48,8 +48,15 @@ pub struct Prepared {
 
 /// Decide which tables go in chunks, and load what every destination
 /// shard recorded of them. A finished table keeps a book only while the
-/// stream may still meet a transaction one of its chunks saw.
-pub async fn prepare(ctx: &Ctx, finished: &[HashMap<(usize, TableName), Lsn>]) -> Result<Prepared> {
+/// stream may still meet a transaction one of its chunks saw. Without
+/// `copying` (a stream alone: `--replicate-only`, verify or cutover
+/// streaming a move), a table no chunk of which was ever written has no
+/// book: its changes are applied, as for any table not copied.
+pub async fn prepare(
+    ctx: &Ctx,
+    finished: &[HashMap<(usize, TableName), Lsn>],
+    copying: bool,
+) -> Result<Prepared> {
     let plan = &ctx.plan;
     let (n, m) = (plan.source_shards(), plan.dest_shards());
     let binary = plan.tables.iter().all(|t| t.table.binary_safe());
@@ -73,7 +80,7 @@ pub async fn prepare(ctx: &Ctx, finished: &[HashMap<(usize, TableName), Lsn>]) -
         for s in (0..n).filter(|&s| t.from_source(s)) {
             let name = &t.table.name;
             let unfinished = (0..m).any(|d| !finished[d].contains_key(&(s, name.clone())));
-            let mut needed = unfinished;
+            let mut needed = unfinished && copying;
             let book = TableBook::new(ti, s, key.clone(), m);
             for d in 0..m {
                 let seen = applied[d].get(&s).copied().unwrap_or(Lsn::ZERO);
@@ -82,7 +89,9 @@ pub async fn prepare(ctx: &Ctx, finished: &[HashMap<(usize, TableName), Lsn>]) -
                     .filter(|c| c.source_shard == s && &c.table == name)
                 {
                     let chunk = stored_chunk(&key, c)?;
-                    needed |= chunk.lsn > seen;
+                    // A copy in chunks left unfinished: its uncovered keys
+                    // have no rows to change.
+                    needed |= chunk.lsn > seen || unfinished;
                     book.load(d, chunk);
                 }
             }
