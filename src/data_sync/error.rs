@@ -56,6 +56,17 @@ pub enum DataSyncError {
     /// Schema sync could not read or create the schema.
     #[error("schema sync: {0}")]
     Schema(String),
+    /// The source sent rows of a new shape (a column added while the move
+    /// streams): nothing of them is applied until every destination shard
+    /// has the columns, and the move plans again.
+    #[error("{table} has new columns on source shard {source_shard}: {}", columns.iter().map(|(c, t)| format!("{c} {t}")).collect::<Vec<_>>().join(", "))]
+    NewColumns {
+        /// `schema.table`, quoted for SQL.
+        table: String,
+        source_shard: usize,
+        /// (name, type) of each, as the source names them.
+        columns: Vec<(String, String)>,
+    },
     /// Stopped by Ctrl-C, SIGTERM or STOP_TASK: not a failure.
     #[error("stopped")]
     Stopped,
@@ -76,6 +87,7 @@ impl DataSyncError {
             DataSyncError::Stream { .. } => "stream",
             DataSyncError::Spool { .. } => "spool",
             DataSyncError::Schema(_) => "schema",
+            DataSyncError::NewColumns { .. } => "new columns",
             DataSyncError::Stopped => "stopped",
         }
     }

@@ -420,10 +420,7 @@ impl Pass<'_> {
             return Ok(Some(PassEnd::Done(Outcome::Stopped)));
         }
         if let Err(e) = streamed {
-            return match retry::wants_new_plan(&e) {
-                Some(why) => Ok(Some(PassEnd::Replan(why))),
-                None => Err(e),
-            };
+            return self.after_stream_error(e).await.map(Some);
         }
         if let Some(why) = why {
             return Ok(Some(PassEnd::Replan(why)));
@@ -604,6 +601,95 @@ impl Pass<'_> {
         preflight::refresh_dest_tables(&ctx.endpoints, &mut ctx.plan).await
     }
 
+    /// What a failed stream leads to: a new plan (the destination lacks a
+    /// partition; the source has new columns, once every destination shard
+    /// has them too), else the error.
+    async fn after_stream_error(&self, e: DataSyncError) -> Result<PassEnd> {
+        if let DataSyncError::NewColumns {
+            table,
+            source_shard,
+            columns,
+        } = &e
+        {
+            return self.wait_for_columns(table, *source_shard, columns).await;
+        }
+        match retry::wants_new_plan(&e) {
+            Some(why) => Ok(PassEnd::Replan(why)),
+            None => Err(e),
+        }
+    }
+
+    /// Columns added on the source, without pgdog capturing the DDL: wait
+    /// (the task says for what, and the statement to run) until every
+    /// destination shard has them, then plan again. Nothing of the new
+    /// shape was applied; the stream goes on from the slot.
+    async fn wait_for_columns(
+        &self,
+        table: &str,
+        source_shard: usize,
+        columns: &[(String, String)],
+    ) -> Result<PassEnd> {
+        let adds: Vec<String> = columns
+            .iter()
+            .map(|(c, t)| format!("ADD COLUMN IF NOT EXISTS {} {t}", catalog::quote_ident(c)))
+            .collect();
+        let statement = format!("ALTER TABLE {table} {};", adds.join(", "));
+        let names: Vec<String> = columns.iter().map(|(c, _)| c.clone()).collect();
+        let message = format!(
+            "{table} has new columns on source shard {source_shard} ({}); run on every destination shard that lacks them: {statement} (the same default as on the source); the move goes on by itself",
+            columns
+                .iter()
+                .map(|(c, t)| format!("{c} {t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        warn!("{message}");
+        self.task.set_waiting(Some(message.clone()));
+        let result = self.until_columns_exist(table, &names).await;
+        self.task.set_waiting(None);
+        result?;
+        if self.shutdown.is_cancelled() {
+            return Ok(PassEnd::Done(Outcome::Stopped));
+        }
+        Ok(PassEnd::Replan(format!(
+            "every destination shard has the new columns of {table}"
+        )))
+    }
+
+    async fn until_columns_exist(&self, table: &str, names: &[String]) -> Result<()> {
+        loop {
+            let mut all = true;
+            for d in 0..self.endpoints.dest.shards.len() {
+                let mut conn = self.endpoints.connect_dest(d).await?;
+                let rows = conn
+                    .query_params(
+                        "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped AND attname = ANY ($2::text[])",
+                        &[pgdog_protocol::frontend::Format::Text; 2],
+                        [
+                            Some(table.as_bytes()),
+                            Some(catalog::text_array(names.iter().cloned()).as_bytes()),
+                        ],
+                        pgdog_protocol::frontend::Format::Text,
+                    )
+                    .await?;
+                conn.close().await;
+                let have: usize = rows
+                    .first()
+                    .and_then(|r| r.text(0))
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                all &= have == names.len();
+            }
+            if all {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = self.shutdown.cancelled() => return Ok(()),
+            }
+        }
+    }
+
     /// Stream until stopped, or until the publication changes (a new plan
     /// is needed: the stream stops cleanly first).
     async fn stream(&self, mut ctx: Ctx) -> Result<PassEnd> {
@@ -646,10 +732,10 @@ impl Pass<'_> {
             a.abort();
         }
         if let Err(e) = streamed {
-            return match retry::wants_new_plan(&e) {
-                Some(why) if !shutdown.is_cancelled() => Ok(PassEnd::Replan(why)),
-                _ => Err(e),
-            };
+            if shutdown.is_cancelled() {
+                return Err(e);
+            }
+            return self.after_stream_error(e).await;
         }
         Ok(match why {
             Some(why) if !shutdown.is_cancelled() => PassEnd::Replan(why),

@@ -75,6 +75,7 @@ pub fn worth_retrying(e: &DataSyncError) -> bool {
         | DataSyncError::State(_)
         | DataSyncError::Stream { .. }
         | DataSyncError::Schema(_)
+        | DataSyncError::NewColumns { .. }
         | DataSyncError::Stopped => false,
     }
 }

@@ -646,6 +646,50 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// The error that reports a Relation message's columns the plan lacks,
+    /// with their types as the source names them.
+    async fn new_columns(
+        &mut self,
+        relation: &pgoutput::Relation,
+        info: &RelationInfo,
+    ) -> DataSyncError {
+        let mut columns = Vec::new();
+        for (c, rc) in info.columns.iter().zip(&relation.columns) {
+            if c.type_name.is_some() {
+                continue;
+            }
+            let name = match self.format_type(rc.type_oid, rc.type_modifier).await {
+                Ok(n) => n,
+                Err(e) => return e,
+            };
+            columns.push((c.name.clone(), name));
+        }
+        DataSyncError::NewColumns {
+            table: info.name.quoted(),
+            source_shard: self.s,
+            columns,
+        }
+    }
+
+    /// `format_type(oid, typmod)` on the source.
+    async fn format_type(&mut self, oid: u32, typmod: i32) -> Result<String> {
+        let conn = match &mut self.source_conn {
+            Some(c) => c,
+            none => none.insert(self.ctx.endpoints.connect_source(self.s, false).await?),
+        };
+        let rows = conn
+            .query_text(
+                "SELECT format_type($1::oid, $2::int)",
+                &[&oid.to_string(), &typmod.to_string()],
+            )
+            .await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.text(0))
+            .unwrap_or("unknown")
+            .to_string())
+    }
+
     /// Wait for `until`, unless the stream is stopped first.
     pub(super) async fn unless_stopped(
         &self,
@@ -711,6 +755,13 @@ impl<'a> Session<'a> {
 
     async fn relation(&mut self, relation: &pgoutput::Relation) -> Result<()> {
         let info = RelationInfo::new(relation, &self.ctx.plan);
+        // Rows of a shape the plan does not know (a column added on the
+        // source while the move runs): none of them is applied; the move
+        // waits for the destination shards to have the columns, then
+        // plans again.
+        if info.table.is_some() && info.columns.iter().any(|c| c.type_name.is_none()) {
+            return Err(self.new_columns(relation, &info).await);
+        }
         // Where a chunked table's key sits in this relation's tuples.
         if let Some(book) = info.table.and_then(|t| self.books.get(&t)) {
             let positions: Option<Vec<usize>> = book
