@@ -67,6 +67,14 @@ pub enum DataSyncError {
         /// (name, type) of each, as the source names them.
         columns: Vec<(String, String)>,
     },
+    /// A change waited too long for a chunk being written (the chunk may
+    /// wait for a row the stream's open transaction holds).
+    #[error("a change of {table} from source shard {source_shard} waited {seconds} s for a chunk of its copy being written")]
+    HeldByChunk {
+        table: String,
+        source_shard: usize,
+        seconds: u64,
+    },
     /// Stopped by Ctrl-C, SIGTERM or STOP_TASK: not a failure.
     #[error("stopped")]
     Stopped,
@@ -88,6 +96,7 @@ impl DataSyncError {
             DataSyncError::Spool { .. } => "spool",
             DataSyncError::Schema(_) => "schema",
             DataSyncError::NewColumns { .. } => "new columns",
+            DataSyncError::HeldByChunk { .. } => "held by chunk",
             DataSyncError::Stopped => "stopped",
         }
     }

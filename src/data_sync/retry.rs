@@ -14,6 +14,7 @@
 //! | 40001, 40P01 (serialization failure, deadlock) | the other transaction wins; ours can go again |
 //! | 25P03 (idle in transaction timeout) | a server-side setting pgdog overrides; a pooler in between may still apply it |
 //! | 55006 (object in use: the slot is still held by an ending session) | the old session's walsender exits within seconds |
+//! | a change waited 30 s for a chunk of its table's copy being written | the chunk may wait for a row the stream's open destination transaction holds (a unique index): the stream lets go of it and starts again from the slot |
 //!
 //! Worth a new plan of the move instead (the stream stops cleanly, the
 //! move plans again and goes on from the slot):
@@ -59,11 +60,12 @@ pub fn connection_worth_retrying(e: &ConnectionError) -> bool {
     }
 }
 
-/// Whether a data-sync error is worth a retry: only connection failures
-/// are, however deep they are wrapped.
+/// Whether a data-sync error is worth a retry: connection failures,
+/// however deep they are wrapped, and a change held too long by a chunk.
 pub fn worth_retrying(e: &DataSyncError) -> bool {
     match e {
         DataSyncError::Connection(e) => connection_worth_retrying(e),
+        DataSyncError::HeldByChunk { .. } => true,
         DataSyncError::Copy { error, .. } | DataSyncError::Apply { error, .. } => {
             worth_retrying(error)
         }
@@ -210,6 +212,18 @@ mod tests {
         assert!(worth_retrying(&wrapped));
         assert!(!worth_retrying(&DataSyncError::State("x".into())));
         assert!(!worth_retrying(&DataSyncError::Stopped));
+        assert!(worth_retrying(&DataSyncError::HeldByChunk {
+            table: "t".into(),
+            source_shard: 0,
+            seconds: 30,
+        }));
+        // Columns added on the source: not a retry, a wait for the
+        // destination shards, then a new plan.
+        assert!(!worth_retrying(&DataSyncError::NewColumns {
+            table: "t".into(),
+            source_shard: 0,
+            columns: vec![],
+        }));
     }
 
     #[test]

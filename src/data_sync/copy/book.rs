@@ -122,12 +122,30 @@ struct Dest {
     done: Vec<Chunk>,
     /// Chunks being read and written: (id, range).
     in_flight: Vec<(u64, Range)>,
+    /// Every key is copied and nothing is being written: the latest WAL
+    /// position of its chunks (a change committed from there on applies,
+    /// whatever its key).
+    settled: Option<Lsn>,
 }
 
 impl Dest {
     fn chunk_of(&self, k: &Key) -> Option<&Chunk> {
         let i = self.done.partition_point(|c| c.range.below(k));
         self.done.get(i).filter(|c| c.range.contains(k))
+    }
+
+    fn settle(&mut self) {
+        let covered = self.done.first().is_some_and(|c| c.range.lo.is_none())
+            && self.done.last().is_some_and(|c| c.range.hi.is_none())
+            && self
+                .done
+                .windows(2)
+                .all(|w| match (&w[0].range.hi, &w[1].range.lo) {
+                    (Some(hi), Some(lo)) => hi.key == lo.key,
+                    _ => false,
+                });
+        self.settled = (covered && self.in_flight.is_empty())
+            .then(|| self.done.iter().map(|c| c.lsn).max().unwrap_or_default());
     }
 
     fn insert(&mut self, chunk: Chunk) {
@@ -139,6 +157,7 @@ impl Dest {
                 (None, _) => false,
             });
         self.done.insert(i, chunk);
+        self.settle();
     }
 }
 
@@ -184,6 +203,16 @@ impl TableBook {
 
     fn bump(&self) {
         self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Whether every destination shard holds all of the table and a change
+    /// committed at `commit_lsn` is past every chunk's snapshot: it applies
+    /// wherever its row belongs, no key to look up.
+    pub fn settled(&self, commit_lsn: Lsn) -> bool {
+        self.state()
+            .dests
+            .iter()
+            .all(|d| d.settled.is_some_and(|lsn| commit_lsn >= lsn))
     }
 
     /// What a change of the row with key `key`, by transaction `xid`
@@ -273,6 +302,7 @@ impl TableBook {
         for &d in dests {
             if let Some(dest) = st.dests.get_mut(d) {
                 dest.in_flight.push((id, range.clone()));
+                dest.settled = None;
             }
         }
         drop(st);
@@ -324,6 +354,7 @@ impl TableBook {
         let mut st = self.state();
         for dest in st.dests.iter_mut() {
             dest.in_flight.retain(|(i, _)| *i != id);
+            dest.settle();
         }
         drop(st);
         self.bump();
@@ -516,9 +547,18 @@ mod tests {
                 }
             ]
         );
+        assert!(!b.settled(Lsn(100)));
         b.load(0, c(None, Some(10)));
         b.load(0, c(Some(25), Some(30)));
         assert!(b.gaps(0).is_empty());
+        // Shard 1 holds nothing yet: not settled.
+        assert!(!b.settled(Lsn(100)));
+        b.load(1, c(None, None));
+        assert!(b.settled(Lsn(1)) && !b.settled(Lsn(0)));
+        let id = b.start(&[1], &Range { lo: None, hi: None });
+        assert!(!b.settled(Lsn(100)));
+        b.abandon(id);
+        assert!(b.settled(Lsn(100)));
         assert_eq!(b.chunks_done(0), 5);
         assert_eq!(b.decide(0, &k(26), 9, Lsn(0)), Decision::Skip);
     }

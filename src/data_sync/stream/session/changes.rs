@@ -20,6 +20,10 @@ use super::super::relation::RelationInfo;
 use super::Session;
 use crate::sharding::Format;
 
+/// How long a change waits for a chunk being written before the stream
+/// lets go of its destination transaction and starts again.
+const HOLD_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The columns that identify a row (the key, or every column for FULL)
 /// with their values from `tuple`, as `col IS NOT DISTINCT FROM $n`.
 struct Identity<'t> {
@@ -136,13 +140,18 @@ impl Session<'_> {
             return Ok(());
         }
         self.decided = None;
-        if let Some(book) = self.books.get(&ti).cloned() {
+        let chunked = self
+            .books
+            .get(&ti)
+            .filter(|b| !b.settled(commit_lsn))
+            .cloned();
+        if let Some(book) = chunked {
             let positions = self
                 .key_positions
                 .get(&relation_oid)
-                .cloned()
+                .map(Vec::as_slice)
                 .unwrap_or_default();
-            let key_of = |t: &Tuple| book.key.key_of(&positions, |i| t.get(i));
+            let key_of = |t: &Tuple| book.key.key_of(positions, |i| t.get(i));
             let (key, old_key) = match &msg {
                 Message::Insert { new, .. } => (key_of(new), None),
                 Message::Update { old, new, .. } => {
@@ -279,7 +288,22 @@ impl Session<'_> {
                     Decision::Skip => break,
                     Decision::Hold(id) => {
                         crate::data_sync::copy::chunked::fail_point("hold");
-                        self.unless_stopped(book.wait(d, id)).await?;
+                        let wait = self.unless_stopped(book.wait(d, id));
+                        match tokio::time::timeout(HOLD_LIMIT, wait).await {
+                            Ok(r) => r?,
+                            Err(_) => {
+                                return Err(
+                                    super::super::super::error::DataSyncError::HeldByChunk {
+                                        table: self.ctx.plan.tables[book.table]
+                                            .table
+                                            .name
+                                            .to_string(),
+                                        source_shard: self.s,
+                                        seconds: HOLD_LIMIT.as_secs(),
+                                    },
+                                )
+                            }
+                        }
                     }
                 }
             }
