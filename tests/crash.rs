@@ -228,17 +228,8 @@ async fn destination_restart_mid_stream() {
 /// along; the end is exactly the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_inside_a_chunk_and_while_the_stream_waits_for_one() {
-    let fleet = Fleet::start(1, 2, ClusterOptions::default()).await.unwrap();
-    fleet.on_sources(ITEMS_SCHEMA).await.unwrap();
+    let fleet = items_fleet(200_000).await;
     fleet.on_dests(ITEMS_SCHEMA).await.unwrap();
-    fleet.sources[0]
-        .exec(DATABASE, &items_rows(200_000, 0, 1))
-        .await
-        .unwrap();
-    fleet
-        .on_sources("CREATE PUBLICATION pub FOR TABLE items")
-        .await
-        .unwrap();
     // Short chunks in several ranges: many chunks, held changes likely.
     let files = ConfigFiles::write(&fleet, SHARDING);
     std::fs::write(

@@ -16,7 +16,6 @@ use common::*;
 use pgdog::data_sync::progress::Phase;
 use pgdog::data_sync::Mode;
 use pgdog::harness::fleet::DATABASE;
-use pgdog::harness::{ClusterOptions, Fleet};
 use pgdog::net::Connection;
 use pgdog::sharding::DataType;
 
@@ -26,16 +25,7 @@ const SHARDING: &str =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_added_on_the_source_waits_for_the_shards_then_goes_on() {
     init_logging();
-    let fleet = Fleet::start(1, 2, ClusterOptions::default()).await.unwrap();
-    fleet.on_sources(ITEMS_SCHEMA).await.unwrap();
-    fleet.sources[0]
-        .exec(DATABASE, &items_rows(5_000, 0, 1))
-        .await
-        .unwrap();
-    fleet
-        .on_sources("CREATE PUBLICATION pub FOR TABLE items")
-        .await
-        .unwrap();
+    let fleet = items_fleet(5_000).await;
     let config = fleet.config(SHARDING).unwrap();
     let writer = Writer::start(fleet.source_options(), 100_000_000);
     let mut run = start(config, move_options("pub", Mode::Full));

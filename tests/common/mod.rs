@@ -136,6 +136,24 @@ pub fn items_rows(rows: u64, s: usize, n: usize) -> String {
     )
 }
 
+/// One source with `rows` rows of `items` and a publication `pub` of it,
+/// and two empty destination shards (schema sync creates the table).
+pub async fn items_fleet(rows: u64) -> Fleet {
+    let fleet = Fleet::start(1, 2, pgdog::harness::ClusterOptions::default())
+        .await
+        .unwrap();
+    fleet.on_sources(ITEMS_SCHEMA).await.unwrap();
+    fleet.sources[0]
+        .exec(pgdog::harness::fleet::DATABASE, &items_rows(rows, 0, 1))
+        .await
+        .unwrap();
+    fleet
+        .on_sources("CREATE PUBLICATION pub FOR TABLE items")
+        .await
+        .unwrap();
+    fleet
+}
+
 impl Writer {
     /// One writer per source shard. `n` source shards, ids start above
     /// `base` and stay unique per shard.

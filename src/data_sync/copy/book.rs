@@ -519,6 +519,46 @@ mod tests {
         );
     }
 
+    /// A TRUNCATE (xid 50, committed at LSN 30) removes the rows of the
+    /// chunks read before it, and keeps those of a chunk whose snapshot
+    /// saw it (read after it).
+    #[test]
+    fn a_truncate_removes_only_rows_read_before_it() {
+        let b = book();
+        let chunk = |lo: Option<i64>, hi: Option<i64>, snapshot: &str, lsn: u64| Chunk {
+            range: Range {
+                lo: lo.map(bound),
+                hi: hi.map(bound),
+            },
+            snapshot: snap(snapshot),
+            lsn: Lsn(lsn),
+        };
+        // Nothing copied, or every chunk read before it: truncate all.
+        assert_eq!(b.unseen(0, 50, Lsn(30)), None);
+        b.load(0, chunk(None, Some(10), "40:45:", 20));
+        assert_eq!(b.unseen(0, 50, Lsn(30)), None);
+        // One chunk read after it (its snapshot sees 50, its LSN is later).
+        b.load(0, chunk(Some(10), Some(20), "51:51:", 35));
+        // One read while it ran: 50 among its running transactions.
+        b.load(0, chunk(Some(20), None, "45:52:50", 40));
+        let left = b.unseen(0, 50, Lsn(30)).expect("some chunks saw it");
+        assert_eq!(
+            left,
+            [
+                Range {
+                    lo: None,
+                    hi: Some(bound(10))
+                },
+                Range {
+                    lo: Some(bound(20)),
+                    hi: None
+                }
+            ]
+        );
+        // Shard 1 holds nothing: nothing to spare.
+        assert_eq!(b.unseen(1, 50, Lsn(30)), None);
+    }
+
     #[test]
     fn gaps_between_chunks() {
         let b = book();
