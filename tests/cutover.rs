@@ -1073,3 +1073,81 @@ async fn a_stream_that_reconnects_after_the_cutover_ended_it_stops_cleanly() {
         Some("f")
     );
 }
+
+/// A lock cycle between the freeze and an application transaction: the
+/// application wrote `c`, another transaction holds `b`; the freeze locks
+/// `a` and waits for `b`; the application then writes `a` and waits for
+/// the freeze; `b` is let go and the freeze waits for `c`. Postgres
+/// cancels whichever session checks for deadlock first, and the
+/// application started waiting first. The freeze gives up its locks
+/// before the application's check runs, so the application's transaction
+/// commits (before the freeze) and the freeze succeeds on a later attempt.
+#[tokio::test]
+async fn the_freeze_never_cancels_an_application_transaction_in_a_lock_cycle() {
+    let server = pgdog::harness::Cluster::start_default().expect("cluster");
+    server
+        .exec(
+            "postgres",
+            &format!(
+                "CREATE ROLE {ROLE} LOGIN; CREATE TABLE a (id int); CREATE TABLE b (id int); \
+                 CREATE TABLE c (id int); GRANT ALL ON a, b, c TO {ROLE};"
+            ),
+        )
+        .await
+        .expect("schema");
+    let mut app = Connection::connect(&server.options(ROLE, "postgres"))
+        .await
+        .expect("app connects");
+    app.execute("BEGIN; INSERT INTO c VALUES (1)")
+        .await
+        .expect("the application writes c");
+    let mut other = server.connect("postgres").await.expect("connect");
+    other
+        .execute("BEGIN; INSERT INTO b VALUES (1)")
+        .await
+        .expect("another transaction writes b");
+
+    let mut freezer = server.connect("postgres").await.expect("connect");
+    let freeze = tokio::spawn(async move {
+        let relations = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        pgdog::data_sync::cutover::freeze::freeze(
+            &mut freezer,
+            &relations,
+            &[ROLE.to_string()],
+            deadline,
+            "the test server",
+            &shutdown,
+        )
+        .await
+    });
+    // The freeze locks a, then waits for b.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let app_writes = tokio::spawn(async move {
+        let done = app.execute("INSERT INTO a VALUES (1); COMMIT").await;
+        (app, done)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    other.execute("COMMIT").await.expect("b let go");
+    let (mut app, done) = app_writes.await.expect("app task");
+    done.expect("the application's transaction commits, not cancelled as a deadlock victim");
+    freeze
+        .await
+        .expect("freeze task")
+        .expect("the freeze succeeds once the application's transaction is done");
+    let err = app
+        .execute("INSERT INTO a VALUES (2)")
+        .await
+        .expect_err("frozen after the freeze");
+    assert_eq!(err.code(), Some("25006"), "{err}");
+    let mut c = server.connect("postgres").await.expect("connect");
+    assert_eq!(
+        one(
+            &mut c,
+            "SELECT (SELECT count(*) FROM a) || '/' || (SELECT count(*) FROM b) || '/' || (SELECT count(*) FROM c)"
+        )
+        .await,
+        Some("1/1/1".into())
+    );
+}

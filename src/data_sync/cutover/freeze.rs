@@ -12,8 +12,17 @@
 //! Creating a trigger takes a SHARE ROW EXCLUSIVE lock: it waits for
 //! running writes to the table and blocks new ones until the freeze
 //! commits, so every write committed before the freeze is before its LSN.
-//! Each shard freezes in one transaction with a short `lock_timeout`,
-//! retried until the caller's deadline. Unfreezing drops the triggers
+//! Each shard freezes in one transaction that first locks every relation
+//! in one `LOCK TABLE` statement, retried until the caller's deadline.
+//!
+//! That statement may wait for at most half the server's
+//! `deadlock_timeout`. An application transaction that writes two tables
+//! can hold one that the freeze needs while it waits for one the freeze
+//! already locked. Postgres resolves such a cycle by cancelling the
+//! session that checks first, after `deadlock_timeout` of waiting; since
+//! the freeze lets go of everything before the application's check can
+//! run, the application is never the one cancelled: it commits (before
+//! the freeze) and the freeze tries again. Unfreezing drops the triggers
 //! (the function stays, unused), which is the exact reverse.
 
 use std::time::{Duration, Instant};
@@ -28,9 +37,10 @@ use crate::net::Connection;
 /// The trigger's name on every frozen relation.
 pub const TRIGGER: &str = "pgdog_cutover_freeze";
 
-/// How long one attempt waits for a table's lock before it lets go of
-/// every lock it took and tries again.
-const LOCK_TIMEOUT: &str = "2s";
+/// The longest one attempt waits for its locks before it lets go of
+/// every lock it took and tries again; shorter where the server's
+/// `deadlock_timeout` is short (see the module's comment).
+const MAX_LOCK_WAIT_MS: u64 = 2000;
 
 const FUNCTION_SQL: &str = "CREATE SCHEMA IF NOT EXISTS pgdog;
 CREATE OR REPLACE FUNCTION pgdog.cutover_freeze() RETURNS trigger LANGUAGE plpgsql AS $pgdog$
@@ -101,14 +111,23 @@ pub async fn freeze(
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let args: Vec<String> = roles.iter().map(|r| quote_literal(r)).collect();
-    let mut sql = format!("SET lock_timeout = '{LOCK_TIMEOUT}'; BEGIN; {FUNCTION_SQL}\n");
+    let wait_ms = lock_wait_ms(conn).await?;
+    let mut sql = format!("BEGIN; {FUNCTION_SQL}\n");
+    if !relations.is_empty() {
+        sql.push_str(&format!(
+            "SET LOCAL statement_timeout = '{wait_ms}ms'; SET LOCAL lock_timeout = '{wait_ms}ms';\n\
+             LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE;\n\
+             SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0;\n",
+            relations.join(", ")
+        ));
+    }
     for r in relations {
         sql.push_str(&format!(
             "CREATE OR REPLACE TRIGGER {TRIGGER} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {r} FOR EACH STATEMENT EXECUTE FUNCTION pgdog.cutover_freeze({});\n",
             args.join(", ")
         ));
     }
-    sql.push_str("COMMIT; RESET lock_timeout;");
+    sql.push_str("COMMIT;");
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -122,8 +141,10 @@ pub async fn freeze(
             }
             Err(e) => {
                 // The transaction stays open after an error in it.
-                let _ = conn.execute("ROLLBACK; RESET lock_timeout").await;
-                let lock = e.code() == Some("55P03") || e.code() == Some("40P01");
+                let _ = conn.execute("ROLLBACK").await;
+                // Lock not available, deadlock, or the lock wait's own
+                // statement timeout.
+                let lock = matches!(e.code(), Some("55P03" | "40P01" | "57014"));
                 if !lock {
                     return Err(e.into());
                 }
@@ -142,6 +163,27 @@ pub async fn freeze(
             }
         }
     }
+}
+
+/// How long one freeze attempt may wait for its locks on this server:
+/// half its `deadlock_timeout`, at most [`MAX_LOCK_WAIT_MS`], at least
+/// 10 ms.
+async fn lock_wait_ms(conn: &mut Connection) -> Result<u64> {
+    let rows = conn
+        .query(
+            "SELECT (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 1000)::bigint",
+        )
+        .await?;
+    let deadlock_ms = rows
+        .first()
+        .and_then(|r| r.text(0))
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(1000);
+    Ok(wait_for_deadlock_timeout(deadlock_ms))
+}
+
+fn wait_for_deadlock_timeout(deadlock_ms: u64) -> u64 {
+    (deadlock_ms / 2).clamp(10, MAX_LOCK_WAIT_MS)
 }
 
 /// Drop every freeze trigger on this server (whatever froze them); the
@@ -170,4 +212,16 @@ pub async fn unfreeze(conn: &mut Connection) -> Result<Vec<String>> {
         return Err(e.into());
     }
     Ok(relations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wait_for_deadlock_timeout;
+
+    #[test]
+    fn a_freeze_attempt_gives_up_before_the_application_checks_for_deadlock() {
+        assert_eq!(wait_for_deadlock_timeout(1000), 500);
+        assert_eq!(wait_for_deadlock_timeout(100_000), 2000);
+        assert_eq!(wait_for_deadlock_timeout(0), 10);
+    }
 }
