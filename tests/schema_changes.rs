@@ -1,9 +1,13 @@
-//! A column added on the source while the move streams, without pgdog
-//! capturing DDL (no event trigger): the stream notices the new shape from
-//! the Relation message before it applies a row of it, and the move waits,
-//! saying which table, column and type, and the statement to run on each
-//! destination shard. It does not exit. Once every shard has the column it
-//! goes on by itself, and nothing written meanwhile is lost.
+//! Schema changes on the source while a move copies and streams.
+//!
+//! With DDL capture (pgdog's user is a superuser on the source), each
+//! statement reaches every destination shard at its place in the change
+//! stream, and the shards equal the source. Without it (no event trigger),
+//! the stream notices a new column from the Relation message before it
+//! applies a row of it, and the move waits, saying which table, column and
+//! type, and the statement to run on each destination shard. It does not
+//! exit. Once every shard has the column it goes on by itself, and nothing
+//! written meanwhile is lost.
 
 // A test or benchmark: an unwrap that fails is a failure to see.
 #![allow(clippy::unwrap_used)]
@@ -26,7 +30,10 @@ const SHARDING: &str =
 async fn a_column_added_on_the_source_waits_for_the_shards_then_goes_on() {
     init_logging();
     let fleet = items_fleet(5_000).await;
-    let config = fleet.config(SHARDING).unwrap();
+    // pgdog's user may not create event triggers (here: capture is off).
+    let mut config = (*fleet.config(SHARDING).unwrap()).clone();
+    config.general.resharding_capture_ddl = false;
+    let config = std::sync::Arc::new(config);
     let writer = Writer::start(fleet.source_options(), 100_000_000);
     let mut run = start(config, move_options("pub", Mode::Full));
     run.wait_streaming(Duration::from_secs(120)).await;
@@ -117,4 +124,192 @@ async fn a_column_added_on_the_source_waits_for_the_shards_then_goes_on() {
         )],
     )
     .await;
+}
+
+/// The columns of `items` at the end of [`migrations`].
+const MIGRATED: &[&str] = &[
+    "tenant", "id", "qty", "label", "big", "updated", "priority", "token", "kind",
+];
+
+/// An application's migrations, each followed by writes that use it. The
+/// first half runs before pgdog is stopped and started again.
+fn migrations() -> Vec<&'static str> {
+    vec![
+        "ALTER TABLE items ADD COLUMN priority int NOT NULL DEFAULT 3",
+        "UPDATE items SET priority = 7 WHERE id % 17 = 0",
+        "ALTER TABLE items ADD COLUMN remark text DEFAULT 'none'",
+        "INSERT INTO items (tenant, id, label, priority, remark) SELECT g % 997, 300000000 + g, 'm', 2, 'set' FROM generate_series(1, 50) g",
+        // A volatile default rewrites the table with values no change
+        // carries: the table is copied again.
+        "ALTER TABLE items ADD COLUMN token uuid DEFAULT gen_random_uuid()",
+        "ALTER TABLE items RENAME COLUMN remark TO note",
+        "UPDATE items SET note = 'renamed' WHERE id % 19 = 0",
+        "ALTER TABLE items ALTER COLUMN priority TYPE bigint",
+        "UPDATE items SET priority = 5000000000 WHERE id % 23 = 0",
+        "ALTER TABLE items ALTER COLUMN note SET DEFAULT 'later'; ALTER TABLE items ALTER COLUMN note SET NOT NULL",
+        "INSERT INTO items (tenant, id, label) SELECT g % 997, 300001000 + g, 'defaulted' FROM generate_series(1, 30) g",
+        "ALTER TABLE items ALTER COLUMN note DROP NOT NULL, ALTER COLUMN note DROP DEFAULT",
+        "CREATE INDEX items_priority ON items (priority)",
+        "CREATE INDEX CONCURRENTLY items_priority_tenant ON items (priority, tenant)",
+        "DROP INDEX items_priority",
+        "ALTER TABLE items ADD CONSTRAINT items_priority_positive CHECK (priority > 0)",
+        "ALTER TABLE items ADD COLUMN kind int",
+        "ALTER TABLE items ADD CONSTRAINT items_kind_fk FOREIGN KEY (kind) REFERENCES kinds (k)",
+        "UPDATE items SET kind = 1 + id % 3 WHERE id % 5 = 0",
+        "ALTER TABLE items DROP CONSTRAINT items_priority_positive",
+        "CREATE SEQUENCE ticket_seq START 100",
+        "ALTER SEQUENCE ticket_seq INCREMENT BY 5",
+        "INSERT INTO kinds VALUES (4, 'four')",
+        "ALTER TABLE items DROP COLUMN note",
+        "UPDATE items SET priority = priority + 1 WHERE id % 29 = 0",
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_ddl_reaches_every_shard_in_stream_order() {
+    init_logging();
+    let fleet = items_fleet(5_000).await;
+    fleet
+        .on_sources(
+            "CREATE TABLE kinds (k int PRIMARY KEY, name text NOT NULL);
+             INSERT INTO kinds VALUES (1, 'one'), (2, 'two'), (3, 'three');
+             ALTER PUBLICATION pub ADD TABLE kinds;",
+        )
+        .await
+        .unwrap();
+    let config = fleet.config(SHARDING).unwrap();
+    let writer = Writer::start(fleet.source_options(), 100_000_000);
+    let mut run = start(config.clone(), move_options("pub", Mode::Full));
+    run.wait_streaming(Duration::from_secs(120)).await;
+    assert!(
+        !run.task.notes().iter().any(|n| n.contains("not captured")),
+        "{:?}",
+        run.task.notes()
+    );
+
+    let mut src = Connection::connect(&fleet.source_options()[0])
+        .await
+        .unwrap();
+    let all = migrations();
+    let half = all.len() / 2;
+    for (i, sql) in all.iter().enumerate() {
+        if i == half {
+            // pgdog stops and starts again in the middle of the
+            // migrations: what it applied is not applied twice.
+            run.stop().await.unwrap();
+            run = start(config.clone(), move_options("pub", Mode::Full));
+        }
+        src.execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    src.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    writer.stop().await;
+
+    // Every statement reached both shards; the move never waited.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if run.handle.is_finished() {
+            let r = (&mut run.handle).await.unwrap();
+            panic!("the move ended: {r:?}");
+        }
+        assert!(
+            run.task.waiting().is_none(),
+            "the move waits: {:?}",
+            run.task.waiting()
+        );
+        if run.task.phase() == Phase::Streaming
+            && fleet
+                .wait_caught_up(&run.slot, Duration::from_secs(1))
+                .await
+                .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the move did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for d in &fleet.dests {
+        let mut c = d.connect(DATABASE).await.unwrap();
+        // CREATE INDEX CONCURRENTLY is built beside the stream.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = c
+                .query("SELECT count(*) FROM pg_index WHERE indexrelid = to_regclass('items_priority_tenant') AND indisvalid")
+                .await
+                .unwrap();
+            if r[0].text(0) == Some("1") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "items_priority_tenant was not built"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            one(&mut c, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname = 'priority'").await,
+            "bigint"
+        );
+        assert_eq!(
+            one(&mut c, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname = 'note' AND NOT attisdropped").await,
+            "0"
+        );
+        assert_eq!(
+            one(&mut c, "SELECT to_regclass('items_priority') IS NULL").await,
+            "t"
+        );
+        assert_eq!(
+            one(&mut c, "SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'items'::regclass AND contype IN ('c', 'f')").await,
+            "items_kind_fk"
+        );
+        assert_eq!(
+            one(&mut c, "SELECT start_value || '/' || increment_by FROM pg_sequences WHERE sequencename = 'ticket_seq'").await,
+            "100/5"
+        );
+        c.close().await;
+    }
+    // Not asserted: while `items` is copied again after the volatile
+    // default, the stream can count changes to rows the new copy has not
+    // reached yet as missing; the shards still end equal to the source.
+    eprintln!("missing rows counted: {}", run.missing_rows());
+    run.stop().await.unwrap();
+    verify_equal(
+        &fleet,
+        &[
+            check(
+                "items",
+                MIGRATED,
+                Some("tenant"),
+                DataType::Bigint,
+                2,
+                false,
+            ),
+            check("kinds", &["k", "name"], None, DataType::Bigint, 2, false),
+        ],
+    )
+    .await;
+
+    // --cleanup removes what the move installed on the source.
+    let cleaned = start(config, move_options("pub", Mode::Cleanup));
+    cleaned.handle.await.unwrap().unwrap();
+    let mut src = Connection::connect(&fleet.source_options()[0])
+        .await
+        .unwrap();
+    let r = src
+        .query("SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'pgdog%'")
+        .await
+        .unwrap();
+    assert_eq!(r[0].text(0), Some("0"));
+    src.close().await;
+}
+
+/// The first value of a query's first row.
+async fn one(c: &mut Connection, sql: &str) -> String {
+    c.query(sql).await.unwrap()[0]
+        .text(0)
+        .map(str::to_string)
+        .unwrap_or_default()
 }

@@ -450,8 +450,10 @@ async fn a_move_resumed_after_pre_data_builds_the_deferred_keys() {
         &opts.slot_name(),
         &task,
         &token,
-        false,
-        true,
+        schema::PreData {
+            defer_identity: true,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();

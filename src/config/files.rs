@@ -67,6 +67,10 @@ pub struct General {
     /// destination shard; above this size (bytes) that is a warning that
     /// names it.
     pub omnisharded_warning_size: u64,
+    /// Install event triggers on each source shard that capture DDL, so
+    /// schema changes reach the destination shards in stream order
+    /// (needs a superuser on the source).
+    pub resharding_capture_ddl: bool,
 }
 
 impl Default for General {
@@ -89,6 +93,7 @@ impl Default for General {
             schema_sync_parallel: None,
             schema_sync_maintenance_work_mem: "256MB".into(),
             omnisharded_warning_size: 100 * 1024 * 1024,
+            resharding_capture_ddl: true,
         }
     }
 }

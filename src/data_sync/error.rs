@@ -75,6 +75,24 @@ pub enum DataSyncError {
         source_shard: usize,
         seconds: u64,
     },
+    /// A schema change on the source reached the destination shards (a
+    /// captured DDL statement was applied there, or a chunk found its
+    /// table's columns changed and the shards now match): the move plans
+    /// again and goes on.
+    #[error("the schema changed on source shard {source_shard}: {what}")]
+    SchemaChanged { source_shard: usize, what: String },
+    /// A chunk's snapshot shows its table with other columns than the
+    /// plan: the chunk is not copied, and the worker waits for the
+    /// change to reach the destination shards.
+    #[error(
+        "{table} has other columns on source shard {source_shard} than when the move was planned"
+    )]
+    ShapeChanged {
+        table: String,
+        source_shard: usize,
+        /// The source's columns that are new or of another type.
+        columns: Vec<(String, String)>,
+    },
     /// Stopped by Ctrl-C, SIGTERM or STOP_TASK: not a failure.
     #[error("stopped")]
     Stopped,
@@ -97,6 +115,8 @@ impl DataSyncError {
             DataSyncError::Schema(_) => "schema",
             DataSyncError::NewColumns { .. } => "new columns",
             DataSyncError::HeldByChunk { .. } => "held by chunk",
+            DataSyncError::SchemaChanged { .. } => "schema changed",
+            DataSyncError::ShapeChanged { .. } => "shape changed",
             DataSyncError::Stopped => "stopped",
         }
     }

@@ -14,6 +14,7 @@ pub mod barrier;
 pub mod catalog;
 pub mod copy;
 pub mod cutover;
+pub mod ddl;
 pub mod endpoints;
 pub mod error;
 pub mod plan;
@@ -232,6 +233,10 @@ async fn run_inner(
     // streams; a table that joins the publication while it streams ends
     // the pass, and the next one takes it in (a resume of the same move).
     let mut replanned = false;
+    // Resuming a move whose source captures DDL: the slot may hold schema
+    // changes the shards have not seen yet, so the source's catalog can be
+    // ahead of them, as after a change the stream applied.
+    let mut after_ddl = resumes_with_capture(&config, &endpoints, &slot).await?;
     loop {
         let pass = Pass {
             config: &config,
@@ -241,15 +246,43 @@ async fn run_inner(
             endpoints: &endpoints,
             slot: &slot,
             replanned,
+            after_ddl,
         };
         match pass.run().await? {
             PassEnd::Done(outcome) => return Ok(outcome),
             PassEnd::Replan(why) => {
                 info!("{why}: planning the move again");
                 replanned = true;
+                after_ddl = false;
+            }
+            PassEnd::SchemaChanged(why) => {
+                info!("{why}: planning the move again");
+                replanned = true;
+                after_ddl = true;
             }
         }
     }
+}
+
+/// Whether the move's slot exists and the DDL capture is installed on
+/// every source shard.
+async fn resumes_with_capture(config: &Config, endpoints: &Endpoints, slot: &str) -> Result<bool> {
+    if !config.general.resharding_capture_ddl {
+        return Ok(false);
+    }
+    for s in 0..endpoints.source.shards.len() {
+        let mut conn = endpoints.connect_source(s, false).await?;
+        let found = async {
+            let slot_there = preflight::slot_info(&mut conn, slot).await?.is_some();
+            Ok::<_, DataSyncError>(slot_there && ddl::capture::installed(&mut conn).await?)
+        }
+        .await;
+        conn.close().await;
+        if !found? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// How a pass of a move ended.
@@ -258,6 +291,19 @@ enum PassEnd {
     Done(Outcome),
     /// The publication changed while streaming: plan again.
     Replan(String),
+    /// Captured DDL reached the destination shards: plan again, without
+    /// schema sync (the source's catalog can be ahead of the stream).
+    SchemaChanged(String),
+}
+
+impl PassEnd {
+    /// The new plan a failure of the copy or the stream leads to, if any.
+    fn after(e: &DataSyncError) -> Option<PassEnd> {
+        if let DataSyncError::SchemaChanged { .. } = e {
+            return Some(PassEnd::SchemaChanged(e.to_string()));
+        }
+        retry::wants_new_plan(e).map(PassEnd::Replan)
+    }
 }
 
 /// One pass of a move: preflight, schema, slots, copy, indexes, stream.
@@ -271,6 +317,8 @@ struct Pass<'a> {
     /// An earlier pass ended because the source changed: schema sync
     /// runs again (it creates only what is missing).
     replanned: bool,
+    /// That change was captured DDL the stream applied.
+    after_ddl: bool,
 }
 
 impl std::fmt::Debug for Pass<'_> {
@@ -302,9 +350,22 @@ impl Pass<'_> {
         } else {
             preflight::Intent::Copy
         };
+        // Planned again after a schema change pgdog captured: the source's
+        // catalog may be ahead of the stream, which replays the rest.
+        let columns = if self.after_ddl && self.captures_ddl().await? {
+            preflight::Columns::InFlight
+        } else {
+            preflight::Columns::Match
+        };
         let mut findings = or_stopped!(
             shutdown,
-            preflight::run(self.endpoints, &opts.publication, self.slot, intent)
+            preflight::run_checking(
+                self.endpoints,
+                &opts.publication,
+                self.slot,
+                intent,
+                columns
+            )
         );
         announce_routing(
             task,
@@ -323,6 +384,9 @@ impl Pass<'_> {
             let mut conn = self.endpoints.connect_dest(d).await?;
             state::ensure_schema(&mut conn).await?;
             conn.close().await;
+        }
+        if self.config.general.resharding_capture_ddl {
+            self.capture_ddl().await?;
         }
         let Some(exported) = self.create_slots(&findings).await? else {
             return Ok(PassEnd::Done(Outcome::Stopped));
@@ -428,7 +492,7 @@ impl Pass<'_> {
         match copied {
             Ok(()) => Ok(None),
             Err(DataSyncError::Stopped) => Ok(Some(PassEnd::Done(Outcome::Stopped))),
-            Err(e) => Err(e),
+            Err(e) => PassEnd::after(&e).map(Some).ok_or(e),
         }
     }
 
@@ -450,7 +514,7 @@ impl Pass<'_> {
             .tables
             .iter()
             .any(|t| t.dest_table.columns.is_empty());
-        if post_done && !missing && !self.replanned {
+        if post_done && !missing && (!self.replanned || self.after_ddl) {
             return Ok(Some(None));
         }
         task.set_phase(Phase::Schema);
@@ -458,6 +522,16 @@ impl Pass<'_> {
         let source = tokio::select! {
             s = schema::read_source(endpoints, &self.opts.publication, &settings) => s?,
             _ = shutdown.cancelled() => return Ok(None),
+        };
+        // After captured DDL nothing is checked, and only missing tables
+        // are created: the stream brings the shards to the source's shape
+        // in its own order.
+        if self.after_ddl && !missing {
+            return Ok(Some(Some(source)));
+        }
+        let how = schema::PreData {
+            columns_in_flight: self.after_ddl,
+            ..Default::default()
         };
         schema::report_left_out(task, &source);
         let through = schema::check::Through::PreData {
@@ -473,8 +547,7 @@ impl Pass<'_> {
         if !pre_done || missing || self.replanned || lacking {
             // Primary keys before the copy: the stream applies changes to
             // what the chunks copied while the copy goes on.
-            let r =
-                schema::pre_data(endpoints, &source, slot, task, shutdown, false, false).await?;
+            let r = schema::pre_data(endpoints, &source, slot, task, shutdown, how).await?;
             info!(
                 created = r.created,
                 existed = r.existed,
@@ -482,10 +555,49 @@ impl Pass<'_> {
             );
             preflight::refresh_dest_tables(endpoints, &mut findings.plan).await?;
         }
-        schema::check::created(endpoints, &source, slot, through).await?;
+        if !self.after_ddl {
+            schema::check::created(endpoints, &source, slot, through).await?;
+        }
         // What follows (the slots) is still before the copy.
         task.set_phase(Phase::Preflight);
         Ok(Some(Some(source)))
+    }
+
+    /// Install the DDL capture on every source shard, before the slots
+    /// exist, so every schema change the slots see is captured. A shard
+    /// where it cannot be installed is said once, in the log and the task.
+    async fn capture_ddl(&self) -> Result<()> {
+        for s in 0..self.endpoints.source.shards.len() {
+            let mut conn = self.endpoints.connect_source(s, false).await?;
+            let installed = ddl::capture::install(&mut conn, &format!("source shard {s}")).await;
+            conn.close().await;
+            match installed? {
+                ddl::capture::Installed::Yes => {}
+                ddl::capture::Installed::No(why) => {
+                    if !self.replanned {
+                        warn!("{why}");
+                        self.task.add_note(why);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the DDL capture is on every source shard.
+    async fn captures_ddl(&self) -> Result<bool> {
+        if !self.config.general.resharding_capture_ddl {
+            return Ok(false);
+        }
+        for s in 0..self.endpoints.source.shards.len() {
+            let mut conn = self.endpoints.connect_source(s, false).await?;
+            let installed = ddl::capture::installed(&mut conn).await;
+            conn.close().await;
+            if !installed? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The permanent slots, where streaming starts: created where missing.
@@ -591,13 +703,21 @@ impl Pass<'_> {
         for n in &r.not_valid {
             warn!("foreign key left NOT VALID: {n}");
         }
-        schema::check::created(
+        let checked = schema::check::created(
             &ctx.endpoints,
             source,
             self.slot,
             schema::check::Through::PostData,
         )
-        .await?;
+        .await;
+        match checked {
+            // Captured DDL the stream has not replayed yet can make the
+            // shards differ from the source's catalog for a while.
+            Err(e) if self.after_ddl => warn!(
+                "after post-data, the destination shards differ from the source's schema while the stream replays schema changes: {e}"
+            ),
+            other => other?,
+        }
         preflight::refresh_dest_tables(&ctx.endpoints, &mut ctx.plan).await
     }
 
@@ -613,10 +733,7 @@ impl Pass<'_> {
         {
             return self.wait_for_columns(table, *source_shard, columns).await;
         }
-        match retry::wants_new_plan(&e) {
-            Some(why) => Ok(PassEnd::Replan(why)),
-            None => Err(e),
-        }
+        PassEnd::after(&e).ok_or(e)
     }
 
     /// Columns added on the source, without pgdog capturing the DDL: wait
@@ -793,6 +910,9 @@ pub async fn cleanup(endpoints: &Endpoints, slot: &str) -> Result<()> {
                     .await?;
                 info!(source_shard = s, slot, "dropped replication slot");
             }
+        }
+        if ddl::capture::remove(&mut conn).await? {
+            info!(source_shard = s, "removed the DDL capture's event triggers");
         }
         conn.close().await;
     }

@@ -124,6 +124,28 @@ pub async fn run(
     slot: &str,
     intent: Intent,
 ) -> Result<Findings> {
+    run_checking(endpoints, publication, slot, intent, Columns::Match).await
+}
+
+/// How preflight judges a destination table's columns against the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Columns {
+    /// Every published column must be there, of the same type.
+    Match,
+    /// The stream is behind schema changes pgdog captured on the source
+    /// and replays: a column the shards lack yet, or of another type, is
+    /// one the stream brings (the chunks and the stream check shapes).
+    InFlight,
+}
+
+/// [`run`], judging columns as `columns` says.
+pub async fn run_checking(
+    endpoints: &Endpoints,
+    publication: &str,
+    slot: &str,
+    intent: Intent,
+    columns: Columns,
+) -> Result<Findings> {
     let n = endpoints.source.shards.len();
     let m = endpoints.dest.shards.len();
     let config = &endpoints.config;
@@ -421,7 +443,14 @@ pub async fn run(
                 );
                 continue;
             };
-            check_dest_table(plan, &dest, &what, created.contains(&t.name), &mut problems);
+            check_dest_table(
+                plan,
+                &dest,
+                &what,
+                created.contains(&t.name),
+                columns,
+                &mut problems,
+            );
             if with_rows.contains(&t.name) {
                 problems.push(
                     format!("table {} on {what} already has rows, and no copy of it by slot \"{slot}\" is recorded there", t.name),
@@ -495,11 +524,22 @@ fn check_dest_table(
     dest: &DestTable,
     what: &str,
     identity_pending: bool,
+    columns: Columns,
     problems: &mut Problems,
 ) {
     let t = &plan.table;
     for c in &t.columns {
-        match dest.columns.iter().find(|dc| dc.name == c.name) {
+        let found = dest.columns.iter().find(|dc| dc.name == c.name);
+        if columns == Columns::InFlight
+            && found.is_none_or(|dc| dc.type_name != c.type_name && dc.generated.is_none())
+        {
+            info!(
+                "column {}.{} ({}) on {what} waits for the stream to replay the change that made it",
+                t.name, c.name, c.type_name
+            );
+            continue;
+        }
+        match found {
             None => problems.push(
                 format!("column {}.{} ({}) is missing on {what}", t.name, c.name, c.type_name),
                 format!("ALTER TABLE {} ADD COLUMN {} {} on that shard", t.name.quoted(), catalog::quote_ident(&c.name), c.type_name),

@@ -78,6 +78,8 @@ pub fn worth_retrying(e: &DataSyncError) -> bool {
         | DataSyncError::Stream { .. }
         | DataSyncError::Schema(_)
         | DataSyncError::NewColumns { .. }
+        | DataSyncError::SchemaChanged { .. }
+        | DataSyncError::ShapeChanged { .. }
         | DataSyncError::Stopped => false,
     }
 }
@@ -85,6 +87,9 @@ pub fn worth_retrying(e: &DataSyncError) -> bool {
 /// Whether a failure of the stream needs a new plan of the move (the
 /// second table above); what to say when it does.
 pub fn wants_new_plan(e: &DataSyncError) -> Option<String> {
+    if let DataSyncError::SchemaChanged { .. } = e {
+        return Some(e.to_string());
+    }
     let server = match e {
         DataSyncError::Apply { error, .. } => match error.as_ref() {
             DataSyncError::Connection(c) => c.server_error()?,

@@ -49,6 +49,28 @@ CREATE TABLE IF NOT EXISTS pgdog.copy_chunks (
     done_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS copy_chunks_table ON pgdog.copy_chunks (slot_name, source_shard, table_schema, table_name);
+-- Captured DDL that must run outside a transaction (CREATE INDEX
+-- CONCURRENTLY), queued by the stream with the changes before it.
+CREATE TABLE IF NOT EXISTS pgdog.ddl_pending (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    slot_name text NOT NULL,
+    source_shard int NOT NULL,
+    search_path text NOT NULL,
+    statement text NOT NULL,
+    index_name text,
+    queued_at timestamptz NOT NULL DEFAULT now()
+);
+-- Captured DDL applied here, with the stream's changes: a move from
+-- several source shards runs the same migration once per destination.
+CREATE TABLE IF NOT EXISTS pgdog.ddl_applied (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    slot_name text NOT NULL,
+    source_shard int NOT NULL,
+    lsn pg_lsn NOT NULL,
+    search_path text NOT NULL,
+    statement text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
 CREATE TABLE IF NOT EXISTS pgdog.replication_progress (
     slot_name text NOT NULL,
     source_shard int NOT NULL,
@@ -372,6 +394,42 @@ pub fn forget_chunks_sql(slot: &str, source_shard: usize, table: &TableName) -> 
     )
 }
 
+/// SQL forgetting the copy of `table` from every source shard: its rows
+/// are gone (a TRUNCATE in the same transaction), and the next plan
+/// copies it again.
+pub fn forget_copy_sql(slot: &str, table: &TableName) -> [String; 2] {
+    let q = super::catalog::quote_literal;
+    let whr = format!(
+        "slot_name = {} AND table_schema = {} AND table_name = {}",
+        q(slot),
+        q(&table.schema),
+        q(&table.name)
+    );
+    [
+        format!("DELETE FROM pgdog.copy_progress WHERE {whr}"),
+        format!("DELETE FROM pgdog.copy_chunks WHERE {whr}"),
+    ]
+}
+
+/// SQL moving what pgdog recorded of `old` to its new name `new` (a
+/// captured `ALTER TABLE ... RENAME` applied in the same transaction).
+pub fn rename_table_sql(slot: &str, old: &TableName, new: &TableName) -> Vec<String> {
+    let q = super::catalog::quote_literal;
+    ["copy_progress", "copy_chunks", "schema_tables"]
+        .iter()
+        .map(|t| {
+            format!(
+                "UPDATE pgdog.{t} SET table_schema = {}, table_name = {} WHERE slot_name = {} AND table_schema = {} AND table_name = {}",
+                q(&new.schema),
+                q(&new.name),
+                q(slot),
+                q(&old.schema),
+                q(&old.name)
+            )
+        })
+        .collect()
+}
+
 /// The last source commit applied here, per source shard.
 pub async fn applied_positions(conn: &mut Connection, slot: &str) -> Result<HashMap<usize, Lsn>> {
     if !schema_exists(conn).await? {
@@ -424,6 +482,8 @@ pub async fn forget(conn: &mut Connection, slot: &str) -> Result<()> {
     )
     .await?;
     for table in [
+        "ddl_pending",
+        "ddl_applied",
         "schema_tables",
         "schema_phases",
         "verify_barriers",

@@ -506,6 +506,18 @@ async fn copy_range(ctx: &Ctx, job: &Job, range: &Range, pool: &DestPool) -> Res
         worker.close().await;
         match result {
             Ok(()) => return Ok(copied),
+            // The table changed on the source: wait for the change to
+            // reach the destination shards, then the move plans again.
+            Err(DataSyncError::ShapeChanged {
+                source_shard,
+                columns,
+                ..
+            }) => {
+                let t = &ctx.plan.tables[job.book.table];
+                return super::shape::wait_for_destinations(ctx, t, source_shard, &columns)
+                    .await
+                    .map(|()| copied);
+            }
             Err(e) => {
                 let Some(wait) = retrier.after(&e) else {
                     return Err(DataSyncError::Copy {
@@ -619,6 +631,16 @@ impl Worker {
         let t = &ctx.plan.tables[job.book.table];
         let key = &job.book.key;
         let (snapshot, lsn) = self.snapshot(ctx, job).await?;
+        if let Some(columns) =
+            super::shape::changed(&mut self.source, &ctx.plan.publication, t).await?
+        {
+            self.source.execute("ROLLBACK").await?;
+            return Err(DataSyncError::ShapeChanged {
+                table: t.table.name.to_string(),
+                source_shard: job.book.source_shard,
+                columns,
+            });
+        }
         // The chunk's end: the key `rows` keys on, or the range's end.
         let mut conds = key.range_conds(range.lo.as_ref(), range.hi.as_ref());
         if let Some(f) = &t.table.row_filter {

@@ -12,6 +12,7 @@ mod job;
 pub(crate) mod key;
 pub(crate) mod pool;
 pub(crate) mod rows;
+mod shape;
 
 use std::sync::Arc;
 

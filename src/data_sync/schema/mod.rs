@@ -512,6 +512,18 @@ pub struct Report {
     pub not_valid: Vec<String>,
 }
 
+/// How [`pre_data`] runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PreData {
+    /// Print the SQL instead of running it.
+    pub dry_run: bool,
+    /// Primary keys of the tables it creates wait for [`post_data`].
+    pub defer_identity: bool,
+    /// The stream replays captured DDL the shards have not seen yet: an
+    /// existing table's columns may differ from the source's.
+    pub columns_in_flight: bool,
+}
+
 /// Create pre-data on every destination shard. Every shard is checked
 /// before anything is created anywhere. `dry_run` prints the SQL instead.
 /// With `defer_identity`, primary keys of the tables it creates wait for
@@ -522,9 +534,13 @@ pub async fn pre_data(
     slot: &str,
     task: &Arc<Task>,
     shutdown: &CancellationToken,
-    dry_run: bool,
-    defer_identity: bool,
+    how: PreData,
 ) -> Result<Report> {
+    let PreData {
+        dry_run,
+        defer_identity,
+        columns_in_flight,
+    } = how;
     let shards = endpoints.dest.shards.len();
     let mut plans = Vec::with_capacity(shards);
     let mut problems = Vec::new();
@@ -545,6 +561,11 @@ pub async fn pre_data(
             defer_identity,
             &mut problems,
         ));
+    }
+    // The stream replays captured DDL the shards have not seen yet: a
+    // table whose columns differ is one it brings to the source's shape.
+    if columns_in_flight {
+        problems.retain(|p| !p.problem.contains("with other columns than on the source"));
     }
     if !problems.is_empty() {
         return Err(DataSyncError::Preflight { problems });
@@ -979,7 +1000,11 @@ pub async fn command(
     }
     let mut report = Report::default();
     if phases != Phases::Post {
-        let r = pre_data(&endpoints, &source, &slot, task, shutdown, dry_run, false).await?;
+        let how = PreData {
+            dry_run,
+            ..Default::default()
+        };
+        let r = pre_data(&endpoints, &source, &slot, task, shutdown, how).await?;
         report.created += r.created;
         report.existed += r.existed;
         if !dry_run {

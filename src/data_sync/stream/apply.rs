@@ -297,4 +297,65 @@ impl DestApplier {
             .await?;
         Ok(rows.into_iter().next())
     }
+
+    /// Everything queued so far sent and answered, inside an open group:
+    /// the connection is free for a query of its own. Closes of
+    /// statements queued without an execute go with a no-op, so their
+    /// answers are read here.
+    async fn settle(&mut self) -> Result<()> {
+        self.flush().await?;
+        self.begin_if_needed()?;
+        if self.origins.is_empty() && self.conn.pending_write() > 0 {
+            self.conn.queue_statement("SELECT")?;
+            self.origins.push(Origin {
+                table: "".into(),
+                commit_lsn: Lsn::ZERO,
+                what: "SELECT",
+                rows: 0,
+            });
+        }
+        self.round().await
+    }
+
+    /// A text query inside the open group, after everything queued so
+    /// far (it sees what the group wrote).
+    pub async fn query_in_group(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<Vec<pgdog_protocol::backend::DataRow>> {
+        self.settle().await?;
+        Ok(self.conn.query_text(sql, params).await?)
+    }
+
+    /// Run a captured DDL statement inside the open group, after
+    /// everything queued so far, with the source's `search_path`, under a
+    /// savepoint: a statement the server rejects leaves the group as it
+    /// was, and its error is returned for the caller to judge.
+    pub async fn run_ddl(
+        &mut self,
+        search_path: &str,
+        statement: &str,
+    ) -> Result<std::result::Result<(), crate::net::ConnectionError>> {
+        self.settle().await?;
+        self.conn.execute("SAVEPOINT pgdog_ddl").await?;
+        self.conn
+            .query_text("SELECT set_config('search_path', $1, true)", &[search_path])
+            .await?;
+        match self.conn.execute(statement).await {
+            Ok(()) => {
+                self.conn
+                    .execute("RELEASE SAVEPOINT pgdog_ddl; SET LOCAL search_path TO DEFAULT")
+                    .await?;
+                Ok(Ok(()))
+            }
+            Err(e) if e.server_error().is_some() => {
+                self.conn
+                    .execute("ROLLBACK TO SAVEPOINT pgdog_ddl; RELEASE SAVEPOINT pgdog_ddl")
+                    .await?;
+                Ok(Err(e))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
 }

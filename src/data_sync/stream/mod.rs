@@ -70,6 +70,9 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
         };
         set.spawn(async move { run_source(ctx, s, status, verify).await });
     }
+    // Captured DDL that runs outside a transaction, built beside the
+    // stream.
+    set.spawn(super::ddl::pending::run(ctx.clone()));
     let mut first_error = None;
     while let Some(joined) = set.join_next().await {
         let result = joined

@@ -62,6 +62,10 @@ impl Session<'_> {
     /// `table`: not already applied there, and not already in its copy.
     pub(super) fn wanted(&self, d: usize, table: usize) -> bool {
         let Some(txn) = &self.txn else { return false };
+        // Copied again from scratch: the new copy reads these rows.
+        if self.restarting.contains(&table) {
+            return false;
+        }
         if txn.commit_lsn <= self.applied_before[d] {
             return false;
         }
@@ -654,24 +658,59 @@ impl Session<'_> {
             ..rel.clone()
         };
         let id = identity(&keyed, new);
-        let sql = format!(
-            "SELECT {} FROM {only}{} WHERE {} LIMIT 1",
-            column_list(rel),
-            rel.name.quoted(),
-            id.conds.join(" AND ")
-        );
+        let select = |cols: String| {
+            format!(
+                "SELECT {cols} FROM {only}{} WHERE {} LIMIT 1",
+                rel.name.quoted(),
+                id.conds.join(" AND ")
+            )
+        };
         let conn = match &mut self.source_conn {
             Some(c) => c,
             none => none.insert(self.ctx.endpoints.connect_source(self.s, false).await?),
         };
-        let rows = conn
+        let first = conn
             .query_params(
-                &sql,
+                &select(column_list(rel)),
                 &id.formats,
                 id.params.iter().copied(),
                 WireFormat::Text,
             )
-            .await?;
+            .await;
+        let rows = match first {
+            // A column of the stream's shape is gone from the source's
+            // catalog (a captured DROP COLUMN the stream has not reached):
+            // its value is read as NULL, and the drop follows.
+            Err(e) if e.code() == Some("42703") => {
+                let now = conn
+                    .query_text(
+                        "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+                        &[&rel.name.quoted()],
+                    )
+                    .await?;
+                let now: Vec<&str> = now.iter().filter_map(|r| r.text(0)).collect();
+                let cols = rel
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        if now.contains(&c.name.as_str()) {
+                            quote_ident(&c.name)
+                        } else {
+                            "NULL".to_string()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                conn.query_params(
+                    &select(cols),
+                    &id.formats,
+                    id.params.iter().copied(),
+                    WireFormat::Text,
+                )
+                .await?
+            }
+            other => other?,
+        };
         warn!(table = %rel.name, found = !rows.is_empty(), "took unchanged values of a moved row from the source (replay after a partial commit)");
         Ok(rows.first().map(|row| {
             (0..rel.columns.len())

@@ -3,6 +3,7 @@
 //! committed.
 
 mod changes;
+mod ddl;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -100,6 +101,19 @@ pub struct Session<'a> {
     /// Where `pgdog verify` asks this session to hold, and what it asks.
     verify: super::Verify,
     asked: Option<Request>,
+    /// Plan tables that captured DDL changed in the open source
+    /// transaction: their Relation messages are read with the source's
+    /// types (the plan knows the old ones).
+    ddl_tables: std::collections::HashSet<usize>,
+    /// Captured DDL was applied in the open source transaction: once it
+    /// commits, the move plans again.
+    ddl_replan: Option<String>,
+    /// Tables whose copy starts again (a rewrite the stream cannot carry):
+    /// their changes are left to the new copy.
+    restarting: std::collections::HashSet<usize>,
+    /// pgdog captures DDL on this source shard: a column the plan does
+    /// not know arrives after the statement that made it.
+    captured: bool,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -170,6 +184,12 @@ impl<'a> Session<'a> {
             dests.push(DestApplier::new(s, d, conn, applied).await?);
         }
 
+        let captured = {
+            let mut conn = ctx.endpoints.connect_source(s, false).await?;
+            let installed = crate::data_sync::ddl::capture::installed(&mut conn).await;
+            conn.close().await;
+            ctx.endpoints.config.general.resharding_capture_ddl && installed?
+        };
         let repl = ctx.endpoints.connect_source(s, true).await?;
         let version = proto_version(repl.server_version_num());
         let mut options: Vec<(&'static str, String)> = vec![
@@ -233,6 +253,10 @@ impl<'a> Session<'a> {
             status_tx,
             verify,
             asked: None,
+            ddl_tables: Default::default(),
+            ddl_replan: None,
+            restarting: Default::default(),
+            captured,
         };
         session.refresh_ask();
         let result = session.run_loop().await;
@@ -465,8 +489,20 @@ impl<'a> Session<'a> {
                 commit_lsn,
                 end_lsn,
                 ..
-            } => self.commit(commit_lsn, end_lsn)?,
+            } => {
+                self.commit(commit_lsn, end_lsn)?;
+                self.after_ddl_commit().await?;
+            }
             Message::Relation { relation, .. } => self.relation(&relation).await?,
+            Message::Message {
+                transactional: true,
+                lsn,
+                prefix,
+                content,
+                ..
+            } if self.txn.is_some() && prefix == crate::data_sync::ddl::PREFIX => {
+                self.ddl(lsn, &content).await?
+            }
             Message::Insert { .. }
             | Message::Update { .. }
             | Message::Delete { .. }
@@ -520,6 +556,15 @@ impl<'a> Session<'a> {
                         | Message::Update { .. }
                         | Message::Delete { .. }
                         | Message::Truncate { .. } => self.change(msg).await?,
+                        Message::Message {
+                            transactional: true,
+                            lsn,
+                            prefix,
+                            content,
+                            ..
+                        } if prefix == crate::data_sync::ddl::PREFIX => {
+                            self.ddl(lsn, &content).await?
+                        }
                         _ => {}
                     }
                     // A long replay must not starve the status updates.
@@ -534,6 +579,7 @@ impl<'a> Session<'a> {
                     "applied a streamed transaction"
                 );
                 self.commit(commit_lsn, end_lsn)?;
+                self.after_ddl_commit().await?;
             }
             Message::BeginPrepare(_)
             | Message::Prepare { .. }
@@ -754,7 +800,27 @@ impl<'a> Session<'a> {
     }
 
     async fn relation(&mut self, relation: &pgoutput::Relation) -> Result<()> {
-        let info = RelationInfo::new(relation, &self.ctx.plan);
+        let mut info = RelationInfo::new(relation, &self.ctx.plan);
+        // The types the tuples carry: the plan's where it agrees with the
+        // message, else the source's own name for the type (the plan can
+        // be ahead of the stream, or behind it, around schema changes).
+        if let Some(t) = info.table {
+            let changed = self.ddl_tables.contains(&t);
+            for (c, rc) in info.columns.iter_mut().zip(&relation.columns) {
+                let planned = self.ctx.plan.tables[t]
+                    .table
+                    .columns
+                    .iter()
+                    .find(|k| k.name == c.name);
+                let agrees = planned.is_some_and(|k| {
+                    k.type_oid == rc.type_oid
+                        && (rc.type_modifier < 0 || !k.type_name.contains('('))
+                });
+                if changed || (!agrees && (planned.is_some() || self.captured)) {
+                    c.type_name = Some(self.format_type(rc.type_oid, rc.type_modifier).await?);
+                }
+            }
+        }
         // Rows of a shape the plan does not know (a column added on the
         // source while the move runs): none of them is applied; the move
         // waits for the destination shards to have the columns, then

@@ -1,0 +1,219 @@
+//! The event triggers that capture DDL on a source shard, and their
+//! removal.
+//!
+//! Three triggers share transaction-local settings: `sql_drop` notes what
+//! a command dropped, `table_rewrite` notes which tables it rewrote and
+//! why, and `ddl_command_end` emits one transactional logical message per
+//! command (see the parent module for its contents). The functions are
+//! `SECURITY DEFINER`, owned by the user pgdog connects with, so a
+//! migration run by the application's own role is captured too.
+//! Creating an event trigger needs a superuser; without one nothing is
+//! installed and the stream falls back to noticing new columns in
+//! pgoutput's Relation messages.
+//!
+//! Event triggers do not fire in sessions with `session_replication_role
+//! = replica`, which is how pgdog applies changes: DDL that pgdog itself
+//! replays is never captured again (after a cutover the way back does not
+//! echo it).
+
+use tracing::info;
+
+use super::super::error::Result;
+use crate::net::Connection;
+
+/// The triggers' names, for the catalog lookups and the removal.
+pub const TRIGGERS: [&str; 3] = [
+    "pgdog_ddl_capture",
+    "pgdog_ddl_dropped",
+    "pgdog_ddl_rewrite",
+];
+
+const INSTALL_SQL: &str = r#"
+CREATE SCHEMA IF NOT EXISTS pgdog;
+CREATE OR REPLACE FUNCTION pgdog.ddl_field(v text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $pgdog$ SELECT octet_length(coalesce(v, ''))::text || ':' || coalesce(v, '') $pgdog$;
+CREATE OR REPLACE FUNCTION pgdog.ddl_list(v text[]) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pgdog AS $pgdog$
+    SELECT pgdog.ddl_field(coalesce(array_length(v, 1), 0)::text)
+        || coalesce((SELECT string_agg(pgdog.ddl_field(x), '' ORDER BY i) FROM unnest(v) WITH ORDINALITY u(x, i)), '')
+$pgdog$;
+CREATE OR REPLACE FUNCTION pgdog.ddl_dropped() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgdog$
+DECLARE
+    d text[] := coalesce(nullif(current_setting('pgdog.ddl_dropped', true), '')::text[], '{}');
+    r record;
+BEGIN
+    FOR r IN SELECT * FROM pg_event_trigger_dropped_objects() LOOP
+        IF r.is_temporary OR r.schema_name = 'pgdog' THEN
+            CONTINUE;
+        END IF;
+        d := d || (r.object_type || E'\t' || coalesce(r.object_identity, '') || E'\t'
+                   || coalesce(r.schema_name, '') || E'\t' || coalesce(r.object_name, ''));
+    END LOOP;
+    PERFORM set_config('pgdog.ddl_dropped', d::text, true);
+END
+$pgdog$;
+CREATE OR REPLACE FUNCTION pgdog.ddl_rewrite() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgdog$
+BEGIN
+    PERFORM set_config('pgdog.ddl_rewrites',
+        (coalesce(nullif(current_setting('pgdog.ddl_rewrites', true), '')::text[], '{}')
+            || (pg_event_trigger_table_rewrite_oid()::text || E'\t' || pg_event_trigger_table_rewrite_reason()::text))::text,
+        true);
+END
+$pgdog$;
+-- The trigger's function reads the client's search_path (a function with
+-- its own SET would see that instead) and hands it on; it names nothing
+-- a search_path could shadow.
+CREATE OR REPLACE FUNCTION pgdog.ddl_capture() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $pgdog$
+BEGIN
+    PERFORM pgdog.ddl_emit(tg_tag, pg_catalog.current_setting('search_path'));
+END
+$pgdog$;
+CREATE OR REPLACE FUNCTION pgdog.ddl_emit(tag text, path text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgdog$
+DECLARE
+    q text := coalesce(current_query(), '');
+    n int := 1;
+    r record;
+    rel oid;
+    tables text[] := '{}';
+    objects text[] := '{}';
+    dropped text[] := coalesce(nullif(current_setting('pgdog.ddl_dropped', true), '')::text[], '{}');
+    rewrites text[] := coalesce(nullif(current_setting('pgdog.ddl_rewrites', true), '')::text[], '{}');
+    ours boolean := false;
+BEGIN
+    PERFORM set_config('pgdog.ddl_dropped', '', true);
+    PERFORM set_config('pgdog.ddl_rewrites', '', true);
+    -- pgdog's own DDL on the source (the cutover's freeze triggers) is
+    -- never replayed on the destination.
+    IF current_setting('application_name') LIKE 'pgdog data-sync%' THEN
+        RETURN;
+    END IF;
+    -- Which DDL command of the client's query string this is.
+    IF current_setting('pgdog.ddl_query', true) = md5(q) THEN
+        n := coalesce(nullif(current_setting('pgdog.ddl_n', true), '')::int, 0) + 1;
+    END IF;
+    PERFORM set_config('pgdog.ddl_query', md5(q), true);
+    PERFORM set_config('pgdog.ddl_n', n::text, true);
+    FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+        IF r.in_extension THEN
+            RETURN;
+        END IF;
+        IF r.schema_name = 'pgdog' OR r.schema_name LIKE 'pg\_temp%' THEN
+            ours := true;
+        END IF;
+        objects := objects || (r.object_type || E'\t' || coalesce(r.object_identity, ''));
+        rel := NULL;
+        IF r.classid = 'pg_class'::regclass THEN
+            SELECT CASE WHEN c.relkind IN ('i', 'I') THEN (SELECT i.indrelid FROM pg_index i WHERE i.indexrelid = c.oid)
+                        WHEN c.relkind IN ('r', 'p', 'f') THEN c.oid END
+              INTO rel FROM pg_class c WHERE c.oid = r.objid;
+        ELSIF r.classid = 'pg_constraint'::regclass THEN
+            SELECT nullif(c.conrelid, 0) INTO rel FROM pg_constraint c WHERE c.oid = r.objid;
+        ELSIF r.classid = 'pg_trigger'::regclass THEN
+            SELECT t.tgrelid INTO rel FROM pg_trigger t WHERE t.oid = r.objid;
+        ELSIF r.classid = 'pg_attrdef'::regclass THEN
+            SELECT d.adrelid INTO rel FROM pg_attrdef d WHERE d.oid = r.objid;
+        ELSIF r.classid = 'pg_policy'::regclass THEN
+            SELECT p.polrelid INTO rel FROM pg_policy p WHERE p.oid = r.objid;
+        END IF;
+        IF rel IS NOT NULL THEN
+            -- A partitioned table's command reaches its partitions, which
+            -- are what a publication of leaves lists.
+            tables := tables || ARRAY(
+                SELECT k.oid::text || E'\t' || s.nspname || E'\t' || k.relname
+                FROM (SELECT rel AS relid UNION SELECT t.relid FROM pg_partition_tree(rel) t) m
+                JOIN pg_class k ON k.oid = m.relid
+                JOIN pg_namespace s ON s.oid = k.relnamespace);
+        END IF;
+    END LOOP;
+    IF ours THEN
+        RETURN;
+    END IF;
+    PERFORM pg_logical_emit_message(true, 'pgdog.ddl',
+        pgdog.ddl_field('1') || pgdog.ddl_field(tag) || pgdog.ddl_field(n::text)
+        || pgdog.ddl_field(path) || pgdog.ddl_field(session_user::text)
+        || pgdog.ddl_field(q)
+        || pgdog.ddl_list(ARRAY(SELECT DISTINCT x FROM unnest(tables) x))
+        || pgdog.ddl_list(rewrites) || pgdog.ddl_list(dropped) || pgdog.ddl_list(objects));
+END
+$pgdog$;
+DO $pgdog$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgdog_ddl_dropped') THEN
+        CREATE EVENT TRIGGER pgdog_ddl_dropped ON sql_drop EXECUTE FUNCTION pgdog.ddl_dropped();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgdog_ddl_rewrite') THEN
+        CREATE EVENT TRIGGER pgdog_ddl_rewrite ON table_rewrite EXECUTE FUNCTION pgdog.ddl_rewrite();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgdog_ddl_capture') THEN
+        CREATE EVENT TRIGGER pgdog_ddl_capture ON ddl_command_end EXECUTE FUNCTION pgdog.ddl_capture();
+    END IF;
+END
+$pgdog$;
+"#;
+
+const REMOVE_SQL: &str = "
+DROP EVENT TRIGGER IF EXISTS pgdog_ddl_capture;
+DROP EVENT TRIGGER IF EXISTS pgdog_ddl_dropped;
+DROP EVENT TRIGGER IF EXISTS pgdog_ddl_rewrite;
+DROP FUNCTION IF EXISTS pgdog.ddl_capture();
+DROP FUNCTION IF EXISTS pgdog.ddl_emit(text, text);
+DROP FUNCTION IF EXISTS pgdog.ddl_dropped();
+DROP FUNCTION IF EXISTS pgdog.ddl_rewrite();
+DROP FUNCTION IF EXISTS pgdog.ddl_list(text[]);
+DROP FUNCTION IF EXISTS pgdog.ddl_field(text);
+";
+
+/// Whether capture was installed on a source shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Installed {
+    Yes,
+    /// Not installed, and why (said once in the log and the task).
+    No(String),
+}
+
+/// Install the capture on the server `conn` is connected to, if its user
+/// may create event triggers. `what` names the server.
+pub async fn install(conn: &mut Connection, what: &str) -> Result<Installed> {
+    let rows = conn
+        .query("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        .await?;
+    let superuser = rows.first().and_then(|r| r.text(0)) == Some("t");
+    if !superuser {
+        return Ok(Installed::No(format!(
+            "DDL on {what} is not captured: creating an event trigger needs a superuser, and pgdog's user is not one. A column added there makes the move wait until you add it on every destination shard (see \"Schema changes during a move\" in README.md)"
+        )));
+    }
+    conn.execute(INSTALL_SQL).await?;
+    info!(
+        "DDL capture installed on {what} (event triggers {})",
+        TRIGGERS.join(", ")
+    );
+    Ok(Installed::Yes)
+}
+
+/// Whether the capture's triggers exist on this server.
+pub async fn installed(conn: &mut Connection) -> Result<bool> {
+    let rows = conn
+        .query("SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'pgdog\\_ddl\\_%'")
+        .await?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.text(0))
+        .is_some_and(|n| n != "0"))
+}
+
+/// Drop the triggers and their functions (nothing else pgdog keeps in
+/// the `pgdog` schema). Whether there was anything to drop.
+pub async fn remove(conn: &mut Connection) -> Result<bool> {
+    let had = installed(conn).await?;
+    // Dropping an event trigger needs the rights that created it; a
+    // server without it has nothing to drop.
+    if had {
+        conn.execute(REMOVE_SQL).await?;
+    }
+    Ok(had)
+}
