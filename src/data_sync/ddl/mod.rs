@@ -146,11 +146,13 @@ impl Event {
             let ddl: Vec<&str> = all.iter().copied().filter(|s| fires_trigger(s)).collect();
             match ddl.get(self.ordinal.saturating_sub(1)).copied() {
                 Some(s) => s,
-                None => return Err(format!(
+                None => {
+                    return Err(format!(
                     "the query string holds {} statements and pgdog cannot tell which one ran {}",
                     all.len(),
                     self.tag
-                )),
+                ))
+                }
             }
         };
         let first = first_words(pick, 1);
