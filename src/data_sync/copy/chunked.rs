@@ -584,7 +584,12 @@ impl Worker {
                 lo: lo.clone(),
                 hi: item.range.hi.clone(),
             };
-            let id = job.book.start(&item.dests, &wanted);
+            let Some(id) = job.book.start(&item.dests, &wanted) else {
+                // The stream copies the table again from scratch and plans
+                // the move again: nothing more of this copy is written.
+                ctx.shutdown.cancelled().await;
+                return Err(DataSyncError::Stopped);
+            };
             let mut dests = pool.take(ctx, &item.dests).await?;
             let r = self
                 .chunk(ctx, job, id, &wanted, &mut dests, *rows_per_chunk)
@@ -748,16 +753,27 @@ impl Worker {
                 let at = query_lsn(primary, "SELECT pg_current_wal_flush_lsn()::text").await?;
                 wait_replayed(&mut self.source, at, job.book.source_shard).await?;
             }
+            // The table is locked before the snapshot is taken (LOCK takes
+            // none): a rewrite of it (ALTER TABLE ... TYPE, a volatile
+            // default, VACUUM FULL, CLUSTER) is not MVCC-safe, and a
+            // snapshot older than one would read it empty. One that runs
+            // is waited for; none starts until the chunk commits.
+            let lock = format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; LOCK TABLE {} IN ACCESS SHARE MODE;",
+                ctx.plan.tables[job.book.table].table.name.quoted()
+            );
             let sql = if self.primary.is_some() {
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
-                 SELECT pg_current_snapshot()::text, 0, pg_last_wal_replay_lsn()::text"
+                format!(
+                    "{lock} SELECT pg_current_snapshot()::text, 0, pg_last_wal_replay_lsn()::text"
+                )
             } else {
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
-                 SELECT pg_current_snapshot()::text,
+                format!(
+                    "{lock} SELECT pg_current_snapshot()::text,
                         (SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) x WHERE pg_xact_status(x) = 'committed'),
                         pg_current_wal_insert_lsn()::text"
+                )
             };
-            let rows = self.source.query(sql).await?;
+            let rows = self.source.query(&sql).await?;
             let row = rows.first();
             let snapshot = row.and_then(|r| r.text(0)).and_then(Snapshot::parse);
             let committed: u64 = row

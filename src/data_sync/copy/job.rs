@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tracing::info;
 
+use super::super::catalog::TableName;
 use super::super::error::{DataSyncError, Result};
 use super::super::state;
 use super::super::Ctx;
@@ -108,6 +109,7 @@ pub async fn run(ctx: &Ctx, job: &Job, server: &ServerCopy, pool: &DestPool) -> 
         let (next, ranges) = (&next, &ranges);
         futures.push(async move {
             let mut reader = server.reader().await?;
+            unrewritten(&mut reader.conn, name, s).await?;
             let mut dests = pool.take(ctx, &job.dests).await?;
             let mut total = ChunkResult {
                 rows: 0,
@@ -158,6 +160,31 @@ pub async fn run(ctx: &Ctx, job: &Job, server: &ServerCopy, pool: &DestPool) -> 
         streams = results.len(),
         "table copied"
     );
+    Ok(())
+}
+
+/// Lock `table` in the shared snapshot's session (held until it ends, so
+/// no rewrite starts while the copy reads), then make sure no rewrite
+/// committed after the snapshot was taken: a table rewrite (ALTER TABLE
+/// ... TYPE, a volatile default, VACUUM FULL, CLUSTER) is not MVCC-safe,
+/// and an older snapshot reads the new table empty.
+async fn unrewritten(conn: &mut crate::net::Connection, table: &TableName, s: usize) -> Result<()> {
+    let quoted = table.quoted();
+    conn.execute(&format!("LOCK TABLE {quoted} IN ACCESS SHARE MODE"))
+        .await?;
+    let rows = conn
+        .query_text(
+            "SELECT coalesce(bool_and(c.relfilenode = pg_relation_filenode(c.oid)), true)
+               FROM pg_partition_tree($1::regclass) t JOIN pg_class c ON c.oid = t.relid
+              WHERE c.relkind IN ('r', 'm', 't')",
+            &[&quoted],
+        )
+        .await?;
+    if rows.first().and_then(|r| r.text(0)) == Some("f") {
+        return Err(DataSyncError::State(format!(
+            "table {table} was rewritten on source shard {s} (an ALTER TABLE that rewrites it, VACUUM FULL or CLUSTER) after the copy's snapshot was taken, which would read it empty; nothing of it was copied: run the same command again to copy it in a new snapshot"
+        )));
+    }
     Ok(())
 }
 
