@@ -233,11 +233,14 @@ async fn run_inner(
     // streams; a table that joins the publication while it streams ends
     // the pass, and the next one takes it in (a resume of the same move).
     let mut replanned = false;
-    // Resuming a move whose source captures DDL: the slot may hold schema
-    // changes the shards have not seen yet, so the source's catalog can be
-    // ahead of them, as after a change the stream applied.
-    let mut after_ddl = resumes_with_capture(&config, &endpoints, &slot).await?;
+    let mut after_ddl = false;
+    // The names the last plan knew its tables by (source shard 0's OIDs).
+    let known = std::sync::Mutex::new(std::collections::HashMap::new());
     loop {
+        // The move's slot exists and its source captures DDL: the slot may
+        // hold schema changes the shards have not seen yet, so the
+        // source's catalog can be ahead of them.
+        let catalog_may_lead = resumes_with_capture(&config, &endpoints, &slot).await?;
         let pass = Pass {
             config: &config,
             opts,
@@ -247,6 +250,8 @@ async fn run_inner(
             slot: &slot,
             replanned,
             after_ddl,
+            catalog_may_lead,
+            known: &known,
         };
         match pass.run().await? {
             PassEnd::Done(outcome) => return Ok(outcome),
@@ -319,6 +324,13 @@ struct Pass<'a> {
     replanned: bool,
     /// That change was captured DDL the stream applied.
     after_ddl: bool,
+    /// The source captures DDL and the slot exists: its catalog can be
+    /// ahead of the shards, which the stream brings along.
+    catalog_may_lead: bool,
+    /// The names the last plan knew its tables by, by OID: a table renamed
+    /// on the source is still known by its old name to the shards until
+    /// the stream replays the rename.
+    known: &'a std::sync::Mutex<std::collections::HashMap<u32, catalog::TableName>>,
 }
 
 impl std::fmt::Debug for Pass<'_> {
@@ -350,9 +362,7 @@ impl Pass<'_> {
         } else {
             preflight::Intent::Copy
         };
-        // Planned again after a schema change pgdog captured: the source's
-        // catalog may be ahead of the stream, which replays the rest.
-        let columns = if self.after_ddl && self.captures_ddl().await? {
+        let columns = if self.catalog_may_lead {
             preflight::Columns::InFlight
         } else {
             preflight::Columns::Match
@@ -385,6 +395,12 @@ impl Pass<'_> {
             state::ensure_schema(&mut conn).await?;
             conn.close().await;
         }
+        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = findings
+            .plan
+            .tables
+            .iter()
+            .map(|t| (t.table.oid, t.table.name.clone()))
+            .collect();
         if self.config.general.resharding_capture_ddl {
             self.capture_ddl().await?;
         }
@@ -509,6 +525,22 @@ impl Pass<'_> {
         let (pre_done, post_done) = schema::phases_done(endpoints, slot).await?;
         // A table no destination shard has yet: preflight leaves its
         // destination shape empty.
+        // Right after captured DDL, a table the shards lack may be one the
+        // stream is about to rename there: it keeps the name they know
+        // until then. Another waits for the publication watcher, which
+        // lets the stream catch up first.
+        if self.after_ddl && self.renamed_in_flight(findings) {
+            preflight::refresh_dest_tables(endpoints, &mut findings.plan).await?;
+        }
+        if self.after_ddl {
+            findings.plan.tables.retain(|t| {
+                let lacking = t.dest_table.columns.is_empty();
+                if lacking {
+                    info!(table = %t.table.name, "not on the destination shards yet: taken in once the stream has replayed the schema changes before it");
+                }
+                !lacking
+            });
+        }
         let missing = findings
             .plan
             .tables
@@ -526,11 +558,11 @@ impl Pass<'_> {
         // After captured DDL nothing is checked, and only missing tables
         // are created: the stream brings the shards to the source's shape
         // in its own order.
-        if self.after_ddl && !missing {
+        if self.catalog_may_lead && !missing {
             return Ok(Some(Some(source)));
         }
         let how = schema::PreData {
-            columns_in_flight: self.after_ddl,
+            columns_in_flight: self.catalog_may_lead,
             ..Default::default()
         };
         schema::report_left_out(task, &source);
@@ -555,12 +587,34 @@ impl Pass<'_> {
             );
             preflight::refresh_dest_tables(endpoints, &mut findings.plan).await?;
         }
-        if !self.after_ddl {
+        if !self.catalog_may_lead {
             schema::check::created(endpoints, &source, slot, through).await?;
         }
         // What follows (the slots) is still before the copy.
         task.set_phase(Phase::Preflight);
         Ok(Some(Some(source)))
+    }
+
+    /// Tables of the plan the shards lack under the source's name but hold
+    /// under the name the last plan knew (the same OID): renamed on the
+    /// source, not yet by the stream. They are planned under that name,
+    /// which is also what the stream's messages say until the rename.
+    /// Whether there was any.
+    fn renamed_in_flight(&self, findings: &mut preflight::Findings) -> bool {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut any = false;
+        for t in findings.plan.tables.iter_mut() {
+            if !t.dest_table.columns.is_empty() {
+                continue;
+            }
+            let Some(old) = known.get(&t.table.oid).filter(|o| **o != t.table.name) else {
+                continue;
+            };
+            info!(table = %t.table.name, was = %old, "renamed on the source: planned under its old name until the stream replays the rename");
+            t.table.name = old.clone();
+            any = true;
+        }
+        any
     }
 
     /// Install the DDL capture on every source shard, before the slots
@@ -582,22 +636,6 @@ impl Pass<'_> {
             }
         }
         Ok(())
-    }
-
-    /// Whether the DDL capture is on every source shard.
-    async fn captures_ddl(&self) -> Result<bool> {
-        if !self.config.general.resharding_capture_ddl {
-            return Ok(false);
-        }
-        for s in 0..self.endpoints.source.shards.len() {
-            let mut conn = self.endpoints.connect_source(s, false).await?;
-            let installed = ddl::capture::installed(&mut conn).await;
-            conn.close().await;
-            if !installed? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
     }
 
     /// The permanent slots, where streaming starts: created where missing.
@@ -713,7 +751,7 @@ impl Pass<'_> {
         match checked {
             // Captured DDL the stream has not replayed yet can make the
             // shards differ from the source's catalog for a while.
-            Err(e) if self.after_ddl => warn!(
+            Err(e) if self.catalog_may_lead => warn!(
                 "after post-data, the destination shards differ from the source's schema while the stream replays schema changes: {e}"
             ),
             other => other?,

@@ -200,6 +200,7 @@ pub async fn publication(
                 }
             }
             if changes.replan() {
+                caught_up(&endpoints, &task, s, &stop).await;
                 return Some(format!(
                     "the publication changed on source shard {s}: tables {}",
                     changes.describe()
@@ -208,6 +209,44 @@ pub async fn publication(
         }
     }
 }
+
+/// Before the move plans again: let the stream of source shard `s` reach
+/// the source's WAL position of now (for at most [`CATCH_UP`]), so that
+/// schema changes it has yet to replay (a table renamed just before it
+/// joined) are on the shards first.
+async fn caught_up(endpoints: &Endpoints, task: &Task, s: usize, stop: &CancellationToken) {
+    let target = async {
+        let mut conn = endpoints.connect_source(s, false).await.ok()?;
+        let rows = conn
+            .query("SELECT pg_current_wal_insert_lsn()::text")
+            .await
+            .ok();
+        conn.close().await;
+        rows?
+            .first()
+            .and_then(|r| r.text(0))
+            .and_then(pgdog_protocol::Lsn::parse)
+    };
+    let Some(target) = target.await else { return };
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    while tokio::time::Instant::now() < deadline && !stop.is_cancelled() {
+        let confirmed = task
+            .streams()
+            .iter()
+            .find(|st| st.source_shard == s)
+            .map(|st| {
+                st.confirmed_flush
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            });
+        if confirmed.is_none_or(|c| c >= target.0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How long a new plan waits for the stream to catch up.
+const CATCH_UP: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

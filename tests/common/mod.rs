@@ -385,7 +385,11 @@ pub fn schema_entries(
         "pg_dump: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // pgdog's DDL capture (event triggers have no schema to exclude).
     pgdog::data_sync::schema::dump::parse(&String::from_utf8(out.stdout).unwrap())
+        .into_iter()
+        .filter(|e| !(e.kind == "EVENT TRIGGER" && e.tag.starts_with("pgdog_ddl_")))
+        .collect()
 }
 
 /// Every destination shard has exactly the source's schema, except for

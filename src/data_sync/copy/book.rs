@@ -169,6 +169,9 @@ struct State {
     next_id: u64,
     /// The table's copy ended badly: a held change must not wait for it.
     failed: bool,
+    /// No chunk starts any more (the stream is about to copy the table
+    /// again from scratch).
+    halted: bool,
 }
 
 /// One table from one source shard.
@@ -295,8 +298,11 @@ impl TableBook {
 
     /// A chunk of `range` starts for destination shards `dests`: from now
     /// on changes of its keys wait for it there. Its id.
-    pub fn start(&self, dests: &[usize], range: &Range) -> u64 {
+    pub fn start(&self, dests: &[usize], range: &Range) -> Option<u64> {
         let mut st = self.state();
+        if st.halted {
+            return None;
+        }
         st.next_id += 1;
         let id = st.next_id;
         for &d in dests {
@@ -307,7 +313,13 @@ impl TableBook {
         }
         drop(st);
         self.bump();
-        id
+        Some(id)
+    }
+
+    /// Start no chunk from now on; the ones being written finish.
+    pub fn halt(&self) {
+        self.state().halted = true;
+        self.bump();
     }
 
     /// Chunk `id` now covers only `range` (its end found): changes of the
@@ -486,7 +498,7 @@ mod tests {
         };
         // Nothing copied: skip, and remember the transaction.
         assert_eq!(b.decide(0, &k(5), 50, Lsn(10)), Decision::Skip);
-        let id = b.start(&[0, 1], &first);
+        let id = b.start(&[0, 1], &first).unwrap();
         assert_eq!(b.decide(0, &k(5), 51, Lsn(11)), Decision::Hold(id));
         assert_eq!(b.decide(1, &k(100), 51, Lsn(11)), Decision::Hold(id));
         assert_eq!(b.decide(0, &k(101), 51, Lsn(11)), Decision::Skip);
@@ -595,7 +607,7 @@ mod tests {
         assert!(!b.settled(Lsn(100)));
         b.load(1, c(None, None));
         assert!(b.settled(Lsn(1)) && !b.settled(Lsn(0)));
-        let id = b.start(&[1], &Range { lo: None, hi: None });
+        let id = b.start(&[1], &Range { lo: None, hi: None }).unwrap();
         assert!(!b.settled(Lsn(100)));
         b.abandon(id);
         assert!(b.settled(Lsn(100)));

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::super::catalog::quote_literal;
@@ -36,13 +37,16 @@ pub fn queue_sql(
 
 /// Build what is queued on every destination shard until the stream
 /// stops.
-pub async fn run(ctx: std::sync::Arc<Ctx>) -> Result<()> {
+pub async fn run(ctx: std::sync::Arc<Ctx>, stop: CancellationToken) -> Result<()> {
     loop {
         for d in 0..ctx.plan.dest_shards() {
-            if ctx.shutdown.is_cancelled() {
-                return Ok(());
-            }
-            if let Err(e) = run_shard(&ctx, d).await {
+            // A build cut short leaves an invalid index, which the next
+            // run drops and builds again.
+            let built = tokio::select! {
+                r = run_shard(&ctx, d) => r,
+                _ = stop.cancelled() => return Ok(()),
+            };
+            if let Err(e) = built {
                 warn!(
                     dest_shard = d,
                     "building a queued schema change: {e} (trying again)"
@@ -51,7 +55,7 @@ pub async fn run(ctx: std::sync::Arc<Ctx>) -> Result<()> {
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
-            _ = ctx.shutdown.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return Ok(()),
         }
     }
 }

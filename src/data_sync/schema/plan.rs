@@ -286,9 +286,11 @@ pub fn plan(entries: Vec<Entry>, source: &Objects) -> SchemaPlan {
             None
         }
     };
-    // First pass: everything but schemas and comments.
+    // First pass: everything but schemas and comments (and pgdog's own
+    // DDL capture, which is not the application's).
     let mut decided: Vec<(Entry, Option<bool>)> = entries
         .into_iter()
+        .filter(|e| !(e.kind == "EVENT TRIGGER" && e.tag.starts_with("pgdog_ddl_")))
         .map(|e| {
             let k = match e.kind.as_str() {
                 "SCHEMA" | "COMMENT" | "SECURITY LABEL" | "ACL" => None,

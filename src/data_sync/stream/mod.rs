@@ -71,8 +71,9 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
         set.spawn(async move { run_source(ctx, s, status, verify).await });
     }
     // Captured DDL that runs outside a transaction, built beside the
-    // stream.
-    set.spawn(super::ddl::pending::run(ctx.clone()));
+    // stream while it runs.
+    let pending_stop = ctx.shutdown.child_token();
+    let pending = tokio::spawn(super::ddl::pending::run(ctx.clone(), pending_stop.clone()));
     let mut first_error = None;
     while let Some(joined) = set.join_next().await {
         let result = joined
@@ -84,6 +85,8 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
             }
         }
     }
+    pending_stop.cancel();
+    let _ = pending.await;
     match first_error {
         None | Some(DataSyncError::Stopped) => Ok(()),
         Some(e) => Err(e),

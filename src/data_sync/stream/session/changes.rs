@@ -678,27 +678,25 @@ impl Session<'_> {
             )
             .await;
         let rows = match first {
-            // A column of the stream's shape is gone from the source's
-            // catalog (a captured DROP COLUMN the stream has not reached):
-            // its value is read as NULL, and the drop follows.
+            // A column of the stream's shape has another name, or none, in
+            // the source's catalog (a captured RENAME or DROP COLUMN the
+            // stream has not reached): found by its place, else NULL (the
+            // drop follows).
             Err(e) if e.code() == Some("42703") => {
                 let now = conn
                     .query_text(
-                        "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+                        "SELECT attnum::text, attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
                         &[&rel.name.quoted()],
                     )
                     .await?;
-                let now: Vec<&str> = now.iter().filter_map(|r| r.text(0)).collect();
-                let cols = rel
-                    .columns
+                let now: Vec<(i32, String)> = now
                     .iter()
-                    .map(|c| {
-                        if now.contains(&c.name.as_str()) {
-                            quote_ident(&c.name)
-                        } else {
-                            "NULL".to_string()
-                        }
-                    })
+                    .filter_map(|r| Some((r.text(0)?.parse().ok()?, r.text(1)?.to_string())))
+                    .collect();
+                let names: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
+                let cols = current_columns(&names, &now)
+                    .into_iter()
+                    .map(|c| c.map_or_else(|| "NULL".to_string(), |n| quote_ident(&n)))
                     .collect::<Vec<_>>()
                     .join(", ");
                 conn.query_params(
@@ -869,6 +867,57 @@ fn always_changed(rel: &RelationInfo, old: &Tuple, new: &Tuple) -> bool {
     })
 }
 
+/// The source's current name of each of the stream's columns `names`
+/// (in attribute order, as pgoutput lists them), given the current
+/// columns `now` (attribute number, name): the same name; else, between
+/// the neighbours found by name, the current column at the same place
+/// when as many are there as are missing (renamed); else none (dropped,
+/// or after the last column found by name, where a column added since
+/// looks the same).
+fn current_columns(names: &[&str], now: &[(i32, String)]) -> Vec<Option<String>> {
+    let by_name: Vec<Option<i32>> = names
+        .iter()
+        .map(|n| now.iter().find(|(_, c)| c == n).map(|(a, _)| *a))
+        .collect();
+    let mut out: Vec<Option<String>> = names
+        .iter()
+        .zip(&by_name)
+        .map(|(n, a)| a.map(|_| n.to_string()))
+        .collect();
+    let mut i = 0;
+    while i < names.len() {
+        if by_name[i].is_some() {
+            i += 1;
+            continue;
+        }
+        // A run of columns not found by name, and its neighbours.
+        let start = i;
+        while i < names.len() && by_name[i].is_none() {
+            i += 1;
+        }
+        let lo = by_name[..start]
+            .iter()
+            .rev()
+            .flatten()
+            .next()
+            .copied()
+            .unwrap_or(0);
+        let hi = by_name.get(i).copied().flatten().unwrap_or(i32::MAX);
+        let gap: Vec<&(i32, String)> = now
+            .iter()
+            .filter(|(a, c)| *a > lo && *a < hi && !names.contains(&c.as_str()))
+            .collect();
+        // After the last column found by name, a column added since
+        // cannot be told from a renamed one: none.
+        if hi != i32::MAX && gap.len() == i - start {
+            for (k, (_, c)) in gap.into_iter().enumerate() {
+                out[start + k] = Some(c.clone());
+            }
+        }
+    }
+    out
+}
+
 fn column_list(rel: &RelationInfo) -> String {
     rel.columns
         .iter()
@@ -881,4 +930,35 @@ fn binary_fill(rel: &RelationInfo, row: &pgdog_protocol::backend::DataRow) -> Ve
     (0..rel.columns.len())
         .map(|i| (WireFormat::Binary, row.get(i).map(<[u8]>::to_vec)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::current_columns;
+
+    fn now(cols: &[(i32, &str)]) -> Vec<(i32, String)> {
+        cols.iter().map(|(a, n)| (*a, n.to_string())).collect()
+    }
+
+    #[test]
+    fn columns_renamed_or_dropped_ahead_of_the_stream_are_found_by_place() {
+        // b renamed to b2, d dropped, e added since.
+        let found = current_columns(
+            &["a", "b", "c", "d"],
+            &now(&[(1, "a"), (2, "b2"), (3, "c"), (5, "e")]),
+        );
+        assert_eq!(
+            found,
+            vec![Some("a".into()), Some("b2".into()), Some("c".into()), None]
+        );
+        // Two neighbours renamed at once keep their order.
+        let found = current_columns(&["a", "x", "y"], &now(&[(1, "a"), (2, "x1"), (3, "y1")]));
+        assert_eq!(
+            found,
+            vec![Some("a".into()), Some("x1".into()), Some("y1".into())]
+        );
+        // After the last known column, renamed and added look alike: none.
+        let found = current_columns(&["a", "b"], &now(&[(1, "a"), (4, "z")]));
+        assert_eq!(found, vec![Some("a".into()), None]);
+    }
 }

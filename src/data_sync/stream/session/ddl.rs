@@ -224,6 +224,8 @@ impl Session<'_> {
                 // A chunk read before the rewrite commits first, so its
                 // rows go with the others.
                 if let Some(book) = self.books.get(&t).cloned() {
+                    // No chunk may commit after the rows are removed.
+                    book.halt();
                     let idle = tokio::time::timeout(
                         std::time::Duration::from_secs(30),
                         self.unless_stopped(book.wait_idle(d)),
