@@ -316,3 +316,111 @@ async fn killed_inside_a_chunk_and_while_the_stream_waits_for_one() {
         c.close().await;
     }
 }
+
+/// The process ends (as with SIGKILL) right after a captured schema change
+/// ran on the destination shards, before it committed, and again right
+/// after it committed, before the move planned again; each time the rows
+/// that use the new column follow it in the stream. Each rerun resumes:
+/// the change is applied once, no row is lost, and the shards equal the
+/// source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_a_schema_change_and_the_rows_that_use_it() {
+    let fleet = items_fleet(5_000).await;
+    let files = ConfigFiles::write(&fleet, SHARDING);
+    let writer = Writer::start(fleet.source_options(), 100_000_000);
+    let mut src = pgdog::net::Connection::connect(&fleet.source_options()[0])
+        .await
+        .unwrap();
+    for (round, (point, column)) in [("ddl:1", "first"), ("ddl-committed:1", "second")]
+        .iter()
+        .enumerate()
+    {
+        let log = format!("ddl{round}.log");
+        let out = std::fs::File::create(files.dir.join(&log)).unwrap();
+        let mut child = KillOnDrop(
+            files
+                .command("data-sync", "pub")
+                .args(["--admin-port", "0"])
+                .env("PGDOG_LOG", "info")
+                .env("PGDOG_CHUNK_CRASH_AT", point)
+                .stdout(std::process::Stdio::null())
+                .stderr(out)
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !files.log(&log).contains("copy complete") {
+            assert!(
+                child.0.try_wait().unwrap().is_none() && Instant::now() < deadline,
+                "run {round} did not get to stream:\n{}",
+                files.log(&log)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The migration, then rows that use it, in their own transactions.
+        src.execute(&format!(
+            "ALTER TABLE items ADD COLUMN {column} int NOT NULL DEFAULT 7"
+        ))
+        .await
+        .unwrap();
+        src.execute(&format!(
+            "INSERT INTO items (tenant, id, label, {column}) SELECT g % 997, {} + g, 'after', g FROM generate_series(1, 100) g;
+             UPDATE items SET {column} = {column} + 1 WHERE id % 13 = 0;",
+            300_000_000 + round * 1000
+        ))
+        .await
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{point} was never reached:\n{}",
+                files.log(&log)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let text = files.log(&log);
+        assert!(
+            !status.success() && text.contains(&format!("PGDOG_CHUNK_CRASH_AT={point}")),
+            "run {round} ({point}) ended otherwise: {status}\n{text}"
+        );
+    }
+    src.close().await;
+    let log = "final.log";
+    let _child = KillOnDrop(files.spawn("pub", &[], log));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    writer.stop().await;
+    fleet
+        .wait_caught_up("pgdog_pub_dest", Duration::from_secs(90))
+        .await
+        .unwrap();
+    // Each migration ran once per shard, and its rows are there.
+    for d in &fleet.dests {
+        let mut c = pgdog::net::Connection::connect(&d.options("postgres", DATABASE))
+            .await
+            .unwrap();
+        let rows = c
+            .query("SELECT count(*) FROM pgdog.ddl_applied")
+            .await
+            .unwrap();
+        assert_eq!(rows[0].text(0), Some("2"), "each migration recorded once");
+        c.close().await;
+    }
+    verify_equal(
+        &fleet,
+        &[check(
+            "items",
+            &[
+                "tenant", "id", "qty", "label", "big", "updated", "first", "second",
+            ],
+            Some("tenant"),
+            DataType::Bigint,
+            2,
+            false,
+        )],
+    )
+    .await;
+}

@@ -276,14 +276,17 @@ async fn resumes_with_capture(config: &Config, endpoints: &Endpoints, slot: &str
         return Ok(false);
     }
     for s in 0..endpoints.source.shards.len() {
-        let mut conn = endpoints.connect_source(s, false).await?;
+        // A source that cannot be reached is preflight's to report.
+        let Ok(mut conn) = endpoints.connect_source(s, false).await else {
+            return Ok(false);
+        };
         let found = async {
             let slot_there = preflight::slot_info(&mut conn, slot).await?.is_some();
             Ok::<_, DataSyncError>(slot_there && ddl::capture::installed(&mut conn).await?)
         }
         .await;
         conn.close().await;
-        if !found? {
+        if !found.unwrap_or(false) {
             return Ok(false);
         }
     }
@@ -558,7 +561,7 @@ impl Pass<'_> {
         // After captured DDL nothing is checked, and only missing tables
         // are created: the stream brings the shards to the source's shape
         // in its own order.
-        if self.catalog_may_lead && !missing {
+        if self.after_ddl && !missing {
             return Ok(Some(Some(source)));
         }
         let how = schema::PreData {

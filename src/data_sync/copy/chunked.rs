@@ -810,7 +810,9 @@ impl Worker {
 /// once (no cleanup runs, as with SIGKILL) the `n`th time it reaches
 /// `point`: `read` (a chunk's rows are on the destinations, nothing is
 /// committed), `between-commits` (one destination shard committed it,
-/// the others not), `hold` (the stream waits for a chunk being written).
+/// the others not), `hold` (the stream waits for a chunk being written),
+/// `ddl` (a captured schema change ran on the shards, uncommitted) and
+/// `ddl-committed` (it committed, before the move plans again).
 pub fn fail_point(point: &str) {
     static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let Ok(spec) = std::env::var("PGDOG_CHUNK_CRASH_AT") else {

@@ -952,10 +952,18 @@ mod tests {
             vec![Some("a".into()), Some("b2".into()), Some("c".into()), None]
         );
         // Two neighbours renamed at once keep their order.
-        let found = current_columns(&["a", "x", "y"], &now(&[(1, "a"), (2, "x1"), (3, "y1")]));
+        let found = current_columns(
+            &["a", "x", "y", "z"],
+            &now(&[(1, "a"), (2, "x1"), (3, "y1"), (4, "z")]),
+        );
         assert_eq!(
             found,
-            vec![Some("a".into()), Some("x1".into()), Some("y1".into())]
+            vec![
+                Some("a".into()),
+                Some("x1".into()),
+                Some("y1".into()),
+                Some("z".into())
+            ]
         );
         // After the last known column, renamed and added look alike: none.
         let found = current_columns(&["a", "b"], &now(&[(1, "a"), (4, "z")]));

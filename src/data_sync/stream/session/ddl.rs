@@ -294,7 +294,11 @@ impl Session<'_> {
             return Ok(());
         };
         self.ddl_tables.clear();
+        // Crash tests: the statement ran on the shards, nothing committed.
+        crate::data_sync::copy::chunked::fail_point("ddl");
         self.commit_group().await?;
+        // The statement and its position committed, the plan not renewed.
+        crate::data_sync::copy::chunked::fail_point("ddl-committed");
         Err(DataSyncError::SchemaChanged {
             source_shard: self.s,
             what,
