@@ -246,35 +246,8 @@ async fn killed_inside_a_chunk_and_while_the_stream_waits_for_one() {
         .enumerate()
     {
         let log = format!("crash{round}.log");
-        let out = std::fs::File::create(files.dir.join(&log)).unwrap();
-        let mut child = KillOnDrop(
-            files
-                .command("data-sync", "pub")
-                .args(["--admin-port", "0"])
-                .env("PGDOG_LOG", "info")
-                .env("PGDOG_CHUNK_CRASH_AT", point)
-                .stdout(std::process::Stdio::null())
-                .stderr(out)
-                .spawn()
-                .unwrap(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let status = loop {
-            if let Some(s) = child.0.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{point} was never reached:\n{}",
-                files.log(&log)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let text = files.log(&log);
-        assert!(
-            !status.success() && text.contains(&format!("PGDOG_CHUNK_CRASH_AT={point}")),
-            "run {round} ({point}) ended otherwise: {status}\n{text}"
-        );
+        let mut child = files.spawn_crashing(point, &log);
+        files.wait_crashed(&mut child, point, &log, 120).await;
     }
     let log = "final.log";
     let mut child = KillOnDrop(files.spawn("pub", &[], log));
@@ -336,18 +309,7 @@ async fn killed_between_a_schema_change_and_the_rows_that_use_it() {
         .enumerate()
     {
         let log = format!("ddl{round}.log");
-        let out = std::fs::File::create(files.dir.join(&log)).unwrap();
-        let mut child = KillOnDrop(
-            files
-                .command("data-sync", "pub")
-                .args(["--admin-port", "0"])
-                .env("PGDOG_LOG", "info")
-                .env("PGDOG_CHUNK_CRASH_AT", point)
-                .stdout(std::process::Stdio::null())
-                .stderr(out)
-                .spawn()
-                .unwrap(),
-        );
+        let mut child = files.spawn_crashing(point, &log);
         let deadline = Instant::now() + Duration::from_secs(120);
         while !files.log(&log).contains("copy complete") {
             assert!(
@@ -370,23 +332,7 @@ async fn killed_between_a_schema_change_and_the_rows_that_use_it() {
         ))
         .await
         .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = child.0.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{point} was never reached:\n{}",
-                files.log(&log)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let text = files.log(&log);
-        assert!(
-            !status.success() && text.contains(&format!("PGDOG_CHUNK_CRASH_AT={point}")),
-            "run {round} ({point}) ended otherwise: {status}\n{text}"
-        );
+        files.wait_crashed(&mut child, point, &log, 60).await;
     }
     src.close().await;
     let log = "final.log";

@@ -336,6 +336,43 @@ impl ConfigFiles {
             .expect("spawn pgdog")
     }
 
+    /// `data-sync` of `pub` that ends itself at the fail point `point`
+    /// (`PGDOG_CHUNK_CRASH_AT`), its log in `log`.
+    pub fn spawn_crashing(&self, point: &str, log: &str) -> KillOnDrop {
+        let out = std::fs::File::create(self.dir.join(log)).unwrap();
+        KillOnDrop(
+            self.command("data-sync", "pub")
+                .args(["--admin-port", "0"])
+                .env("PGDOG_LOG", "info")
+                .env("PGDOG_CHUNK_CRASH_AT", point)
+                .stdout(Stdio::null())
+                .stderr(out)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Wait (at most `seconds`) for `child` to end at its fail point.
+    pub async fn wait_crashed(&self, child: &mut KillOnDrop, point: &str, log: &str, seconds: u64) {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let status = loop {
+            if let Some(s) = child.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{point} was never reached:\n{}",
+                self.log(log)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let text = self.log(log);
+        assert!(
+            !status.success() && text.contains(&format!("PGDOG_CHUNK_CRASH_AT={point}")),
+            "the run to {point} ended otherwise: {status}\n{text}"
+        );
+    }
+
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
     }
