@@ -452,7 +452,7 @@ async fn verify_command(config: Arc<Config>, args: &VerifyArgs) -> ExitCode {
 }
 
 async fn cutover_command(config: Arc<Config>, args: &CutoverArgs) -> ExitCode {
-    use data_sync::cutover::{self, Action, Done};
+    use data_sync::cutover::{self, runner::Ended, Action};
     let opts = args.target.options(Mode::ReplicateOnly, false);
     let request = cutover::Request {
         action: if args.rollback {
@@ -471,73 +471,46 @@ async fn cutover_command(config: Arc<Config>, args: &CutoverArgs) -> ExitCode {
     };
     let token = CancellationToken::new();
     stop_on_signals(token.clone());
-    let registry = Arc::new(Registry::default());
-    let task = registry.new_task(&opts.from_database, &opts.to_database, &opts.publication);
+    let runner = cutover::runner::Runner {
+        config: config.clone(),
+        registry: Arc::new(Registry::default()),
+        reporter: Some(pgdog::report::spawn),
+        voice: cutover::runner::Voice::Terminal,
+    };
+    let task = runner.new_task(&opts);
     let admin_port = args.admin_port.unwrap_or(config.general.port);
     if admin_port != 0 && request.action == Action::Cutover {
-        let (config, registry, token) = (config.clone(), registry.clone(), token.clone());
+        let (config, registry, token) = (config, runner.registry.clone(), token.clone());
         tokio::spawn(async move {
             if let Err(e) = pgdog::admin::serve(config, registry, Some(admin_port), token).await {
                 tracing::warn!("admin console not available: {e}");
             }
         });
     }
-    let reporting = token.child_token();
-    let reporter = pgdog::report::spawn(task.clone(), reporting.clone());
-    let result = cutover::run(config.clone(), &opts, &request, &task, &token).await;
-    reporting.cancel();
-    let reverse = match result {
-        Ok(Done::CutOver { reverse, summary }) => {
-            eprintln!("{summary}");
-            reverse
-        }
-        Ok(Done::RolledBack { summary } | Done::Completed { summary }) => {
-            let _ = reporter.await;
-            eprintln!("{summary}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let _ = reporter.await;
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let _ = reporter.await;
-    // The reverse stream is a task of its own (STOP_TASK stops it).
-    let back = registry.new_task(
-        &reverse.from_database,
-        &reverse.to_database,
-        &reverse.publication,
-    );
-    {
-        let (token, stop) = (token.clone(), back.stop.clone());
-        tokio::spawn(async move {
-            token.cancelled().await;
-            stop.cancel();
-        });
-    }
-    let reporter = pgdog::report::spawn(back.clone(), token.clone());
-    eprintln!(
-        "streaming {} back to {} until stopped (Ctrl-C)...",
-        reverse.from_database, reverse.to_database
-    );
-    let result =
-        cutover::stream_back(config, &opts, reverse, back.clone(), back.stop.clone()).await;
+    let result = runner.run(&opts, &request, task, token.clone()).await;
     token.cancel();
-    let _ = reporter.await;
     let same = std::env::args().collect::<Vec<_>>().join(" ");
     match result {
-        Ok(data_sync::Outcome::CutOver) => {
-            eprintln!("the reverse stream was ended (by pgdog cutover --rollback or --complete).");
-            ExitCode::SUCCESS
-        }
-        Ok(_) => {
-            eprintln!("stopped. The reverse slot keeps every change on the destination; resume streaming it back with: {same}");
-            ExitCode::SUCCESS
-        }
+        Ok(Ended::RolledBack | Ended::Completed) => ExitCode::SUCCESS,
+        Ok(Ended::CutOver { streamed, .. }) => match streamed {
+            Ok(data_sync::Outcome::CutOver) => {
+                eprintln!(
+                    "the reverse stream was ended (by pgdog cutover --rollback or --complete)."
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(_) => {
+                eprintln!("stopped. The reverse slot keeps every change on the destination; resume streaming it back with: {same}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                eprintln!("the destination still takes the writes, and the reverse slot keeps them: rerun {same} to stream them back");
+                ExitCode::FAILURE
+            }
+        },
         Err(e) => {
             eprintln!("error: {e}");
-            eprintln!("the destination still takes the writes, and the reverse slot keeps them: rerun {same} to stream them back");
             ExitCode::FAILURE
         }
     }

@@ -27,6 +27,11 @@
 //! statement timeout, so somebody stopped its query on purpose), an
 //! authentication or permission error, a constraint violation, a protocol
 //! error, pgdog's own state not fitting, a stop.
+//!
+//! Waiting for something outside pgdog (a slot let go, a lag to shrink, a
+//! replica to replay, a barrier to be reached) is the other policy here:
+//! every poll loop ticks a [`Wait`], which knows what it waits for, how
+//! often it looks, until when, and says so in the log and in its error.
 
 use std::time::{Duration, Instant};
 
@@ -193,6 +198,110 @@ impl Retrier {
     }
 }
 
+/// One poll loop's policy: what it waits for (for the log and the error),
+/// how often it looks, and until when. The loop checks, and when the
+/// check is not satisfied calls [`Wait::tick`] with what it saw.
+#[derive(Debug)]
+pub struct Wait {
+    what: String,
+    interval: Duration,
+    started: Instant,
+    deadline: Option<Instant>,
+    log_every: Option<Duration>,
+    last_log: Instant,
+}
+
+impl Wait {
+    /// Waiting for `what` ("the stream of slot x to let go of it"),
+    /// looking every `interval`, for `timeout` at most (`None`: until
+    /// stopped).
+    pub fn new(what: impl Into<String>, timeout: Option<Duration>, interval: Duration) -> Wait {
+        let now = Instant::now();
+        Wait {
+            what: what.into(),
+            interval,
+            started: now,
+            deadline: timeout.map(|t| now + t),
+            log_every: None,
+            last_log: now,
+        }
+    }
+
+    /// Log what the loop sees at info level every `every` while it waits.
+    pub fn log_every(mut self, every: Duration) -> Wait {
+        self.log_every = Some(every);
+        self
+    }
+
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Time left before the deadline (`None`: no deadline).
+    pub fn left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// After a check that found `now` (what stands, for people): `Ok(true)`
+    /// once one interval (cut at the deadline) has passed, `Ok(false)` when
+    /// the deadline has passed, `Err(Stopped)` when `stop` comes first.
+    pub async fn tick(
+        &mut self,
+        now: &str,
+        stop: Option<&CancellationToken>,
+    ) -> Result<bool, DataSyncError> {
+        let left = self.left();
+        if left.is_some_and(|l| l.is_zero()) {
+            return Ok(false);
+        }
+        if self
+            .log_every
+            .is_some_and(|every| self.last_log.elapsed() >= every)
+        {
+            tracing::info!(
+                waited_s = self.started.elapsed().as_secs(),
+                "waiting for {}: {now}",
+                self.what
+            );
+            self.last_log = Instant::now();
+        }
+        let pause = left.map_or(self.interval, |l| l.min(self.interval));
+        let never = CancellationToken::new();
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => Ok(true),
+            _ = stop.unwrap_or(&never).cancelled() => Err(DataSyncError::Stopped),
+        }
+    }
+
+    /// [`Wait::tick`], with the deadline an error that says what was
+    /// awaited, for how long, and what stood at the end.
+    pub async fn tick_or_fail(
+        &mut self,
+        now: &str,
+        stop: Option<&CancellationToken>,
+    ) -> Result<(), DataSyncError> {
+        if self.tick(now, stop).await? {
+            Ok(())
+        } else {
+            Err(self.timed_out(now))
+        }
+    }
+
+    /// The error of a wait whose deadline passed with `now` standing.
+    pub fn timed_out(&self, now: &str) -> DataSyncError {
+        DataSyncError::State(format!(
+            "waited {} s for {}, in vain: {now}",
+            self.started.elapsed().as_secs(),
+            self.what
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +357,37 @@ mod tests {
             "streams never give up"
         );
         assert_eq!(s.after(&server_error("23505")), None);
+    }
+
+    #[tokio::test]
+    async fn a_wait_ticks_until_its_deadline_then_says_what_it_waited_for() {
+        let mut w = Wait::new(
+            "the slot to be let go",
+            Some(Duration::from_millis(120)),
+            Duration::from_millis(50),
+        );
+        let mut ticks = 0;
+        while w.tick("pid 7 holds it", None).await.unwrap() {
+            ticks += 1;
+            assert!(ticks < 10, "the deadline never came");
+        }
+        assert!((2..=4).contains(&ticks), "{ticks} ticks");
+        assert!(w.elapsed() >= Duration::from_millis(120));
+        let e = w.tick_or_fail("pid 7 holds it", None).await.unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("the slot to be let go") && m.contains("pid 7 holds it"),
+            "{m}"
+        );
+        // No deadline: only a stop ends it.
+        let token = CancellationToken::new();
+        token.cancel();
+        let mut forever = Wait::new("x", None, Duration::from_secs(60));
+        assert_eq!(forever.left(), None);
+        assert!(matches!(
+            forever.tick("y", Some(&token)).await,
+            Err(DataSyncError::Stopped)
+        ));
     }
 
     #[tokio::test]

@@ -9,8 +9,9 @@ use pgdog_protocol::Lsn;
 
 use crate::net::Connection;
 
-use super::catalog::TableName;
+use super::catalog::{self, TableName};
 use super::error::{DataSyncError, Result};
+use super::lifecycle::Stage;
 
 /// Tables and helpers pgdog creates on destinations. Idempotent.
 pub const SCHEMA_SQL: &str = "
@@ -194,6 +195,80 @@ pub async fn set_stream_stopped(
             .await?
         }
     };
+    Ok(())
+}
+
+/// The record of a move's cutover on destination shard 0
+/// (`pgdog.cutovers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CutoverRecord {
+    pub stage: Stage,
+    /// The application's roles, frozen on the source.
+    pub roles: Vec<String>,
+    pub reverse_publication: String,
+    pub reverse_slot: String,
+}
+
+/// The cutover of `slot`, if one was recorded. Needs the schema
+/// ([`ensure_schema`]).
+pub async fn cutover(conn: &mut Connection, slot: &str) -> Result<Option<CutoverRecord>> {
+    let rows = conn
+        .query_text(
+            "SELECT state, reverse_publication, reverse_slot FROM pgdog.cutovers WHERE slot_name = $1",
+            &[slot],
+        )
+        .await?;
+    let Some(r) = rows.first() else {
+        return Ok(None);
+    };
+    let text = r.text(0).unwrap_or("");
+    let stage = Stage::parse(text).ok_or_else(|| {
+        DataSyncError::State(format!(
+            "pgdog.cutovers on destination shard 0 says the cutover of slot \"{slot}\" is at \"{text}\", which this version of pgdog does not know: finish it with the version that wrote it"
+        ))
+    })?;
+    let roles = conn
+        .query_text(
+            "SELECT r FROM pgdog.cutovers, unnest(freeze_roles) r WHERE slot_name = $1",
+            &[slot],
+        )
+        .await?
+        .iter()
+        .filter_map(|r| r.text(0).map(str::to_string))
+        .collect();
+    Ok(Some(CutoverRecord {
+        stage,
+        roles,
+        reverse_publication: r.text(1).unwrap_or("").to_string(),
+        reverse_slot: r.text(2).unwrap_or("").to_string(),
+    }))
+}
+
+/// Record the cutover of `slot` at `record.stage` (and `error`, when a
+/// failure ended it), before the step the stage names starts.
+pub async fn set_cutover(
+    conn: &mut Connection,
+    slot: &str,
+    record: &CutoverRecord,
+    error: Option<&str>,
+) -> Result<()> {
+    let roles = catalog::text_array(record.roles.iter().cloned());
+    conn.query_text(
+        "INSERT INTO pgdog.cutovers (slot_name, state, freeze_roles, reverse_publication, reverse_slot, error)
+         VALUES ($1, $2, $3::text[], $4, $5, nullif($6, ''))
+         ON CONFLICT (slot_name) DO UPDATE SET state = EXCLUDED.state, freeze_roles = EXCLUDED.freeze_roles,
+             reverse_publication = EXCLUDED.reverse_publication, reverse_slot = EXCLUDED.reverse_slot,
+             error = EXCLUDED.error, updated_at = now()",
+        &[
+            slot,
+            record.stage.as_str(),
+            &roles,
+            &record.reverse_publication,
+            &record.reverse_slot,
+            error.unwrap_or(""),
+        ],
+    )
+    .await?;
     Ok(())
 }
 

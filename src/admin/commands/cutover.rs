@@ -3,13 +3,16 @@
 //! source), as a task of its own in the background; once switched, one
 //! more task streams the destination's changes back until STOP_TASK.
 
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::{AdminCommand, Context, Usage};
 use crate::admin::error::CommandError;
 use crate::admin::format::text;
 use crate::admin::reply::Reply;
-use crate::data_sync::cutover::{self, Done};
+use crate::data_sync::cutover::{
+    self,
+    runner::{Ended, Runner, Voice},
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cutover {
@@ -106,11 +109,14 @@ impl AdminCommand for Cutover {
 
     async fn execute(&self, ctx: &Context) -> Result<Reply, CommandError> {
         let opts = super::move_options(ctx, self.id, "CUTOVER")?;
-        let task = ctx
-            .registry
-            .new_task(&opts.from_database, &opts.to_database, &opts.publication);
-        let (config, stop, registry) =
-            (ctx.config.clone(), task.stop.clone(), ctx.registry.clone());
+        let runner = Runner {
+            config: ctx.config.clone(),
+            registry: ctx.registry.clone(),
+            reporter: None,
+            voice: Voice::Log,
+        };
+        let task = runner.new_task(&opts);
+        let stop = task.stop.clone();
         let request = cutover::Request {
             freeze_roles: self.roles.clone(),
             max_lag: self.max_lag,
@@ -121,29 +127,15 @@ impl AdminCommand for Cutover {
         };
         let (id, of_id) = (task.id, self.id);
         super::spawn_task(ctx, stop.clone(), async move {
-            match cutover::run(config.clone(), &opts, &request, &task, &stop).await {
-                Ok(Done::CutOver { reverse, summary }) => {
-                    info!(task = id, of = of_id, "{summary}");
-                    let back = registry.new_task(
-                        &reverse.from_database,
-                        &reverse.to_database,
-                        &reverse.publication,
-                    );
-                    task.set_step(format!("cut over; task {} streams back", back.id));
-                    let back_stop = back.stop.clone();
-                    let watch = stop.clone();
-                    tokio::spawn(async move {
-                        watch.cancelled().await;
-                        back_stop.cancel();
-                    });
-                    let stop = back.stop.clone();
-                    if let Err(e) = cutover::stream_back(config, &opts, reverse, back, stop).await {
-                        warn!(task = id, "streaming back after the cutover failed: {e}");
-                    }
-                }
-                Ok(Done::RolledBack { summary } | Done::Completed { summary }) => {
-                    info!(task = id, "{summary}")
-                }
+            match runner.run(&opts, &request, task, stop).await {
+                Ok(Ended::CutOver {
+                    back,
+                    streamed: Err(e),
+                }) => warn!(
+                    task = back.id,
+                    "streaming back after the cutover of task {id} failed: {e}"
+                ),
+                Ok(_) => {}
                 Err(e) => warn!(task = id, of = of_id, "cutover failed: {e}"),
             }
         });
