@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::catalog::text_array;
-use super::{Endpoints, Plan};
+use super::endpoints::Endpoints;
+use super::plan::Plan;
 
 /// The tables `$1` (quoted names) and their partitioned ancestors, quoted,
 /// partitions before the tables above them.
@@ -30,7 +31,7 @@ JOIN pg_class c ON c.oid = t.oid JOIN pg_namespace ns ON ns.oid = c.relnamespace
 ORDER BY t.depth, t.ord";
 
 /// Analyze on destination shard `d`; the number of tables.
-async fn shard(endpoints: &Endpoints, plan: &Plan, d: usize) -> super::Result<usize> {
+async fn shard(endpoints: &Endpoints, plan: &Plan, d: usize) -> super::error::Result<usize> {
     let mut conn = endpoints.connect_dest(d).await?;
     let names = text_array(plan.tables.iter().map(|t| t.table.name.quoted()));
     let rows = conn.query_text(TABLES_SQL, &[&names]).await?;

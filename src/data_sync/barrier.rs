@@ -33,8 +33,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::endpoints::Endpoints;
 use super::error::{DataSyncError, Result};
-use super::Endpoints;
 use crate::net::Connection;
 
 /// A row not refreshed for this long no longer holds anything.

@@ -62,7 +62,7 @@ impl Endpoints {
     }
 
     /// The endpoints of a move's command line.
-    pub fn of_move(config: Arc<Config>, opts: &super::Options) -> Result<Endpoints> {
+    pub fn of_move(config: Arc<Config>, opts: &super::options::Options) -> Result<Endpoints> {
         Endpoints::new(
             config,
             &opts.from_database,

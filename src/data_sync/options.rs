@@ -78,3 +78,20 @@ pub enum Outcome {
     /// `pgdog cutover` ended the stream: the destination takes the writes.
     CutOver,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::replication::valid_slot_name;
+
+    #[test]
+    fn slot_names_are_valid_and_stable() {
+        let n = default_slot_name("My-Pub", "dest");
+        assert_eq!(n, "pgdog_my_pub_dest");
+        assert!(valid_slot_name(&n));
+        let long = default_slot_name(&"p".repeat(80), "d");
+        assert!(long.len() <= 63 && valid_slot_name(&long));
+        assert_eq!(long, default_slot_name(&"p".repeat(80), "d"));
+        assert_ne!(long, default_slot_name(&"p".repeat(81), "d"));
+    }
+}

@@ -742,7 +742,10 @@ pub async fn slot_info(conn: &mut Connection, slot: &str) -> Result<Option<SlotI
 
 /// Read every destination shard's tables again into `plan` (after schema
 /// sync built indexes and constraints the streaming side looks at).
-pub async fn refresh_dest_tables(endpoints: &Endpoints, plan: &mut super::Plan) -> Result<()> {
+pub async fn refresh_dest_tables(
+    endpoints: &Endpoints,
+    plan: &mut super::plan::Plan,
+) -> Result<()> {
     for d in 0..endpoints.dest.shards.len() {
         let mut conn = endpoints.connect_dest(d).await?;
         let names: Vec<&TableName> = plan.tables.iter().map(|p| &p.table.name).collect();

@@ -537,7 +537,7 @@ pub struct Task {
     /// `pgdog verify`: each table read on each server.
     pub verify: Mutex<Vec<Arc<VerifyItem>>>,
     /// The move's command line, for a VERIFY of it from the console.
-    pub options: Mutex<Option<super::Options>>,
+    pub options: Mutex<Option<super::options::Options>>,
     /// A cutover ended this move's stream (it does not resume).
     pub cut_over: std::sync::atomic::AtomicBool,
     /// `pgdog cutover`: the step it is at, for SHOW TASKS.
@@ -691,9 +691,9 @@ impl Task {
 
     /// Record how a run ended: `Ok(stopped)`, or the error it failed with
     /// (a stop is not a failure).
-    pub fn end(&self, result: Result<bool, &super::DataSyncError>) {
+    pub fn end(&self, result: Result<bool, &super::error::DataSyncError>) {
         match result {
-            Ok(true) | Err(super::DataSyncError::Stopped) => self.set_phase(Phase::Stopped),
+            Ok(true) | Err(super::error::DataSyncError::Stopped) => self.set_phase(Phase::Stopped),
             Ok(false) => self.set_phase(Phase::Done),
             Err(e) => {
                 self.set_error(e);
@@ -710,7 +710,7 @@ impl Task {
         }
     }
 
-    pub fn set_error(&self, error: &super::DataSyncError) {
+    pub fn set_error(&self, error: &super::error::DataSyncError) {
         *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
         self.count_error(error.kind());
     }

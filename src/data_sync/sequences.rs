@@ -21,8 +21,9 @@ use std::collections::BTreeMap;
 use tracing::info;
 
 use super::catalog::{quote_ident, TableName};
+use super::endpoints::Endpoints;
 use super::error::{DataSyncError, Result};
-use super::{Endpoints, Plan};
+use super::plan::Plan;
 
 /// The margin above the highest value handed out, by default.
 pub const DEFAULT_MARGIN: i64 = 1000;
@@ -298,7 +299,7 @@ pub fn render(plans: &[SequencePlan]) -> String {
 /// `dry_run`) set.
 pub async fn command(
     config: std::sync::Arc<crate::config::Config>,
-    opts: &super::Options,
+    opts: &super::options::Options,
     margin: i64,
     dry_run: bool,
 ) -> Result<Vec<SequencePlan>> {

@@ -21,11 +21,11 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use super::super::catalog::TableName;
+use super::super::ctx::Ctx;
 use super::super::error::{DataSyncError, Result};
 use super::super::progress::{CopyState, TableCopy};
 use super::super::retry::{Retrier, RetryPolicy};
 use super::super::state::{self, StoredChunk};
-use super::super::Ctx;
 use super::book::{Chunk, Range, Snapshot, TableBook};
 use super::chunk::copy_stream;
 use super::key::{Bound, ChunkKey};

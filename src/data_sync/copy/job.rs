@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tracing::info;
 
 use super::super::catalog::TableName;
+use super::super::ctx::Ctx;
 use super::super::error::{DataSyncError, Result};
 use super::super::state;
-use super::super::Ctx;
 use super::chunk::{copy_stream, ChunkResult};
 use super::pool::{DestPool, ServerCopy};
 use super::Job;

@@ -20,11 +20,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use super::ctx::Ctx;
 use super::error::{DataSyncError, Result};
 use super::progress::{CopyState, TableCopy};
 use super::retry::{Retrier, RetryPolicy};
 use super::snapshot::{self, SharedSnapshot};
-use super::Ctx;
 use crate::net::replication::SnapshotAction;
 use pool::{DestPool, ServerCopy};
 

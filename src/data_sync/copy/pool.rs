@@ -9,9 +9,9 @@ use std::sync::Mutex;
 
 use crate::net::{ConnectOptions, Connection};
 
+use super::super::ctx::Ctx;
 use super::super::error::Result;
 use super::super::snapshot::SharedSnapshot;
-use super::super::Ctx;
 
 /// Tables one reader copies before it ends its transaction: each COPY
 /// leaves an AccessShareLock held until the transaction ends, and the

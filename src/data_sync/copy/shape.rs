@@ -10,9 +10,9 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::super::catalog::{quote_ident, quote_literal, text_array};
+use super::super::ctx::Ctx;
 use super::super::error::{DataSyncError, Result};
 use super::super::plan::TablePlan;
-use super::super::Ctx;
 use crate::net::Connection;
 
 /// The published, non-generated columns of `t` as the open transaction's

@@ -4,9 +4,11 @@
 
 use super::super::error::Result;
 use super::super::lifecycle::{Action, Stage};
+use super::cut::{Cut, STOP_TIMEOUT};
+use super::request::Done;
 use super::rollback::Finishing;
 use super::stream::{Holder, OwnStream};
-use super::{freeze, reverse, Cut, Done, STOP_TIMEOUT};
+use super::{freeze, reverse};
 
 pub(super) async fn complete(cut: &Cut<'_>) -> Result<Done> {
     let Finishing {
@@ -42,7 +44,7 @@ pub(super) async fn complete(cut: &Cut<'_>) -> Result<Done> {
     )
     .await?;
     cut.task.set_step("dropping the forward slot");
-    crate::data_sync::cleanup(cut.endpoints, &cut.slot).await?;
+    crate::data_sync::engine::cleanup(cut.endpoints, &cut.slot).await?;
     cut.task.set_step("complete");
     Ok(Done::Completed {
         summary: format!(

@@ -12,8 +12,8 @@ use crate::net::Connection;
 use super::super::error::Result;
 use super::super::lifecycle::Stage;
 use super::super::state::CutoverRecord;
+use super::cut::{enter, fail_point, Cut};
 use super::stream::{lsn_list, Holder, OwnStream};
-use super::{enter, fail_point, Cut};
 
 /// Leaves the record at [`Stage::Sequences`].
 pub(super) async fn run(

@@ -10,16 +10,16 @@ use crate::net::Connection;
 
 use super::super::endpoints::Endpoints;
 use super::super::error::{DataSyncError, Result};
+use super::super::lifecycle::Action;
 use super::super::lifecycle::{Rerun, Stage};
 use super::super::options::default_slot_name;
 use super::super::plan::Plan;
 use super::super::progress::Phase;
 use super::super::state::CutoverRecord;
+use super::cut::{earlier, enter, forward_plan, Cut, STOP_TIMEOUT};
+use super::request::{Done, Request};
 use super::stream::{Holder, OwnStream};
-use super::{
-    drain, earlier, enter, forward_plan, freeze, freezing, lag, precheck, set_sequences, switch,
-    verifying, Action, Cut, Done, Request, STOP_TIMEOUT,
-};
+use super::{drain, freeze, freezing, lag, precheck, set_sequences, switch, verifying};
 
 pub(super) async fn cutover(cut: &Cut<'_>, request: &Request) -> Result<Done> {
     let findings = forward_plan(cut, "pgdog cutover").await?;

@@ -13,8 +13,9 @@ use super::super::error::Result;
 use super::super::lifecycle::Stage;
 use super::super::plan::Plan;
 use super::super::state::CutoverRecord;
+use super::cut::{enter, fail_point, Cut};
+use super::freeze;
 use super::stream::mark_lsns;
-use super::{enter, fail_point, freeze, Cut};
 
 /// Step 2 of a cutover: the source frozen for `record.roles` by
 /// `deadline`; returns the LSN after the freeze on each source shard, past

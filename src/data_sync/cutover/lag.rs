@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::super::error::Result;
 use super::super::retry::Wait;
+use super::cut::Cut;
 use super::stream::OwnStream;
-use super::Cut;
 
 pub(super) async fn wait(cut: &Cut<'_>, max_lag: u64, own: &mut OwnStream) -> Result<()> {
     cut.step(

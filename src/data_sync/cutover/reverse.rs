@@ -12,9 +12,11 @@ use pgdog_protocol::Lsn;
 use tracing::info;
 
 use super::super::catalog::{self, quote_ident};
+use super::super::endpoints::Endpoints;
 use super::super::error::{DataSyncError, Result};
+use super::super::plan::Plan;
 use super::super::progress::Task;
-use super::super::{preflight, snapshot, state, Endpoints, Plan};
+use super::super::{preflight, snapshot, state};
 use super::freeze;
 use crate::config::Config;
 use crate::net::replication::SnapshotAction;

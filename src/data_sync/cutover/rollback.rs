@@ -11,10 +11,12 @@ use super::super::lifecycle::{Action, Stage};
 use super::super::progress::Phase;
 use super::super::state::{self, CutoverRecord};
 use super::super::{preflight, sequences};
+use super::cut::{earlier, enter, fail_point, reverse_options, Cut};
 use super::forward::unfreeze_source;
 use super::freezing::Side;
+use super::request::{Done, Request};
+use super::reverse;
 use super::stream::{Holder, OwnStream};
-use super::{earlier, enter, fail_point, reverse, reverse_options, Cut, Done, Request};
 
 /// What `--rollback` and `--complete` start from: the finished cutover's
 /// record, now at `stage` (rolling back or completing) so that a rerun

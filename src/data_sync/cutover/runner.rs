@@ -16,7 +16,9 @@ use super::super::endpoints::Endpoints;
 use super::super::error::Result;
 use super::super::options::{Options, Outcome};
 use super::super::progress::{Registry, Task};
-use super::{reverse, run, Done, Request};
+use super::command::run;
+use super::request::{Done, Request};
+use super::reverse;
 
 /// Shows one task's progress until its token is cancelled.
 pub type Reporter = fn(Arc<Task>, CancellationToken) -> JoinHandle<()>;
@@ -162,7 +164,7 @@ pub async fn stream_back(
             }
         })
     };
-    let result = crate::data_sync::run(config, reverse, task, shutdown).await;
+    let result = crate::data_sync::engine::run(config, reverse, task, shutdown).await;
     stop.cancel();
     let _ = advancer.await;
     result

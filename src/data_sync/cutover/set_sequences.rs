@@ -10,7 +10,7 @@ use super::super::lifecycle::Stage;
 use super::super::plan::Plan;
 use super::super::sequences;
 use super::super::state::CutoverRecord;
-use super::{enter, fail_point, Cut};
+use super::cut::{enter, fail_point, Cut};
 
 /// Leaves the record at [`Stage::Verifying`].
 pub(super) async fn run(

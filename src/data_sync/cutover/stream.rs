@@ -10,13 +10,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::super::barrier::Hold;
+use super::super::ctx::Ctx;
 use super::super::endpoints::Endpoints;
 use super::super::error::{DataSyncError, Result};
 use super::super::plan::Plan;
 use super::super::progress::Task;
 use super::super::retry::Wait;
-use super::super::{preflight, state, Ctx};
-use super::STOP_TIMEOUT;
+use super::super::{preflight, state};
+use super::cut::STOP_TIMEOUT;
 
 /// A stream of `slot` the command runs itself when no `data-sync` does,
 /// and stops when dropped.

@@ -10,8 +10,10 @@ use super::super::lifecycle::Stage;
 use super::super::plan::Plan;
 use super::super::progress::Phase;
 use super::super::state::CutoverRecord;
+use super::cut::{enter, fail_point, reverse_options, Cut, STOP_TIMEOUT};
+use super::request::Done;
+use super::reverse;
 use super::stream::{active_pids, Holder, OwnStream};
-use super::{enter, fail_point, reverse, reverse_options, Cut, Done, STOP_TIMEOUT};
 use crate::data_sync::endpoints::Endpoints;
 
 pub(super) async fn switch(cut: &Cut<'_>, plan: &Plan, mut record: CutoverRecord) -> Result<Done> {

@@ -10,7 +10,7 @@ use super::super::lifecycle::Stage;
 use super::super::progress::Phase;
 use super::super::state::CutoverRecord;
 use super::super::verify;
-use super::{enter, fail_point, Cut};
+use super::cut::{enter, fail_point, Cut};
 
 /// Leaves the record at [`Stage::Verified`] (also when skipped).
 pub(super) async fn run(

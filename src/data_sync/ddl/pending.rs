@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::super::catalog::quote_literal;
+use super::super::ctx::Ctx;
 use super::super::error::Result;
-use super::super::Ctx;
 
 /// How often each destination shard is looked at for queued statements.
 const POLL: Duration = Duration::from_secs(1);

@@ -974,7 +974,7 @@ pub async fn phases_done(endpoints: &Endpoints, slot: &str) -> Result<(bool, boo
 /// out, without changing anything.
 pub async fn command(
     config: Arc<Config>,
-    opts: &crate::data_sync::Options,
+    opts: &crate::data_sync::options::Options,
     phases: Phases,
     dry_run: bool,
     task: &Arc<Task>,
@@ -983,7 +983,7 @@ pub async fn command(
     let endpoints = Endpoints::of_move(config.clone(), opts)?;
     let slot = opts.slot_name();
     let settings = Settings::from_config(&config);
-    task.set_phase(crate::data_sync::Phase::Schema);
+    task.set_phase(crate::data_sync::progress::Phase::Schema);
     let source = read_source(&endpoints, &opts.publication, &settings).await?;
     report_left_out(task, &source);
     if dry_run {
@@ -1015,7 +1015,7 @@ pub async fn command(
         }
     }
     if phases != Phases::Pre {
-        task.set_phase(crate::data_sync::Phase::Indexing);
+        task.set_phase(crate::data_sync::progress::Phase::Indexing);
         let r = post_data(
             &endpoints,
             &source,

@@ -24,10 +24,46 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::barrier;
+use super::ctx::Ctx;
+use super::endpoints::Endpoints;
 use super::error::{DataSyncError, Result};
+use super::plan::Plan;
 use super::progress;
+use super::progress::Task;
 use super::retry::{Retrier, RetryPolicy};
-use super::Ctx;
+use tokio_util::sync::CancellationToken;
+
+/// The engine's context for a stream alone.
+impl Ctx {
+    /// What a stream of an existing move needs (no copy): for a command
+    /// that streams the move itself while no `data-sync` does. Tables
+    /// copied in chunks are decided by their chunks, as a data-sync would.
+    pub async fn for_stream(
+        endpoints: Endpoints,
+        plan: Plan,
+        task: Arc<Task>,
+        shutdown: CancellationToken,
+        findings: &super::preflight::Findings,
+    ) -> Result<Ctx> {
+        let mut ctx = Ctx {
+            endpoints,
+            plan,
+            task,
+            shutdown,
+            parallel: 1,
+            chunk_bytes: 0,
+            chunk_seconds: 2.0,
+            resume: true,
+            copy_sources: findings.copy_sources.clone(),
+            stream_start: Vec::new(),
+            drain_ended: false,
+            chunks: Default::default(),
+        };
+        let prepared = super::copy::chunked::prepare(&ctx, &findings.finished, false).await?;
+        ctx.chunks = Arc::new(prepared.books);
+        Ok(ctx)
+    }
+}
 
 /// Stream every source shard until shutdown or a permanent error.
 pub async fn run(ctx: Arc<Ctx>) -> Result<()> {

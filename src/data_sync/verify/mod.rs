@@ -37,10 +37,14 @@ use crate::net::replication::SnapshotAction;
 use super::barrier::Hold;
 use super::catalog::TableName;
 use super::copy::pool::ServerCopy;
+use super::ctx::{default_parallel, Ctx};
+use super::endpoints::Endpoints;
 use super::error::{DataSyncError, Result};
+use super::options::Options;
+use super::plan::Plan;
+use super::preflight;
 use super::progress::{Phase, Task, VerifyItem};
 use super::snapshot::{self, SharedSnapshot};
-use super::{preflight, Ctx, Endpoints, Options, Plan};
 
 pub use detail::KeyDiffs;
 use hash::{Side, Sums};
@@ -519,7 +523,7 @@ async fn compare(
     let parallel = config
         .general
         .resharding_parallel_copies
-        .unwrap_or_else(super::default_parallel);
+        .unwrap_or_else(default_parallel);
     let limits: Vec<Semaphore> = (0..n + m).map(|_| Semaphore::new(parallel)).collect();
     let results: Vec<Result<(usize, Side, hash::Read)>> = futures::stream::iter(jobs)
         .map(|job| {

@@ -16,10 +16,10 @@ use pgdog_protocol::Lsn;
 use tracing::{debug, info};
 
 use super::super::barrier::{self, Ask, Request};
+use super::super::ctx::Ctx;
 use super::super::error::{DataSyncError, Result};
 use super::super::progress;
 use super::super::state;
-use super::super::Ctx;
 use super::apply::DestApplier;
 use super::relation::RelationInfo;
 use super::spool::Spool;
