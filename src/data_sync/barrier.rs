@@ -35,6 +35,7 @@ use tracing::{debug, warn};
 
 use super::endpoints::Endpoints;
 use super::error::{DataSyncError, Result};
+use super::retry::Wait;
 use crate::net::Connection;
 
 /// A row not refreshed for this long no longer holds anything.
@@ -267,7 +268,7 @@ impl Hold {
         what: &str,
         shutdown: &CancellationToken,
     ) -> Result<Vec<Lsn>> {
-        let started = Instant::now();
+        let mut wait = Wait::new(what, Some(timeout), POLL / 2);
         let mut warned = false;
         loop {
             self.beat().await?;
@@ -296,23 +297,20 @@ impl Hold {
                     .map(|r| r.text(2).and_then(Lsn::parse).unwrap_or_default())
                     .collect());
             }
-            if started.elapsed() >= timeout {
-                return Err(DataSyncError::State(format!(
-                    "{what}: source shard(s) {} did not answer within {} s",
-                    waiting.join(", "),
-                    timeout.as_secs()
-                )));
-            }
-            if !warned && started.elapsed() >= Duration::from_secs(10) {
+            if !warned && wait.elapsed() >= Duration::from_secs(10) {
                 warn!(
                     "verify: still waiting for source shard(s) {} to be {state}",
                     waiting.join(", ")
                 );
                 warned = true;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(POLL / 2) => {}
-                _ = shutdown.cancelled() => return Err(DataSyncError::Stopped),
+            let now = format!("source shard(s) {} not {state} yet", waiting.join(", "));
+            if !wait.tick(&now, Some(shutdown)).await? {
+                return Err(DataSyncError::State(format!(
+                    "{what}: source shard(s) {} did not answer within {} s",
+                    waiting.join(", "),
+                    timeout.as_secs()
+                )));
             }
         }
     }

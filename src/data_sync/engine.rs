@@ -643,6 +643,11 @@ impl Pass<'_> {
     }
 
     async fn until_columns_exist(&self, table: &str, names: &[String]) -> Result<()> {
+        let mut wait = retry::Wait::new(
+            format!("every destination shard to have the new columns of {table}"),
+            None,
+            std::time::Duration::from_secs(1),
+        );
         loop {
             let mut all = true;
             for d in 0..self.endpoints.dest.shards.len() {
@@ -666,12 +671,14 @@ impl Pass<'_> {
                     .unwrap_or(0);
                 all &= have == names.len();
             }
-            if all {
+            // A stop ends the wait; the caller sees the shutdown.
+            if all
+                || wait
+                    .tick("a shard lacks them", Some(self.shutdown))
+                    .await
+                    .is_err()
+            {
                 return Ok(());
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                _ = self.shutdown.cancelled() => return Ok(()),
             }
         }
     }
@@ -755,14 +762,9 @@ pub async fn cleanup(endpoints: &Endpoints, slot: &str) -> Result<()> {
         let mut conn = endpoints.connect_source(s, false).await?;
         // A pgdog that just stopped may still hold the slot for a moment
         // while its WAL sender exits: give it a few seconds.
-        let mut info = preflight::slot_info(&mut conn, slot).await?;
-        for _ in 0..50 {
-            if info.as_ref().is_none_or(|i| i.active_pid.is_none()) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            info = preflight::slot_info(&mut conn, slot).await?;
-        }
+        let info =
+            preflight::slot_when_released(&mut conn, slot, std::time::Duration::from_secs(10))
+                .await?;
         match info {
             None => info!(source_shard = s, slot, "no replication slot to drop"),
             Some(info) if info.active_pid.is_some() => {

@@ -740,6 +740,31 @@ pub async fn slot_info(conn: &mut Connection, slot: &str) -> Result<Option<SlotI
     }))
 }
 
+/// `slot` on one server once no process streams it, waiting up to
+/// `timeout` for a WAL sender that is ending to let go (a pgdog that just
+/// stopped, a stream told to end). `None`: no such slot. A slot still in
+/// use after the wait comes back with its `active_pid`.
+pub async fn slot_when_released(
+    conn: &mut Connection,
+    slot: &str,
+    timeout: std::time::Duration,
+) -> Result<Option<SlotInfo>> {
+    let mut wait = super::retry::Wait::new(
+        format!("replication slot \"{slot}\" to be let go"),
+        Some(timeout),
+        std::time::Duration::from_millis(200),
+    );
+    loop {
+        let info = slot_info(conn, slot).await?;
+        let Some(pid) = info.as_ref().and_then(|i| i.active_pid) else {
+            return Ok(info);
+        };
+        if !wait.tick(&format!("process {pid} uses it"), None).await? {
+            return Ok(info);
+        }
+    }
+}
+
 /// Read every destination shard's tables again into `plan` (after schema
 /// sync built indexes and constraints the streaming side looks at).
 pub async fn refresh_dest_tables(

@@ -10,7 +10,7 @@
 //! would be in neither), and `hot_standby_feedback` must be on (else the
 //! primary may vacuum rows the copy still reads).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgdog_protocol::Lsn;
 use tracing::{info, warn};
@@ -20,6 +20,7 @@ use crate::net::Connection;
 
 use super::endpoints::Endpoints;
 use super::error::{DataSyncError, Result};
+use super::retry::Wait;
 
 /// The servers table copies of one source shard read from: qualifying
 /// replicas, or the primary alone.
@@ -154,19 +155,26 @@ pub async fn query_lsn(conn: &mut Connection, sql: &str) -> Result<Lsn> {
 
 /// Wait until `replica` has replayed the primary's WAL up to `lsn`.
 pub async fn wait_replayed(replica: &mut Connection, lsn: Lsn, source_shard: usize) -> Result<()> {
-    let started = Instant::now();
+    let mut wait = Wait::new(
+        format!(
+            "replica {} of source shard {source_shard} to replay up to {lsn}",
+            replica.addr()
+        ),
+        Some(Duration::from_secs(600)),
+        Duration::from_millis(50),
+    )
+    .log_every(Duration::from_secs(30));
     loop {
         let at = query_lsn(replica, "SELECT pg_last_wal_replay_lsn()::text").await?;
         if at >= lsn {
             return Ok(());
         }
-        if started.elapsed() > Duration::from_secs(600) {
+        if !wait.tick(&format!("replayed up to {at}"), None).await? {
             return Err(DataSyncError::State(format!(
                 "replica {} of source shard {source_shard} replayed only up to {at} after 10 minutes, and copies need {lsn}: is it streaming from the primary?",
                 replica.addr()
             )));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

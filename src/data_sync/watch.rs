@@ -228,8 +228,12 @@ async fn caught_up(endpoints: &Endpoints, task: &Task, s: usize, stop: &Cancella
             .and_then(pgdog_protocol::Lsn::parse)
     };
     let Some(target) = target.await else { return };
-    let deadline = tokio::time::Instant::now() + CATCH_UP;
-    while tokio::time::Instant::now() < deadline && !stop.is_cancelled() {
+    let mut wait = super::retry::Wait::new(
+        format!("the stream of source shard {s} to reach {target}"),
+        Some(CATCH_UP),
+        Duration::from_millis(100),
+    );
+    loop {
         let confirmed = task
             .streams()
             .iter()
@@ -241,7 +245,10 @@ async fn caught_up(endpoints: &Endpoints, task: &Task, s: usize, stop: &Cancella
         if confirmed.is_none_or(|c| c >= target.0) {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A stop or the deadline: plan with what the stream has.
+        if !matches!(wait.tick("behind", Some(stop)).await, Ok(true)) {
+            return;
+        }
     }
 }
 

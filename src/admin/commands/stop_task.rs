@@ -1,7 +1,9 @@
 //! `STOP_TASK <id>`: stop one task cleanly (its replication slot is kept,
 //! so the same move can resume), and wait a moment to report how it ended.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::data_sync::retry::Wait;
 
 use super::{is_running, AdminCommand, Context, Usage};
 use crate::admin::error::{sqlstate, CommandError};
@@ -69,9 +71,16 @@ impl AdminCommand for StopTask {
             .hint("SHOW TASKS shows how it ended"));
         }
         task.stop.cancel();
-        let deadline = Instant::now() + WAIT;
-        while is_running(task.phase()) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut wait = Wait::new(
+            format!("task {} to stop", self.id),
+            Some(WAIT),
+            Duration::from_millis(20),
+        );
+        while is_running(task.phase()) {
+            // Past the deadline the reply says "stopping".
+            if !matches!(wait.tick(task.phase().as_str(), None).await, Ok(true)) {
+                break;
+            }
         }
         let phase = task.phase();
         let mut reply = Reply::new("STOP_TASK", &["task_id", "phase", "slot"]);

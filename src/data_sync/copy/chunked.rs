@@ -24,6 +24,7 @@ use super::super::catalog::TableName;
 use super::super::ctx::Ctx;
 use super::super::error::{DataSyncError, Result};
 use super::super::progress::{CopyState, TableCopy};
+use super::super::retry::Wait;
 use super::super::retry::{Retrier, RetryPolicy};
 use super::super::state::{self, StoredChunk};
 use super::book::{Chunk, Range, Snapshot, TableBook};
@@ -744,7 +745,11 @@ impl Worker {
     /// transaction the stream may have skipped still runs is let go and
     /// taken again.
     async fn snapshot(&mut self, ctx: &Ctx, job: &Job) -> Result<(Snapshot, Lsn)> {
-        let started = Instant::now();
+        let mut wait = Wait::new(
+            "the chunk's snapshot to see every committed transaction",
+            None,
+            Duration::from_millis(5),
+        );
         let mut warned = false;
         loop {
             // A standby must first replay what the stream may have seen.
@@ -791,17 +796,18 @@ impl Worker {
                 return Ok((snapshot, lsn));
             }
             self.source.execute("ROLLBACK").await?;
-            if !warned && started.elapsed() > Duration::from_secs(10) {
+            if !warned && wait.elapsed() > Duration::from_secs(10) {
                 warned = true;
                 warn!(
                     table = %ctx.plan.tables[job.book.table].table.name,
                     "a chunk has waited 10 s for committed transactions to become visible on the source (a synchronous standby that does not answer?)"
                 );
             }
-            if ctx.shutdown.is_cancelled() {
-                return Err(DataSyncError::Stopped);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            wait.tick(
+                "transactions committed but not visible yet",
+                Some(&ctx.shutdown),
+            )
+            .await?;
         }
     }
 }

@@ -13,6 +13,7 @@ use super::super::catalog::{quote_ident, quote_literal, text_array};
 use super::super::ctx::Ctx;
 use super::super::error::{DataSyncError, Result};
 use super::super::plan::TablePlan;
+use super::super::retry::Wait;
 use crate::net::Connection;
 
 /// The published, non-generated columns of `t` as the open transaction's
@@ -111,6 +112,11 @@ pub async fn wait_for_destinations(
     ctx.task.set_waiting(Some(message));
     let names = text_array(columns.iter().map(|(c, _)| c.clone()));
     let types = text_array(columns.iter().map(|(_, ty)| ty.clone()));
+    let mut wait = Wait::new(
+        format!("every destination shard to have the columns of {table}"),
+        None,
+        Duration::from_secs(1),
+    );
     let result = loop {
         let mut all = true;
         for d in 0..ctx.plan.dest_shards() {
@@ -136,9 +142,8 @@ pub async fn wait_for_destinations(
                 what: format!("the destination shards have the columns of {table}"),
             });
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = ctx.shutdown.cancelled() => break Err(DataSyncError::Stopped),
+        if let Err(stopped) = wait.tick("a shard lacks them", Some(&ctx.shutdown)).await {
+            break Err(stopped);
         }
     };
     ctx.task.set_waiting(None);

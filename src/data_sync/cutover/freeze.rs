@@ -32,6 +32,7 @@ use tracing::{info, warn};
 
 use super::super::catalog::{quote_literal, TableName};
 use super::super::error::{DataSyncError, Result};
+use super::super::retry::Wait;
 use crate::net::Connection;
 
 /// The trigger's name on every frozen relation.
@@ -128,6 +129,11 @@ pub async fn freeze(
         ));
     }
     sql.push_str("COMMIT;");
+    let mut wait = Wait::new(
+        format!("the locks of the published tables on {what}"),
+        Some(deadline.saturating_duration_since(Instant::now())),
+        Duration::from_millis(200),
+    );
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -148,17 +154,13 @@ pub async fn freeze(
                 if !lock {
                     return Err(e.into());
                 }
-                if Instant::now() >= deadline {
-                    return Err(DataSyncError::State(format!(
-                        "freezing the published tables on {what}: their locks were not free within the timeout (last: {e})"
-                    )));
-                }
                 if attempt == 1 || attempt % 5 == 0 {
                     warn!("freezing on {what}: a table is locked by a running transaction, trying again ({e})");
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    _ = shutdown.cancelled() => return Err(DataSyncError::Stopped),
+                if !wait.tick(&e.to_string(), Some(shutdown)).await? {
+                    return Err(DataSyncError::State(format!(
+                        "freezing the published tables on {what}: their locks were not free within the timeout (last: {e})"
+                    )));
                 }
             }
         }

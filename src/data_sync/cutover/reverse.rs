@@ -16,6 +16,7 @@ use super::super::endpoints::Endpoints;
 use super::super::error::{DataSyncError, Result};
 use super::super::plan::Plan;
 use super::super::progress::Task;
+use super::super::retry::Wait;
 use super::super::{preflight, snapshot, state};
 use super::freeze;
 use crate::config::Config;
@@ -144,14 +145,9 @@ pub async fn slots_exist(reverse: &Endpoints, slot: &str) -> Result<bool> {
 pub async fn drop_reverse(reverse: &Endpoints, publication: &str, slot: &str) -> Result<()> {
     for d in 0..reverse.source.shards.len() {
         let mut conn = reverse.connect_source(d, false).await?;
-        let mut info = preflight::slot_info(&mut conn, slot).await?;
-        for _ in 0..50 {
-            if info.as_ref().is_none_or(|i| i.active_pid.is_none()) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            info = preflight::slot_info(&mut conn, slot).await?;
-        }
+        let info =
+            preflight::slot_when_released(&mut conn, slot, std::time::Duration::from_secs(10))
+                .await?;
         if let Some(i) = info {
             if let Some(pid) = i.active_pid {
                 return Err(DataSyncError::State(format!(
@@ -192,18 +188,25 @@ pub async fn advance_forward(forward: &Endpoints, slot: &str) -> Result<()> {
             .and_then(Lsn::parse)
             .unwrap_or_default()
             .to_string();
-        // A slot advances only as far as WAL is flushed: wait for it.
-        for _ in 0..100 {
+        // A slot advances only as far as WAL is flushed: wait for it (5 s
+        // at most; the advance then goes as far as the flush).
+        let mut wait = Wait::new(
+            format!("source shard {s} to flush its WAL up to {target}"),
+            Some(std::time::Duration::from_secs(5)),
+            std::time::Duration::from_millis(50),
+        );
+        loop {
             let rows = conn
                 .query_text(
                     "SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn",
                     &[&target],
                 )
                 .await?;
-            if rows.first().and_then(|r| r.text(0)) == Some("t") {
+            if rows.first().and_then(|r| r.text(0)) == Some("t")
+                || !wait.tick("not flushed yet", None).await?
+            {
                 break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         conn.query_text(
             "SELECT pg_replication_slot_advance(slot_name, $2::pg_lsn) FROM pg_replication_slots
