@@ -50,7 +50,7 @@ pub fn copy_line(c: &TableCopy) -> String {
         c.schema,
         c.table,
         c.source_shard,
-        c.source_hosts.lock().unwrap_or_else(|e| e.into_inner()),
+        c.source_hosts.lock(),
         rows,
         human_bytes(bytes),
         human_bytes(bytes / elapsed)

@@ -210,7 +210,7 @@ async fn destination_restart_mid_stream() {
         .await
         .unwrap();
     assert!(!run.handle.is_finished(), "the move survived the restarts");
-    let errors = run.task.errors.lock().unwrap().clone();
+    let errors = run.task.errors();
     assert!(
         !errors.is_empty(),
         "the interruptions were seen and retried"

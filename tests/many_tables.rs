@@ -134,7 +134,7 @@ async fn two_thousand_tables_one_snapshot() {
     assert_eq!(outcome, Outcome::Copied);
     assert_eq!(run.task.waiting(), None);
     // One snapshot for all the tables, let go once they were copied.
-    let snapshots = run.task.snapshots.lock().unwrap().len();
+    let snapshots = run.task.snapshots().len();
     assert_eq!(snapshots, 1, "one snapshot per source server");
     assert!(
         run.task.held_snapshots().is_empty(),

@@ -139,7 +139,7 @@ async fn move_from_replicas(install: PgInstall, expect_replicas: bool) {
         .task
         .copies()
         .iter()
-        .map(|c| c.source_hosts.lock().unwrap().clone())
+        .map(|c| c.source_hosts.get())
         .collect();
     let standby_hosts: HashSet<String> = standbys
         .iter()
@@ -151,9 +151,7 @@ async fn move_from_replicas(install: PgInstall, expect_replicas: bool) {
     // permanent slot's export). Only servers the copies read hold one.
     let snapshot_servers: Vec<String> = run
         .task
-        .snapshots
-        .lock()
-        .unwrap()
+        .snapshots()
         .iter()
         .map(|h| h.server.clone())
         .collect();

@@ -210,11 +210,7 @@ fn collect(gauges: &Gauges) -> Vec<Family> {
             );
         }
         elapsed.add(vec![("task", id.clone())], task.elapsed().as_secs_f64());
-        let counted = task
-            .errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let counted = task.errors();
         for (kind, n) in counted {
             errors.add(
                 vec![("task", id.clone()), ("kind", kind.to_string())],
@@ -417,7 +413,7 @@ mod tests {
         );
         copy.rows.store(5, std::sync::atomic::Ordering::Relaxed);
         copy.bytes.store(50, std::sync::atomic::Ordering::Relaxed);
-        task.copies.lock().unwrap().push(Arc::new(copy));
+        task.add_copy(copy);
         let stream = Stream {
             source_shard: 1,
             ..Default::default()
@@ -425,7 +421,7 @@ mod tests {
         stream.current_wal.store(300, Ordering::Relaxed);
         stream.confirmed_flush.store(100, Ordering::Relaxed);
         stream.changes.store(42, Ordering::Relaxed);
-        task.streams.lock().unwrap().push(Arc::new(stream));
+        task.add_stream(Arc::new(stream));
         Gauges {
             registry,
             sessions: Arc::new(Semaphore::new(2)),

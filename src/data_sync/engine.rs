@@ -27,10 +27,10 @@ pub async fn run(
     task: Arc<Task>,
     shutdown: CancellationToken,
 ) -> Result<Outcome> {
-    *task.options.lock().unwrap_or_else(|e| e.into_inner()) = Some(opts.clone());
+    task.set_options(opts.clone());
     let result = run_inner(config, &opts, &task, shutdown).await;
     task.end(result.as_ref().map(|o| *o == Outcome::Stopped));
-    let cut_over = task.cut_over.load(std::sync::atomic::Ordering::Relaxed);
+    let cut_over = task.is_cut_over();
     match result {
         Ok(Outcome::Stopped) | Err(DataSyncError::Stopped) if cut_over => Ok(Outcome::CutOver),
         Err(DataSyncError::Stopped) => Ok(Outcome::Stopped),
@@ -51,7 +51,7 @@ async fn run_inner(
             "use lower-case letters, digits and underscores, at most 63 characters",
         ));
     }
-    *task.slot.lock().unwrap_or_else(|e| e.into_inner()) = slot.clone();
+    task.set_slot(slot.clone());
     let endpoints = Endpoints::of_move(config.clone(), opts)?;
     if opts.mode == Mode::Cleanup {
         cleanup(&endpoints, &slot).await?;

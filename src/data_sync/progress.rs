@@ -4,11 +4,37 @@
 //! are atomics so the hot path never takes a lock.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 use pgdog_protocol::Lsn;
 use tokio_util::sync::CancellationToken;
+
+/// A value read by the console and the reporter while the task writes it.
+/// A holder that panics cannot poison it for them: the value is read as
+/// the panic left it.
+#[derive(Debug, Default)]
+pub struct Shared<T>(Mutex<T>);
+
+impl<T> Shared<T> {
+    pub fn new(value: T) -> Shared<T> {
+        Shared(Mutex::new(value))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set(&self, value: T) {
+        *self.lock() = value;
+    }
+}
+
+impl<T: Clone> Shared<T> {
+    pub fn get(&self) -> T {
+        self.lock().clone()
+    }
+}
 
 /// Where a task stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,24 +103,24 @@ pub struct TableCopy {
     pub table: String,
     pub source_shard: usize,
     /// Servers the copy reads from (primary or replicas), for display.
-    pub source_hosts: Mutex<String>,
+    pub source_hosts: Shared<String>,
     /// `pg_class` estimates taken at planning time (-1: unknown).
     pub estimated_rows: i64,
     pub estimated_bytes: u64,
     /// Rows and bytes read from the source so far.
     pub rows: AtomicU64,
     pub bytes: AtomicU64,
-    pub state: Mutex<CopyState>,
+    pub state: Shared<CopyState>,
     /// Set when the copy starts and when it ends.
-    pub started: Mutex<Option<Instant>>,
-    pub finished: Mutex<Option<Instant>>,
+    pub started: Shared<Option<Instant>>,
+    pub finished: Shared<Option<Instant>>,
     /// How it is copied: `chunks by (id)`, or `one snapshot: <why>`.
-    pub method: Mutex<String>,
+    pub method: Shared<String>,
     /// Chunks written to every destination shard, in this run.
     pub chunks: AtomicU64,
     /// The key the copy has reached (the end of the last chunk written),
     /// per key range being worked on, as its columns' text.
-    pub cursor: Mutex<Option<String>>,
+    pub cursor: Shared<Option<String>>,
 }
 
 impl TableCopy {
@@ -111,62 +137,54 @@ impl TableCopy {
             schema: name.schema.clone(),
             table: name.name.clone(),
             source_shard,
-            source_hosts: Mutex::new(hosts),
+            source_hosts: Shared::new(hosts),
             estimated_rows,
             estimated_bytes,
             rows: Default::default(),
             bytes: Default::default(),
-            state: Mutex::new(CopyState::Pending),
+            state: Shared::new(CopyState::Pending),
             started: Default::default(),
             finished: Default::default(),
-            method: Mutex::new(String::new()),
+            method: Shared::new(String::new()),
             chunks: Default::default(),
-            cursor: Mutex::new(None),
+            cursor: Shared::new(None),
         }
     }
 
     pub fn method(&self) -> String {
-        self.method
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.method.lock().clone()
     }
 
     pub fn set_method(&self, method: impl Into<String>) {
-        *self.method.lock().unwrap_or_else(|e| e.into_inner()) = method.into();
+        *self.method.lock() = method.into();
     }
 
     pub fn cursor(&self) -> Option<String> {
-        self.cursor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.cursor.lock().clone()
     }
 
     pub fn set_cursor(&self, cursor: String) {
-        *self.cursor.lock().unwrap_or_else(|e| e.into_inner()) = Some(cursor);
+        *self.cursor.lock() = Some(cursor);
     }
 
     pub fn state(&self) -> CopyState {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+        *self.state.lock()
     }
 
     pub fn set_state(&self, state: CopyState) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        *self.state.lock() = state;
         let now = Some(Instant::now());
         match state {
-            CopyState::Copying => *self.started.lock().unwrap_or_else(|e| e.into_inner()) = now,
-            CopyState::Done | CopyState::Failed => {
-                *self.finished.lock().unwrap_or_else(|e| e.into_inner()) = now
-            }
+            CopyState::Copying => *self.started.lock() = now,
+            CopyState::Done | CopyState::Failed => *self.finished.lock() = now,
             _ => {}
         }
     }
 
     /// Seconds spent copying (so far, or in all).
     pub fn elapsed(&self) -> f64 {
-        let started = *self.started.lock().unwrap_or_else(|e| e.into_inner());
-        let finished = *self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        let started = *self.started.lock();
+        let finished = *self.finished.lock();
         match (started, finished) {
             (Some(s), Some(f)) => f.duration_since(s).as_secs_f64(),
             (Some(s), None) => s.elapsed().as_secs_f64(),
@@ -244,13 +262,13 @@ pub struct SchemaItem {
     pub object: String,
     /// Size of the table it reads (for the ETA), bytes.
     pub table_bytes: u64,
-    pub state: Mutex<SchemaState>,
+    pub state: Shared<SchemaState>,
     /// Why it failed or is not valid.
-    pub message: Mutex<Option<String>>,
+    pub message: Shared<Option<String>>,
     /// Percent done, from pg_stat_progress_create_index (× 10).
     pub permille: AtomicU64,
-    pub started: Mutex<Option<Instant>>,
-    pub finished: Mutex<Option<Instant>>,
+    pub started: Shared<Option<Instant>>,
+    pub finished: Shared<Option<Instant>>,
 }
 
 impl SchemaItem {
@@ -260,11 +278,11 @@ impl SchemaItem {
             step,
             object,
             table_bytes,
-            state: Mutex::new(SchemaState::Pending),
-            message: Mutex::new(None),
+            state: Shared::new(SchemaState::Pending),
+            message: Shared::new(None),
             permille: AtomicU64::new(0),
-            started: Mutex::new(None),
-            finished: Mutex::new(None),
+            started: Shared::new(None),
+            finished: Shared::new(None),
         }
     }
 
@@ -275,40 +293,37 @@ impl SchemaItem {
             step: "left out",
             ..SchemaItem::new(0, "left out", object, 0)
         };
-        *item.state.lock().unwrap_or_else(|e| e.into_inner()) = SchemaState::LeftOut;
+        *item.state.lock() = SchemaState::LeftOut;
         item.set_message(reason);
         item
     }
 
     pub fn state(&self) -> SchemaState {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+        *self.state.lock()
     }
 
     pub fn set_state(&self, state: SchemaState) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        *self.state.lock() = state;
         let now = Some(Instant::now());
         match state {
-            SchemaState::Running => *self.started.lock().unwrap_or_else(|e| e.into_inner()) = now,
+            SchemaState::Running => *self.started.lock() = now,
             SchemaState::Pending => {}
-            _ => *self.finished.lock().unwrap_or_else(|e| e.into_inner()) = now,
+            _ => *self.finished.lock() = now,
         }
     }
 
     pub fn set_message(&self, message: impl Into<String>) {
-        *self.message.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.into());
+        *self.message.lock() = Some(message.into());
     }
 
     pub fn message(&self) -> Option<String> {
-        self.message
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.message.lock().clone()
     }
 
     /// Seconds spent (so far, or in all); `None` before it starts.
     pub fn elapsed(&self) -> Option<f64> {
-        let started = (*self.started.lock().unwrap_or_else(|e| e.into_inner()))?;
-        let finished = *self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        let started = (*self.started.lock())?;
+        let finished = *self.finished.lock();
         Some(match finished {
             Some(f) => f.duration_since(started).as_secs_f64(),
             None => started.elapsed().as_secs_f64(),
@@ -397,19 +412,16 @@ pub struct SnapshotHold {
     pub lsn: Lsn,
     pub since: Instant,
     /// Set when the snapshot is let go.
-    pub released: Mutex<Option<Instant>>,
+    pub released: Shared<Option<Instant>>,
 }
 
 impl SnapshotHold {
     pub fn is_held(&self) -> bool {
-        self.released
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
+        self.released.lock().is_none()
     }
 
     pub fn release(&self) {
-        let mut r = self.released.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self.released.lock();
         if r.is_none() {
             *r = Some(Instant::now());
         }
@@ -429,11 +441,11 @@ pub struct VerifyItem {
     pub rows: AtomicU64,
     pub bytes: AtomicU64,
     /// `waiting`, `reading`, `read`, `failed`.
-    pub state: Mutex<&'static str>,
+    pub state: Shared<&'static str>,
     /// Destination shards: `equal` or what differs, once compared.
-    pub result: Mutex<Option<String>>,
-    pub started: Mutex<Option<Instant>>,
-    pub finished: Mutex<Option<Instant>>,
+    pub result: Shared<Option<String>>,
+    pub started: Shared<Option<Instant>>,
+    pub finished: Shared<Option<Instant>>,
 }
 
 impl VerifyItem {
@@ -451,43 +463,39 @@ impl VerifyItem {
             estimated_bytes,
             rows: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
-            state: Mutex::new("waiting"),
-            result: Mutex::new(None),
-            started: Mutex::new(None),
-            finished: Mutex::new(None),
+            state: Shared::new("waiting"),
+            result: Shared::new(None),
+            started: Shared::new(None),
+            finished: Shared::new(None),
         }
     }
 
     pub fn state(&self) -> &'static str {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+        *self.state.lock()
     }
 
     pub fn set_state(&self, state: &'static str) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        *self.state.lock() = state;
         let now = Some(Instant::now());
         match state {
-            "reading" => *self.started.lock().unwrap_or_else(|e| e.into_inner()) = now,
-            "read" | "failed" => *self.finished.lock().unwrap_or_else(|e| e.into_inner()) = now,
+            "reading" => *self.started.lock() = now,
+            "read" | "failed" => *self.finished.lock() = now,
             _ => {}
         }
     }
 
     pub fn result(&self) -> Option<String> {
-        self.result
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.result.lock().clone()
     }
 
     pub fn set_result(&self, result: String) {
-        *self.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+        *self.result.lock() = Some(result);
     }
 
     /// Seconds spent reading so far (or in all).
     pub fn elapsed(&self) -> Option<f64> {
-        let started = (*self.started.lock().unwrap_or_else(|e| e.into_inner()))?;
-        let end =
-            (*self.finished.lock().unwrap_or_else(|e| e.into_inner())).unwrap_or_else(Instant::now);
+        let started = (*self.started.lock())?;
+        let end = (*self.finished.lock()).unwrap_or_else(Instant::now);
         Some(end.duration_since(started).as_secs_f64())
     }
 
@@ -510,43 +518,43 @@ pub struct Task {
     pub source: String,
     pub dest: String,
     pub publication: String,
-    pub slot: Mutex<String>,
-    pub phase: Mutex<Phase>,
+    slot: Shared<String>,
+    phase: Shared<Phase>,
     pub started: SystemTime,
     pub started_at: Instant,
-    pub error: Mutex<Option<String>>,
-    pub copies: Mutex<Vec<Arc<TableCopy>>>,
-    pub streams: Mutex<Vec<Arc<Stream>>>,
+    error: Shared<Option<String>>,
+    copies: Shared<Vec<Arc<TableCopy>>>,
+    streams: Shared<Vec<Arc<Stream>>>,
     /// Errors by kind, for metrics.
-    pub errors: Mutex<Vec<(&'static str, u64)>>,
+    errors: Shared<Vec<(&'static str, u64)>>,
     /// Stops this task alone (the admin console's STOP_TASK cancels it):
     /// whoever runs the task passes it, or a token it cancels, to
     /// `data_sync::run`.
     pub stop: CancellationToken,
     /// When the task reached stopped, failed or done, so its elapsed time
     /// stops growing.
-    pub ended: Mutex<Option<Instant>>,
+    ended: Shared<Option<Instant>>,
     /// What the task is waiting for, when something outside pgdog holds it
     /// up (a transaction the slot creation must see end).
-    pub waiting: Mutex<Option<String>>,
+    waiting: Shared<Option<String>>,
     /// Snapshots taken for the copy, held or let go.
-    pub snapshots: Mutex<Vec<Arc<SnapshotHold>>>,
+    snapshots: Shared<Vec<Arc<SnapshotHold>>>,
     /// Schema sync: pre-data per shard, then each index, constraint and
     /// foreign key built after the copy.
-    pub schema: Mutex<Vec<Arc<SchemaItem>>>,
+    schema: Shared<Vec<Arc<SchemaItem>>>,
     /// `pgdog verify`: each table read on each server.
-    pub verify: Mutex<Vec<Arc<VerifyItem>>>,
+    verify: Shared<Vec<Arc<VerifyItem>>>,
     /// The move's command line, for a VERIFY of it from the console.
-    pub options: Mutex<Option<super::options::Options>>,
+    options: Shared<Option<super::options::Options>>,
     /// A cutover ended this move's stream (it does not resume).
-    pub cut_over: std::sync::atomic::AtomicBool,
+    cut_over: std::sync::atomic::AtomicBool,
     /// `pgdog cutover`: the step it is at, for SHOW TASKS.
-    pub step: Mutex<Option<String>>,
+    step: Shared<Option<String>>,
     /// How each table is routed, once preflight planned the move.
-    routing: Mutex<Vec<super::plan::TableRouting>>,
+    routing: Shared<Vec<super::plan::TableRouting>>,
     /// What the operator should know while the task runs (a table that
     /// left the publication), for SHOW TASKS.
-    notes: Mutex<Vec<String>>,
+    notes: Shared<Vec<String>>,
 }
 
 impl Task {
@@ -556,113 +564,89 @@ impl Task {
             source: source.to_string(),
             dest: dest.to_string(),
             publication: publication.to_string(),
-            slot: Mutex::new(String::new()),
-            phase: Mutex::new(Phase::Preflight),
+            slot: Shared::new(String::new()),
+            phase: Shared::new(Phase::Preflight),
             started: SystemTime::now(),
             started_at: Instant::now(),
-            error: Mutex::new(None),
-            copies: Mutex::new(Vec::new()),
-            streams: Mutex::new(Vec::new()),
-            errors: Mutex::new(Vec::new()),
+            error: Shared::new(None),
+            copies: Shared::new(Vec::new()),
+            streams: Shared::new(Vec::new()),
+            errors: Shared::new(Vec::new()),
             stop: CancellationToken::new(),
-            ended: Mutex::new(None),
-            waiting: Mutex::new(None),
-            snapshots: Mutex::new(Vec::new()),
-            schema: Mutex::new(Vec::new()),
-            verify: Mutex::new(Vec::new()),
-            options: Mutex::new(None),
+            ended: Shared::new(None),
+            waiting: Shared::new(None),
+            snapshots: Shared::new(Vec::new()),
+            schema: Shared::new(Vec::new()),
+            verify: Shared::new(Vec::new()),
+            options: Shared::new(None),
             cut_over: Default::default(),
-            step: Mutex::new(None),
-            routing: Mutex::new(Vec::new()),
-            notes: Mutex::new(Vec::new()),
+            step: Shared::new(None),
+            routing: Shared::new(Vec::new()),
+            notes: Shared::new(Vec::new()),
         }
     }
 
     /// Show a table copy among the task's.
     pub fn add_copy(&self, copy: TableCopy) -> Arc<TableCopy> {
         let copy = Arc::new(copy);
-        self.copies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(copy.clone());
+        self.copies.lock().push(copy.clone());
         copy
     }
 
     /// What the operator should know, oldest first.
     pub fn notes(&self) -> Vec<String> {
-        self.notes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.notes.lock().clone()
     }
 
     pub fn add_note(&self, note: String) {
-        self.notes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(note);
+        self.notes.lock().push(note);
     }
 
     /// How each table of the move is routed (empty before preflight).
     pub fn routing(&self) -> Vec<super::plan::TableRouting> {
-        self.routing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.routing.lock().clone()
     }
 
     pub fn set_routing(&self, routing: Vec<super::plan::TableRouting>) {
-        *self.routing.lock().unwrap_or_else(|e| e.into_inner()) = routing;
+        *self.routing.lock() = routing;
     }
 
     pub fn verify_items(&self) -> Vec<Arc<VerifyItem>> {
-        self.verify
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.verify.lock().clone()
     }
 
     pub fn add_verify_item(&self, item: VerifyItem) -> Arc<VerifyItem> {
         let item = Arc::new(item);
-        self.verify
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(item.clone());
+        self.verify.lock().push(item.clone());
         item
     }
 
     pub fn schema_items(&self) -> Vec<Arc<SchemaItem>> {
-        self.schema
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.schema.lock().clone()
     }
 
     pub fn add_schema_item(&self, item: SchemaItem) -> Arc<SchemaItem> {
         let item = Arc::new(item);
-        self.schema
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(item.clone());
+        self.schema.lock().push(item.clone());
         item
     }
 
     /// What the task waits for right now, if anything.
     /// The cutover step, if this task is a cutover.
     pub fn step(&self) -> Option<String> {
-        self.step.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.step.lock().clone()
     }
 
     pub fn set_step(&self, step: impl Into<String>) {
-        *self.step.lock().unwrap_or_else(|e| e.into_inner()) = Some(step.into());
+        *self.step.lock() = Some(step.into());
     }
 
     pub fn waiting(&self) -> Option<String> {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.waiting.lock().clone()
     }
 
     pub fn set_waiting(&self, what: Option<String>) {
-        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = what;
+        *self.waiting.lock() = what;
     }
 
     /// The snapshots still held, oldest first.
@@ -670,7 +654,6 @@ impl Task {
         let mut held: Vec<Arc<SnapshotHold>> = self
             .snapshots
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|h| h.is_held())
             .cloned()
@@ -680,13 +663,13 @@ impl Task {
     }
 
     pub fn phase(&self) -> Phase {
-        *self.phase.lock().unwrap_or_else(|e| e.into_inner())
+        *self.phase.lock()
     }
 
     pub fn set_phase(&self, phase: Phase) {
-        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+        *self.phase.lock() = phase;
         let ended = matches!(phase, Phase::Stopped | Phase::Failed | Phase::Done);
-        *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = ended.then(Instant::now);
+        *self.ended.lock() = ended.then(Instant::now);
     }
 
     /// Record how a run ended: `Ok(stopped)`, or the error it failed with
@@ -704,19 +687,19 @@ impl Task {
 
     /// How long the task ran, or has been running.
     pub fn elapsed(&self) -> std::time::Duration {
-        match *self.ended.lock().unwrap_or_else(|e| e.into_inner()) {
+        match *self.ended.lock() {
             Some(end) => end.duration_since(self.started_at),
             None => self.started_at.elapsed(),
         }
     }
 
     pub fn set_error(&self, error: &super::error::DataSyncError) {
-        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+        *self.error.lock() = Some(error.to_string());
         self.count_error(error.kind());
     }
 
     pub fn count_error(&self, kind: &'static str) {
-        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        let mut errors = self.errors.lock();
         match errors.iter_mut().find(|(k, _)| *k == kind) {
             Some((_, n)) => *n += 1,
             None => errors.push((kind, 1)),
@@ -724,32 +707,110 @@ impl Task {
     }
 
     pub fn slot(&self) -> String {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.slot.lock().clone()
     }
 
     pub fn copies(&self) -> Vec<Arc<TableCopy>> {
-        self.copies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.copies.lock().clone()
     }
 
     pub fn streams(&self) -> Vec<Arc<Stream>> {
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.streams.lock().clone()
     }
 
     pub fn error(&self) -> Option<String> {
-        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.error.lock().clone()
     }
+
+    /// Name the slot the task's move uses, once known.
+    pub fn set_slot(&self, slot: String) {
+        self.slot.set(slot);
+    }
+
+    /// The move's command line, for a VERIFY or CUTOVER of it from the
+    /// console.
+    pub fn options(&self) -> Option<super::options::Options> {
+        self.options.get()
+    }
+
+    pub fn set_options(&self, opts: super::options::Options) {
+        self.options.set(Some(opts));
+    }
+
+    /// A new streaming phase: the streams of an earlier one are let go.
+    pub fn clear_streams(&self) {
+        self.streams.lock().clear();
+    }
+
+    /// Show a source shard's stream among the task's.
+    pub fn add_stream(&self, stream: Arc<Stream>) {
+        self.streams.lock().push(stream);
+    }
+
+    /// Show a snapshot taken for the copy.
+    pub fn add_snapshot(&self, hold: Arc<SnapshotHold>) {
+        self.snapshots.lock().push(hold);
+    }
+
+    /// Every snapshot taken, held or let go.
+    pub fn snapshots(&self) -> Vec<Arc<SnapshotHold>> {
+        self.snapshots.get()
+    }
+
+    /// A cutover ended this move's stream: it does not resume.
+    pub fn mark_cut_over(&self) {
+        self.cut_over.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cut_over(&self) -> bool {
+        self.cut_over.load(Ordering::Relaxed)
+    }
+
+    /// Errors by kind, in the order first met.
+    pub fn errors(&self) -> Vec<(&'static str, u64)> {
+        self.errors.get()
+    }
+
+    /// What a reader shows of the task, read once.
+    pub fn view(&self) -> TaskView {
+        TaskView {
+            id: self.id,
+            source: self.source.clone(),
+            dest: self.dest.clone(),
+            publication: self.publication.clone(),
+            slot: self.slot(),
+            phase: self.phase(),
+            started: self.started,
+            elapsed: self.elapsed(),
+            step: self.step(),
+            waiting: self.waiting(),
+            error: self.error(),
+            notes: self.notes(),
+        }
+    }
+}
+
+/// One reading of a task's state, for SHOW TASKS and the reporters.
+#[derive(Debug, Clone)]
+pub struct TaskView {
+    pub id: u64,
+    pub source: String,
+    pub dest: String,
+    pub publication: String,
+    pub slot: String,
+    pub phase: Phase,
+    pub started: SystemTime,
+    pub elapsed: std::time::Duration,
+    pub step: Option<String>,
+    pub waiting: Option<String>,
+    pub error: Option<String>,
+    pub notes: Vec<String>,
 }
 
 /// All tasks of this process, for the admin console and metrics.
 #[derive(Debug, Default)]
 pub struct Registry {
-    tasks: Mutex<Vec<Arc<Task>>>,
+    tasks: Shared<Vec<Arc<Task>>>,
     next_id: AtomicU64,
 }
 
@@ -757,15 +818,12 @@ impl Registry {
     pub fn new_task(&self, source: &str, dest: &str, publication: &str) -> Arc<Task> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let task = Arc::new(Task::new(id, source, dest, publication));
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task.clone());
+        self.tasks.lock().push(task.clone());
         task
     }
 
     pub fn tasks(&self) -> Vec<Arc<Task>> {
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.tasks.lock().clone()
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<Task>> {

@@ -74,10 +74,7 @@ impl SharedSnapshot {
             since: Instant::now(),
             released: Default::default(),
         });
-        task.snapshots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(hold.clone());
+        task.add_snapshot(hold.clone());
         Ok(SharedSnapshot {
             name,
             lsn: created.consistent_point,

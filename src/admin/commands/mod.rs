@@ -111,7 +111,7 @@ pub fn move_options(
             )),
         );
     };
-    let opts = of.options.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let opts = of.options();
     opts.ok_or_else(|| {
         CommandError::new(
             super::error::sqlstate::OBJECT_IN_USE,

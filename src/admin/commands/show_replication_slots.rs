@@ -184,7 +184,7 @@ mod tests {
             .store(0x1_0000_0010, Ordering::Relaxed);
         stream.current_wal.store(0x1_0000_0110, Ordering::Relaxed);
         stream.changes.store(7, Ordering::Relaxed);
-        task.streams.lock().unwrap().push(stream);
+        task.add_stream(stream);
         let ctx = super::super::test_context(registry);
         let r = ShowReplicationSlots.execute(&ctx).await.unwrap();
         assert_eq!(r.get(0, "confirmed_flush_lsn"), Some("1/10"));

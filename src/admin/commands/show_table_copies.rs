@@ -71,11 +71,7 @@ fn cells(c: &TableCopy) -> Vec<Cell> {
         }
         _ => None,
     };
-    let hosts = c
-        .source_hosts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let hosts = c.source_hosts.lock().clone();
     vec![
         text(&c.schema),
         text(&c.table),
@@ -107,7 +103,7 @@ mod tests {
     use super::*;
     use crate::data_sync::Registry;
 
-    fn copy(table: &str, state: CopyState, rows: u64, bytes: u64) -> Arc<TableCopy> {
+    fn copy(table: &str, state: CopyState, rows: u64, bytes: u64) -> TableCopy {
         let started = Instant::now().checked_sub(Duration::from_secs(10));
         let c = TableCopy::new(
             &crate::data_sync::catalog::TableName {
@@ -121,28 +117,30 @@ mod tests {
         );
         c.rows.store(rows, std::sync::atomic::Ordering::Relaxed);
         c.bytes.store(bytes, std::sync::atomic::Ordering::Relaxed);
-        *c.state.lock().unwrap() = state;
-        *c.started.lock().unwrap() = if state == CopyState::Pending {
+        c.state.set(state);
+        c.started.set(if state == CopyState::Pending {
             None
         } else {
             started
-        };
+        });
         if table == "users" {
             c.set_method("chunks by (\"id\")");
             c.chunks.store(3, std::sync::atomic::Ordering::Relaxed);
             c.set_cursor("499".into());
         }
-        Arc::new(c)
+        c
     }
 
     #[tokio::test]
     async fn progress_columns() {
         let registry = Arc::new(Registry::default());
         let task = registry.new_task("a", "b", "p");
-        task.copies.lock().unwrap().extend([
+        for c in [
             copy("users", CopyState::Copying, 500, 2000),
             copy("unknown", CopyState::Pending, 0, 0),
-        ]);
+        ] {
+            task.add_copy(c);
+        }
         let ctx = super::super::test_context(registry);
         let r = ShowTableCopies.execute(&ctx).await.unwrap();
         assert_eq!(r.rows.len(), 2);

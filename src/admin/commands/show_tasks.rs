@@ -40,28 +40,25 @@ impl AdminCommand for ShowTasks {
             ],
         );
         for task in ctx.registry.tasks() {
-            let slot = task.slot();
+            let v = task.view();
             reply.push(vec![
-                text(task.id),
+                text(v.id),
                 text("data-sync"),
-                text(&task.source),
-                text(&task.dest),
-                text(&task.publication),
-                (!slot.is_empty()).then_some(slot),
-                text(match task.step() {
-                    Some(step) => format!("{} ({step})", task.phase().as_str()),
-                    None => task.phase().as_str().to_string(),
+                text(&v.source),
+                text(&v.dest),
+                text(&v.publication),
+                (!v.slot.is_empty()).then_some(v.slot),
+                text(match v.step {
+                    Some(step) => format!("{} ({step})", v.phase.as_str()),
+                    None => v.phase.as_str().to_string(),
                 }),
-                text(timestamp(task.started)),
-                text(interval(task.elapsed().as_secs_f64())),
-                task.waiting(),
+                text(timestamp(v.started)),
+                text(interval(v.elapsed.as_secs_f64())),
+                v.waiting,
                 snapshot_held(&task),
-                task.error(),
+                v.error,
                 copying(&task),
-                {
-                    let notes = task.notes();
-                    (!notes.is_empty()).then(|| notes.join("; "))
-                },
+                (!v.notes.is_empty()).then(|| v.notes.join("; ")),
             ]);
         }
         Ok(reply)
@@ -135,7 +132,7 @@ mod tests {
         let a = registry.new_task("src", "dst", "pub1");
         registry.new_task("src", "dst2", "pub2");
         a.set_phase(Phase::Copying);
-        *a.slot.lock().unwrap() = "pgdog_pub1_dst".into();
+        a.set_slot("pgdog_pub1_dst".into());
         let ctx = super::super::test_context(registry);
         let r = ShowTasks.execute(&ctx).await.unwrap();
         assert_eq!(r.rows.len(), 2);
@@ -148,16 +145,13 @@ mod tests {
         assert_eq!(r.get(0, "waiting_on"), None);
         assert_eq!(r.get(0, "snapshot_held"), None);
         a.set_waiting(Some("source shard 0: waits for pid 7".into()));
-        a.snapshots
-            .lock()
-            .unwrap()
-            .push(Arc::new(crate::data_sync::progress::SnapshotHold {
-                source_shard: 0,
-                server: "127.0.0.1:5432".into(),
-                lsn: pgdog_protocol::Lsn(0x1_0000_0010),
-                since: std::time::Instant::now(),
-                released: Default::default(),
-            }));
+        a.add_snapshot(Arc::new(crate::data_sync::progress::SnapshotHold {
+            source_shard: 0,
+            server: "127.0.0.1:5432".into(),
+            lsn: pgdog_protocol::Lsn(0x1_0000_0010),
+            since: std::time::Instant::now(),
+            released: Default::default(),
+        }));
         let r = ShowTasks.execute(&ctx).await.unwrap();
         assert_eq!(
             r.get(0, "waiting_on"),

@@ -121,11 +121,9 @@ pub async fn run(
             let job = &mut jobs[*k];
             job.server = sources.servers[server].clone();
             job.on_replica = sources.replicas;
-            *job.progress
+            job.progress
                 .source_hosts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) =
-                format!("{}:{}", job.server.host, job.server.port);
+                .set(format!("{}:{}", job.server.host, job.server.port));
         }
     }
     // One snapshot per server read, taken on all of them at once: the

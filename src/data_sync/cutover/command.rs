@@ -25,7 +25,7 @@ pub async fn run(
     task: &Arc<Task>,
     shutdown: &CancellationToken,
 ) -> Result<Done> {
-    *task.slot.lock().unwrap_or_else(|e| e.into_inner()) = opts.slot_name();
+    task.set_slot(opts.slot_name());
     let result = async {
         task.set_phase(Phase::Preflight);
         let endpoints = Endpoints::of_move(config.clone(), opts)?;

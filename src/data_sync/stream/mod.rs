@@ -78,11 +78,7 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
     );
     let _agent = agent_stop.drop_guard();
     // A new streaming phase (a move that planned again) shows its own.
-    ctx.task
-        .streams
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    ctx.task.clear_streams();
     let mut set = JoinSet::new();
     for s in 0..n {
         let status = Arc::new(progress::Stream {
@@ -94,11 +90,7 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
             slot: ctx.plan.slot.clone(),
             ..Default::default()
         });
-        ctx.task
-            .streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(status.clone());
+        ctx.task.add_stream(status.clone());
         let ctx = ctx.clone();
         let verify = Verify {
             requests: requests.clone(),

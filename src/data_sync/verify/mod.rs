@@ -156,7 +156,7 @@ pub async fn run_in(
     shutdown: &CancellationToken,
 ) -> Result<Report> {
     let slot = opts.slot_name();
-    *task.slot.lock().unwrap_or_else(|e| e.into_inner()) = slot.clone();
+    task.set_slot(slot.clone());
     task.set_phase(Phase::Preflight);
     let endpoints = Endpoints::of_move(config.clone(), opts)?;
     let findings = tokio::select! {

@@ -156,7 +156,7 @@ impl<'a> Session<'a> {
             conn.close().await;
             if let Some(why) = stopped {
                 info!(source_shard = s, slot = %plan.slot, "the move was cut over, the stream does not start again: {why}");
-                ctx.task.cut_over.store(true, Ordering::Relaxed);
+                ctx.task.mark_cut_over();
                 return Err(DataSyncError::Stopped);
             }
         }
@@ -681,7 +681,7 @@ impl<'a> Session<'a> {
     /// good: the clean stop commits and confirms what was applied.
     fn stop_for_cutover(&mut self) -> Result<()> {
         info!(source_shard = self.s, last_commit = %self.last_commit, "the move was cut over: the stream ends here");
-        self.ctx.task.cut_over.store(true, Ordering::Relaxed);
+        self.ctx.task.mark_cut_over();
         Err(DataSyncError::Stopped)
     }
 
