@@ -1,7 +1,7 @@
 //! Checks before anything is created on any server. Each failure says what
 //! is wrong, where, and how to fix it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use pgdog_protocol::backend::DataRow;
 use pgdog_protocol::Lsn;
@@ -138,7 +138,10 @@ pub enum Columns {
     InFlight,
 }
 
-/// [`run`], judging columns as `columns` says.
+/// [`run`], judging columns as `columns` says. The checks run in order,
+/// each on every shard, and each adds every problem it finds; the error
+/// lists them all. A check that cannot read what it needs (source shard 0
+/// unreachable, say) stops there with what was found so far.
 pub async fn run_checking(
     endpoints: &Endpoints,
     publication: &str,
@@ -146,347 +149,26 @@ pub async fn run_checking(
     intent: Intent,
     columns: Columns,
 ) -> Result<Findings> {
-    let n = endpoints.source.shards.len();
-    let m = endpoints.dest.shards.len();
-    let config = &endpoints.config;
-    let mut problems = Problems::default();
-    let mut notes = Vec::new();
-
-    // Sources: reachable, logical WAL, replication rights, the publication.
-    let mut source_tables: Vec<Option<Vec<PublishedTable>>> = Vec::with_capacity(n);
-    let mut slot_exists = Vec::with_capacity(n);
-    for s in 0..n {
-        let opts = endpoints.source(s);
-        let what = format!("source shard {s} ({}:{})", opts.host, opts.port);
-        slot_exists.push(false);
-        source_tables.push(None);
-        let mut conn = match connect(&opts, &what).await {
-            Ok(c) => c,
-            Err(e) => {
-                problems.take(Err(e))?;
-                continue;
-            }
-        };
-        let version = conn.server_version_num();
-        if version < 140000 {
-            problems.push(
-                format!("{what} runs PostgreSQL {}, older than 14", conn.param("server_version").unwrap_or("?")),
-                "upgrade the source to PostgreSQL 14 or newer (binary pgoutput and TID range scans are needed)",
-            );
-            continue;
-        }
-        let settings_sql = "SELECT current_setting('wal_level'), (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
-                           current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots),
-                           current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)";
-        let rows = conn.query(settings_sql).await?;
-        let row = first_row(&rows, "the source settings query")?;
-        if row.text(0) != Some("logical") {
-            problems.push(
-                format!("{what} has wal_level = {}, logical replication needs logical", row.text(0).unwrap_or("?")),
-                "set wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart the server",
-            );
-        }
-        if row.text(1) != Some("t") {
-            problems.push(
-                format!("user \"{}\" on {what} may not use replication", opts.user),
-                format!(
-                    "ALTER ROLE \"{}\" REPLICATION; (and allow it in pg_hba.conf)",
-                    opts.user
-                ),
-            );
-        }
-        let exists = slot_info(&mut conn, slot).await?;
-        if let Some(info) = &exists {
-            if info.plugin != "pgoutput" || info.database != opts.database {
-                problems.push(
-                    format!(
-                        "{what} already has a replication slot \"{slot}\" for plugin {} on database {}, not pgoutput on {}",
-                        info.plugin, info.database, opts.database
-                    ),
-                    "pick another name with --replication-slot, or drop that slot if it is unused",
-                );
-            }
-        }
-        let free_slots: i64 = row.text(2).and_then(|t| t.parse().ok()).unwrap_or(0);
-        let free_senders: i64 = row.text(3).and_then(|t| t.parse().ok()).unwrap_or(0);
-        // The permanent slot, or (resuming) a temporary one whose snapshot
-        // the copies share; one WAL sender at a time (the snapshot's holder
-        // during the copy, the stream after it).
-        let need_slots = match intent {
-            Intent::Inspect { temporary_slot, .. } => i64::from(temporary_slot),
-            Intent::ReplicateOnly => i64::from(exists.is_none()),
-            Intent::Copy | Intent::CopyCreatingSchema => 1,
-        };
-        let need_senders = 1;
-        if free_slots < need_slots {
-            problems.push(
-                format!(
-                    "{what} has {free_slots} free replication slots, this move needs {need_slots}"
-                ),
-                "raise max_replication_slots on the source (restart needed), or drop unused slots",
-            );
-        }
-        if free_senders < need_senders {
-            problems.push(
-                format!(
-                    "{what} has {free_senders} free WAL senders, this move needs {need_senders}"
-                ),
-                "raise max_wal_senders on the source (restart needed)",
-            );
-        }
-        match intent {
-            _ if exists.is_some() => {}
-            Intent::ReplicateOnly => problems.push(
-                format!("--replicate-only needs the replication slot \"{slot}\", which does not exist on {what}"),
-                "run the copy first (without --replicate-only, or with --sync-only), or pass the slot's name with --replication-slot",
-            ),
-            Intent::Inspect { command, .. } => problems.push(
-                format!("{command} looks at the move of replication slot \"{slot}\", which does not exist on {what}"),
-                "run pgdog data-sync first, or pass the move's slot name with --replication-slot",
-            ),
-            Intent::Copy | Intent::CopyCreatingSchema => {}
-        }
-        slot_exists[s] = exists.is_some();
-
-        if catalog::publication(&mut conn, publication)
-            .await?
-            .is_none()
-        {
-            problems.push(
-                format!("publication \"{publication}\" does not exist on {what}"),
-                format!("on every source shard: CREATE PUBLICATION {} FOR TABLE ... (or FOR ALL TABLES)", catalog::quote_ident(publication)),
-            );
-            continue;
-        }
-        let tables = catalog::publication_tables(&mut conn, publication).await?;
-        if tables.is_empty() {
-            problems.push(
-                format!("publication \"{publication}\" on {what} has no tables"),
-                format!(
-                    "ALTER PUBLICATION {} ADD TABLE ...",
-                    catalog::quote_ident(publication)
-                ),
-            );
-        }
-        for t in &tables {
-            if !t.has_usable_identity() {
-                let leaves = if t.leaves_without_identity.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        " (partitions without one: {})",
-                        t.leaves_without_identity.join(", ")
-                    )
-                };
-                problems.push(
-                    format!("table {} on {what} has no usable replica identity{leaves}, so its updates and deletes cannot be replicated", t.name),
-                    format!("add a primary key, or ALTER TABLE {} REPLICA IDENTITY FULL (or USING INDEX a unique index on NOT NULL columns)", t.name.quoted()),
-                );
-            }
-        }
-        if let Some(Some(first)) = source_tables.first() {
-            problems.take(compare_sources(first, &tables, s))?;
-        }
-        source_tables[s] = Some(tables);
-        conn.close().await;
-    }
-    let Some(Some(tables)) = source_tables.into_iter().next() else {
-        // Source shard 0 could not be read: nothing to plan with.
-        problems.into_result()?;
-        return Err(DataSyncError::State(
-            "source shard 0 returned no publication tables".into(),
-        ));
+    let mut check = Check {
+        endpoints,
+        publication,
+        slot,
+        intent,
+        columns,
+        problems: Problems::default(),
+        notes: Vec::new(),
     };
-
-    // Routing on both sides.
-    let mut plans = Vec::with_capacity(tables.len());
-    for table in tables {
-        let source = routing(config, &endpoints.source.name, n, &table);
-        let dest = routing(config, &endpoints.dest.name, m, &table);
-        let (source, dest) = match (source, dest) {
-            (Ok(s), Ok(d)) => (s, d),
-            (s, d) => {
-                problems.take(s.map(|_| ()))?;
-                problems.take(d.map(|_| ()))?;
-                continue;
-            }
-        };
-        for (side, r) in [("destination", &dest), ("source", &source)] {
-            if let Some(r) = r {
-                let col = &table.columns[r.column];
-                problems.take(check_key_type(&table, col, r.sharder.data_type, side))?;
-            }
-        }
-        plans.push(TablePlan {
-            table,
-            dest,
-            source,
-            dest_table: Default::default(),
-        });
+    let (slot_exists, tables) = check.sources().await?;
+    let mut plans = check.routing(tables)?;
+    check.keys_outside_identity(&plans);
+    if endpoints.source.shards.len() > 1 {
+        let omni = check_omnisharded_sources(endpoints, &plans).await;
+        check.problems.take(omni)?;
     }
-    for plan in &plans {
-        if plan.key_outside_identity() && plan.table.replica_identity != 'f' {
-            let key = &plan.table.columns[plan.dest.as_ref().map_or(0, |r| r.column)].name;
-            let note = format!(
-                "table {} is sharded on \"{key}\", which its replica identity ({}) does not include: an UPDATE cannot tell which shard the row was on, so it is applied as an upsert on the row's shard and a delete by identity on every other shard (one extra statement per other shard); a DELETE runs on every shard",
-                plan.table.name,
-                plan.identity_columns().join(", ")
-            );
-            info!("{note}");
-            notes.push(note);
-        }
-    }
-    // A table with no sharding rule on a multi-shard source is copied and
-    // streamed from shard 0 alone, which is right only if every shard
-    // holds the same rows.
-    if n > 1 {
-        problems.take(check_omnisharded_sources(endpoints, &plans).await)?;
-    }
-
-    // Destinations: reachable, tables present and matching, empty unless
-    // resumed. A run whose slot already exists is a resume: partial copies
-    // it left are removed before they are copied again.
-    let fresh = slot_exists.iter().all(|e| !e);
-    let mut finished = Vec::with_capacity(m);
-    for d in 0..m {
-        let opts = endpoints.dest(d);
-        let what = format!("destination shard {d} ({}:{})", opts.host, opts.port);
-        let mut conn = match connect(&opts, &what).await {
-            Ok(c) => c,
-            Err(e) => {
-                problems.take(Err(e))?;
-                finished.push(HashMap::new());
-                continue;
-            }
-        };
-        // Like a subscription's apply worker: foreign keys and user
-        // triggers do not fire, so copy and apply order do not matter.
-        match conn.execute("SET session_replication_role = replica").await {
-            Ok(()) => {}
-            Err(e) if e.code() == Some("42501") => problems.push(
-                format!("user \"{}\" on {what} may not set session_replication_role, which pgdog sets to replica so foreign keys and triggers already checked on the source do not fire again", opts.user),
-                format!("use a superuser, or on PostgreSQL 15+: GRANT SET ON PARAMETER session_replication_role TO \"{}\"", opts.user),
-            ),
-            Err(e) => return Err(e.into()),
-        }
-        // A move that a cutover ended must not copy or stream again: its
-        // destination now takes the application's writes.
-        if d == 0 && !matches!(intent, Intent::Inspect { .. }) {
-            if let Some(why) = state::stream_stopped(&mut conn, slot).await? {
-                problems.push(
-                    format!("the move of slot \"{slot}\" does not copy or stream any more: {why}"),
-                    "this is the state pgdog cutover left; pgdog cutover --rollback makes the source the primary again and lets this move stream",
-                );
-            }
-        }
-        let done = state::finished_copies(&mut conn, slot).await?;
-        // Rows already copied stay where their routing put them: the plan
-        // must route them the same way now.
-        let copied_routing = state::copied_routing(&mut conn, slot).await?;
-        for plan in &plans {
-            let now = plan.routing_key();
-            match copied_routing.get(&plan.table.name) {
-                Some(then) if *then != now => problems.push(
-                    format!(
-                        "table {} was copied to {what} routed as \"{then}\", but the configuration now routes it as \"{now}\" ({}): its rows there would sit where the new routing does not put them",
-                        plan.table.name,
-                        plan.routing(n, m, u64::MAX).dest
-                    ),
-                    format!(
-                        "route it as before: a partition detached from its parent needs a [[sharded_tables]] entry of its own naming \"{}\" with the parent's column; or start the move over (--cleanup, then empty the destination tables)",
-                        plan.table.name.name
-                    ),
-                ),
-                _ => {}
-            }
-        }
-        let created: std::collections::HashSet<TableName> = if intent == Intent::CopyCreatingSchema
-        {
-            state::schema_tables(&mut conn, slot)
-                .await?
-                .into_iter()
-                .collect()
-        } else {
-            Default::default()
-        };
-        let names: Vec<&TableName> = plans.iter().map(|p| &p.table.name).collect();
-        let found = catalog::dest_tables(&mut conn, &names).await?;
-        let present: Vec<&TableName> = names
-            .iter()
-            .zip(&found)
-            .filter(|(_, f)| f.is_some())
-            .map(|(n, _)| *n)
-            .collect();
-        let with_rows: Vec<&TableName> = if intent.copies() && fresh {
-            let flags = catalog::tables_with_rows(&mut conn, &present).await?;
-            present
-                .iter()
-                .zip(flags)
-                .filter(|(_, f)| *f)
-                .map(|(n, _)| *n)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        // A set: thousands of tables are looked up in it.
-        let with_rows: std::collections::HashSet<TableName> =
-            with_rows.into_iter().cloned().collect();
-        for (plan, dest) in plans.iter_mut().zip(found) {
-            let t = &plan.table;
-            let Some(dest) = dest else {
-                if intent == Intent::CopyCreatingSchema {
-                    continue;
-                }
-                problems.push(
-                    format!("table {} does not exist on {what}", t.name),
-                    "run without --skip-schema-sync so pgdog creates it from the source (or pgdog schema-sync), or create it on every destination shard yourself, e.g. pg_dump --schema-only from the source, restored into each destination",
-                );
-                continue;
-            };
-            check_dest_table(
-                plan,
-                &dest,
-                &what,
-                created.contains(&t.name),
-                columns,
-                &mut problems,
-            );
-            if with_rows.contains(&t.name) {
-                problems.push(
-                    format!("table {} on {what} already has rows, and no copy of it by slot \"{slot}\" is recorded there", t.name),
-                    format!(
-                        "pgdog copies into empty tables: TRUNCATE {} on that shard; or, to resume an earlier run, pass its --replication-slot",
-                        t.name.quoted()
-                    ),
-                );
-            }
-            if !intent.copies()
-                && (0..n).any(|s| plan.from_source(s) && !done.contains_key(&(s, t.name.clone())))
-            {
-                let note = format!(
-                    "table {} has no copy recorded on {what} for slot \"{slot}\": --replicate-only applies its changes from now on, but rows it had before are not there unless they were loaded by other means",
-                    t.name
-                );
-                warn!("{note}");
-                notes.push(note);
-            }
-            if d == 0 {
-                plan.dest_table = dest;
-            } else {
-                plan.dest_table.merge(&dest);
-            }
-        }
-        // Progress recorded for a slot that no longer exists: the changes
-        // between that copy and now are gone from the WAL.
-        if !done.is_empty() && slot_exists.iter().any(|e| !e) {
-            problems.push(
-                format!("{what} has copy progress recorded for slot \"{slot}\", but that slot no longer exists on every source shard; changes made since that copy cannot be streamed"),
-                "start over: pgdog data-sync ... --cleanup, TRUNCATE the destination tables, then run the move again",
-            );
-        }
-        finished.push(done);
-        conn.close().await;
-    }
+    let finished = check.destinations(&mut plans, &slot_exists).await?;
+    let Check {
+        problems, notes, ..
+    } = check;
     problems.into_result()?;
     let copy_sources = if intent.copies() {
         super::replicas::qualify(endpoints).await?
@@ -495,8 +177,8 @@ pub async fn run_checking(
     };
     info!(
         tables = plans.len(),
-        source_shards = n,
-        dest_shards = m,
+        source_shards = endpoints.source.shards.len(),
+        dest_shards = endpoints.dest.shards.len(),
         "preflight passed"
     );
     Ok(Findings {
@@ -512,6 +194,491 @@ pub async fn run_checking(
         copy_sources,
         notes,
     })
+}
+
+/// One preflight: what it checks against, and what it found so far.
+struct Check<'a> {
+    endpoints: &'a Endpoints,
+    publication: &'a str,
+    slot: &'a str,
+    intent: Intent,
+    columns: Columns,
+    problems: Problems,
+    notes: Vec<String>,
+}
+
+/// What one source shard's checks read.
+struct SourceShard {
+    slot_exists: bool,
+    tables: Option<Vec<PublishedTable>>,
+}
+
+impl Check<'_> {
+    /// Sources: reachable, new enough, logical WAL, replication rights,
+    /// room for the slot, the publication and its tables' identities, and
+    /// the same tables on every shard. Whether each shard has the slot,
+    /// and source shard 0's tables.
+    async fn sources(&mut self) -> Result<(Vec<bool>, Vec<PublishedTable>)> {
+        let mut slot_exists = Vec::new();
+        let mut first: Option<Vec<PublishedTable>> = None;
+        for s in 0..self.endpoints.source.shards.len() {
+            let shard = self.source_shard(s).await?;
+            slot_exists.push(shard.slot_exists);
+            match (&first, shard.tables) {
+                (None, tables) if s == 0 => first = tables,
+                (Some(first), Some(tables)) => {
+                    self.problems.take(compare_sources(first, &tables, s))?
+                }
+                _ => {}
+            }
+        }
+        let Some(tables) = first else {
+            // Source shard 0 could not be read: nothing to plan with.
+            std::mem::take(&mut self.problems).into_result()?;
+            return Err(DataSyncError::State(
+                "source shard 0 returned no publication tables".into(),
+            ));
+        };
+        Ok((slot_exists, tables))
+    }
+
+    async fn source_shard(&mut self, s: usize) -> Result<SourceShard> {
+        let opts = self.endpoints.source(s);
+        let what = format!("source shard {s} ({}:{})", opts.host, opts.port);
+        let mut shard = SourceShard {
+            slot_exists: false,
+            tables: None,
+        };
+        let mut conn = match connect(&opts, &what).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.problems.take(Err(e))?;
+                return Ok(shard);
+            }
+        };
+        if !self.source_version(&conn, &what) {
+            return Ok(shard);
+        }
+        let exists = slot_info(&mut conn, self.slot).await?;
+        self.source_settings(&mut conn, &opts, &what, exists.is_some())
+            .await?;
+        self.existing_slot(exists.as_ref(), &opts, &what);
+        shard.slot_exists = exists.is_some();
+        shard.tables = self.published_tables(&mut conn, &what).await?;
+        conn.close().await;
+        Ok(shard)
+    }
+
+    /// PostgreSQL 14 or newer; false: nothing more is checked there.
+    fn source_version(&mut self, conn: &Connection, what: &str) -> bool {
+        if conn.server_version_num() >= 140000 {
+            return true;
+        }
+        self.problems.push(
+            format!("{what} runs PostgreSQL {}, older than 14", conn.param("server_version").unwrap_or("?")),
+            "upgrade the source to PostgreSQL 14 or newer (binary pgoutput and TID range scans are needed)",
+        );
+        false
+    }
+
+    /// wal_level, the replication right, and free slots and WAL senders
+    /// for what this run creates.
+    async fn source_settings(
+        &mut self,
+        conn: &mut Connection,
+        opts: &ConnectOptions,
+        what: &str,
+        slot_exists: bool,
+    ) -> Result<()> {
+        let settings_sql = "SELECT current_setting('wal_level'), (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
+                           current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots),
+                           current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)";
+        let rows = conn.query(settings_sql).await?;
+        let row = first_row(&rows, "the source settings query")?;
+        if row.text(0) != Some("logical") {
+            self.problems.push(
+                format!("{what} has wal_level = {}, logical replication needs logical", row.text(0).unwrap_or("?")),
+                "set wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart the server",
+            );
+        }
+        if row.text(1) != Some("t") {
+            self.problems.push(
+                format!("user \"{}\" on {what} may not use replication", opts.user),
+                format!(
+                    "ALTER ROLE \"{}\" REPLICATION; (and allow it in pg_hba.conf)",
+                    opts.user
+                ),
+            );
+        }
+        let free_slots: i64 = row.text(2).and_then(|t| t.parse().ok()).unwrap_or(0);
+        let free_senders: i64 = row.text(3).and_then(|t| t.parse().ok()).unwrap_or(0);
+        // The permanent slot, or (resuming) a temporary one whose snapshot
+        // the copies share; one WAL sender at a time (the snapshot's holder
+        // during the copy, the stream after it).
+        let need_slots = match self.intent {
+            Intent::Inspect { temporary_slot, .. } => i64::from(temporary_slot),
+            Intent::ReplicateOnly => i64::from(!slot_exists),
+            Intent::Copy | Intent::CopyCreatingSchema => 1,
+        };
+        let need_senders = 1;
+        if free_slots < need_slots {
+            self.problems.push(
+                format!(
+                    "{what} has {free_slots} free replication slots, this move needs {need_slots}"
+                ),
+                "raise max_replication_slots on the source (restart needed), or drop unused slots",
+            );
+        }
+        if free_senders < need_senders {
+            self.problems.push(
+                format!(
+                    "{what} has {free_senders} free WAL senders, this move needs {need_senders}"
+                ),
+                "raise max_wal_senders on the source (restart needed)",
+            );
+        }
+        Ok(())
+    }
+
+    /// The move's slot: of pgoutput on this database if it exists, and
+    /// there when the run streams or inspects an existing move.
+    fn existing_slot(&mut self, exists: Option<&SlotInfo>, opts: &ConnectOptions, what: &str) {
+        let slot = self.slot;
+        if let Some(info) = exists {
+            if info.plugin != "pgoutput" || info.database != opts.database {
+                self.problems.push(
+                    format!(
+                        "{what} already has a replication slot \"{slot}\" for plugin {} on database {}, not pgoutput on {}",
+                        info.plugin, info.database, opts.database
+                    ),
+                    "pick another name with --replication-slot, or drop that slot if it is unused",
+                );
+            }
+            return;
+        }
+        match self.intent {
+            Intent::ReplicateOnly => self.problems.push(
+                format!("--replicate-only needs the replication slot \"{slot}\", which does not exist on {what}"),
+                "run the copy first (without --replicate-only, or with --sync-only), or pass the slot's name with --replication-slot",
+            ),
+            Intent::Inspect { command, .. } => self.problems.push(
+                format!("{command} looks at the move of replication slot \"{slot}\", which does not exist on {what}"),
+                "run pgdog data-sync first, or pass the move's slot name with --replication-slot",
+            ),
+            Intent::Copy | Intent::CopyCreatingSchema => {}
+        }
+    }
+
+    /// The publication, its tables, and a usable replica identity on each.
+    async fn published_tables(
+        &mut self,
+        conn: &mut Connection,
+        what: &str,
+    ) -> Result<Option<Vec<PublishedTable>>> {
+        let publication = self.publication;
+        if catalog::publication(conn, publication).await?.is_none() {
+            self.problems.push(
+                format!("publication \"{publication}\" does not exist on {what}"),
+                format!("on every source shard: CREATE PUBLICATION {} FOR TABLE ... (or FOR ALL TABLES)", catalog::quote_ident(publication)),
+            );
+            return Ok(None);
+        }
+        let tables = catalog::publication_tables(conn, publication).await?;
+        if tables.is_empty() {
+            self.problems.push(
+                format!("publication \"{publication}\" on {what} has no tables"),
+                format!(
+                    "ALTER PUBLICATION {} ADD TABLE ...",
+                    catalog::quote_ident(publication)
+                ),
+            );
+        }
+        for t in tables.iter().filter(|t| !t.has_usable_identity()) {
+            let leaves = if t.leaves_without_identity.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (partitions without one: {})",
+                    t.leaves_without_identity.join(", ")
+                )
+            };
+            self.problems.push(
+                format!("table {} on {what} has no usable replica identity{leaves}, so its updates and deletes cannot be replicated", t.name),
+                format!("add a primary key, or ALTER TABLE {} REPLICA IDENTITY FULL (or USING INDEX a unique index on NOT NULL columns)", t.name.quoted()),
+            );
+        }
+        Ok(Some(tables))
+    }
+
+    /// Each table's routing on both sides, with its key of a type the
+    /// rule's sharder takes.
+    fn routing(&mut self, tables: Vec<PublishedTable>) -> Result<Vec<TablePlan>> {
+        let (config, endpoints) = (&self.endpoints.config, self.endpoints);
+        let (n, m) = (endpoints.source.shards.len(), endpoints.dest.shards.len());
+        let mut plans = Vec::with_capacity(tables.len());
+        for table in tables {
+            let source = routing(config, &endpoints.source.name, n, &table);
+            let dest = routing(config, &endpoints.dest.name, m, &table);
+            let (source, dest) = match (source, dest) {
+                (Ok(s), Ok(d)) => (s, d),
+                (s, d) => {
+                    self.problems.take(s.map(|_| ()))?;
+                    self.problems.take(d.map(|_| ()))?;
+                    continue;
+                }
+            };
+            for (side, r) in [("destination", &dest), ("source", &source)] {
+                if let Some(r) = r {
+                    let col = &table.columns[r.column];
+                    self.problems
+                        .take(check_key_type(&table, col, r.sharder.data_type, side))?;
+                }
+            }
+            plans.push(TablePlan {
+                table,
+                dest,
+                source,
+                dest_table: Default::default(),
+            });
+        }
+        Ok(plans)
+    }
+
+    /// A note for each table sharded on a column its replica identity
+    /// lacks: what its updates and deletes cost.
+    fn keys_outside_identity(&mut self, plans: &[TablePlan]) {
+        for plan in plans {
+            if plan.key_outside_identity() && plan.table.replica_identity != 'f' {
+                let key = &plan.table.columns[plan.dest.as_ref().map_or(0, |r| r.column)].name;
+                let note = format!(
+                    "table {} is sharded on \"{key}\", which its replica identity ({}) does not include: an UPDATE cannot tell which shard the row was on, so it is applied as an upsert on the row's shard and a delete by identity on every other shard (one extra statement per other shard); a DELETE runs on every shard",
+                    plan.table.name,
+                    plan.identity_columns().join(", ")
+                );
+                info!("{note}");
+                self.notes.push(note);
+            }
+        }
+    }
+
+    /// Destinations: reachable, tables present and matching, empty unless
+    /// resumed. A run whose slot already exists is a resume: partial
+    /// copies it left are removed before they are copied again. The
+    /// finished copies recorded on each shard.
+    async fn destinations(
+        &mut self,
+        plans: &mut [TablePlan],
+        slot_exists: &[bool],
+    ) -> Result<Vec<HashMap<(usize, TableName), Lsn>>> {
+        let mut finished = Vec::new();
+        for d in 0..self.endpoints.dest.shards.len() {
+            let opts = self.endpoints.dest(d);
+            let what = format!("destination shard {d} ({}:{})", opts.host, opts.port);
+            let mut conn = match connect(&opts, &what).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.problems.take(Err(e))?;
+                    finished.push(HashMap::new());
+                    continue;
+                }
+            };
+            self.replication_role(&mut conn, &opts, &what).await?;
+            if d == 0 {
+                self.not_cut_over(&mut conn).await?;
+            }
+            let done = state::finished_copies(&mut conn, self.slot).await?;
+            self.copied_routing(&mut conn, plans, &what).await?;
+            let fresh = slot_exists.iter().all(|e| !e);
+            let dest = DestShard {
+                d,
+                what: &what,
+                done: &done,
+                fresh,
+            };
+            self.dest_tables(&mut conn, plans, &dest).await?;
+            // Progress recorded for a slot that no longer exists: the
+            // changes between that copy and now are gone from the WAL.
+            if !done.is_empty() && slot_exists.iter().any(|e| !e) {
+                self.problems.push(
+                    format!("{what} has copy progress recorded for slot \"{}\", but that slot no longer exists on every source shard; changes made since that copy cannot be streamed", self.slot),
+                    "start over: pgdog data-sync ... --cleanup, TRUNCATE the destination tables, then run the move again",
+                );
+            }
+            finished.push(done);
+            conn.close().await;
+        }
+        Ok(finished)
+    }
+
+    /// Like a subscription's apply worker: foreign keys and user triggers
+    /// do not fire, so copy and apply order do not matter.
+    async fn replication_role(
+        &mut self,
+        conn: &mut Connection,
+        opts: &ConnectOptions,
+        what: &str,
+    ) -> Result<()> {
+        match conn.execute("SET session_replication_role = replica").await {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("42501") => {
+                self.problems.push(
+                    format!("user \"{}\" on {what} may not set session_replication_role, which pgdog sets to replica so foreign keys and triggers already checked on the source do not fire again", opts.user),
+                    format!("use a superuser, or on PostgreSQL 15+: GRANT SET ON PARAMETER session_replication_role TO \"{}\"", opts.user),
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A move that a cutover ended must not copy or stream again: its
+    /// destination now takes the application's writes.
+    async fn not_cut_over(&mut self, conn: &mut Connection) -> Result<()> {
+        if matches!(self.intent, Intent::Inspect { .. }) {
+            return Ok(());
+        }
+        let slot = self.slot;
+        if let Some(why) = state::stream_stopped(conn, slot).await? {
+            self.problems.push(
+                format!("the move of slot \"{slot}\" does not copy or stream any more: {why}"),
+                "this is the state pgdog cutover left; pgdog cutover --rollback makes the source the primary again and lets this move stream",
+            );
+        }
+        Ok(())
+    }
+
+    /// Rows already copied stay where their routing put them: the plan
+    /// must route them the same way now.
+    async fn copied_routing(
+        &mut self,
+        conn: &mut Connection,
+        plans: &[TablePlan],
+        what: &str,
+    ) -> Result<()> {
+        let (n, m) = (
+            self.endpoints.source.shards.len(),
+            self.endpoints.dest.shards.len(),
+        );
+        let copied_routing = state::copied_routing(conn, self.slot).await?;
+        for plan in plans {
+            let now = plan.routing_key();
+            match copied_routing.get(&plan.table.name) {
+                Some(then) if *then != now => self.problems.push(
+                    format!(
+                        "table {} was copied to {what} routed as \"{then}\", but the configuration now routes it as \"{now}\" ({}): its rows there would sit where the new routing does not put them",
+                        plan.table.name,
+                        plan.routing(n, m, u64::MAX).dest
+                    ),
+                    format!(
+                        "route it as before: a partition detached from its parent needs a [[sharded_tables]] entry of its own naming \"{}\" with the parent's column; or start the move over (--cleanup, then empty the destination tables)",
+                        plan.table.name.name
+                    ),
+                ),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Every table there, matching its source, empty unless its copy is
+    /// recorded; each shard's tables merged into the plan.
+    async fn dest_tables(
+        &mut self,
+        conn: &mut Connection,
+        plans: &mut [TablePlan],
+        shard: &DestShard<'_>,
+    ) -> Result<()> {
+        let (intent, slot, what) = (self.intent, self.slot, shard.what);
+        let created: HashSet<TableName> = if intent == Intent::CopyCreatingSchema {
+            state::schema_tables(conn, slot)
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            Default::default()
+        };
+        let names: Vec<&TableName> = plans.iter().map(|p| &p.table.name).collect();
+        let found = catalog::dest_tables(conn, &names).await?;
+        let with_rows = if intent.copies() && shard.fresh {
+            let present: Vec<&TableName> = names
+                .iter()
+                .zip(&found)
+                .filter(|(_, f)| f.is_some())
+                .map(|(n, _)| *n)
+                .collect();
+            let flags = catalog::tables_with_rows(conn, &present).await?;
+            // A set: thousands of tables are looked up in it.
+            present
+                .into_iter()
+                .zip(flags)
+                .filter(|(_, f)| *f)
+                .map(|(n, _)| n.clone())
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        for (plan, dest) in plans.iter_mut().zip(found) {
+            let Some(dest) = dest else {
+                if intent != Intent::CopyCreatingSchema {
+                    self.problems.push(
+                        format!("table {} does not exist on {what}", plan.table.name),
+                        "run without --skip-schema-sync so pgdog creates it from the source (or pgdog schema-sync), or create it on every destination shard yourself, e.g. pg_dump --schema-only from the source, restored into each destination",
+                    );
+                }
+                continue;
+            };
+            let pending = created.contains(&plan.table.name);
+            check_dest_table(plan, &dest, what, pending, self.columns, &mut self.problems);
+            self.dest_rows(plan, &with_rows, shard);
+            if shard.d == 0 {
+                plan.dest_table = dest;
+            } else {
+                plan.dest_table.merge(&dest);
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy goes into an empty table; `--replicate-only` into a table
+    /// that holds a copy (a note when none is recorded).
+    fn dest_rows(
+        &mut self,
+        plan: &TablePlan,
+        with_rows: &HashSet<TableName>,
+        shard: &DestShard<'_>,
+    ) {
+        let (t, slot, what) = (&plan.table, self.slot, shard.what);
+        if with_rows.contains(&t.name) {
+            self.problems.push(
+                format!("table {} on {what} already has rows, and no copy of it by slot \"{slot}\" is recorded there", t.name),
+                format!(
+                    "pgdog copies into empty tables: TRUNCATE {} on that shard; or, to resume an earlier run, pass its --replication-slot",
+                    t.name.quoted()
+                ),
+            );
+        }
+        let n = self.endpoints.source.shards.len();
+        if !self.intent.copies()
+            && (0..n).any(|s| plan.from_source(s) && !shard.done.contains_key(&(s, t.name.clone())))
+        {
+            let note = format!(
+                "table {} has no copy recorded on {what} for slot \"{slot}\": --replicate-only applies its changes from now on, but rows it had before are not there unless they were loaded by other means",
+                t.name
+            );
+            warn!("{note}");
+            self.notes.push(note);
+        }
+    }
+}
+
+/// One destination shard as its table checks see it.
+struct DestShard<'a> {
+    d: usize,
+    what: &'a str,
+    /// Finished copies recorded there.
+    done: &'a HashMap<(usize, TableName), Lsn>,
+    /// No source shard has the slot yet: a first run.
+    fresh: bool,
 }
 
 /// A destination table against the published one: every published column
