@@ -186,18 +186,7 @@ impl Pass<'_> {
         let (opts, task, shutdown) = (self.opts, self.task, self.shutdown);
         task.set_phase(Phase::Preflight);
         let schema_sync = opts.schema_sync && opts.mode != Mode::ReplicateOnly;
-        let intent = if opts.mode == Mode::ReplicateOnly {
-            preflight::Intent::ReplicateOnly
-        } else if schema_sync {
-            preflight::Intent::CopyCreatingSchema
-        } else {
-            preflight::Intent::Copy
-        };
-        let columns = if self.catalog_may_lead {
-            preflight::Columns::InFlight
-        } else {
-            preflight::Columns::Match
-        };
+        let (intent, columns) = self.checks(schema_sync);
         let mut findings = or_stopped!(
             shutdown,
             preflight::run_checking(
@@ -221,17 +210,7 @@ impl Pass<'_> {
         } else {
             None
         };
-        for d in 0..self.endpoints.dest.shards.len() {
-            let mut conn = self.endpoints.connect_dest(d).await?;
-            state::ensure_schema(&mut conn).await?;
-            conn.close().await;
-        }
-        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = findings
-            .plan
-            .tables
-            .iter()
-            .map(|t| (t.table.oid, t.table.name.clone()))
-            .collect();
+        self.record_state(&findings).await?;
         if self.config.general.resharding_capture_ddl {
             self.capture_ddl().await?;
         }
@@ -239,19 +218,7 @@ impl Pass<'_> {
             return Ok(PassEnd::Done(Outcome::Stopped));
         };
         let mut ctx = self.ctx(&findings).await?;
-        // Tables with a usable unique key are copied in chunks while the
-        // stream runs; the others whole, in the slot's snapshot, first.
-        let prepared =
-            chunked::prepare(&ctx, &findings.finished, opts.mode != Mode::ReplicateOnly).await?;
-        for (ti, why) in &prepared.whole {
-            let note = format!(
-                "table {} is copied whole in one snapshot, not in chunks: {why}; the source's xmin horizon is held for as long as its copy takes",
-                ctx.plan.tables[*ti].table.name
-            );
-            info!("{note}");
-            task.add_note(note);
-        }
-        ctx.chunks = Arc::new(prepared.books.clone());
+        let prepared = self.chunks(&mut ctx, &findings).await?;
         if opts.mode != Mode::ReplicateOnly {
             task.set_phase(Phase::Copying);
             let chunked: std::collections::HashSet<usize> =
@@ -289,6 +256,63 @@ impl Pass<'_> {
             return Ok(PassEnd::Done(Outcome::Stopped));
         }
         self.stream(ctx).await
+    }
+
+    /// What preflight checks: what this pass does, and whether the
+    /// source's catalog may be ahead of the shards.
+    fn checks(&self, schema_sync: bool) -> (preflight::Intent, preflight::Columns) {
+        let intent = if self.opts.mode == Mode::ReplicateOnly {
+            preflight::Intent::ReplicateOnly
+        } else if schema_sync {
+            preflight::Intent::CopyCreatingSchema
+        } else {
+            preflight::Intent::Copy
+        };
+        let columns = if self.catalog_may_lead {
+            preflight::Columns::InFlight
+        } else {
+            preflight::Columns::Match
+        };
+        (intent, columns)
+    }
+
+    /// pgdog's state schema on every destination shard, and the names the
+    /// plan knows its tables by.
+    async fn record_state(&self, findings: &preflight::Findings) -> Result<()> {
+        for d in 0..self.endpoints.dest.shards.len() {
+            let mut conn = self.endpoints.connect_dest(d).await?;
+            state::ensure_schema(&mut conn).await?;
+            conn.close().await;
+        }
+        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = findings
+            .plan
+            .tables
+            .iter()
+            .map(|t| (t.table.oid, t.table.name.clone()))
+            .collect();
+        Ok(())
+    }
+
+    /// Tables with a usable unique key are copied in chunks while the
+    /// stream runs; the others whole, in the slot's snapshot, first (a
+    /// note says which and why).
+    async fn chunks(
+        &self,
+        ctx: &mut Ctx,
+        findings: &preflight::Findings,
+    ) -> Result<chunked::Prepared> {
+        let copies = self.opts.mode != Mode::ReplicateOnly;
+        let prepared = chunked::prepare(ctx, &findings.finished, copies).await?;
+        for (ti, why) in &prepared.whole {
+            let note = format!(
+                "table {} is copied whole in one snapshot, not in chunks: {why}; the source's xmin horizon is held for as long as its copy takes",
+                ctx.plan.tables[*ti].table.name
+            );
+            info!("{note}");
+            self.task.add_note(note);
+        }
+        ctx.chunks = Arc::new(prepared.books.clone());
+        Ok(prepared)
     }
 
     /// The chunked copy with the stream running, so the slot's position
