@@ -2,6 +2,8 @@
 //! replica identity and size on a source; the matching tables on a
 //! destination.
 
+use std::collections::HashMap;
+
 use pgdog_protocol::backend::DataRow;
 
 use crate::net::Connection;
@@ -129,12 +131,33 @@ async fn query1(conn: &mut Connection, sql: &str, param: &str) -> Result<Vec<Dat
         .await?)
 }
 
-/// Every table of `publication`, with columns, identity and size: three
+/// Every table of `publication`, with columns, identity and size: a few
 /// catalog queries however many tables there are.
 pub async fn publication_tables(
     conn: &mut Connection,
     publication: &str,
 ) -> Result<Vec<PublishedTable>> {
+    let (mut tables, published_cols) = published(conn, publication).await?;
+    let oids = format!(
+        "{{{}}}",
+        tables
+            .iter()
+            .map(|t| t.oid.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let index: HashMap<u32, usize> = tables.iter().enumerate().map(|(i, t)| (t.oid, i)).collect();
+    add_columns(conn, &mut tables, &published_cols, &oids, &index).await?;
+    add_partitions(conn, &mut tables, &oids, &index).await?;
+    Ok(tables)
+}
+
+/// The publication's tables without their columns, and the columns each
+/// publishes when it lists them (PostgreSQL 15+).
+async fn published(
+    conn: &mut Connection,
+    publication: &str,
+) -> Result<(Vec<PublishedTable>, Vec<Option<Vec<String>>>)> {
     let v15 = conn.server_version_num() >= 150000;
     let extra = if v15 {
         "pt.attnames::text, pt.rowfilter"
@@ -178,16 +201,17 @@ pub async fn publication_tables(
             leaves: Vec::new(),
         });
     }
-    let oids = format!(
-        "{{{}}}",
-        tables
-            .iter()
-            .map(|t| t.oid.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    let index: std::collections::HashMap<u32, usize> =
-        tables.iter().enumerate().map(|(i, t)| (t.oid, i)).collect();
+    Ok((tables, published_cols))
+}
+
+/// Each table's published columns, and its generated ones apart.
+async fn add_columns(
+    conn: &mut Connection,
+    tables: &mut [PublishedTable],
+    published_cols: &[Option<Vec<String>>],
+    oids: &str,
+    index: &HashMap<u32, usize>,
+) -> Result<()> {
     // Columns of every table. Identity columns: the primary key for 'd',
     // the chosen index for 'i'; for 'f' every column is part of the (full)
     // identity.
@@ -211,7 +235,7 @@ pub async fn publication_tables(
          LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
          WHERE a.attrelid = ANY ($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
          ORDER BY a.attrelid, a.attnum",
-        &oids,
+        oids,
     )
     .await?;
     for r in &rows {
@@ -240,6 +264,18 @@ pub async fn publication_tables(
             c_collation: r.text(9) == Some("t"),
         });
     }
+    Ok(())
+}
+
+/// What partitioning tells of each table: the leaves without a usable
+/// identity, the partitioned tables above it, and (published through its
+/// root) its leaves.
+async fn add_partitions(
+    conn: &mut Connection,
+    tables: &mut [PublishedTable],
+    oids: &str,
+    index: &HashMap<u32, usize>,
+) -> Result<()> {
     // Partitions of partitioned tables without a usable identity.
     let rows = query1(
         conn,
@@ -251,7 +287,7 @@ pub async fn publication_tables(
          WHERE t.isleaf AND NOT (c.relreplident = 'f'
             OR (c.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
             OR (c.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)))",
-        &oids,
+        oids,
     )
     .await?;
     for r in &rows {
@@ -269,7 +305,7 @@ pub async fn publication_tables(
          JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE a.relid <> p.oid
          ORDER BY p.oid, a.i",
-        &oids,
+        oids,
     )
     .await?;
     for r in &rows {
@@ -291,7 +327,7 @@ pub async fn publication_tables(
          JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE t.isleaf
          ORDER BY p.oid, n.nspname, c.relname",
-        &oids,
+        oids,
     )
     .await?;
     for r in &rows {
@@ -303,7 +339,7 @@ pub async fn publication_tables(
             });
         }
     }
-    Ok(tables)
+    Ok(())
 }
 
 /// A destination table's column.

@@ -14,6 +14,7 @@ pub(crate) mod pool;
 pub(crate) mod rows;
 mod shape;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -44,20 +45,13 @@ pub struct Job {
     pub progress: Arc<TableCopy>,
 }
 
-/// Copy everything not copied yet. `exported[s]` is the snapshot the
-/// permanent slot of source shard `s` exported when this run created it,
-/// for the copies that read that shard's primary.
-pub async fn run(
-    ctx: Arc<Ctx>,
-    finished: &[std::collections::HashMap<
-        (usize, super::catalog::TableName),
-        pgdog_protocol::Lsn,
-    >],
-    mut exported: Vec<Option<SharedSnapshot>>,
-    chunked: &std::collections::HashSet<usize>,
-) -> Result<()> {
-    let n = ctx.plan.source_shards();
-    let m = ctx.plan.dest_shards();
+/// Finished copies recorded on one destination shard.
+type Finished = HashMap<(usize, super::catalog::TableName), pgdog_protocol::Lsn>;
+
+/// One job per table and source shard to copy whole (not in chunks), for
+/// the destination shards that lack it; the others show as skipped.
+fn whole_copies(ctx: &Ctx, finished: &[Finished], chunked: &HashSet<usize>) -> Vec<Job> {
+    let (n, m) = (ctx.plan.source_shards(), ctx.plan.dest_shards());
     let mut jobs = Vec::new();
     for (ti, plan) in ctx.plan.tables.iter().enumerate() {
         // Copied in chunks, with the stream running ([`chunked`]).
@@ -69,13 +63,11 @@ pub async fn run(
             let dests: Vec<usize> = (0..m)
                 .filter(|&d| !finished[d].contains_key(&key))
                 .collect();
+            let primary = &ctx.plan.source.shards[s].primary;
             let progress = ctx.task.add_copy(TableCopy::new(
                 &plan.table.name,
                 s,
-                format!(
-                    "{}:{}",
-                    ctx.plan.source.shards[s].primary.host, ctx.plan.source.shards[s].primary.port
-                ),
+                format!("{}:{}", primary.host, primary.port),
                 plan.table.estimated_rows,
                 plan.table.bytes,
             ));
@@ -89,21 +81,19 @@ pub async fn run(
                 source_shard: s,
                 dests,
                 permits: 1,
-                server: ctx.plan.source.shards[s].primary.clone(),
+                server: primary.clone(),
                 on_replica: false,
                 progress,
             });
         }
     }
-    if jobs.is_empty() {
-        for e in exported.into_iter().flatten() {
-            e.release().await;
-        }
-        return Ok(());
-    }
-    // Where each copy reads: the replicas of its shard, evenly by bytes,
-    // or the primary.
-    for s in 0..n {
+    jobs
+}
+
+/// Where each copy reads: the replicas of its shard, evenly by bytes, or
+/// the primary.
+fn place_on_replicas(ctx: &Ctx, jobs: &mut [Job]) {
+    for s in 0..ctx.plan.source_shards() {
         let Some(sources) = ctx.copy_sources.get(s) else {
             continue;
         };
@@ -126,10 +116,19 @@ pub async fn run(
                 .set(format!("{}:{}", job.server.host, job.server.port));
         }
     }
-    // One snapshot per server read, taken on all of them at once: the
-    // permanent slot's where this run created it, else a temporary slot's.
+}
+
+/// One snapshot per server read, taken on all of them at once: the
+/// permanent slot's where this run created it, else a temporary slot's.
+/// Exports nobody reads (every copy of that shard reads replicas) are let
+/// go.
+async fn snapshots(
+    ctx: &Ctx,
+    jobs: &[Job],
+    mut exported: Vec<Option<SharedSnapshot>>,
+) -> Result<HashMap<(String, u16), Arc<ServerCopy>>> {
     let mut wanted: Vec<(usize, crate::config::Database, bool)> = Vec::new();
-    for j in &jobs {
+    for j in jobs {
         if !wanted
             .iter()
             .any(|(_, d, _)| d.host == j.server.host && d.port == j.server.port)
@@ -152,18 +151,17 @@ pub async fn run(
             }
         }
     }
-    // Exports nobody reads (every copy of that shard reads replicas).
     for e in exported.into_iter().flatten() {
         e.release().await;
     }
     let fresh = futures::future::try_join_all(
         pending
             .iter()
-            .map(|(s, server, on_replica)| server_snapshot(&ctx, *s, server, *on_replica)),
+            .map(|(s, server, on_replica)| server_snapshot(ctx, *s, server, *on_replica)),
     )
     .await?;
     taken.extend(pending.into_iter().map(|(_, server, _)| server).zip(fresh));
-    let servers: std::collections::HashMap<(String, u16), Arc<ServerCopy>> = taken
+    Ok(taken
         .into_iter()
         .map(|(server, snap)| {
             let options = ctx.endpoints.source_server(&server);
@@ -172,15 +170,35 @@ pub async fn run(
                 Arc::new(ServerCopy::new(snap, options)),
             )
         })
-        .collect();
+        .collect())
+}
+
+/// Copy everything not copied yet. `exported[s]` is the snapshot the
+/// permanent slot of source shard `s` exported when this run created it,
+/// for the copies that read that shard's primary.
+pub async fn run(
+    ctx: Arc<Ctx>,
+    finished: &[Finished],
+    exported: Vec<Option<SharedSnapshot>>,
+    chunked: &HashSet<usize>,
+) -> Result<()> {
+    let m = ctx.plan.dest_shards();
+    let mut jobs = whole_copies(&ctx, finished, chunked);
+    if jobs.is_empty() {
+        for e in exported.into_iter().flatten() {
+            e.release().await;
+        }
+        return Ok(());
+    }
+    place_on_replicas(&ctx, &mut jobs);
+    let servers = snapshots(&ctx, &jobs, exported).await?;
     let dest_pool = Arc::new(DestPool::new(m));
 
     // Largest first, so the long poles start early.
     jobs.sort_by_key(|j| std::cmp::Reverse(ctx.plan.tables[j.table].table.bytes));
     let parallel = ctx.parallel.max(1);
     // One pool of streams per server read.
-    let mut permits: std::collections::HashMap<(String, u16), Arc<Semaphore>> =
-        std::collections::HashMap::new();
+    let mut permits: HashMap<(String, u16), Arc<Semaphore>> = HashMap::new();
     info!(
         tables = jobs.len(),
         parallel,
