@@ -41,7 +41,7 @@ use super::ctx::{default_parallel, Ctx};
 use super::endpoints::Endpoints;
 use super::error::{DataSyncError, Result};
 use super::options::Options;
-use super::plan::Plan;
+use super::plan::{Plan, TablePlan};
 use super::preflight;
 use super::progress::{Phase, Task, VerifyItem};
 use super::snapshot::{self, SharedSnapshot};
@@ -475,19 +475,15 @@ struct Job {
     item: Arc<VerifyItem>,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn compare(
-    config: &Config,
+/// One read per table and source shard it is copied from, and one per
+/// destination shard; each table's destination reads, by plan index, where
+/// its result is shown.
+fn reads(
     plan: &Plan,
     tables: &[usize],
-    sources: &[ServerCopy],
-    dests: &[ServerCopy],
-    request: &Request,
-    task: &Arc<Task>,
-    shutdown: &CancellationToken,
-) -> Result<Vec<TableResult>> {
-    let n = plan.source_shards();
-    let m = plan.dest_shards();
+    task: &Task,
+) -> (Vec<Job>, HashMap<usize, Vec<Arc<VerifyItem>>>) {
+    let (n, m) = (plan.source_shards(), plan.dest_shards());
     let mut jobs = Vec::new();
     // Each table's destination reads, by plan index: where its result goes.
     let mut dest_items: HashMap<usize, Vec<Arc<VerifyItem>>> = HashMap::new();
@@ -518,6 +514,112 @@ async fn compare(
             });
         }
     }
+    (jobs, dest_items)
+}
+
+/// Per table (by plan index), per destination shard: what the source
+/// holds for the shard, and what the shard holds with its misplaced rows.
+struct Tally {
+    expected: Vec<Vec<Sums>>,
+    found: Vec<Vec<(Sums, u64)>>,
+}
+
+/// Per table: the source's sums per destination shard, and each shard's
+/// own with its misplaced rows.
+fn tally(
+    results: Vec<Result<(usize, Side, hash::Read)>>,
+    tables: usize,
+    m: usize,
+) -> Result<Tally> {
+    // Per table: the source's sums per destination shard, each shard's own.
+    let mut expected: Vec<Vec<Sums>> = vec![vec![Sums::default(); m]; tables];
+    let mut found: Vec<Vec<(Sums, u64)>> = vec![vec![(Sums::default(), 0); m]; tables];
+    for r in results {
+        let (ti, side, read) = r?;
+        match side {
+            Side::Source(_) => {
+                if read.sums.len() == m {
+                    for (d, s) in read.sums.iter().enumerate() {
+                        expected[ti][d].add(s);
+                    }
+                } else if let Some(all) = read.sums.first() {
+                    // Every destination shard holds the whole table.
+                    for e in expected[ti].iter_mut() {
+                        e.add(all);
+                    }
+                }
+            }
+            Side::Dest(d) => {
+                if let Some(s) = read.sums.first() {
+                    found[ti][d].0.add(s);
+                }
+                found[ti][d].1 += read.misplaced;
+            }
+        }
+    }
+    Ok(Tally { expected, found })
+}
+
+/// With `--detail`: the keys that differ in a table whose sums differ.
+async fn detail_of(
+    t: &TablePlan,
+    result: &TableResult,
+    sources: &[ServerCopy],
+    dests: &[ServerCopy],
+    m: usize,
+) -> Result<KeyDiffs> {
+    let n = sources.len();
+    let differing: HashSet<usize> = result
+        .shards
+        .iter()
+        .filter(|s| !s.equal())
+        .map(|s| s.dest_shard)
+        .collect();
+    let sharded = t.dest.is_some() && m > 1;
+    let sides = detail::Sides {
+        sources: (0..n)
+            .filter(|&s| t.from_source(s))
+            .map(|s| &sources[s])
+            .collect(),
+        // A sharded table is compared against all its shards at
+        // once; a full copy on each shard against each differing one.
+        dests: (0..m)
+            .filter(|d| sharded || differing.contains(d))
+            .map(|d| (d, &dests[d]))
+            .collect(),
+    };
+    let mut diffs = KeyDiffs::default();
+    if sharded {
+        diffs = detail::narrow(t, &sides, m).await?;
+    } else {
+        for one in &sides.dests {
+            let single = detail::Sides {
+                sources: sides.sources.clone(),
+                dests: vec![*one],
+            };
+            let d = detail::narrow(t, &single, m).await?;
+            diffs.missing.extend(d.missing);
+            diffs.extra.extend(d.extra);
+            diffs.changed.extend(d.changed);
+            diffs.note = diffs.note.or(d.note);
+        }
+    }
+    Ok(diffs)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn compare(
+    config: &Config,
+    plan: &Plan,
+    tables: &[usize],
+    sources: &[ServerCopy],
+    dests: &[ServerCopy],
+    request: &Request,
+    task: &Arc<Task>,
+    shutdown: &CancellationToken,
+) -> Result<Vec<TableResult>> {
+    let (n, m) = (plan.source_shards(), plan.dest_shards());
+    let (mut jobs, dest_items) = reads(plan, tables, task);
     // Largest first, so the last reads are short.
     jobs.sort_by_key(|j| std::cmp::Reverse(plan.tables[j.table].table.bytes));
     let parallel = config
@@ -561,32 +663,7 @@ async fn compare(
         .collect()
         .await;
 
-    // Per table: the source's sums per destination shard, each shard's own.
-    let mut expected: Vec<Vec<Sums>> = vec![vec![Sums::default(); m]; plan.tables.len()];
-    let mut found: Vec<Vec<(Sums, u64)>> = vec![vec![(Sums::default(), 0); m]; plan.tables.len()];
-    for r in results {
-        let (ti, side, read) = r?;
-        match side {
-            Side::Source(_) => {
-                if read.sums.len() == m {
-                    for (d, s) in read.sums.iter().enumerate() {
-                        expected[ti][d].add(s);
-                    }
-                } else if let Some(all) = read.sums.first() {
-                    // Every destination shard holds the whole table.
-                    for e in expected[ti].iter_mut() {
-                        e.add(all);
-                    }
-                }
-            }
-            Side::Dest(d) => {
-                if let Some(s) = read.sums.first() {
-                    found[ti][d].0.add(s);
-                }
-                found[ti][d].1 += read.misplaced;
-            }
-        }
-    }
+    let Tally { expected, found } = tally(results, plan.tables.len(), m)?;
     let mut out = Vec::new();
     for &ti in tables {
         let t = &plan.tables[ti];
@@ -608,42 +685,7 @@ async fn compare(
             detail: None,
         };
         if request.detail && !result.equal() {
-            let differing: HashSet<usize> = result
-                .shards
-                .iter()
-                .filter(|s| !s.equal())
-                .map(|s| s.dest_shard)
-                .collect();
-            let sharded = t.dest.is_some() && m > 1;
-            let sides = detail::Sides {
-                sources: (0..n)
-                    .filter(|&s| t.from_source(s))
-                    .map(|s| &sources[s])
-                    .collect(),
-                // A sharded table is compared against all its shards at
-                // once; a full copy on each shard against each differing one.
-                dests: (0..m)
-                    .filter(|d| sharded || differing.contains(d))
-                    .map(|d| (d, &dests[d]))
-                    .collect(),
-            };
-            let mut diffs = KeyDiffs::default();
-            if sharded {
-                diffs = detail::narrow(t, &sides, m).await?;
-            } else {
-                for one in &sides.dests {
-                    let single = detail::Sides {
-                        sources: sides.sources.clone(),
-                        dests: vec![*one],
-                    };
-                    let d = detail::narrow(t, &single, m).await?;
-                    diffs.missing.extend(d.missing);
-                    diffs.extra.extend(d.extra);
-                    diffs.changed.extend(d.changed);
-                    diffs.note = diffs.note.or(d.note);
-                }
-            }
-            result.detail = Some(diffs);
+            result.detail = Some(detail_of(t, &result, sources, dests, m).await?);
         }
         out.push(result);
     }
