@@ -80,97 +80,15 @@ fn insert_sql(rel: &RelationInfo, rows: usize) -> String {
 /// SQL of a shape. Parameters follow [`params_per_row`], row after row.
 pub fn statement_sql(rel: &RelationInfo, key: &ShapeKey) -> String {
     let table = format!("{}{}", rel.only(), rel.name.quoted());
-    let cols = &rel.columns;
     let rows = key.rows.max(1) as usize;
     match key.kind {
         Kind::Insert => insert_sql(rel, rows),
-        Kind::Upsert => {
-            let keys: Vec<String> = cols
-                .iter()
-                .filter(|c| c.key)
-                .map(|c| quote_ident(&c.name))
-                .collect();
-            let set: Vec<String> = cols
-                .iter()
-                .filter(|c| !c.key && !c.always)
-                .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
-                .collect();
-            let action = if set.is_empty() {
-                "NOTHING".to_string()
-            } else {
-                format!("UPDATE SET {}", set.join(", "))
-            };
-            format!(
-                "{} ON CONFLICT ({}) DO {action}",
-                insert_sql(rel, rows),
-                keys.join(", ")
-            )
-        }
-        Kind::Update if rows == 1 => {
-            let mut n = 0;
-            let mut set = Vec::new();
-            for (c, on) in cols.iter().zip(&key.mask) {
-                if *on {
-                    n += 1;
-                    set.push(format!("{} = ${n}", quote_ident(&c.name)));
-                }
-            }
-            let mut cond = Vec::new();
-            for c in cols.iter().filter(|c| c.key) {
-                n += 1;
-                cond.push(format!("{} = ${n}", quote_ident(&c.name)));
-            }
-            format!(
-                "UPDATE {table} SET {} WHERE {}",
-                set.join(", "),
-                cond.join(" AND ")
-            )
-        }
-        Kind::Update => {
-            // UPDATE t SET a = v.p1 FROM (VALUES ($1::ty, $2::ty), ...) v(p1, p2)
-            // WHERE t.k = v.p2; the first row's casts type the VALUES list.
-            let set_cols: Vec<&super::relation::RelColumn> = cols
-                .iter()
-                .zip(&key.mask)
-                .filter(|(_, on)| **on)
-                .map(|(c, _)| c)
-                .collect();
-            let key_cols: Vec<&super::relation::RelColumn> =
-                cols.iter().filter(|c| c.key).collect();
-            let per = set_cols.len() + key_cols.len();
-            let all: Vec<&super::relation::RelColumn> =
-                set_cols.iter().chain(&key_cols).copied().collect();
-            let values: Vec<String> = (0..rows)
-                .map(|r| {
-                    let params: Vec<String> = all
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| cast(r * per + i + 1, c.type_name.as_deref()))
-                        .collect();
-                    format!("({})", params.join(", "))
-                })
-                .collect();
-            let aliases: Vec<String> = (1..=per).map(|i| format!("p{i}")).collect();
-            let set: Vec<String> = set_cols
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("{} = v.p{}", quote_ident(&c.name), i + 1))
-                .collect();
-            let cond: Vec<String> = key_cols
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("t.{} = v.p{}", quote_ident(&c.name), set_cols.len() + i + 1))
-                .collect();
-            format!(
-                "UPDATE {table} AS t SET {} FROM (VALUES {}) AS v({}) WHERE {}",
-                set.join(", "),
-                values.join(", "),
-                aliases.join(", "),
-                cond.join(" AND ")
-            )
-        }
+        Kind::Upsert => upsert_sql(rel, rows),
+        Kind::Update if rows == 1 => update_one_sql(rel, key, &table),
+        Kind::Update => update_many_sql(rel, key, &table, rows),
         Kind::Delete if rows == 1 => {
-            let cond: Vec<String> = cols
+            let cond: Vec<String> = rel
+                .columns
                 .iter()
                 .filter(|c| c.key)
                 .enumerate()
@@ -178,83 +96,172 @@ pub fn statement_sql(rel: &RelationInfo, key: &ShapeKey) -> String {
                 .collect();
             format!("DELETE FROM {table} WHERE {}", cond.join(" AND "))
         }
-        Kind::Delete => {
-            let key_cols: Vec<&super::relation::RelColumn> =
-                cols.iter().filter(|c| c.key).collect();
-            let per = key_cols.len();
-            let values: Vec<String> = (0..rows)
-                .map(|r| {
-                    let params: Vec<String> = key_cols
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| cast(r * per + i + 1, c.type_name.as_deref()))
-                        .collect();
-                    format!("({})", params.join(", "))
-                })
-                .collect();
-            let aliases: Vec<String> = (1..=per).map(|i| format!("p{i}")).collect();
-            let cond: Vec<String> = key_cols
+        Kind::Delete => delete_many_sql(rel, &table, rows),
+        Kind::UpdateFull | Kind::DeleteFull => full_identity_sql(rel, key, &table),
+    }
+}
+
+type Col = super::relation::RelColumn;
+
+/// An insert that updates the row its key already names.
+fn upsert_sql(rel: &RelationInfo, rows: usize) -> String {
+    let cols = &rel.columns;
+    let keys: Vec<String> = cols
+        .iter()
+        .filter(|c| c.key)
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    let set: Vec<String> = cols
+        .iter()
+        .filter(|c| !c.key && !c.always)
+        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
+        .collect();
+    let action = if set.is_empty() {
+        "NOTHING".to_string()
+    } else {
+        format!("UPDATE SET {}", set.join(", "))
+    };
+    format!(
+        "{} ON CONFLICT ({}) DO {action}",
+        insert_sql(rel, rows),
+        keys.join(", ")
+    )
+}
+
+/// One row: the changed columns set, the key matched.
+fn update_one_sql(rel: &RelationInfo, key: &ShapeKey, table: &str) -> String {
+    let mut n = 0;
+    let mut set = Vec::new();
+    for (c, on) in rel.columns.iter().zip(&key.mask) {
+        if *on {
+            n += 1;
+            set.push(format!("{} = ${n}", quote_ident(&c.name)));
+        }
+    }
+    let mut cond = Vec::new();
+    for c in rel.columns.iter().filter(|c| c.key) {
+        n += 1;
+        cond.push(format!("{} = ${n}", quote_ident(&c.name)));
+    }
+    format!(
+        "UPDATE {table} SET {} WHERE {}",
+        set.join(", "),
+        cond.join(" AND ")
+    )
+}
+
+/// `(VALUES ($1::ty, $2::ty), ...)` of `rows` rows of `cols`, and its
+/// aliases `p1, p2, ...`: the first row's casts type the list.
+fn values_list(cols: &[&Col], rows: usize) -> (String, String) {
+    let per = cols.len();
+    let values: Vec<String> = (0..rows)
+        .map(|r| {
+            let params: Vec<String> = cols
                 .iter()
                 .enumerate()
-                .map(|(i, c)| format!("t.{} = v.p{}", quote_ident(&c.name), i + 1))
+                .map(|(i, c)| cast(r * per + i + 1, c.type_name.as_deref()))
                 .collect();
-            format!(
-                "DELETE FROM {table} AS t USING (VALUES {}) AS v({}) WHERE {}",
-                values.join(", "),
-                aliases.join(", "),
-                cond.join(" AND ")
-            )
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    let aliases: Vec<String> = (1..=per).map(|i| format!("p{i}")).collect();
+    (values.join(", "), aliases.join(", "))
+}
+
+/// Many rows: `UPDATE t SET a = v.p1 FROM (VALUES ...) v(p1, p2) WHERE
+/// t.k = v.p2`.
+fn update_many_sql(rel: &RelationInfo, key: &ShapeKey, table: &str, rows: usize) -> String {
+    let cols = &rel.columns;
+    let set_cols: Vec<&Col> = cols
+        .iter()
+        .zip(&key.mask)
+        .filter(|(_, on)| **on)
+        .map(|(c, _)| c)
+        .collect();
+    let key_cols: Vec<&Col> = cols.iter().filter(|c| c.key).collect();
+    let all: Vec<&Col> = set_cols.iter().chain(&key_cols).copied().collect();
+    let (values, aliases) = values_list(&all, rows);
+    let set: Vec<String> = set_cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = v.p{}", quote_ident(&c.name), i + 1))
+        .collect();
+    let cond: Vec<String> = key_cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("t.{} = v.p{}", quote_ident(&c.name), set_cols.len() + i + 1))
+        .collect();
+    format!(
+        "UPDATE {table} AS t SET {} FROM (VALUES {values}) AS v({aliases}) WHERE {}",
+        set.join(", "),
+        cond.join(" AND ")
+    )
+}
+
+/// Many rows: `DELETE FROM t USING (VALUES ...) v(p1) WHERE t.k = v.p1`.
+fn delete_many_sql(rel: &RelationInfo, table: &str, rows: usize) -> String {
+    let key_cols: Vec<&Col> = rel.columns.iter().filter(|c| c.key).collect();
+    let (values, aliases) = values_list(&key_cols, rows);
+    let cond: Vec<String> = key_cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("t.{} = v.p{}", quote_ident(&c.name), i + 1))
+        .collect();
+    format!(
+        "DELETE FROM {table} AS t USING (VALUES {values}) AS v({aliases}) WHERE {}",
+        cond.join(" AND ")
+    )
+}
+
+/// REPLICA IDENTITY FULL: touch exactly one row equal to the old one.
+fn full_identity_sql(rel: &RelationInfo, key: &ShapeKey, table: &str) -> String {
+    let cols = &rel.columns;
+    let (set_mask, match_mask) = key.mask.split_at(cols.len().min(key.mask.len()));
+    let mut n = 0;
+    let mut set = Vec::new();
+    if key.kind == Kind::UpdateFull {
+        for (c, on) in cols.iter().zip(set_mask) {
+            if *on {
+                n += 1;
+                set.push(format!("{} = ${n}", quote_ident(&c.name)));
+            }
         }
-        Kind::UpdateFull | Kind::DeleteFull => {
-            // REPLICA IDENTITY FULL: touch exactly one row equal to the old one.
-            let (set_mask, match_mask) = key.mask.split_at(cols.len().min(key.mask.len()));
-            let mut n = 0;
-            let mut set = Vec::new();
-            if key.kind == Kind::UpdateFull {
-                for (c, on) in cols.iter().zip(set_mask) {
-                    if *on {
-                        n += 1;
-                        set.push(format!("{} = ${n}", quote_ident(&c.name)));
-                    }
-                }
-            }
-            let mut cond = Vec::new();
-            for (c, on) in cols.iter().zip(match_mask) {
-                if *on {
-                    n += 1;
-                    cond.push(format!(
-                        "{} IS NOT DISTINCT FROM ${n}",
-                        quote_ident(&c.name)
-                    ));
-                }
-            }
-            let cond = cond.join(" AND ");
-            if rel.partitioned {
-                // A ctid is unique within one partition only: the row is
-                // its partition (tableoid) and its ctid there.
-                let pick = format!(
-                    "WITH pgdog_row AS (SELECT tableoid AS o, ctid AS c FROM {table} WHERE {cond} LIMIT 1)"
-                );
-                let at = "pgdog_t.tableoid = pgdog_row.o AND pgdog_t.ctid = pgdog_row.c";
-                if key.kind == Kind::UpdateFull {
-                    format!(
-                        "{pick} UPDATE {table} AS pgdog_t SET {} FROM pgdog_row WHERE {at}",
-                        set.join(", ")
-                    )
-                } else {
-                    format!("{pick} DELETE FROM {table} AS pgdog_t USING pgdog_row WHERE {at}")
-                }
-            } else {
-                let pick = format!("SELECT ctid FROM {table} WHERE {cond} LIMIT 1");
-                if key.kind == Kind::UpdateFull {
-                    format!(
-                        "UPDATE {table} SET {} WHERE ctid = ({pick})",
-                        set.join(", ")
-                    )
-                } else {
-                    format!("DELETE FROM {table} WHERE ctid = ({pick})")
-                }
-            }
+    }
+    let mut cond = Vec::new();
+    for (c, on) in cols.iter().zip(match_mask) {
+        if *on {
+            n += 1;
+            cond.push(format!(
+                "{} IS NOT DISTINCT FROM ${n}",
+                quote_ident(&c.name)
+            ));
+        }
+    }
+    let cond = cond.join(" AND ");
+    if rel.partitioned {
+        // A ctid is unique within one partition only: the row is its
+        // partition (tableoid) and its ctid there.
+        let pick = format!(
+            "WITH pgdog_row AS (SELECT tableoid AS o, ctid AS c FROM {table} WHERE {cond} LIMIT 1)"
+        );
+        let at = "pgdog_t.tableoid = pgdog_row.o AND pgdog_t.ctid = pgdog_row.c";
+        if key.kind == Kind::UpdateFull {
+            format!(
+                "{pick} UPDATE {table} AS pgdog_t SET {} FROM pgdog_row WHERE {at}",
+                set.join(", ")
+            )
+        } else {
+            format!("{pick} DELETE FROM {table} AS pgdog_t USING pgdog_row WHERE {at}")
+        }
+    } else {
+        let pick = format!("SELECT ctid FROM {table} WHERE {cond} LIMIT 1");
+        if key.kind == Kind::UpdateFull {
+            format!(
+                "UPDATE {table} SET {} WHERE ctid = ({pick})",
+                set.join(", ")
+            )
+        } else {
+            format!("DELETE FROM {table} WHERE ctid = ({pick})")
         }
     }
 }
