@@ -20,6 +20,8 @@ use std::collections::BTreeMap;
 
 use tracing::info;
 
+use crate::net::Connection;
+
 use super::catalog::{quote_ident, TableName};
 use super::endpoints::Endpoints;
 use super::error::{DataSyncError, Result};
@@ -123,13 +125,13 @@ async fn state(
     )))
 }
 
-/// Work out what to set, reading every source and destination shard.
-pub async fn plan(
+/// The sequences the moved tables use, as source shard 0 knows them:
+/// `(schema, name) -> (tables, interleaved)`, interleaved when a table
+/// that uses it is sharded over more than one destination shard.
+async fn used_sequences(
     endpoints: &Endpoints,
     plan: &Plan,
-    margin: i64,
-    increment_from: IncrementFrom,
-) -> Result<Vec<SequencePlan>> {
+) -> Result<BTreeMap<(String, String), (Vec<TableName>, bool)>> {
     let m = plan.dest_shards();
     let mut conn = endpoints.connect_source(0, false).await?;
     let rows = conn.query(SEQUENCES_SQL).await?;
@@ -154,22 +156,32 @@ pub async fn plan(
         }
         entry.1 |= sharded;
     }
-    let mut sources = Vec::new();
-    for s in 0..endpoints.source.shards.len() {
-        sources.push(endpoints.connect_source(s, false).await?);
-    }
-    let mut dests = Vec::new();
-    for d in 0..m {
-        dests.push(endpoints.connect_dest(d).await?);
-    }
-    let mut out = Vec::new();
-    for ((schema, name), (tables, interleaved)) in found {
+    Ok(found)
+}
+
+/// Open connections to every source and destination shard.
+struct Servers<'a> {
+    sources: &'a mut [Connection],
+    dests: &'a mut [Connection],
+}
+
+/// What the shards say of one sequence.
+struct Seen {
+    /// The highest value handed out anywhere.
+    highest: Option<i64>,
+    increment: i64,
+    /// The lowest maximum.
+    bound: i64,
+}
+
+impl Servers<'_> {
+    async fn seen(self, schema: &str, name: &str, increment_from: IncrementFrom) -> Result<Seen> {
         let what = format!("sequence {schema}.{name}");
         let mut highest: Option<i64> = None;
         let mut increment = 1;
         let mut bound = i64::MAX;
-        for (i, c) in sources.iter_mut().enumerate() {
-            let Some((last, inc, _, max)) = state(c, &schema, &name).await? else {
+        for (i, c) in self.sources.iter_mut().enumerate() {
+            let Some((last, inc, _, max)) = state(c, schema, name).await? else {
                 continue;
             };
             if i == 0 && increment_from == IncrementFrom::Source {
@@ -178,8 +190,8 @@ pub async fn plan(
             }
             highest = highest.max(last);
         }
-        for (d, c) in dests.iter_mut().enumerate() {
-            let Some((last, inc, _, max)) = state(c, &schema, &name).await? else {
+        for (d, c) in self.dests.iter_mut().enumerate() {
+            let Some((last, inc, _, max)) = state(c, schema, name).await? else {
                 return Err(DataSyncError::preflight(
                     format!("{what} is missing on destination shard {d}"),
                     "create the schema there first (schema sync does)",
@@ -191,6 +203,43 @@ pub async fn plan(
                 increment = inc;
             }
         }
+        Ok(Seen {
+            highest,
+            increment,
+            bound,
+        })
+    }
+}
+
+/// Work out what to set, reading every source and destination shard.
+pub async fn plan(
+    endpoints: &Endpoints,
+    plan: &Plan,
+    margin: i64,
+    increment_from: IncrementFrom,
+) -> Result<Vec<SequencePlan>> {
+    let m = plan.dest_shards();
+    let found = used_sequences(endpoints, plan).await?;
+    let mut sources = Vec::new();
+    for s in 0..endpoints.source.shards.len() {
+        sources.push(endpoints.connect_source(s, false).await?);
+    }
+    let mut dests = Vec::new();
+    for d in 0..m {
+        dests.push(endpoints.connect_dest(d).await?);
+    }
+    let mut out = Vec::new();
+    for ((schema, name), (tables, interleaved)) in found {
+        let what = format!("sequence {schema}.{name}");
+        let servers = Servers {
+            sources: &mut sources,
+            dests: &mut dests,
+        };
+        let Seen {
+            highest,
+            increment,
+            bound,
+        } = servers.seen(&schema, &name, increment_from).await?;
         if increment <= 0 {
             return Err(DataSyncError::preflight(
                 format!("{what} counts down (INCREMENT BY {increment}); pgdog only sets ascending sequences"),
