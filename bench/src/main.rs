@@ -26,7 +26,8 @@
 //! Run it with `bench/data-sync` (builds in release mode first).
 
 mod dataset;
-mod impact;
+mod peers;
+mod report;
 mod runs;
 
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use pgdog::harness::{ClusterOptions, Fleet, PgInstall};
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
 #[derive(Debug, Parser)]
 pub struct Args {
@@ -93,7 +96,7 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<()> {
     let args = Args::parse();
     if !args.pgdog.exists() {
         return Err(format!(
@@ -125,7 +128,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .setting("max_sync_workers_per_subscription", "2");
     let fleet = Fleet::start(1, 3, options).await?;
     let bench = runs::Bench::new(fleet, install.clone(), &args).await?;
-    let mut report = runs::Report::default();
+    let mut report = report::Report::default();
     bench.machine(&mut report).await?;
     if !args.skip.iter().any(|s| s == "copy") {
         bench.copy(&mut report).await?;
@@ -156,10 +159,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The four servers go before the replica set starts.
     drop(bench);
     if !args.skip.iter().any(|s| s == "replicas") {
-        runs::replicas(&args, &mut report).await?;
+        runs::replicas::run(&args, &mut report).await?;
     }
     if !args.skip.iter().any(|s| s == "impact") {
-        impact::run(&args, &install, &args.pgdog.canonicalize()?, &mut report).await?;
+        runs::impact::run(&args, &install, &args.pgdog.canonicalize()?, &mut report).await?;
     }
     let text = report.render();
     println!("{text}");

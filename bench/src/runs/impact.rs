@@ -23,10 +23,9 @@ use pgdog::harness::{Cluster, ClusterOptions, PgInstall};
 use pgdog::net::Connection;
 use tokio::process::Command;
 
-use crate::runs::Report;
-use crate::Args;
-
-type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+use crate::peers;
+use crate::report::Report;
+use crate::{Args, Result};
 
 /// What the samples of one move found.
 #[derive(Debug, Default, Clone, Copy)]
@@ -168,11 +167,7 @@ pub async fn run(
     pgdog: &Path,
     report: &mut Report,
 ) -> Result<()> {
-    let pgbench = PgInstall::all()
-        .into_iter()
-        .map(|i| i.tool("pgbench"))
-        .find(|p| p.exists())
-        .ok_or("pgbench not found")?;
+    let pgbench = super::pgbench()?;
     let options = ClusterOptions {
         install: Some(install.clone()),
         ..Default::default()
@@ -186,74 +181,111 @@ pub async fn run(
     .setting("max_sync_workers_per_subscription", "2");
     let dir = std::env::temp_dir().join(format!("pgdog-bench-impact-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let setup = Setup {
+        args,
+        pgbench: &pgbench,
+        pgdog,
+        dir: &dir,
+    };
     let mut figures = Vec::new();
-    for who in ["pgdog 1→2", "native subscription 1→1"] {
-        // A fresh source each time: the same table, not the first run's
-        // bloat.
-        let fleet = pgdog::harness::Fleet::start(1, 2, options.clone()).await?;
-        let source = &fleet.sources[0];
-        eprintln!(
-            "impact ({who}): pgbench -i -s {} on the source...",
-            args.impact_scale
-        );
-        let status = std::process::Command::new(&pgbench)
-            .args(["-i", "-q", "-s"])
-            .arg(args.impact_scale.to_string())
-            .args(["-U", "postgres", "-h", source.host(), "-p"])
-            .arg(source.port().to_string())
-            .arg(DATABASE)
-            .stdout(Stdio::null())
-            .status()?;
-        if !status.success() {
-            return Err("pgbench -i failed".into());
-        }
-        for sql in [
-            "ALTER TABLE pgbench_history REPLICA IDENTITY FULL",
-            "VACUUM ANALYZE",
-            "CHECKPOINT",
-            "CREATE PUBLICATION bench FOR ALL TABLES",
-        ] {
-            source.exec(DATABASE, sql).await?;
-        }
-        let table_bytes = accounts_bytes(source).await?;
-        let before = table_bytes;
-        let pgbench_log = dir.join(format!("pgbench-{}.log", figures.len()));
-        let mut app = load(&pgbench, source, args.impact_rate, &pgbench_log)?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let sampler = Sampler::start(source);
-        let started = Instant::now();
-        let (copy, slot) = if who.starts_with("pgdog") {
-            (
-                pgdog_move(pgdog, &fleet, &dir).await?,
-                "pgdog_bench_dest".to_string(),
-            )
-        } else {
-            (native_move(&fleet).await?, "impact_sub".to_string())
-        };
-        until_caught_up(source, &slot, 16 * 1024 * 1024).await?;
-        let caught_up = started.elapsed().as_secs_f64();
-        let (horizon, wal) = sampler.finish().await?;
-        let _ = app.kill().await;
-        let growth = accounts_bytes(source).await? - before;
-        eprintln!(
-            "impact ({who}): copy {copy:.1}s, caught up {caught_up:.1}s, horizon {horizon:.1}s, WAL {:.0} MB, accounts +{:.0} MB",
-            wal as f64 / 1e6,
-            growth as f64 / 1e6
-        );
-        figures.push((
-            who,
-            table_bytes,
-            Impact {
-                copy,
-                caught_up,
-                horizon,
-                wal,
-                growth,
-            },
-        ));
-        drop(fleet);
+    for (i, who) in ["pgdog 1→2", "native subscription 1→1"]
+        .into_iter()
+        .enumerate()
+    {
+        let (table_bytes, impact) = measure(&setup, &options, who, i).await?;
+        figures.push((who, table_bytes, impact));
     }
     let _ = std::fs::remove_dir_all(&dir);
+    report_impact(report, args, &figures);
+    Ok(())
+}
+
+/// What every move of the section shares.
+struct Setup<'a> {
+    args: &'a Args,
+    pgbench: &'a Path,
+    pgdog: &'a Path,
+    dir: &'a Path,
+}
+
+/// One move (`who`, the `index`th) on fresh servers under the load:
+/// the bytes of pgbench_accounts before it, and what the samples found.
+async fn measure(
+    s: &Setup<'_>,
+    options: &ClusterOptions,
+    who: &str,
+    index: usize,
+) -> Result<(i64, Impact)> {
+    // A fresh source each time: the same table, not the first run's
+    // bloat.
+    let fleet = pgdog::harness::Fleet::start(1, 2, options.clone()).await?;
+    let source = &fleet.sources[0];
+    init_source(s, source, who).await?;
+    let before = accounts_bytes(source).await?;
+    let pgbench_log = s.dir.join(format!("pgbench-{index}.log"));
+    let mut app = load(s.pgbench, source, s.args.impact_rate, &pgbench_log)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sampler = Sampler::start(source);
+    let started = Instant::now();
+    let (copy, slot) = if who.starts_with("pgdog") {
+        (
+            pgdog_move(s.pgdog, &fleet, s.dir).await?,
+            "pgdog_bench_dest".to_string(),
+        )
+    } else {
+        (native_move(&fleet).await?, "impact_sub".to_string())
+    };
+    until_caught_up(source, &slot, 16 * 1024 * 1024).await?;
+    let caught_up = started.elapsed().as_secs_f64();
+    let (horizon, wal) = sampler.finish().await?;
+    let _ = app.kill().await;
+    let growth = accounts_bytes(source).await? - before;
+    eprintln!(
+        "impact ({who}): copy {copy:.1}s, caught up {caught_up:.1}s, horizon {horizon:.1}s, WAL {:.0} MB, accounts +{:.0} MB",
+        wal as f64 / 1e6,
+        growth as f64 / 1e6
+    );
+    let impact = Impact {
+        copy,
+        caught_up,
+        horizon,
+        wal,
+        growth,
+    };
+    drop(fleet);
+    Ok((before, impact))
+}
+
+/// pgbench's tables on the source, published, vacuumed and checkpointed.
+async fn init_source(s: &Setup<'_>, source: &Cluster, who: &str) -> Result<()> {
+    eprintln!(
+        "impact ({who}): pgbench -i -s {} on the source...",
+        s.args.impact_scale
+    );
+    let status = std::process::Command::new(s.pgbench)
+        .args(["-i", "-q", "-s"])
+        .arg(s.args.impact_scale.to_string())
+        .args(["-U", "postgres", "-h", source.host(), "-p"])
+        .arg(source.port().to_string())
+        .arg(DATABASE)
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        return Err("pgbench -i failed".into());
+    }
+    for sql in [
+        "ALTER TABLE pgbench_history REPLICA IDENTITY FULL",
+        "VACUUM ANALYZE",
+        "CHECKPOINT",
+        "CREATE PUBLICATION bench FOR ALL TABLES",
+    ] {
+        source.exec(DATABASE, sql).await?;
+    }
+    Ok(())
+}
+
+/// The section's rows: each move's figures, against the native one.
+fn report_impact(report: &mut Report, args: &Args, figures: &[(&str, i64, Impact)]) {
     let (_, bytes, _) = figures[0];
     report.note(format!(
         "source impact: pgbench scale {} ({:.0} MB of pgbench_accounts), pgbench at {} tx/s during the move, sampled every 0.5 s",
@@ -262,7 +294,7 @@ pub async fn run(
         args.impact_rate
     ));
     let native = figures[1].2;
-    for (who, _, f) in &figures {
+    for (who, _, f) in figures {
         let vs = |v: f64, base: f64| {
             if who.starts_with("native") {
                 "baseline".to_string()
@@ -306,7 +338,6 @@ pub async fn run(
             );
         }
     }
-    Ok(())
 }
 
 /// pgdog data-sync 1→2 into empty shards (schema sync); the seconds
@@ -322,7 +353,7 @@ async fn pgdog_move(pgdog: &Path, fleet: &pgdog::harness::Fleet, dir: &Path) -> 
     let log: PathBuf = dir.join("pgdog.log");
     let out = std::fs::File::create(&log)?;
     let started = Instant::now();
-    let child = Command::from(crate::runs::data_sync_command(pgdog, dir, "dest"))
+    let child = Command::from(peers::data_sync(pgdog, dir, "dest"))
         .env("PGDOG_LOG", "info")
         .stdout(Stdio::null())
         .stderr(out)
@@ -356,24 +387,9 @@ async fn native_move(fleet: &pgdog::harness::Fleet) -> Result<f64> {
     )
     .await?;
     let started = Instant::now();
-    dest.exec(
-        DATABASE,
-        &format!(
-            "CREATE SUBSCRIPTION impact_sub CONNECTION 'host={} port={} user=postgres dbname={DATABASE}' PUBLICATION bench WITH (binary = true)",
-            source.host(),
-            source.port()
-        ),
-    )
-    .await?;
-    loop {
-        let left: String = scalar(
-            dest,
-            "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'",
-        )
-        .await?;
-        if left == "0" {
-            return Ok(started.elapsed().as_secs_f64());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    peers::subscribe(source, dest, "impact_sub", "bench", false).await?;
+    let poll = Duration::from_millis(200);
+    // No time limit: it returns only once ready.
+    let ready = peers::until_subscription_ready(dest, None, poll, started, None).await?;
+    Ok(ready.ok_or("subscription never ready")?)
 }
