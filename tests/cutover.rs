@@ -1151,3 +1151,46 @@ async fn the_freeze_never_cancels_an_application_transaction_in_a_lock_cycle() {
         Some("1/1/1".into())
     );
 }
+
+/// The cutover's record is written and read back typed on a real server:
+/// every stage round-trips, the roles and reverse names come back, and a
+/// stage this version does not know is an error that names it (not a
+/// silent restart from the first step).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cutover_record_reads_back_typed() {
+    use pgdog::data_sync::lifecycle::Stage;
+    use pgdog::data_sync::state::{self, CutoverRecord};
+    init_logging();
+    let cluster = pgdog::harness::Cluster::start(ClusterOptions::default()).unwrap();
+    cluster.create_database(DATABASE).await.unwrap();
+    let mut conn = Connection::connect(&cluster.options("postgres", DATABASE))
+        .await
+        .unwrap();
+    state::ensure_schema(&mut conn).await.unwrap();
+    assert_eq!(state::cutover(&mut conn, "pgdog_s").await.unwrap(), None);
+    for stage in Stage::ALL {
+        let record = CutoverRecord {
+            stage,
+            roles: vec!["app".into(), "Odd \"Role\"".into()],
+            reverse_publication: "pgdog_reverse".into(),
+            reverse_slot: "pgdog_pgdog_reverse_source".into(),
+        };
+        state::set_cutover(&mut conn, "pgdog_s", &record, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            state::cutover(&mut conn, "pgdog_s").await.unwrap(),
+            Some(record),
+            "{stage:?}"
+        );
+    }
+    conn.execute("UPDATE pgdog.cutovers SET state = 'half_done' WHERE slot_name = 'pgdog_s'")
+        .await
+        .unwrap();
+    let e = state::cutover(&mut conn, "pgdog_s").await.unwrap_err();
+    assert!(
+        e.to_string().contains("\"half_done\"") && e.to_string().contains("pgdog_s"),
+        "{e}"
+    );
+    conn.close().await;
+}
