@@ -286,16 +286,7 @@ async fn async_main(cli: Cli) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let token = CancellationToken::new();
-            stop_on_signals(token.clone());
-            let registry = Arc::new(Registry::default());
-            match pgdog::admin::serve(config, registry, None, token).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            serve_command(config).await
         }
         Some(Command::Configcheck) => match Config::load(&cli.config, &cli.users) {
             Ok(c) => {
@@ -349,22 +340,7 @@ async fn async_main(cli: Cli) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let opts = args.target.options(Mode::ReplicateOnly, false);
-            match data_sync::sequences::command(config, &opts, args.margin, args.dry_run).await {
-                Ok(plans) => {
-                    print!("{}", data_sync::sequences::render(&plans));
-                    if args.dry_run {
-                        eprintln!("dry run: nothing was changed.");
-                    } else {
-                        eprintln!("{} sequences set on every destination shard.", plans.len());
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            sequence_sync_command(config, args).await
         }
         Some(Command::Cutover(args)) => {
             let config = match load(&cli) {
@@ -379,6 +355,39 @@ async fn async_main(cli: Cli) -> ExitCode {
                 Err(code) => return code,
             };
             schema_sync_command(config, args).await
+        }
+    }
+}
+
+/// The proxy's admin console, until a signal.
+async fn serve_command(config: Arc<Config>) -> ExitCode {
+    let token = CancellationToken::new();
+    stop_on_signals(token.clone());
+    let registry = Arc::new(Registry::default());
+    match pgdog::admin::serve(config, registry, None, token).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn sequence_sync_command(config: Arc<Config>, args: &SequenceSyncArgs) -> ExitCode {
+    let opts = args.target.options(Mode::ReplicateOnly, false);
+    match data_sync::sequences::command(config, &opts, args.margin, args.dry_run).await {
+        Ok(plans) => {
+            print!("{}", data_sync::sequences::render(&plans));
+            if args.dry_run {
+                eprintln!("dry run: nothing was changed.");
+            } else {
+                eprintln!("{} sequences set on every destination shard.", plans.len());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -18,6 +18,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::data_sync::Task;
+
 use crate::data_sync::{Phase, Registry};
 
 /// A scrape must send its request within this.
@@ -134,6 +136,28 @@ fn escape(v: &str) -> String {
 }
 
 fn collect(gauges: &Gauges) -> Vec<Family> {
+    use Kind::Gauge;
+    let tasks = gauges.registry.tasks();
+    let mut out = task_families(&tasks);
+    out.extend(copy_families(&tasks));
+    out.extend(stream_families(&tasks));
+    let mut sessions = Family::new(
+        "pgdog_admin_sessions",
+        Gauge,
+        "Admin console sessions open now.",
+    );
+    sessions.add(
+        vec![],
+        gauges
+            .max_sessions
+            .saturating_sub(gauges.sessions.available_permits()) as f64,
+    );
+    out.push(sessions);
+    out
+}
+
+/// Each task's phase, time and errors.
+fn task_families(tasks: &[Arc<Task>]) -> Vec<Family> {
     use Kind::{Counter, Gauge};
     let mut phase = Family::new(
         "pgdog_task_phase",
@@ -150,6 +174,30 @@ fn collect(gauges: &Gauges) -> Vec<Family> {
         Counter,
         "Errors a data-sync task met, by kind (retried ones included).",
     );
+    for task in tasks {
+        let id = task.id.to_string();
+        let current = task.phase();
+        for p in PHASES {
+            phase.add(
+                vec![("task", id.clone()), ("phase", p.as_str().to_string())],
+                if p == current { 1.0 } else { 0.0 },
+            );
+        }
+        elapsed.add(vec![("task", id.clone())], task.elapsed().as_secs_f64());
+        let counted = task.errors();
+        for (kind, n) in counted {
+            errors.add(
+                vec![("task", id.clone()), ("kind", kind.to_string())],
+                n as f64,
+            );
+        }
+    }
+    vec![phase, elapsed, errors]
+}
+
+/// Each table copy's rows, bytes and rates.
+fn copy_families(tasks: &[Arc<Task>]) -> Vec<Family> {
+    use Kind::{Counter, Gauge};
     let mut rows = Family::new(
         "pgdog_copy_rows",
         Counter,
@@ -175,6 +223,35 @@ fn collect(gauges: &Gauges) -> Vec<Family> {
         Gauge,
         "Rows the source's statistics expect in the table (pg_class.reltuples).",
     );
+    for task in tasks {
+        let id = task.id.to_string();
+        for c in task.copies() {
+            let labels = vec![
+                ("task", id.clone()),
+                ("schema", c.schema.clone()),
+                ("table", c.table.clone()),
+                ("source_shard", c.source_shard.to_string()),
+            ];
+            let r = c.rows.load(Ordering::Relaxed) as f64;
+            let b = c.bytes.load(Ordering::Relaxed) as f64;
+            rows.add(labels.clone(), r);
+            bytes.add(labels.clone(), b);
+            let secs = c.elapsed();
+            if secs > 0.0 {
+                rows_rate.add(labels.clone(), r / secs);
+                bytes_rate.add(labels.clone(), b / secs);
+            }
+            if c.estimated_rows >= 0 {
+                estimated.add(labels, c.estimated_rows as f64);
+            }
+        }
+    }
+    vec![rows, bytes, rows_rate, bytes_rate, estimated]
+}
+
+/// Each source shard's stream: lag and what it applied.
+fn stream_families(tasks: &[Arc<Task>]) -> Vec<Family> {
+    use Kind::{Counter, Gauge};
     let mut lag = Family::new(
         "pgdog_replication_lag_bytes",
         Gauge,
@@ -200,43 +277,8 @@ fn collect(gauges: &Gauges) -> Vec<Family> {
         Counter,
         "Updates and deletes that found no row on the destination (should stay 0).",
     );
-    for task in gauges.registry.tasks() {
+    for task in tasks {
         let id = task.id.to_string();
-        let current = task.phase();
-        for p in PHASES {
-            phase.add(
-                vec![("task", id.clone()), ("phase", p.as_str().to_string())],
-                if p == current { 1.0 } else { 0.0 },
-            );
-        }
-        elapsed.add(vec![("task", id.clone())], task.elapsed().as_secs_f64());
-        let counted = task.errors();
-        for (kind, n) in counted {
-            errors.add(
-                vec![("task", id.clone()), ("kind", kind.to_string())],
-                n as f64,
-            );
-        }
-        for c in task.copies() {
-            let labels = vec![
-                ("task", id.clone()),
-                ("schema", c.schema.clone()),
-                ("table", c.table.clone()),
-                ("source_shard", c.source_shard.to_string()),
-            ];
-            let r = c.rows.load(Ordering::Relaxed) as f64;
-            let b = c.bytes.load(Ordering::Relaxed) as f64;
-            rows.add(labels.clone(), r);
-            bytes.add(labels.clone(), b);
-            let secs = c.elapsed();
-            if secs > 0.0 {
-                rows_rate.add(labels.clone(), r / secs);
-                bytes_rate.add(labels.clone(), b / secs);
-            }
-            if c.estimated_rows >= 0 {
-                estimated.add(labels, c.estimated_rows as f64);
-            }
-        }
         for s in task.streams() {
             let labels = vec![
                 ("task", id.clone()),
@@ -254,33 +296,7 @@ fn collect(gauges: &Gauges) -> Vec<Family> {
             missing.add(labels, s.missing_rows.load(Ordering::Relaxed) as f64);
         }
     }
-    let mut sessions = Family::new(
-        "pgdog_admin_sessions",
-        Gauge,
-        "Admin console sessions open now.",
-    );
-    sessions.add(
-        vec![],
-        gauges
-            .max_sessions
-            .saturating_sub(gauges.sessions.available_permits()) as f64,
-    );
-    vec![
-        phase,
-        elapsed,
-        errors,
-        rows,
-        bytes,
-        rows_rate,
-        bytes_rate,
-        estimated,
-        lag,
-        lag_seconds,
-        transactions,
-        changes,
-        missing,
-        sessions,
-    ]
+    vec![lag, lag_seconds, transactions, changes, missing]
 }
 
 /// Serve scrapes until `shutdown`.

@@ -9,13 +9,26 @@ use crate::net::{TlsConnector, TlsMode, TlsOptions};
 
 /// Check everything; on success return the TLS connector for Postgres.
 pub(super) fn check(config: &Config) -> Result<Option<TlsConnector>, ConfigError> {
-    let invalid = |file: &Path, field: String, message: String| ConfigError::Invalid {
+    let file = config.path.as_path();
+    database_entries(config, file)?;
+    let clusters = clusters(config, file)?;
+    references(config, file, &clusters)?;
+    general(config, file)?;
+    tls(config, file)
+}
+
+fn invalid(file: &Path, field: String, message: String) -> ConfigError {
+    ConfigError::Invalid {
         file: file.to_path_buf(),
         field,
         message,
-    };
-    let file = config.path.as_path();
+    }
+}
 
+/// Cluster name -> shard number -> the indexes of its entries.
+type Clusters<'a> = BTreeMap<&'a str, BTreeMap<usize, Vec<usize>>>;
+
+fn database_entries(config: &Config, file: &Path) -> Result<(), ConfigError> {
     // Every database entry names a server.
     for (i, d) in config.databases.iter().enumerate() {
         if d.name.is_empty() {
@@ -44,8 +57,12 @@ pub(super) fn check(config: &Config) -> Result<Option<TlsConnector>, ConfigError
         }
     }
 
+    Ok(())
+}
+
+fn clusters<'a>(config: &'a Config, file: &Path) -> Result<Clusters<'a>, ConfigError> {
     // Shards of a cluster numbered 0..M-1 without gaps, one primary each.
-    let mut clusters: BTreeMap<&str, BTreeMap<usize, Vec<usize>>> = BTreeMap::new();
+    let mut clusters: Clusters = BTreeMap::new();
     for (i, d) in config.databases.iter().enumerate() {
         clusters
             .entry(&d.name)
@@ -97,6 +114,11 @@ pub(super) fn check(config: &Config) -> Result<Option<TlsConnector>, ConfigError
         }
     }
 
+    Ok(clusters)
+}
+
+/// Sharding rules and users name clusters that exist.
+fn references(config: &Config, file: &Path, clusters: &Clusters) -> Result<(), ConfigError> {
     // Sharded tables refer to a cluster and their mappings fit it.
     for (i, t) in config.sharded_tables.iter().enumerate() {
         let Some(shards) = clusters.get(t.database.as_str()) else {
@@ -139,6 +161,11 @@ pub(super) fn check(config: &Config) -> Result<Option<TlsConnector>, ConfigError
         }
     }
 
+    Ok(())
+}
+
+/// Limits and sizes in [general], and the admin console.
+fn general(config: &Config, file: &Path) -> Result<(), ConfigError> {
     // A row of one column can be 1 GB; below 64 kB ordinary messages fail.
     if !(64 * 1024..=pgdog_protocol::frame::DEFAULT_MAX_FRAME + 1024)
         .contains(&config.general.max_message_size)
@@ -189,6 +216,11 @@ pub(super) fn check(config: &Config) -> Result<Option<TlsConnector>, ConfigError
         ));
     }
 
+    Ok(())
+}
+
+/// TLS towards Postgres, and our own listener's certificate.
+fn tls(config: &Config, file: &Path) -> Result<Option<TlsConnector>, ConfigError> {
     // TLS towards Postgres.
     let Some(mode) = TlsMode::parse(&config.general.tls_verify) else {
         return Err(invalid(

@@ -33,11 +33,14 @@ impl AdminCommand for ShowConfig {
     }
 }
 
+/// One line of SHOW CONFIG: section, name, value (`None`: unset).
+type Setting = (&'static str, String, Option<String>);
+
 /// Every (section, name, value) shown; `None` is an unset setting.
-fn settings(c: &Config) -> Vec<(&'static str, String, Option<String>)> {
+fn settings(c: &Config) -> Vec<Setting> {
     let g = &c.general;
     let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
-    let mut out: Vec<(&'static str, String, Option<String>)> = vec![
+    let mut out: Vec<Setting> = vec![
         (
             "files",
             "pgdog.toml".into(),
@@ -102,6 +105,14 @@ fn settings(c: &Config) -> Vec<(&'static str, String, Option<String>)> {
             (!c.admin.password.is_empty()).then(|| MASK.to_string()),
         ),
     ];
+    out.extend(databases(c));
+    out.extend(sharded_tables(c));
+    out
+}
+
+/// Each server of each cluster.
+fn databases(c: &Config) -> Vec<Setting> {
+    let mut out = Vec::new();
     for name in c.cluster_names() {
         let Ok(topology) = c.cluster(name) else {
             continue;
@@ -121,6 +132,12 @@ fn settings(c: &Config) -> Vec<(&'static str, String, Option<String>)> {
             }
         }
     }
+    out
+}
+
+/// Each sharding rule.
+fn sharded_tables(c: &Config) -> Vec<Setting> {
+    let mut out = Vec::new();
     for t in &c.sharded_tables {
         let table = match (&t.schema, &t.name) {
             (Some(s), Some(n)) => format!("{s}.{n}"),
