@@ -23,9 +23,9 @@ use tracing::{info, warn};
 use super::super::catalog::TableName;
 use super::super::ctx::Ctx;
 use super::super::error::{DataSyncError, Result};
+use super::super::plan::TablePlan;
 use super::super::progress::{CopyState, TableCopy};
-use super::super::retry::Wait;
-use super::super::retry::{Retrier, RetryPolicy};
+use super::super::retry::{Retrier, RetryPolicy, Wait};
 use super::super::state::{self, StoredChunk};
 use super::book::{Chunk, Range, Snapshot, TableBook};
 use super::chunk::copy_stream;
@@ -623,6 +623,45 @@ impl Worker {
         }
     }
 
+    /// The chunk's end: the key `rows` keys past `range.lo`, or the
+    /// range's end.
+    async fn chunk_end(
+        &mut self,
+        t: &TablePlan,
+        key: &ChunkKey,
+        range: &Range,
+        rows: u64,
+    ) -> Result<Option<Bound>> {
+        let mut conds = key.range_conds(range.lo.as_ref(), range.hi.as_ref());
+        if let Some(f) = &t.table.row_filter {
+            conds.push(format!("({f})"));
+        }
+        let bound_sql = format!(
+            "SELECT {} FROM (SELECT {} FROM {}{} WHERE {} ORDER BY {} OFFSET {} LIMIT 1) k",
+            key.bound_select(),
+            key_columns(key),
+            only(t),
+            t.table.name.quoted(),
+            if conds.is_empty() {
+                "true".to_string()
+            } else {
+                conds.join(" AND ")
+            },
+            key_columns(key),
+            rows.saturating_sub(1)
+        );
+        let found = self.source.query(&bound_sql).await?;
+        Ok(match found.first() {
+            Some(r) => Some(key.bound_from_row(r).ok_or_else(|| {
+                DataSyncError::State(format!(
+                    "the chunk bound of {} came back unreadable",
+                    t.table.name
+                ))
+            })?),
+            None => range.hi.clone(),
+        })
+    }
+
     /// One chunk from `range.lo`: its snapshot, its end, its rows, its
     /// commit on each shard. Its end and rows.
     async fn chunk(
@@ -647,35 +686,7 @@ impl Worker {
                 columns,
             });
         }
-        // The chunk's end: the key `rows` keys on, or the range's end.
-        let mut conds = key.range_conds(range.lo.as_ref(), range.hi.as_ref());
-        if let Some(f) = &t.table.row_filter {
-            conds.push(format!("({f})"));
-        }
-        let bound_sql = format!(
-            "SELECT {} FROM (SELECT {} FROM {}{} WHERE {} ORDER BY {} OFFSET {} LIMIT 1) k",
-            key.bound_select(),
-            key_columns(key),
-            only(t),
-            t.table.name.quoted(),
-            if conds.is_empty() {
-                "true".to_string()
-            } else {
-                conds.join(" AND ")
-            },
-            key_columns(key),
-            rows.saturating_sub(1)
-        );
-        let found = self.source.query(&bound_sql).await?;
-        let hi = match found.first() {
-            Some(r) => Some(key.bound_from_row(r).ok_or_else(|| {
-                DataSyncError::State(format!(
-                    "the chunk bound of {} came back unreadable",
-                    t.table.name
-                ))
-            })?),
-            None => range.hi.clone(),
-        };
+        let hi = self.chunk_end(t, key, range, rows).await?;
         let chunk_range = Range {
             lo: range.lo.clone(),
             hi: hi.clone(),

@@ -120,6 +120,118 @@ pub struct Work {
     pub validation: bool,
 }
 
+/// The index builds waiting on one shard.
+type Queue = Arc<Mutex<VecDeque<Work>>>;
+/// What each session (by backend pid) builds now.
+type Running = Arc<Mutex<HashMap<i32, Arc<SchemaItem>>>>;
+
+/// One session on shard `d`: takes work from `queue` until it is empty.
+async fn worker(
+    endpoints: &Endpoints,
+    d: usize,
+    mwm: &str,
+    queue: &Queue,
+    running: &Running,
+    stop: &CancellationToken,
+) -> Result<()> {
+    let mut conn = session(endpoints, d, mwm).await?;
+    let pid = conn.backend_pid().unwrap_or(0);
+    loop {
+        if stop.is_cancelled() {
+            return Err(DataSyncError::Stopped);
+        }
+        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        let Some(work) = next else { break };
+        work.item.set_state(SchemaState::Running);
+        running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid, work.item.clone());
+        let result = conn.execute(&work.sql).await;
+        running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid);
+        match result {
+            Ok(()) => work.item.set_state(SchemaState::Done),
+            Err(e) if work.validation && e.code() == Some("23503") => {
+                warn!(
+                    dest_shard = d,
+                    object = %work.item.object,
+                    "foreign key stays NOT VALID: {}",
+                    e
+                );
+                work.item.set_message(e.to_string());
+                work.item.set_state(SchemaState::NotValid);
+            }
+            Err(e) => {
+                work.item.set_message(e.to_string());
+                work.item.set_state(SchemaState::Failed);
+                return Err(failed(&work.item.object, d, e));
+            }
+        }
+    }
+    conn.close().await;
+    Ok(())
+}
+
+/// Progress of the builds on shard `d` once a second (from
+/// pg_stat_progress_create_index), and cancelling them on `stop`.
+async fn monitor(
+    endpoints: &Endpoints,
+    d: usize,
+    running: &Running,
+    done: &CancellationToken,
+    stop: &CancellationToken,
+) {
+    let Ok(mut conn) = endpoints.connect_dest(d).await else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => break,
+            _ = stop.cancelled() => {
+                let pids: Vec<String> = running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .keys()
+                    .map(|p| p.to_string())
+                    .collect();
+                for pid in pids {
+                    let _ = conn.query_text("SELECT pg_cancel_backend($1::int)", &[&pid]).await;
+                }
+                break;
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let Ok(rows) = conn
+            .query(
+                "SELECT pid, phase, blocks_total, blocks_done, tuples_total, tuples_done
+                   FROM pg_catalog.pg_stat_progress_create_index",
+            )
+            .await
+        else {
+            break;
+        };
+        let running = running.lock().unwrap_or_else(|e| e.into_inner());
+        for r in &rows {
+            let Some(item) = r
+                .text(0)
+                .and_then(|p| p.parse().ok())
+                .and_then(|p: i32| running.get(&p))
+            else {
+                continue;
+            };
+            let num = |i: usize| r.text(i).and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0);
+            let permille = build_permille(r.text(1).unwrap_or(""), num(2), num(3), num(4), num(5));
+            if let Some(p) = permille {
+                item.permille.store(p, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+    conn.close().await;
+}
+
 /// Run `works` on destination shard `d` in `parallel` sessions, largest
 /// tables first; index build progress is read once a second.
 pub async fn run_parallel(
@@ -135,7 +247,7 @@ pub async fn run_parallel(
     }
     works.sort_by_key(|w| std::cmp::Reverse(w.item.table_bytes));
     let queue = Arc::new(Mutex::new(works.into_iter().collect::<VecDeque<_>>()));
-    let running: Arc<Mutex<HashMap<i32, Arc<SchemaItem>>>> = Arc::default();
+    let running: Running = Arc::default();
     let done = CancellationToken::new();
     let mut workers = tokio::task::JoinSet::new();
     let n = parallel
@@ -149,47 +261,7 @@ pub async fn run_parallel(
             maintenance_work_mem.to_string(),
             shutdown.clone(),
         );
-        workers.spawn(async move {
-            let mut conn = session(&endpoints, d, &mwm).await?;
-            let pid = conn.backend_pid().unwrap_or(0);
-            loop {
-                if stop.is_cancelled() {
-                    return Err(DataSyncError::Stopped);
-                }
-                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                let Some(work) = next else { break };
-                work.item.set_state(SchemaState::Running);
-                running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(pid, work.item.clone());
-                let result = conn.execute(&work.sql).await;
-                running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&pid);
-                match result {
-                    Ok(()) => work.item.set_state(SchemaState::Done),
-                    Err(e) if work.validation && e.code() == Some("23503") => {
-                        warn!(
-                            dest_shard = d,
-                            object = %work.item.object,
-                            "foreign key stays NOT VALID: {}",
-                            e
-                        );
-                        work.item.set_message(e.to_string());
-                        work.item.set_state(SchemaState::NotValid);
-                    }
-                    Err(e) => {
-                        work.item.set_message(e.to_string());
-                        work.item.set_state(SchemaState::Failed);
-                        return Err(failed(&work.item.object, d, e));
-                    }
-                }
-            }
-            conn.close().await;
-            Ok::<(), DataSyncError>(())
-        });
+        workers.spawn(async move { worker(&endpoints, d, &mwm, &queue, &running, &stop).await });
     }
     // Progress of the builds, and cancelling them on shutdown.
     let monitor = {
@@ -199,56 +271,7 @@ pub async fn run_parallel(
             done.clone(),
             shutdown.clone(),
         );
-        tokio::spawn(async move {
-            let Ok(mut conn) = endpoints.connect_dest(d).await else {
-                return;
-            };
-            loop {
-                tokio::select! {
-                    _ = done.cancelled() => break,
-                    _ = stop.cancelled() => {
-                        let pids: Vec<String> = running
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .keys()
-                            .map(|p| p.to_string())
-                            .collect();
-                        for pid in pids {
-                            let _ = conn.query_text("SELECT pg_cancel_backend($1::int)", &[&pid]).await;
-                        }
-                        break;
-                    }
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                let Ok(rows) = conn
-                    .query(
-                        "SELECT pid, phase, blocks_total, blocks_done, tuples_total, tuples_done
-                           FROM pg_catalog.pg_stat_progress_create_index",
-                    )
-                    .await
-                else {
-                    break;
-                };
-                let running = running.lock().unwrap_or_else(|e| e.into_inner());
-                for r in &rows {
-                    let Some(item) = r
-                        .text(0)
-                        .and_then(|p| p.parse().ok())
-                        .and_then(|p: i32| running.get(&p))
-                    else {
-                        continue;
-                    };
-                    let num =
-                        |i: usize| r.text(i).and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0);
-                    let permille =
-                        build_permille(r.text(1).unwrap_or(""), num(2), num(3), num(4), num(5));
-                    if let Some(p) = permille {
-                        item.permille.store(p, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-            }
-            conn.close().await;
-        })
+        tokio::spawn(async move { monitor(&endpoints, d, &running, &done, &stop).await })
     };
     let mut result = Ok(());
     while let Some(r) = workers.join_next().await {
