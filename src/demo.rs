@@ -184,8 +184,11 @@ impl Drop for ConfigDir {
     }
 }
 
-pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
-    let started = Instant::now();
+/// The throwaway servers with the demo's schema, rows, publication and
+/// application role on the source, and the config files that name them.
+async fn setup(
+    args: &DemoArgs,
+) -> Result<(Fleet, ConfigDir, Arc<crate::config::Config>), DemoError> {
     let m = args.shards.max(1);
     eprintln!("pgdog demo: starting {} throwaway PostgreSQL servers (1 source, {m} destination shards)...", m + 1);
     let fleet = Fleet::start(1, m, ClusterOptions::default()).await?;
@@ -222,6 +225,100 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     // writes its swapped copy next to them.
     let files = ConfigDir::write(&fleet)?;
     let config = Arc::new(crate::config::Config::load(&files.pgdog(), &files.users())?);
+
+    Ok((fleet, files, config))
+}
+
+/// The application writes an order on each destination shard; each must
+/// reach the source through the reverse stream within 30 s.
+async fn orders_come_back(
+    fleet: &Fleet,
+    back: &tokio::task::JoinHandle<Result<data_sync::Outcome, data_sync::DataSyncError>>,
+    back_stop: &CancellationToken,
+) -> Result<(), DemoError> {
+    let mut ids = Vec::new();
+    for (d, shard) in fleet.dests.iter().enumerate() {
+        let mut c = Connection::connect(&shard.options(APP_ROLE, DATABASE)).await?;
+        let rows = c
+            .query(
+                "INSERT INTO orders (user_id, amount) SELECT min(id), 1.00 FROM users RETURNING id",
+            )
+            .await?;
+        let id = rows
+            .first()
+            .and_then(|r| r.text(0))
+            .ok_or_else(|| {
+                DemoError::Failed(format!("destination shard {d} returned no order id"))
+            })?
+            .to_string();
+        println!("the application writes on destination shard {d}: a new order gets id {id} from that shard's sequence");
+        ids.push(id);
+        c.close().await;
+    }
+    let written = Instant::now();
+    let mut source = Connection::connect(&fleet.source_options()[0]).await?;
+    let count = format!(
+        "SELECT count(*) FROM orders WHERE id IN ({})",
+        ids.join(", ")
+    );
+    loop {
+        let rows = source.query(&count).await?;
+        if rows.first().and_then(|r| r.text(0)) == Some(ids.len().to_string().as_str()) {
+            break;
+        }
+        if back.is_finished() || written.elapsed() > Duration::from_secs(30) {
+            back_stop.cancel();
+            return Err(DemoError::Failed(
+                "the orders written on the destination did not reach the source".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    source.close().await;
+    println!(
+        "{} reached the source {} ms later, through the reverse stream",
+        if ids.len() == 2 {
+            "both orders".to_string()
+        } else {
+            format!("all {} orders", ids.len())
+        },
+        written.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+/// `pgdog verify` while the writes go on: every table equal, or an error.
+async fn verify_now(
+    config: &Arc<crate::config::Config>,
+    opts: &Options,
+    registry: &Registry,
+    token: &CancellationToken,
+) -> Result<(), DemoError> {
+    let verify_task = registry.new_task("source", "dest", "demo");
+    let report = verify::run(
+        config.clone(),
+        opts,
+        &verify::Request::default(),
+        &verify_task,
+        token,
+    )
+    .await?;
+    println!("\n{}", verify::render(&report));
+    if !report.equal() {
+        return Err(DemoError::Failed(
+            "the destination differs from the source".into(),
+        ));
+    }
+    println!(
+        "all tables equal at one source LSN while writes went on: same rows and checksums as the source, every row on the shard PostgreSQL's hash partitioning picks\n"
+    );
+
+    Ok(())
+}
+
+pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
+    let started = Instant::now();
+    let (fleet, files, config) = setup(&args).await?;
 
     // Writes start before the move and go on during the copy and after.
     let stop_writes = Arc::new(AtomicBool::new(false));
@@ -278,25 +375,11 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     eprintln!(
         "running: pgdog verify --from-database source --from-user pgdog --to-database dest --to-user pgdog --publication demo (writes still coming)"
     );
-    let verify_task = registry.new_task("source", "dest", "demo");
-    let report = verify::run(
-        config.clone(),
-        &opts,
-        &verify::Request::default(),
-        &verify_task,
-        &token,
-    )
-    .await?;
-    println!("\n{}", verify::render(&report));
-    if !report.equal() {
+    let verified = verify_now(&config, &opts, &registry, &token).await;
+    if verified.is_err() {
         stop_writes.store(true, Ordering::Relaxed);
-        return Err(DemoError::Failed(
-            "the destination differs from the source".into(),
-        ));
     }
-    println!(
-        "all tables equal at one source LSN while writes went on: same rows and checksums as the source, every row on the shard PostgreSQL's hash partitioning picks\n"
-    );
+    verified?;
 
     eprintln!(
         "running: pgdog cutover --from-database source --from-user pgdog --to-database dest --to-user pgdog --publication demo --freeze-role {APP_ROLE} (writes still coming)"
@@ -351,55 +434,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         let (config, opts, stop) = (config.clone(), opts.clone(), back_stop.clone());
         async move { cutover::stream_back(config, &opts, reverse, back_task, stop).await }
     });
-    let mut ids = Vec::new();
-    for (d, shard) in fleet.dests.iter().enumerate() {
-        let mut c = Connection::connect(&shard.options(APP_ROLE, DATABASE)).await?;
-        let rows = c
-            .query(
-                "INSERT INTO orders (user_id, amount) SELECT min(id), 1.00 FROM users RETURNING id",
-            )
-            .await?;
-        let id = rows
-            .first()
-            .and_then(|r| r.text(0))
-            .ok_or_else(|| {
-                DemoError::Failed(format!("destination shard {d} returned no order id"))
-            })?
-            .to_string();
-        println!("the application writes on destination shard {d}: a new order gets id {id} from that shard's sequence");
-        ids.push(id);
-        c.close().await;
-    }
-    let written = Instant::now();
-    let mut source = Connection::connect(&fleet.source_options()[0]).await?;
-    let count = format!(
-        "SELECT count(*) FROM orders WHERE id IN ({})",
-        ids.join(", ")
-    );
-    loop {
-        let rows = source.query(&count).await?;
-        if rows.first().and_then(|r| r.text(0)) == Some(ids.len().to_string().as_str()) {
-            break;
-        }
-        if back.is_finished() || written.elapsed() > Duration::from_secs(30) {
-            back_stop.cancel();
-            let _ = back.await;
-            return Err(DemoError::Failed(
-                "the orders written on the destination did not reach the source".into(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    source.close().await;
-    println!(
-        "{} reached the source {} ms later, through the reverse stream",
-        if ids.len() == 2 {
-            "both orders".to_string()
-        } else {
-            format!("all {} orders", ids.len())
-        },
-        written.elapsed().as_millis()
-    );
+    orders_come_back(&fleet, &back, &back_stop).await?;
     back_stop.cancel();
     back.await.map_err(|e| DemoError::Failed(e.to_string()))??;
     token.cancel();

@@ -134,6 +134,94 @@ fn proto_version(server_version: u32) -> u32 {
     }
 }
 
+/// Whether a cutover ended this move's stream for good (the task is
+/// marked cut over then).
+async fn cut_over_already(ctx: &Ctx, s: usize) -> Result<bool> {
+    let plan = &ctx.plan;
+    let mut conn = ctx.endpoints.connect_dest(0).await?;
+    state::ensure_schema(&mut conn).await?;
+    let stopped = state::stream_stopped(&mut conn, &plan.slot).await?;
+    conn.close().await;
+    if let Some(why) = stopped {
+        info!(source_shard = s, slot = %plan.slot, "the move was cut over, the stream does not start again: {why}");
+        ctx.task.mark_cut_over();
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Each destination shard's applier, and what it holds already: the
+/// snapshot LSN of each table's copy from this source shard, and the last
+/// commit of it applied.
+struct Opened {
+    dests: Vec<DestApplier>,
+    copied_at: Vec<HashMap<usize, Lsn>>,
+    applied_before: Vec<Lsn>,
+}
+
+async fn open_dests(ctx: &Ctx, s: usize) -> Result<Opened> {
+    let plan = &ctx.plan;
+    let m = plan.dest_shards();
+    let mut dests = Vec::with_capacity(m);
+    let mut copied_at = Vec::with_capacity(m);
+    let mut applied_before = Vec::with_capacity(m);
+    for d in 0..m {
+        let mut conn = ctx.endpoints.connect_dest(d).await?;
+        state::ensure_schema(&mut conn).await?;
+        let copies = state::finished_copies(&mut conn, &plan.slot).await?;
+        let applied = state::applied_positions(&mut conn, &plan.slot)
+            .await?
+            .get(&s)
+            .copied()
+            .unwrap_or(Lsn::ZERO);
+        let mut per_table = HashMap::new();
+        for (ti, t) in plan.tables.iter().enumerate() {
+            if let Some(lsn) = copies.get(&(s, t.table.name.clone())) {
+                per_table.insert(ti, *lsn);
+            }
+        }
+        copied_at.push(per_table);
+        applied_before.push(applied);
+        dests.push(DestApplier::new(s, d, conn, applied).await?);
+    }
+
+    Ok(Opened {
+        dests,
+        copied_at,
+        applied_before,
+    })
+}
+
+/// pgoutput's options for this move at protocol `version`.
+fn stream_options(
+    plan: &crate::data_sync::plan::Plan,
+    version: u32,
+) -> Vec<(&'static str, String)> {
+    let mut options: Vec<(&'static str, String)> = vec![
+        ("proto_version", version.to_string()),
+        (
+            "publication_names",
+            format!("\"{}\"", plan.publication.replace('"', "\"\"")),
+        ),
+        // Binary values unless some table has types whose binary form
+        // names server-specific OIDs.
+        (
+            "binary",
+            plan.tables
+                .iter()
+                .all(|t| t.table.binary_safe())
+                .to_string(),
+        ),
+    ];
+    if version >= 2 {
+        options.push(("streaming", "on".into()));
+        // Logical messages: what `pgdog verify` writes after its
+        // snapshot shows an idle source's stream is past it.
+        options.push(("messages", "true".into()));
+    }
+    options
+}
+
 impl<'a> Session<'a> {
     /// Run until shutdown (Ok) or an error.
     pub async fn run(
@@ -143,46 +231,20 @@ impl<'a> Session<'a> {
         verify: super::Verify,
     ) -> Result<()> {
         let plan = &ctx.plan;
-        let m = plan.dest_shards();
         // A move that was cut over never streams again (its destination
         // takes the writes, and streams back). Preflight refuses a new run
         // of it; a session that reconnects after the cutover ended the
         // stream (everything up to the freeze is applied by then) ends as
         // the stop the cutover asked for would have.
-        if !ctx.drain_ended {
-            let mut conn = ctx.endpoints.connect_dest(0).await?;
-            state::ensure_schema(&mut conn).await?;
-            let stopped = state::stream_stopped(&mut conn, &plan.slot).await?;
-            conn.close().await;
-            if let Some(why) = stopped {
-                info!(source_shard = s, slot = %plan.slot, "the move was cut over, the stream does not start again: {why}");
-                ctx.task.mark_cut_over();
-                return Err(DataSyncError::Stopped);
-            }
+        if !ctx.drain_ended && cut_over_already(ctx, s).await? {
+            return Err(DataSyncError::Stopped);
         }
         // Destinations first: what they already hold decides what to skip.
-        let mut dests = Vec::with_capacity(m);
-        let mut copied_at = Vec::with_capacity(m);
-        let mut applied_before = Vec::with_capacity(m);
-        for d in 0..m {
-            let mut conn = ctx.endpoints.connect_dest(d).await?;
-            state::ensure_schema(&mut conn).await?;
-            let copies = state::finished_copies(&mut conn, &plan.slot).await?;
-            let applied = state::applied_positions(&mut conn, &plan.slot)
-                .await?
-                .get(&s)
-                .copied()
-                .unwrap_or(Lsn::ZERO);
-            let mut per_table = HashMap::new();
-            for (ti, t) in plan.tables.iter().enumerate() {
-                if let Some(lsn) = copies.get(&(s, t.table.name.clone())) {
-                    per_table.insert(ti, *lsn);
-                }
-            }
-            copied_at.push(per_table);
-            applied_before.push(applied);
-            dests.push(DestApplier::new(s, d, conn, applied).await?);
-        }
+        let Opened {
+            dests,
+            copied_at,
+            applied_before,
+        } = open_dests(ctx, s).await?;
 
         let captured = {
             let mut conn = ctx.endpoints.connect_source(s, false).await?;
@@ -192,28 +254,7 @@ impl<'a> Session<'a> {
         };
         let repl = ctx.endpoints.connect_source(s, true).await?;
         let version = proto_version(repl.server_version_num());
-        let mut options: Vec<(&'static str, String)> = vec![
-            ("proto_version", version.to_string()),
-            (
-                "publication_names",
-                format!("\"{}\"", plan.publication.replace('"', "\"\"")),
-            ),
-            // Binary values unless some table has types whose binary form
-            // names server-specific OIDs.
-            (
-                "binary",
-                plan.tables
-                    .iter()
-                    .all(|t| t.table.binary_safe())
-                    .to_string(),
-            ),
-        ];
-        if version >= 2 {
-            options.push(("streaming", "on".into()));
-            // Logical messages: what `pgdog verify` writes after its
-            // snapshot shows an idle source's stream is past it.
-            options.push(("messages", "true".into()));
-        }
+        let options = stream_options(plan, version);
         // The source is read in its own task, ahead of what is applied.
         let (items_tx, items) = tokio::sync::mpsc::channel(super::reader::QUEUE);
         let (status_tx, status_rx) = tokio::sync::watch::channel(super::reader::Status::default());
@@ -463,6 +504,62 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// A streamed transaction's commit: its spooled changes, minus its
+    /// aborted subtransactions, applied as one transaction.
+    async fn stream_commit(
+        &mut self,
+        xid: u32,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time: i64,
+    ) -> Result<()> {
+        self.hold_before(commit_lsn).await?;
+        let mut spool = self.spools.remove(&xid).ok_or_else(|| {
+            self.stream_error(&format!("Stream Commit of unknown transaction {xid}"))
+        })?;
+        self.begin(xid, commit_lsn, commit_time)?;
+        let mut reader = spool.reader()?;
+        let mut replayed = 0u64;
+        while let Some(raw) = reader.next_message()? {
+            let msg = Message::parse(raw, self.version, true)?;
+            if msg
+                .streamed_xid()
+                .is_some_and(|x| spool.aborted.contains(&x))
+            {
+                continue;
+            }
+            replayed += 1;
+            match msg {
+                Message::Relation { relation, .. } => self.relation(&relation).await?,
+                Message::Insert { .. }
+                | Message::Update { .. }
+                | Message::Delete { .. }
+                | Message::Truncate { .. } => self.change(msg).await?,
+                Message::Message {
+                    transactional: true,
+                    lsn,
+                    prefix,
+                    content,
+                    ..
+                } if prefix == crate::data_sync::ddl::PREFIX => self.ddl(lsn, &content).await?,
+                _ => {}
+            }
+            // A long replay must not starve the status updates.
+            if replayed % 1024 == 0 && self.last_status.elapsed() >= STATUS_INTERVAL {
+                self.publish_status(false);
+            }
+        }
+        debug!(
+            source_shard = self.s,
+            xid,
+            messages = spool.messages,
+            "applied a streamed transaction"
+        );
+        self.commit(commit_lsn, end_lsn)?;
+        self.after_ddl_commit().await?;
+        Ok(())
+    }
+
     /// One pgoutput message.
     async fn handle(&mut self, decoder: &mut pgoutput::Decoder, data: Bytes) -> Result<()> {
         // Inside a stream block, changes wait on disk for their commit.
@@ -534,52 +631,8 @@ impl<'a> Session<'a> {
                 commit_time,
                 ..
             } => {
-                self.hold_before(commit_lsn).await?;
-                let mut spool = self.spools.remove(&xid).ok_or_else(|| {
-                    self.stream_error(&format!("Stream Commit of unknown transaction {xid}"))
-                })?;
-                self.begin(xid, commit_lsn, commit_time)?;
-                let mut reader = spool.reader()?;
-                let mut replayed = 0u64;
-                while let Some(raw) = reader.next_message()? {
-                    let msg = Message::parse(raw, self.version, true)?;
-                    if msg
-                        .streamed_xid()
-                        .is_some_and(|x| spool.aborted.contains(&x))
-                    {
-                        continue;
-                    }
-                    replayed += 1;
-                    match msg {
-                        Message::Relation { relation, .. } => self.relation(&relation).await?,
-                        Message::Insert { .. }
-                        | Message::Update { .. }
-                        | Message::Delete { .. }
-                        | Message::Truncate { .. } => self.change(msg).await?,
-                        Message::Message {
-                            transactional: true,
-                            lsn,
-                            prefix,
-                            content,
-                            ..
-                        } if prefix == crate::data_sync::ddl::PREFIX => {
-                            self.ddl(lsn, &content).await?
-                        }
-                        _ => {}
-                    }
-                    // A long replay must not starve the status updates.
-                    if replayed % 1024 == 0 && self.last_status.elapsed() >= STATUS_INTERVAL {
-                        self.publish_status(false);
-                    }
-                }
-                debug!(
-                    source_shard = self.s,
-                    xid,
-                    messages = spool.messages,
-                    "applied a streamed transaction"
-                );
-                self.commit(commit_lsn, end_lsn)?;
-                self.after_ddl_commit().await?;
+                self.stream_commit(xid, commit_lsn, end_lsn, commit_time)
+                    .await?
             }
             Message::BeginPrepare(_)
             | Message::Prepare { .. }
