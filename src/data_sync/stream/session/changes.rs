@@ -150,45 +150,9 @@ impl Session<'_> {
             .filter(|b| !b.settled(commit_lsn))
             .cloned();
         if let Some(book) = chunked {
-            let positions = self
-                .key_positions
-                .get(&relation_oid)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let key_of = |t: &Tuple| book.key.key_of(positions, |i| t.get(i));
-            let (key, old_key) = match &msg {
-                Message::Insert { new, .. } => (key_of(new), None),
-                Message::Update { old, new, .. } => {
-                    (key_of(new), old.as_ref().map(|o| key_of(o.tuple())))
-                }
-                Message::Delete { old, .. } => (key_of(old.tuple()), None),
-                _ => (None, None),
-            };
-            let unreadable = format!(
-                "a change of {} does not carry its chunk key {} readably",
-                rel.name,
-                book.key.row(None)
-            );
-            let key = key.ok_or_else(|| self.stream_error(&unreadable))?;
-            let decided = self.decide_row(&book, &key).await?;
-            if let Some(old_key) = old_key.filter(|k| k.as_ref() != Some(&key)) {
-                let old_key = old_key.ok_or_else(|| self.stream_error(&unreadable))?;
-                let old_decided = self.decide_row(&book, &old_key).await?;
-                if old_decided != decided {
-                    let Message::Update {
-                        old: Some(old),
-                        new,
-                        ..
-                    } = msg
-                    else {
-                        return Ok(());
-                    };
-                    return self
-                        .update_across_chunks(&rel, &old, &new, old_decided, decided)
-                        .await;
-                }
+            if self.decide_chunked(&book, &rel, relation_oid, &msg).await? {
+                return Ok(());
             }
-            self.decided = Some(decided);
         }
         let origin = |what, rows| Origin {
             table: rel.display.clone(),
@@ -211,48 +175,7 @@ impl Session<'_> {
                     .await?;
             }
             Message::Update { old, new, .. } => {
-                let new_shard = self.shard_of(&rel, &new)?;
-                let old_shard = match &old {
-                    Some(o) => self.shard_of(&rel, o.tuple())?,
-                    None => new_shard,
-                };
-                let moved = rel.dest_key.is_some()
-                    && new_shard.is_some()
-                    && old_shard.is_some()
-                    && old_shard != new_shard;
-                // An identity column the destination generates ALWAYS
-                // cannot be SET: a change of it is a delete and an insert.
-                let rewrite = rel.always_in_key()
-                    && old
-                        .as_ref()
-                        .is_some_and(|o| always_changed(&rel, o.tuple(), &new));
-                if moved {
-                    let (from, to) = (old_shard.unwrap_or(0), new_shard.unwrap_or(0));
-                    let Some(old) = old else {
-                        return Err(self.stream_error("key change without the old key"));
-                    };
-                    if self.wanted(from, ti) || self.wanted(to, ti) {
-                        self.move_row(&rel, from, to, &old, &new, commit_lsn)
-                            .await?;
-                    }
-                } else if let (true, Some(old)) = (rewrite, &old) {
-                    for d in self.targets(new_shard.or(old_shard)) {
-                        if self.wanted(d, ti) {
-                            self.move_row(&rel, d, d, old, &new, commit_lsn).await?;
-                        }
-                    }
-                } else {
-                    // A key we cannot read (TOASTed, unchanged) may be on
-                    // any shard: broadcast, and expect no row on most.
-                    let shard = new_shard.or(old_shard);
-                    let rows = u32::from(shard.is_some() || rel.dest_key.is_none());
-                    for d in self.targets(shard) {
-                        if self.wanted(d, ti) {
-                            self.update(d, &rel, old.as_ref(), &new, origin("UPDATE", rows))
-                                .await?;
-                        }
-                    }
-                }
+                self.update_routed(&rel, ti, old, &new, commit_lsn).await?;
             }
             Message::Delete { old, .. } => {
                 let shard = self.old_shard(&rel, &old)?;
@@ -266,6 +189,118 @@ impl Session<'_> {
             _ => {}
         }
         self.decided = None;
+        Ok(())
+    }
+
+    /// A change of a table copied in chunks: which chunk decides it, in
+    /// `self.decided`. `true`: handled here already (an update that moves
+    /// its row from one chunk to another).
+    async fn decide_chunked(
+        &mut self,
+        book: &crate::data_sync::copy::book::TableBook,
+        rel: &Arc<RelationInfo>,
+        relation_oid: u32,
+        msg: &Message,
+    ) -> Result<bool> {
+        let positions = self
+            .key_positions
+            .get(&relation_oid)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let key_of = |t: &Tuple| book.key.key_of(positions, |i| t.get(i));
+        let (key, old_key) = match &msg {
+            Message::Insert { new, .. } => (key_of(new), None),
+            Message::Update { old, new, .. } => {
+                (key_of(new), old.as_ref().map(|o| key_of(o.tuple())))
+            }
+            Message::Delete { old, .. } => (key_of(old.tuple()), None),
+            _ => (None, None),
+        };
+        let unreadable = format!(
+            "a change of {} does not carry its chunk key {} readably",
+            rel.name,
+            book.key.row(None)
+        );
+        let key = key.ok_or_else(|| self.stream_error(&unreadable))?;
+        let decided = self.decide_row(book, &key).await?;
+        if let Some(old_key) = old_key.filter(|k| k.as_ref() != Some(&key)) {
+            let old_key = old_key.ok_or_else(|| self.stream_error(&unreadable))?;
+            let old_decided = self.decide_row(book, &old_key).await?;
+            if old_decided != decided {
+                if let Message::Update {
+                    old: Some(old),
+                    new,
+                    ..
+                } = msg
+                {
+                    self.update_across_chunks(rel, old, new, old_decided, decided)
+                        .await?;
+                }
+                return Ok(true);
+            }
+        }
+        self.decided = Some(decided);
+        Ok(false)
+    }
+
+    /// An update routed by its old and new keys: in place, moved between
+    /// shards, rewritten (an ALWAYS identity changed), or broadcast when
+    /// its key cannot be read.
+    async fn update_routed(
+        &mut self,
+        rel: &Arc<RelationInfo>,
+        ti: usize,
+        old: Option<OldTuple>,
+        new: &Tuple,
+        commit_lsn: Lsn,
+    ) -> Result<()> {
+        let origin = |what, rows| Origin {
+            table: rel.display.clone(),
+            commit_lsn,
+            what,
+            rows,
+        };
+        let new_shard = self.shard_of(rel, new)?;
+        let old_shard = match &old {
+            Some(o) => self.shard_of(rel, o.tuple())?,
+            None => new_shard,
+        };
+        let moved = rel.dest_key.is_some()
+            && new_shard.is_some()
+            && old_shard.is_some()
+            && old_shard != new_shard;
+        // An identity column the destination generates ALWAYS
+        // cannot be SET: a change of it is a delete and an insert.
+        let rewrite = rel.always_in_key()
+            && old
+                .as_ref()
+                .is_some_and(|o| always_changed(rel, o.tuple(), new));
+        if moved {
+            let (from, to) = (old_shard.unwrap_or(0), new_shard.unwrap_or(0));
+            let Some(old) = old else {
+                return Err(self.stream_error("key change without the old key"));
+            };
+            if self.wanted(from, ti) || self.wanted(to, ti) {
+                self.move_row(rel, from, to, &old, new, commit_lsn).await?;
+            }
+        } else if let (true, Some(old)) = (rewrite, &old) {
+            for d in self.targets(new_shard.or(old_shard)) {
+                if self.wanted(d, ti) {
+                    self.move_row(rel, d, d, old, new, commit_lsn).await?;
+                }
+            }
+        } else {
+            // A key we cannot read (TOASTed, unchanged) may be on
+            // any shard: broadcast, and expect no row on most.
+            let shard = new_shard.or(old_shard);
+            let rows = u32::from(shard.is_some() || rel.dest_key.is_none());
+            for d in self.targets(shard) {
+                if self.wanted(d, ti) {
+                    self.update(d, rel, old.as_ref(), new, origin("UPDATE", rows))
+                        .await?;
+                }
+            }
+        }
         Ok(())
     }
 

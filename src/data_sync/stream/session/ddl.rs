@@ -206,66 +206,82 @@ impl Session<'_> {
                 }
             }
             self.record_applied(d, &slot, r).await?;
-            // A moved table renamed: what pgdog recorded of it follows.
-            for (oid, now) in r.event.tables.iter().filter(|_| ran) {
-                let Some(t) = self.moved_table(*oid, now) else {
-                    continue;
-                };
-                let was = self.ctx.plan.tables[t].table.name.clone();
-                if &was != now {
-                    for sql in state::rename_table_sql(&slot, &was, now) {
-                        self.dests[d].query_in_group(&sql, &[]).await?;
-                    }
-                }
+            if ran {
+                self.follow_renames(d, &slot, r).await?;
             }
-            // A rewrite gave existing rows values no change carries (a
-            // volatile default): the table is copied again.
-            for &t in r.rewritten {
-                // A chunk read before the rewrite commits first, so its
-                // rows go with the others.
-                if let Some(book) = self.books.get(&t).cloned() {
-                    // No chunk may commit after the rows are removed.
-                    book.halt();
-                    let idle = tokio::time::timeout(
-                        std::time::Duration::from_secs(30),
-                        self.unless_stopped(book.wait_idle(d)),
-                    );
-                    match idle.await {
-                        Ok(r) => r?,
-                        Err(_) => {
-                            return Err(DataSyncError::HeldByChunk {
-                                table: self.ctx.plan.tables[t].table.name.to_string(),
-                                source_shard: s,
-                                seconds: 30,
-                            })
-                        }
-                    }
-                }
-                let table = &self.ctx.plan.tables[t];
-                let only = if table.dest_table.relkind == 'p' {
-                    ""
-                } else {
-                    "ONLY "
-                };
-                self.dests[d]
-                    .query_in_group(
-                        &format!("DELETE FROM {only}{}", table.table.name.quoted()),
-                        &[],
-                    )
-                    .await?;
-                for sql in state::forget_copy_sql(&slot, &table.table.name) {
-                    self.dests[d].query_in_group(&sql, &[]).await?;
-                }
-                warn!(
-                    table = %table.table.name,
-                    dest_shard = d,
-                    "`{}` rewrote the table on the source with values no change carries: it is copied again",
-                    abbreviate(r.statement)
-                );
-            }
+            self.copy_rewritten_again(d, &slot, r).await?;
             if let Some(txn) = &mut self.txn {
                 txn.touched[d] = true;
             }
+        }
+        Ok(())
+    }
+
+    /// A moved table renamed: what pgdog recorded of it on shard `d`
+    /// follows.
+    async fn follow_renames(&mut self, d: usize, slot: &str, r: &Replay<'_>) -> Result<()> {
+        // A moved table renamed: what pgdog recorded of it follows.
+        for (oid, now) in &r.event.tables {
+            let Some(t) = self.moved_table(*oid, now) else {
+                continue;
+            };
+            let was = self.ctx.plan.tables[t].table.name.clone();
+            if &was != now {
+                for sql in state::rename_table_sql(slot, &was, now) {
+                    self.dests[d].query_in_group(&sql, &[]).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A rewrite gave existing rows values no change carries (a volatile
+    /// default): on shard `d` the table is emptied and copied again.
+    async fn copy_rewritten_again(&mut self, d: usize, slot: &str, r: &Replay<'_>) -> Result<()> {
+        // A rewrite gave existing rows values no change carries (a
+        // volatile default): the table is copied again.
+        for &t in r.rewritten {
+            // A chunk read before the rewrite commits first, so its
+            // rows go with the others.
+            if let Some(book) = self.books.get(&t).cloned() {
+                // No chunk may commit after the rows are removed.
+                book.halt();
+                let idle = tokio::time::timeout(
+                    std::time::Duration::from_secs(30),
+                    self.unless_stopped(book.wait_idle(d)),
+                );
+                match idle.await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(DataSyncError::HeldByChunk {
+                            table: self.ctx.plan.tables[t].table.name.to_string(),
+                            source_shard: self.s,
+                            seconds: 30,
+                        })
+                    }
+                }
+            }
+            let table = &self.ctx.plan.tables[t];
+            let only = if table.dest_table.relkind == 'p' {
+                ""
+            } else {
+                "ONLY "
+            };
+            self.dests[d]
+                .query_in_group(
+                    &format!("DELETE FROM {only}{}", table.table.name.quoted()),
+                    &[],
+                )
+                .await?;
+            for sql in state::forget_copy_sql(slot, &table.table.name) {
+                self.dests[d].query_in_group(&sql, &[]).await?;
+            }
+            warn!(
+                table = %table.table.name,
+                dest_shard = d,
+                "`{}` rewrote the table on the source with values no change carries: it is copied again",
+                abbreviate(r.statement)
+            );
         }
         Ok(())
     }
