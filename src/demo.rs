@@ -316,6 +316,52 @@ async fn verify_now(
     Ok(())
 }
 
+/// The demo's move, as its command line says it.
+fn demo_options() -> Options {
+    Options {
+        from_database: "source".into(),
+        from_user: "pgdog".into(),
+        to_database: "dest".into(),
+        to_user: "pgdog".into(),
+        publication: "demo".into(),
+        slot: None,
+        mode: Mode::Full,
+        schema_sync: true,
+    }
+}
+
+/// The cluster `source` in the swapped configuration the cutover wrote.
+fn show_swapped(files: &ConfigDir) -> Result<(), DemoError> {
+    let swapped = crate::config::Config::load(
+        &files.0.join("pgdog.toml.cutover"),
+        &files.0.join("users.toml.cutover"),
+    )?;
+    for d in swapped.databases.iter().filter(|d| d.name == "source") {
+        println!(
+            "pgdog.toml.cutover: database \"source\" shard {} is now {}:{}",
+            d.shard, d.host, d.port
+        );
+    }
+    Ok(())
+}
+
+/// Until the move streams; an error if it ended before.
+async fn until_streaming(
+    task: &data_sync::Task,
+    sync: &mut tokio::task::JoinHandle<Result<data_sync::Outcome, data_sync::DataSyncError>>,
+) -> Result<(), DemoError> {
+    while task.phase() != Phase::Streaming {
+        if sync.is_finished() {
+            let outcome = sync.await.map_err(|e| DemoError::Failed(e.to_string()))??;
+            return Err(DemoError::Failed(format!(
+                "data-sync ended early: {outcome:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let started = Instant::now();
     let (fleet, files, config) = setup(&args).await?;
@@ -334,18 +380,9 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let registry = Registry::default();
     let task = registry.new_task("source", "dest", "demo");
     let token = CancellationToken::new();
-    let opts = Options {
-        from_database: "source".into(),
-        from_user: "pgdog".into(),
-        to_database: "dest".into(),
-        to_user: "pgdog".into(),
-        publication: "demo".into(),
-        slot: None,
-        mode: Mode::Full,
-        schema_sync: true,
-    };
+    let opts = demo_options();
     let reporter = crate::report::spawn(task.clone(), token.clone());
-    let sync = tokio::spawn(data_sync::run(
+    let mut sync = tokio::spawn(data_sync::run(
         config.clone(),
         opts.clone(),
         task.clone(),
@@ -353,19 +390,11 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     ));
 
     let copy_started = Instant::now();
-    while task.phase() != Phase::Streaming {
-        if sync.is_finished() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if sync.is_finished() {
+    let streaming = until_streaming(&task, &mut sync).await;
+    if streaming.is_err() {
         stop_writes.store(true, Ordering::Relaxed);
-        let outcome = sync.await.map_err(|e| DemoError::Failed(e.to_string()))??;
-        return Err(DemoError::Failed(format!(
-            "data-sync ended early: {outcome:?}"
-        )));
     }
+    streaming?;
     eprintln!(
         "copy finished in {:.1}s; streaming, with writes still coming ({} source transactions so far)",
         copy_started.elapsed().as_secs_f64(),
@@ -399,16 +428,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         ));
     };
     println!("{summary}");
-    let swapped = crate::config::Config::load(
-        &files.0.join("pgdog.toml.cutover"),
-        &files.0.join("users.toml.cutover"),
-    )?;
-    for d in swapped.databases.iter().filter(|d| d.name == "source") {
-        println!(
-            "pgdog.toml.cutover: database \"source\" shard {} is now {}:{}",
-            d.shard, d.host, d.port
-        );
-    }
+    show_swapped(&files)?;
     println!(
         "cutover took {:.1}s; the application's writes on the source after {} transactions: {}",
         cutover_started.elapsed().as_secs_f64(),

@@ -1,5 +1,7 @@
 //! The `pgdog` binary: the command line in front of the library.
 
+#![warn(clippy::too_many_lines)]
+
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -235,6 +235,69 @@ impl AdminServer {
     }
 }
 
+/// The admin console's side of one connection, as pgwire frames it.
+type Socket = tokio_util::codec::Framed<
+    pgwire::tokio::server::MaybeTls,
+    pgwire::tokio::server::PgWireMessageServerCodec<String>,
+>;
+
+/// TLS negotiated and the startup packet read, by `deadline`; `None`: the
+/// client is gone or was refused.
+async fn start(
+    socket: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Option<(Socket, pgwire::messages::startup::Startup)> {
+    let negotiated = tokio::select! {
+        _ = &mut deadline => {
+            debug!(%peer, "admin client sent no startup packet in time; dropped");
+            return None;
+        }
+        _ = shared.shutdown.cancelled() => return None,
+        n = negotiate_tls::<String>(socket, shared.tls.clone()) => n,
+    };
+    let mut socket = match negotiated {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            debug!(%peer, "admin client started TLS directly but no certificate is configured; dropped");
+            return None;
+        }
+        Err(e) => {
+            debug!(%peer, "admin client dropped during TLS negotiation: {e}");
+            return None;
+        }
+    };
+
+    let first = tokio::select! {
+        _ = &mut deadline => {
+            debug!(%peer, "admin client sent no startup packet in time; dropped");
+            return None;
+        }
+        _ = shared.shutdown.cancelled() => return None,
+        m = socket.next() => m,
+    };
+    let startup = match first {
+        Some(Ok(PgWireFrontendMessage::Startup(s))) => s,
+        // Nothing here runs long enough to need cancelling.
+        Some(Ok(PgWireFrontendMessage::CancelRequest(_))) => return None,
+        Some(Ok(_)) => {
+            refuse(
+                &mut socket,
+                CommandError::new(sqlstate::PROTOCOL_VIOLATION, "expected a startup message"),
+            )
+            .await;
+            return None;
+        }
+        Some(Err(e)) => {
+            debug!(%peer, "malformed startup packet from an admin client; dropped: {e}");
+            return None;
+        }
+        None => return None,
+    };
+    Some((socket, startup))
+}
+
 /// One admin session, from the first byte to the goodbye. The permit
 /// holds its place under the connection limit (or in the refusal queue).
 async fn session(
@@ -247,51 +310,8 @@ async fn session(
     // One deadline for everything before the login completes.
     let deadline = tokio::time::sleep(shared.startup_timeout);
     tokio::pin!(deadline);
-    let negotiated = tokio::select! {
-        _ = &mut deadline => {
-            debug!(%peer, "admin client sent no startup packet in time; dropped");
-            return;
-        }
-        _ = shared.shutdown.cancelled() => return,
-        n = negotiate_tls::<String>(socket, shared.tls.clone()) => n,
-    };
-    let mut socket = match negotiated {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            debug!(%peer, "admin client started TLS directly but no certificate is configured; dropped");
-            return;
-        }
-        Err(e) => {
-            debug!(%peer, "admin client dropped during TLS negotiation: {e}");
-            return;
-        }
-    };
-
-    let first = tokio::select! {
-        _ = &mut deadline => {
-            debug!(%peer, "admin client sent no startup packet in time; dropped");
-            return;
-        }
-        _ = shared.shutdown.cancelled() => return,
-        m = socket.next() => m,
-    };
-    let startup = match first {
-        Some(Ok(PgWireFrontendMessage::Startup(s))) => s,
-        // Nothing here runs long enough to need cancelling.
-        Some(Ok(PgWireFrontendMessage::CancelRequest(_))) => return,
-        Some(Ok(_)) => {
-            refuse(
-                &mut socket,
-                CommandError::new(sqlstate::PROTOCOL_VIOLATION, "expected a startup message"),
-            )
-            .await;
-            return;
-        }
-        Some(Err(e)) => {
-            debug!(%peer, "malformed startup packet from an admin client; dropped: {e}");
-            return;
-        }
-        None => return,
+    let Some((mut socket, startup)) = start(socket, peer, &shared, deadline.as_mut()).await else {
+        return;
     };
     let user = startup.parameters.get("user").cloned().unwrap_or_default();
     let secure = socket.is_secure();
@@ -355,14 +375,7 @@ async fn session(
                 message,
                 PgWireFrontendMessage::Sync(_) | PgWireFrontendMessage::Flush(_)
             ) {
-            Err(PgWireError::UserError(Box::new(
-                CommandError::new(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    "the admin console speaks the simple query protocol only",
-                )
-                .hint("send commands as plain queries, as psql does")
-                .into_error_info(),
-            )))
+            Err(simple_queries_only())
         } else {
             process_message(
                 message,
@@ -375,18 +388,8 @@ async fn session(
             )
             .await
         };
-        if let Err(mut e) = result {
-            if matches!(e, PgWireError::InvalidPassword(_)) {
-                // pgwire names the SCRAM user, which libpq leaves empty;
-                // say it as PostgreSQL does, with the login's user.
-                e = PgWireError::UserError(Box::new(
-                    CommandError::new(
-                        sqlstate::INVALID_PASSWORD,
-                        format!("password authentication failed for user \"{user}\""),
-                    )
-                    .into_fatal_info(),
-                ));
-            }
+        if let Err(e) = result {
+            let e = with_login_user(e, &user);
             let fatal = e.is_fatal();
             if fatal {
                 info!(%peer, %user, "admin session refused: {e}");
@@ -403,6 +406,33 @@ async fn session(
     if logged_in {
         debug!(%peer, %user, "admin session ended");
     }
+}
+
+/// The error for an extended-protocol message.
+fn simple_queries_only() -> PgWireError {
+    PgWireError::UserError(Box::new(
+        CommandError::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "the admin console speaks the simple query protocol only",
+        )
+        .hint("send commands as plain queries, as psql does")
+        .into_error_info(),
+    ))
+}
+
+/// pgwire names the SCRAM user in a failed login, which libpq leaves
+/// empty; say it as PostgreSQL does, with the login's user.
+fn with_login_user(e: PgWireError, user: &str) -> PgWireError {
+    if !matches!(e, PgWireError::InvalidPassword(_)) {
+        return e;
+    }
+    PgWireError::UserError(Box::new(
+        CommandError::new(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user}\""),
+        )
+        .into_fatal_info(),
+    ))
 }
 
 /// Send a FATAL error and close.

@@ -316,6 +316,67 @@ fn column_difference(source: &str, dest: &str) -> String {
     }
 }
 
+/// An object pg_dump lists that the shard may have already: `Some(true)`
+/// when it is there (a difference is a problem), `Some(false)` when it is
+/// left out (an extension the shard cannot install), `None` to create it.
+fn left_as_is(
+    e: &dump::Entry,
+    src: Option<&catalog::Object>,
+    dest: &Objects,
+    what: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<bool> {
+    let schema = e.schema.as_deref();
+    let exists = dest.get(&e.kind, schema, &e.tag);
+    // A primary key by another name counts.
+    let pk_elsewhere = e.kind == "CONSTRAINT"
+        && src.is_some_and(|o| o.has('p'))
+        && src
+            .and_then(|o| o.table.as_ref())
+            .is_some_and(|t| dest.contains("PRIMARY KEY", Some(&t.schema), &t.name));
+    if let Some(d) = exists {
+        let kinds_compared = ["TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "SEQUENCE"];
+        if kinds_compared.contains(&e.kind.as_str()) && differing(src, d).is_some() {
+            problems.push(Problem {
+                problem: format!(
+                    "{} exists on {what} but differs from the source's",
+                    e.describe()
+                ),
+                fix: "make it the same as on the source, or drop it on that shard so schema sync creates it".into(),
+            });
+        }
+        return Some(true);
+    }
+    if pk_elsewhere {
+        return Some(true);
+    }
+    if e.kind == "EXTENSION" && !dest.contains("AVAILABLE EXTENSION", None, &e.tag) {
+        warn!(
+            extension = %e.tag,
+            "extension is not installed on {what}: left out; objects that need it will fail"
+        );
+        return Some(false);
+    }
+    None
+}
+
+/// A table that exists on a shard with other columns than on the source.
+fn other_columns(
+    name: &TableName,
+    src: Option<&catalog::Object>,
+    dest: &catalog::Object,
+    what: &str,
+) -> Option<Problem> {
+    let (s, dsig) = differing(src, dest)?;
+    Some(Problem {
+        problem: format!(
+            "table {name} exists on {what} with other columns than on the source: {}",
+            column_difference(s, dsig)
+        ),
+        fix: "make its columns match the source's, or drop it on that shard so schema sync creates it (or pass --skip-schema-sync to keep a schema made by hand)".into(),
+    })
+}
+
 /// Plan pre-data on one shard: what to create, and what exists but does
 /// not match (into `problems`).
 fn plan_pre(
@@ -359,15 +420,7 @@ fn plan_pre(
                     schema: schema.unwrap_or("").into(),
                     name: e.tag.clone(),
                 };
-                if let Some((s, dsig)) = differing(src, d) {
-                    problems.push(Problem {
-                        problem: format!(
-                            "table {name} exists on {what} with other columns than on the source: {}",
-                            column_difference(s, dsig)
-                        ),
-                        fix: "make its columns match the source's, or drop it on that shard so schema sync creates it (or pass --skip-schema-sync to keep a schema made by hand)".into(),
-                    });
-                }
+                problems.extend(other_columns(&name, src, d, what));
                 // One an earlier run of this move created gets what it
                 // still lacks; one that was there before is left alone.
                 if !ours.contains(&name) {
@@ -388,36 +441,8 @@ fn plan_pre(
             continue;
         }
         if looked_up(&e.kind) {
-            let exists = dest.get(&e.kind, schema, &e.tag);
-            // A primary key by another name counts.
-            let pk_elsewhere = e.kind == "CONSTRAINT"
-                && src.is_some_and(|o| o.has('p'))
-                && src
-                    .and_then(|o| o.table.as_ref())
-                    .is_some_and(|t| dest.contains("PRIMARY KEY", Some(&t.schema), &t.name));
-            if let Some(d) = exists {
-                out.existed += 1;
-                let kinds_compared = ["TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "SEQUENCE"];
-                if kinds_compared.contains(&e.kind.as_str()) && differing(src, d).is_some() {
-                    problems.push(Problem {
-                        problem: format!(
-                            "{} exists on {what} but differs from the source's",
-                            e.describe()
-                        ),
-                        fix: "make it the same as on the source, or drop it on that shard so schema sync creates it".into(),
-                    });
-                }
-                continue;
-            }
-            if pk_elsewhere {
-                out.existed += 1;
-                continue;
-            }
-            if e.kind == "EXTENSION" && !dest.contains("AVAILABLE EXTENSION", None, &e.tag) {
-                warn!(
-                    extension = %e.tag,
-                    "extension is not installed on {what}: left out; objects that need it will fail"
-                );
+            if let Some(existed) = left_as_is(e, src, dest, what, problems) {
+                out.existed += usize::from(existed);
                 continue;
             }
         }

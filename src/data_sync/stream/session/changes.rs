@@ -57,6 +57,10 @@ fn identity<'t>(rel: &RelationInfo, tuple: &'t Tuple) -> Identity<'t> {
     id
 }
 
+/// A table a TRUNCATE reaches: its plan index, the statement (or target)
+/// for it, and its name for errors.
+type TruncateTarget = (usize, String, std::sync::Arc<str>);
+
 impl Session<'_> {
     /// Whether destination `d` needs this transaction's change of table
     /// `table`: not already applied there, and not already in its copy.
@@ -752,6 +756,45 @@ impl Session<'_> {
         }))
     }
 
+    /// For each of `targets` copied in chunks, on shard `d`: a DELETE of
+    /// its rows outside the chunks read after the transaction (`xid`,
+    /// `commit_lsn`) that truncates it.
+    async fn outside_later_chunks<'t>(
+        &mut self,
+        d: usize,
+        targets: impl Iterator<Item = &'t TruncateTarget>,
+        xid: u32,
+        commit_lsn: Lsn,
+    ) -> Result<Vec<TruncateTarget>> {
+        let n = self.ctx.plan.source_shards();
+        let mut by_range: Vec<TruncateTarget> = Vec::new();
+        for (ti, _, name) in targets {
+            let Some(book) = self.books.get(ti).cloned() else {
+                continue;
+            };
+            self.unless_stopped(book.wait_idle(d)).await?;
+            let Some(ranges) = book.unseen(d, xid, commit_lsn) else {
+                continue;
+            };
+            let plan = &self.ctx.plan.tables[*ti];
+            let target = format!("{}{}", plan.only(), plan.table.name.quoted());
+            let pred = plan.source_rows_predicate(self.s, n);
+            for r in ranges {
+                let mut conds = book.key.range_conds(r.lo.as_ref(), r.hi.as_ref());
+                conds.extend(pred.clone());
+                if conds.is_empty() {
+                    conds.push("true".into());
+                }
+                by_range.push((
+                    *ti,
+                    format!("DELETE FROM {target} WHERE {}", conds.join(" AND ")),
+                    name.clone(),
+                ));
+            }
+        }
+        Ok(by_range)
+    }
+
     /// TRUNCATE of tables in the move, as the source meant it: every
     /// destination shard drops the rows that came from this source shard;
     /// `RESTART IDENTITY` is kept; nothing cascades into tables outside
@@ -815,35 +858,13 @@ impl Session<'_> {
             .unwrap_or_default();
         for d in 0..self.dests.len() {
             // A table copied in chunks: a chunk read after the TRUNCATE
-            // holds rows it must not remove; only the others' are.
-            let mut by_range: Vec<(usize, String, std::sync::Arc<str>)> = Vec::new();
-            // (Its TRUNCATE, or DELETE, is then replaced by those.)
-            for (ti, _, name) in whole.iter().chain(&partial) {
-                let Some(book) = self.books.get(ti).cloned() else {
-                    continue;
-                };
-                self.unless_stopped(book.wait_idle(d)).await?;
-                let Some(ranges) = book.unseen(d, xid, commit_lsn) else {
-                    continue;
-                };
-                let plan = &self.ctx.plan.tables[*ti];
-                let target = format!("{}{}", plan.only(), plan.table.name.quoted());
-                let pred = plan.source_rows_predicate(self.s, n);
-                for r in ranges {
-                    let mut conds = book.key.range_conds(r.lo.as_ref(), r.hi.as_ref());
-                    conds.extend(pred.clone());
-                    if conds.is_empty() {
-                        conds.push("true".into());
-                    }
-                    by_range.push((
-                        *ti,
-                        format!("DELETE FROM {target} WHERE {}", conds.join(" AND ")),
-                        name.clone(),
-                    ));
-                }
-            }
+            // holds rows it must not remove; only the others' are (its
+            // TRUNCATE, or DELETE, is then replaced by those).
+            let by_range = self
+                .outside_later_chunks(d, whole.iter().chain(&partial), xid, commit_lsn)
+                .await?;
             let replaced: Vec<usize> = by_range.iter().map(|(ti, _, _)| *ti).collect();
-            let tables: Vec<&(usize, String, std::sync::Arc<str>)> = whole
+            let tables: Vec<&TruncateTarget> = whole
                 .iter()
                 .filter(|(ti, _, _)| self.wanted(d, *ti) && !replaced.contains(ti))
                 .collect();
