@@ -104,11 +104,16 @@ impl Runner {
         self.say(&task, &summary);
         let back = self.new_task(&reverse);
         task.set_step(format!("cut over; task {} streams back", back.id));
+        // The command's stop ends the stream back too; the link ends with
+        // the stream either way.
+        let streamed_back = CancellationToken::new();
         {
-            let (stop, back_stop) = (stop.clone(), back.stop.clone());
+            let (stop, back_stop, ended) = (stop.clone(), back.stop.clone(), streamed_back.clone());
             tokio::spawn(async move {
-                stop.cancelled().await;
-                back_stop.cancel();
+                tokio::select! {
+                    _ = stop.cancelled() => back_stop.cancel(),
+                    _ = ended.cancelled() => {}
+                }
             });
         }
         let reporting = back.stop.child_token();
@@ -128,6 +133,7 @@ impl Runner {
             back.stop.clone(),
         )
         .await;
+        streamed_back.cancel();
         reporting.cancel();
         if let Some(r) = reporter {
             let _ = r.await;

@@ -57,6 +57,17 @@ fn identity<'t>(rel: &RelationInfo, tuple: &'t Tuple) -> Identity<'t> {
     id
 }
 
+/// Where a statement on `rel` comes from, for its errors: `origin(what,
+/// rows)`.
+fn origin_of(rel: &RelationInfo, commit_lsn: Lsn) -> impl Fn(&'static str, u32) -> Origin + '_ {
+    move |what, rows| Origin {
+        table: rel.display.clone(),
+        commit_lsn,
+        what,
+        rows,
+    }
+}
+
 /// A table a TRUNCATE reaches: its plan index, the statement (or target)
 /// for it, and its name for errors.
 type TruncateTarget = (usize, String, std::sync::Arc<str>);
@@ -158,12 +169,7 @@ impl Session<'_> {
                 return Ok(());
             }
         }
-        let origin = |what, rows| Origin {
-            table: rel.display.clone(),
-            commit_lsn,
-            what,
-            rows,
-        };
+        let origin = origin_of(&rel, commit_lsn);
         match msg {
             Message::Insert { new, .. } => {
                 let shard = self.shard_of(&rel, &new)?;
@@ -258,12 +264,7 @@ impl Session<'_> {
         new: &Tuple,
         commit_lsn: Lsn,
     ) -> Result<()> {
-        let origin = |what, rows| Origin {
-            table: rel.display.clone(),
-            commit_lsn,
-            what,
-            rows,
-        };
+        let origin = origin_of(rel, commit_lsn);
         let new_shard = self.shard_of(rel, new)?;
         let old_shard = match &old {
             Some(o) => self.shard_of(rel, o.tuple())?,
@@ -368,12 +369,7 @@ impl Session<'_> {
     ) -> Result<()> {
         let ti = rel.table.unwrap_or(0);
         let commit_lsn = self.txn.as_ref().map(|t| t.commit_lsn).unwrap_or_default();
-        let origin = |what, rows| Origin {
-            table: rel.display.clone(),
-            commit_lsn,
-            what,
-            rows,
-        };
+        let origin = origin_of(rel, commit_lsn);
         self.decided = Some(old_decided);
         let from = self.old_shard(rel, old)?;
         // Not knowing the shard, a delete on every shard finds the row on
@@ -415,12 +411,7 @@ impl Session<'_> {
         new: &Tuple,
         commit_lsn: Lsn,
     ) -> Result<()> {
-        let origin = |what, rows| Origin {
-            table: rel.display.clone(),
-            commit_lsn,
-            what,
-            rows,
-        };
+        let origin = origin_of(rel, commit_lsn);
         let m = self.dests.len();
         let Some(to) = self.shard_of(rel, new)? else {
             // The key itself is an unchanged TOAST value: the row stayed
