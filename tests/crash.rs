@@ -320,18 +320,20 @@ async fn killed_between_a_schema_change_and_the_rows_that_use_it() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // The migration, then rows that use it, in their own transactions.
-        src.execute(&format!(
-            "ALTER TABLE items ADD COLUMN {column} int NOT NULL DEFAULT 7"
-        ))
-        .await
-        .unwrap();
-        src.execute(&format!(
-            "INSERT INTO items (tenant, id, label, {column}) SELECT g % 997, {} + g, 'after', g FROM generate_series(1, 100) g;
-             UPDATE items SET {column} = {column} + 1 WHERE id % 13 = 0;",
-            300_000_000 + round * 1000
-        ))
-        .await
-        .unwrap();
+        on_source(
+            &mut src,
+            &format!("ALTER TABLE items ADD COLUMN {column} int NOT NULL DEFAULT 7"),
+        )
+        .await;
+        on_source(
+            &mut src,
+            &format!(
+                "INSERT INTO items (tenant, id, label, {column}) SELECT g % 997, {} + g, 'after', g FROM generate_series(1, 100) g;
+                 UPDATE items SET {column} = {column} + 1 WHERE id % 13 = 0;",
+                300_000_000 + round * 1000
+            ),
+        )
+        .await;
         files.wait_crashed(&mut child, point, &log, 60).await;
     }
     src.close().await;

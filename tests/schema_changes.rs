@@ -42,15 +42,17 @@ async fn a_column_added_on_the_source_waits_for_the_shards_then_goes_on() {
     let mut src = Connection::connect(&fleet.source_options()[0])
         .await
         .unwrap();
-    src.execute("ALTER TABLE items ADD COLUMN priority int NOT NULL DEFAULT 3")
-        .await
-        .unwrap();
-    src.execute(
+    on_source(
+        &mut src,
+        "ALTER TABLE items ADD COLUMN priority int NOT NULL DEFAULT 3",
+    )
+    .await;
+    on_source(
+        &mut src,
         "INSERT INTO items (tenant, id, label, priority) SELECT g % 997, 200000000 + g, 'urgent', 9 FROM generate_series(1, 200) g;
          UPDATE items SET priority = 1 WHERE id % 11 = 0;",
     )
-    .await
-    .unwrap();
+    .await;
 
     // The move waits, says for what, and does not exit.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -100,9 +102,11 @@ async fn a_column_added_on_the_source_waits_for_the_shards_then_goes_on() {
         assert!(Instant::now() < deadline, "the move did not go on");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    src.execute("UPDATE items SET priority = priority + 10 WHERE id % 13 = 0")
-        .await
-        .unwrap();
+    on_source(
+        &mut src,
+        "UPDATE items SET priority = priority + 10 WHERE id % 13 = 0",
+    )
+    .await;
     src.close().await;
     finish(
         &fleet,
@@ -188,9 +192,7 @@ async fn captured_ddl_reaches_every_shard_in_stream_order() {
             run.stop().await.unwrap();
             run = start(config.clone(), move_options("pub", Mode::Full));
         }
-        src.execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        on_source(&mut src, sql).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     src.close().await;
@@ -373,9 +375,7 @@ async fn schema_changes_while_a_table_is_copied_in_chunks() {
         "ALTER TABLE items ALTER COLUMN qty TYPE bigint",
         "UPDATE items SET qty = 10000000000 + id WHERE id % 11 = 0",
     ] {
-        src.execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        on_source(&mut src, sql).await;
     }
     src.close().await;
     let copying = run.task.phase() != Phase::Streaming;

@@ -192,8 +192,10 @@ impl Writer {
                                 done.fetch_add(1, Ordering::Relaxed);
                             }
                             // A moved row can collide with a row already at
-                            // the target key: that transaction just fails.
-                            Err(e) if e.code() == Some("23505") => {
+                            // the target key, and a test's own bulk UPDATE can
+                            // lock rows in another order (a deadlock): that
+                            // transaction just fails, as in any application.
+                            Err(e) if matches!(e.code(), Some("23505" | "40P01")) => {
                                 let _ = c.execute("ROLLBACK").await;
                             }
                             Err(e) => panic!("writer: {e}"),
@@ -218,6 +220,22 @@ impl Writer {
             h.await.expect("writer");
         }
         self.done.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs a migration or bulk change on the source while the writer runs. A
+/// bulk UPDATE locks rows in another order than the writer's, so the
+/// deadlock detector may cancel either side; the loser goes again, as an
+/// application's migration tool would.
+pub async fn on_source(src: &mut Connection, sql: &str) {
+    for attempt in 1.. {
+        match src.execute(sql).await {
+            Ok(()) => return,
+            Err(e) if e.code() == Some("40P01") && attempt < 5 => {
+                let _ = src.execute("ROLLBACK").await;
+            }
+            Err(e) => panic!("{sql}: {e}"),
+        }
     }
 }
 
