@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::data_sync::cutover::{self, Done};
+use crate::data_sync::on_move::{self, OnMove};
 use crate::data_sync::progress::Phase;
 use crate::data_sync::verify;
 use crate::data_sync::{self, Mode, Options, Registry};
@@ -419,7 +420,10 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         freeze_roles: vec![APP_ROLE.to_string()],
         ..Default::default()
     };
-    let done = cutover::run(config.clone(), &opts, &request, &cut_task, &token).await;
+    let done = on_move::whole(&cut_task, async {
+        cutover::run(&OnMove::open(&config, &opts, &cut_task, &token)?, &request).await
+    })
+    .await;
     let frozen = tokio::time::timeout(Duration::from_secs(30), writer_task).await;
     stop_writes.store(true, Ordering::Relaxed);
     let Done::CutOver { reverse, summary } = done? else {

@@ -20,6 +20,7 @@ pub mod endpoints;
 pub mod engine;
 pub mod error;
 pub mod lifecycle;
+pub mod on_move;
 pub mod options;
 pub mod plan;
 pub mod preflight;

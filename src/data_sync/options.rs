@@ -15,7 +15,7 @@ pub enum Mode {
 }
 
 /// The command line of a move.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     pub from_database: String,
     pub from_user: String,

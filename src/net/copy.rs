@@ -24,49 +24,61 @@ pub struct CopyOut<'a> {
 }
 
 impl Connection {
-    /// Start `sql` (a `COPY ... TO STDOUT`) and wait for CopyOutResponse.
-    pub async fn copy_out(&mut self, sql: &str) -> Result<CopyOut<'_>> {
+    /// Send `sql`, a statement that turns the connection into a COPY
+    /// stream, and wait for its response, which `pick` takes (handing back
+    /// any other message). An error from the server leaves the connection
+    /// ready for the next statement; anything else breaks it.
+    pub(crate) async fn start_copy<T>(
+        &mut self,
+        sql: &str,
+        what: &'static str,
+        pick: impl FnOnce(Message) -> std::result::Result<T, Message>,
+    ) -> Result<T> {
         frontend::query(sql, self.buffer());
         self.flush().await?;
-        match self.recv().await? {
-            Message::CopyOutResponse(response) => Ok(CopyOut {
-                conn: self,
-                response,
-                rows: None,
-                finished: false,
-            }),
-            Message::ErrorResponse(fields) => {
+        match pick(self.recv().await?) {
+            Ok(response) => Ok(response),
+            Err(Message::ErrorResponse(fields)) => {
                 let err = self.server_error(fields);
                 self.wait_ready().await?;
                 Err(err)
             }
-            other => {
+            Err(other) => {
                 self.mark_broken();
-                Err(self.unexpected(&other, "starting COPY TO STDOUT"))
+                Err(self.unexpected(&other, what))
             }
         }
     }
 
+    /// Start `sql` (a `COPY ... TO STDOUT`) and wait for CopyOutResponse.
+    pub async fn copy_out(&mut self, sql: &str) -> Result<CopyOut<'_>> {
+        let response = self
+            .start_copy(sql, "starting COPY TO STDOUT", |m| match m {
+                Message::CopyOutResponse(response) => Ok(response),
+                other => Err(other),
+            })
+            .await?;
+        Ok(CopyOut {
+            conn: self,
+            response,
+            rows: None,
+            finished: false,
+        })
+    }
+
     /// Start `sql` (a `COPY ... FROM STDIN`) and wait for CopyInResponse.
     pub async fn copy_in(&mut self, sql: &str) -> Result<CopyIn<'_>> {
-        frontend::query(sql, self.buffer());
-        self.flush().await?;
-        match self.recv().await? {
-            Message::CopyInResponse(response) => Ok(CopyIn {
-                conn: self,
-                response,
-                open_at: None,
-            }),
-            Message::ErrorResponse(fields) => {
-                let err = self.server_error(fields);
-                self.wait_ready().await?;
-                Err(err)
-            }
-            other => {
-                self.mark_broken();
-                Err(self.unexpected(&other, "starting COPY FROM STDIN"))
-            }
-        }
+        let response = self
+            .start_copy(sql, "starting COPY FROM STDIN", |m| match m {
+                Message::CopyInResponse(response) => Ok(response),
+                other => Err(other),
+            })
+            .await?;
+        Ok(CopyIn {
+            conn: self,
+            response,
+            open_at: None,
+        })
     }
 
     /// Read up to ReadyForQuery, dropping what comes before it.

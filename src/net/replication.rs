@@ -135,23 +135,15 @@ impl Connection {
             "START_REPLICATION SLOT {slot} LOGICAL {start} ({})",
             opts.join(", ")
         );
-        frontend::query(&sql, self.buffer());
-        self.flush().await?;
-        match self.recv().await? {
-            Message::CopyBothResponse(_) => Ok(ReplicationStream {
-                conn: self,
-                scratch: BytesMut::with_capacity(64),
-            }),
-            Message::ErrorResponse(fields) => {
-                let err = self.server_error(fields);
-                self.wait_ready().await?;
-                Err(err)
-            }
-            other => {
-                self.mark_broken();
-                Err(self.unexpected(&other, "starting replication"))
-            }
-        }
+        self.start_copy(&sql, "starting replication", |m| match m {
+            Message::CopyBothResponse(_) => Ok(()),
+            other => Err(other),
+        })
+        .await?;
+        Ok(ReplicationStream {
+            conn: self,
+            scratch: BytesMut::with_capacity(64),
+        })
     }
 
     fn usage(&self, reason: &str) -> ConnectionError {

@@ -557,21 +557,21 @@ mod tests {
 
     #[test]
     fn type_names() {
-        for (name, expected) in [
-            ("bigint", DataType::Bigint),
-            ("INT8", DataType::Bigint),
-            ("integer", DataType::Integer),
-            ("int4", DataType::Integer),
-            ("int", DataType::Integer),
-            ("smallint", DataType::Smallint),
-            ("int2", DataType::Smallint),
+        // Every spelling of each type, `|` between them.
+        for (names, expected) in [
+            ("bigint|INT8", DataType::Bigint),
+            ("integer|int4|Int", DataType::Integer),
+            ("smallint|int2", DataType::Smallint),
             ("uuid", DataType::Uuid),
-            ("character varying", DataType::Varchar),
-            ("character varying(255)", DataType::Varchar),
-            (" varchar (10) ", DataType::Varchar),
-            ("text", DataType::Text),
+            (
+                "character varying|character varying(255)|varchar| varchar (10) ",
+                DataType::Varchar,
+            ),
+            ("text|TEXT", DataType::Text),
         ] {
-            assert_eq!(DataType::from_type_name(name), Some(expected), "{name}");
+            for name in names.split('|') {
+                assert_eq!(DataType::from_type_name(name), Some(expected), "{name}");
+            }
         }
         for unknown in ["", "numeric", "int16", "character", "json", "text[]", "("] {
             assert_eq!(DataType::from_type_name(unknown), None, "{unknown}");

@@ -7,7 +7,6 @@ use tracing::warn;
 
 use super::{AdminCommand, Context, Usage};
 use crate::admin::error::CommandError;
-use crate::admin::format::text;
 use crate::admin::reply::Reply;
 use crate::data_sync::cutover::{
     self,
@@ -139,9 +138,7 @@ impl AdminCommand for Cutover {
                 Err(e) => warn!(task = id, of = of_id, "cutover failed: {e}"),
             }
         });
-        let mut reply = Reply::new("CUTOVER", &["task_id", "of_task"]);
-        reply.push(vec![text(id), text(self.id)]);
-        Ok(reply)
+        Ok(super::started("CUTOVER", id, self.id))
     }
 }
 

@@ -12,14 +12,11 @@ use crate::admin::reply::Reply;
 use crate::data_sync::{self, Mode, Options, Outcome};
 use crate::net::replication::valid_slot_name;
 
+/// A full move (copy, then stream) with schema sync, as the CLI's
+/// `data-sync` with its defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataSync {
-    pub from_database: String,
-    pub from_user: String,
-    pub to_database: String,
-    pub to_user: String,
-    pub publication: String,
-    pub slot: Option<String>,
+    pub opts: Options,
 }
 
 impl AdminCommand for DataSync {
@@ -37,26 +34,21 @@ impl AdminCommand for DataSync {
             .hint(format!("the syntax is: {}", Self::USAGE.syntax)));
         }
         Ok(DataSync {
-            from_database: args[0].clone(),
-            from_user: args[1].clone(),
-            to_database: args[2].clone(),
-            to_user: args[3].clone(),
-            publication: args[4].clone(),
-            slot: args.get(5).cloned(),
+            opts: Options {
+                from_database: args[0].clone(),
+                from_user: args[1].clone(),
+                to_database: args[2].clone(),
+                to_user: args[3].clone(),
+                publication: args[4].clone(),
+                slot: args.get(5).cloned(),
+                mode: Mode::Full,
+                schema_sync: true,
+            },
         })
     }
 
     async fn execute(&self, ctx: &Context) -> Result<Reply, CommandError> {
-        let opts = Options {
-            from_database: self.from_database.clone(),
-            from_user: self.from_user.clone(),
-            to_database: self.to_database.clone(),
-            to_user: self.to_user.clone(),
-            publication: self.publication.clone(),
-            slot: self.slot.clone(),
-            mode: Mode::Full,
-            schema_sync: true,
-        };
+        let opts = self.opts.clone();
         self.check(ctx, &opts)?;
         let slot = opts.slot_name();
 
@@ -85,9 +77,9 @@ impl AdminCommand for DataSync {
         );
         reply.push(vec![
             text(id),
-            text(&self.from_database),
-            text(&self.to_database),
-            text(&self.publication),
+            text(&self.opts.from_database),
+            text(&self.opts.to_database),
+            text(&self.opts.publication),
             text(slot),
         ]);
         Ok(reply)
@@ -105,18 +97,22 @@ impl DataSync {
                 .hint("SHOW CONFIG lists the clusters, SHOW USERS the logins")
         };
         let config = &ctx.config;
-        config.cluster(&self.from_database).map_err(config_error)?;
-        config.cluster(&self.to_database).map_err(config_error)?;
         config
-            .user(&self.from_user, &self.from_database)
+            .cluster(&self.opts.from_database)
             .map_err(config_error)?;
         config
-            .user(&self.to_user, &self.to_database)
+            .cluster(&self.opts.to_database)
             .map_err(config_error)?;
-        if self.from_database == self.to_database {
+        config
+            .user(&self.opts.from_user, &self.opts.from_database)
+            .map_err(config_error)?;
+        config
+            .user(&self.opts.to_user, &self.opts.to_database)
+            .map_err(config_error)?;
+        if self.opts.from_database == self.opts.to_database {
             return Err(CommandError::syntax(format!(
                 "source and destination are the same cluster \"{}\"",
-                self.from_database
+                self.opts.from_database
             ))
             .hint("name two different [[databases]] clusters"));
         }
@@ -129,18 +125,18 @@ impl DataSync {
         }
         let busy = ctx.registry.tasks().into_iter().find(|t| {
             is_running(t.phase())
-                && t.source == self.from_database
+                && t.source == self.opts.from_database
                 && (t.slot() == slot
                     || (t.slot().is_empty()
-                        && t.dest == self.to_database
-                        && t.publication == self.publication))
+                        && t.dest == self.opts.to_database
+                        && t.publication == self.opts.publication))
         });
         if let Some(t) = busy {
             return Err(CommandError::new(
                 sqlstate::OBJECT_IN_USE,
                 format!(
                     "task {} already moves \"{}\" with replication slot \"{slot}\"",
-                    t.id, self.from_database
+                    t.id, self.opts.from_database
                 ),
             )
             .hint(format!(
@@ -163,11 +159,11 @@ mod tests {
     fn parses_five_or_six() {
         let args: Vec<String> = ["a", "u", "b", "v", "pub"].map(String::from).to_vec();
         let c = DataSync::parse(&args).unwrap();
-        assert_eq!(c.slot, None);
+        assert_eq!(c.opts.slot, None);
         let mut six = args.clone();
         six.push("my_slot".into());
         assert_eq!(
-            DataSync::parse(&six).unwrap().slot.as_deref(),
+            DataSync::parse(&six).unwrap().opts.slot.as_deref(),
             Some("my_slot")
         );
         assert_eq!(DataSync::parse(&args[..4]).unwrap_err().code, "42601");

@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::error::CommandError;
+use super::format::text;
 use super::reply::Reply;
 use crate::config::Config;
 use crate::data_sync::{Phase, Registry};
@@ -95,6 +96,14 @@ where
             _ = watch => work.await,
         }
     });
+}
+
+/// The answer of a command that started task `id` to act on the move of
+/// task `of`: both ids, so SHOW TASKS and STOP_TASK can find it.
+pub fn started(tag: &'static str, id: u64, of: u64) -> Reply {
+    let mut reply = Reply::new(tag, &["task_id", "of_task"]);
+    reply.push(vec![text(id), text(of)]);
+    reply
 }
 
 /// The options of the move DATA_SYNC started as task `id`, for `command`

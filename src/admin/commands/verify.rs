@@ -6,7 +6,6 @@ use tracing::{info, warn};
 
 use super::{AdminCommand, Context, Usage};
 use crate::admin::error::CommandError;
-use crate::admin::format::text;
 use crate::admin::reply::Reply;
 use crate::data_sync::verify;
 
@@ -71,9 +70,7 @@ impl AdminCommand for Verify {
                 Err(e) => warn!(task = id, of = of_id, "verify failed: {e}"),
             }
         });
-        let mut reply = Reply::new("VERIFY", &["task_id", "of_task"]);
-        reply.push(vec![text(id), text(self.id)]);
-        Ok(reply)
+        Ok(super::started("VERIFY", id, self.id))
     }
 }
 

@@ -44,7 +44,7 @@ pub(super) async fn complete(cut: &Cut<'_>) -> Result<Done> {
     )
     .await?;
     cut.task.set_step("dropping the forward slot");
-    crate::data_sync::engine::cleanup(cut.endpoints, &cut.slot).await?;
+    crate::data_sync::engine::cleanup(&cut.endpoints, &cut.slot).await?;
     cut.task.set_step("complete");
     Ok(Done::Completed {
         summary: format!(

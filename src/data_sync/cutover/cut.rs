@@ -3,36 +3,24 @@
 //! only along the lifecycle's transitions), and the crash tests' fail
 //! points.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::config::Config;
 use crate::net::Connection;
 
-use super::super::endpoints::Endpoints;
 use super::super::error::{DataSyncError, Result};
 use super::super::lifecycle::{rerun, Action, Rerun, Stage};
 use super::super::options::{Mode, Options};
 use super::super::preflight;
-use super::super::progress::Task;
 use super::super::state::{self, CutoverRecord};
 
 /// How long a stream has to let go of its slots once told to stop.
 pub(super) const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What every step of one command works with.
-pub(super) struct Cut<'a> {
-    pub config: &'a Arc<Config>,
-    pub opts: &'a Options,
-    pub endpoints: &'a Endpoints,
-    pub task: &'a Arc<Task>,
-    pub shutdown: &'a CancellationToken,
-    /// The forward move's slot.
-    pub slot: String,
-}
+/// What every step of one command works with: the move, its endpoints,
+/// the command's task and stop token, and the forward move's slot.
+pub(super) use super::super::on_move::OnMove as Cut;
 
 impl Cut<'_> {
     /// Who holds the move's barrier, in its record.
@@ -102,7 +90,7 @@ pub(super) async fn forward_plan(
     command: &'static str,
 ) -> Result<preflight::Findings> {
     let mut findings = preflight::run(
-        cut.endpoints,
+        &cut.endpoints,
         &cut.opts.publication,
         &cut.slot,
         preflight::Intent::Inspect {
@@ -111,7 +99,7 @@ pub(super) async fn forward_plan(
         },
     )
     .await?;
-    preflight::refresh_dest_tables(cut.endpoints, &mut findings.plan).await?;
+    preflight::refresh_dest_tables(&cut.endpoints, &mut findings.plan).await?;
     Ok(findings)
 }
 

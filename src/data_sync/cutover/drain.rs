@@ -28,7 +28,7 @@ pub(super) async fn run(
     let started = Instant::now();
     let id = cut.holder("cutover");
     let holder = Holder {
-        endpoints: cut.endpoints,
+        endpoints: &cut.endpoints,
         slot: &cut.slot,
         id: &id,
         shutdown: cut.shutdown,

@@ -62,10 +62,10 @@ pub(super) async fn cutover(cut: &Cut<'_>, request: &Request) -> Result<Done> {
             "pass --freeze-role ROLE for every login role the application writes with",
         ));
     }
-    precheck::check(cut.endpoints, plan, &record.roles).await?;
+    precheck::check(&cut.endpoints, plan, &record.roles).await?;
 
     cut.task.set_phase(Phase::CuttingOver);
-    let mut own = OwnStream::ensure(cut.endpoints, &findings, plan, cut.task).await?;
+    let mut own = OwnStream::ensure(&cut.endpoints, &findings, plan, cut.task).await?;
     lag::wait(cut, request.max_lag, &mut own).await?;
 
     // From here on a failure unfreezes the source.
@@ -81,7 +81,7 @@ pub(super) async fn cutover(cut: &Cut<'_>, request: &Request) -> Result<Done> {
     cut.step(6, "ending the forward stream");
     let id = cut.holder("cutover");
     Holder {
-        endpoints: cut.endpoints,
+        endpoints: &cut.endpoints,
         slot: &cut.slot,
         id: &id,
         shutdown: cut.shutdown,
@@ -123,7 +123,7 @@ async fn abort(
 ) -> DataSyncError {
     warn!("cutover failed, unfreezing the source: {e}");
     let undo = async {
-        unfreeze_source(cut.endpoints, &mut dest0, &cut.slot).await?;
+        unfreeze_source(&cut.endpoints, &mut dest0, &cut.slot).await?;
         enter(
             &mut dest0,
             &cut.slot,

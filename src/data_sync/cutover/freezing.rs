@@ -33,13 +33,13 @@ pub(super) async fn source(
         &format!("freezing the source for {}", record.roles.join(", ")),
     );
     Side {
-        endpoints: cut.endpoints,
+        endpoints: &cut.endpoints,
         plan,
         cluster: "source",
     }
     .freeze(cut, dest0, &record.roles, deadline)
     .await?;
-    let frozen = mark_lsns(cut.endpoints, "pgdog cutover: frozen").await?;
+    let frozen = mark_lsns(&cut.endpoints, "pgdog cutover: frozen").await?;
     enter(dest0, &cut.slot, record, Stage::Draining, None).await?;
     dest0
         .query_text(

@@ -70,7 +70,7 @@ pub(super) async fn rollback(cut: &Cut<'_>, request: &Request) -> Result<Done> {
     )
     .await?;
     cut.step(7, &format!("unfreezing {}", opts.from_database));
-    unfreeze_source(cut.endpoints, &mut dest0, &cut.slot).await?;
+    unfreeze_source(&cut.endpoints, &mut dest0, &cut.slot).await?;
     enter(&mut dest0, &cut.slot, &mut record, Stage::RolledBack, None).await?;
     dest0.close().await;
     cut.task.set_step("rolled back");
@@ -163,7 +163,7 @@ async fn stream_back_the_rest(
     sequences::apply(rev_endpoints, &plans).await?;
 
     cut.step(4, "moving the forward slot past the changes streamed back");
-    reverse::advance_forward(cut.endpoints, &cut.slot).await?;
+    reverse::advance_forward(&cut.endpoints, &cut.slot).await?;
     fail_point("rollback-advanced");
     Ok(())
 }

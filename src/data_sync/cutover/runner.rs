@@ -14,6 +14,7 @@ use crate::config::Config;
 
 use super::super::endpoints::Endpoints;
 use super::super::error::Result;
+use super::super::on_move::{self, OnMove};
 use super::super::options::{Options, Outcome};
 use super::super::progress::{Registry, Task};
 use super::command::run;
@@ -85,7 +86,10 @@ impl Runner {
     ) -> Result<Ended> {
         let reporting = stop.child_token();
         let reporter = self.report(&task, &reporting);
-        let result = run(self.config.clone(), opts, request, &task, &stop).await;
+        let result = on_move::whole(&task, async {
+            run(&OnMove::open(&self.config, opts, &task, &stop)?, request).await
+        })
+        .await;
         reporting.cancel();
         if let Some(r) = reporter {
             let _ = r.await;

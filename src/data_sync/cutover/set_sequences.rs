@@ -22,13 +22,13 @@ pub(super) async fn run(
 ) -> Result<()> {
     cut.step(4, "setting the sequences");
     let plans = sequences::plan(
-        cut.endpoints,
+        &cut.endpoints,
         plan,
         margin,
         sequences::IncrementFrom::Source,
     )
     .await?;
-    sequences::apply(cut.endpoints, &plans).await?;
+    sequences::apply(&cut.endpoints, &plans).await?;
     info!(
         sequences = plans.len(),
         "sequences set on every destination shard"

@@ -18,7 +18,7 @@ use crate::data_sync::endpoints::Endpoints;
 
 pub(super) async fn switch(cut: &Cut<'_>, plan: &Plan, mut record: CutoverRecord) -> Result<Done> {
     cut.task.set_phase(Phase::CuttingOver);
-    let (opts, endpoints, slot) = (cut.opts, cut.endpoints, &cut.slot);
+    let (opts, endpoints, slot) = (cut.opts, &cut.endpoints, &cut.slot);
     // A rerun that finds the forward stream still running ends it first.
     if active_pids(endpoints, slot)
         .await?
@@ -105,7 +105,7 @@ pub(super) async fn switch(cut: &Cut<'_>, plan: &Plan, mut record: CutoverRecord
 /// and is not on the destination. The warning to give, if any.
 async fn late_writes(cut: &Cut<'_>) -> Option<String> {
     let (opts, slot) = (cut.opts, &cut.slot);
-    let late = match reverse::late_changes(cut.endpoints, slot, &opts.publication).await {
+    let late = match reverse::late_changes(&cut.endpoints, slot, &opts.publication).await {
         Ok(late) => late,
         Err(e) => {
             warn!("could not check the source for writes after the forward stream ended: {e}");

@@ -23,14 +23,7 @@ pub(super) async fn run(
         cut.step(5, "verify skipped (--skip-verify)");
     } else {
         cut.step(5, "verifying");
-        let report = verify::run_in(
-            cut.config.clone(),
-            cut.opts,
-            &verify::Request::default(),
-            cut.task,
-            cut.shutdown,
-        )
-        .await?;
+        let report = verify::run_in(cut, &verify::Request::default()).await?;
         cut.task.set_phase(Phase::CuttingOver);
         for line in verify::render(&report).lines() {
             info!("verify: {line}");

@@ -321,10 +321,13 @@ fn push_params<'a>(
     params: &mut Vec<Option<&'a [u8]>>,
 ) {
     let rel = &q.rel;
-    let mut add = |(f, v): (Format, Option<&'a [u8]>)| {
-        formats.push(f);
-        params.push(v);
+    let mut out = Params {
+        mask,
+        formats,
+        params,
     };
+    let key = |i: usize, _: &Column<'_>| rel.columns.get(i).is_some_and(|c| c.key);
+    let present = |_: usize, c: &Column<'_>| !matches!(c, Column::Unchanged);
     match (&q.change, kind) {
         (Change::Insert { new, fill }, _) => {
             for (i, c) in new.columns().enumerate() {
@@ -334,72 +337,62 @@ fn push_params<'a>(
                             .get(i)
                             .map(|(f, v)| (*f, v.as_deref()))
                             .unwrap_or((Format::Text, None));
-                        add((f, v));
+                        out.add((f, v));
                     }
-                    (c, _) => add(param(c)),
+                    (c, _) => out.add(param(c)),
                 }
             }
         }
-        (Change::Upsert { new }, _) => {
-            for c in new.columns() {
-                add(param(c));
-            }
-        }
+        (Change::Upsert { new }, _) => out.pick(new, false, |_, _| true),
         (Change::Update { new, old }, Kind::Update) => {
-            mask.clear();
-            for (i, c) in new.columns().enumerate() {
-                let set = rel.sets(i, &c);
-                mask.push(set);
-                if set {
-                    add(param(c));
-                }
-            }
+            out.mask.clear();
+            out.pick(new, true, |i, c| rel.sets(i, c));
             // Key values: from the old key when the key changed, else new.
-            let source = old.as_ref().map(|o| o.tuple()).unwrap_or(new);
-            for (i, c) in source.columns().enumerate() {
-                if rel.columns.get(i).is_some_and(|c| c.key) {
-                    add(param(c));
-                }
-            }
+            out.pick(old.as_ref().map(|o| o.tuple()).unwrap_or(new), false, key);
         }
         (Change::Update { new, old }, Kind::UpdateFull) => {
-            mask.clear();
-            for (i, c) in new.columns().enumerate() {
-                let set = rel.sets(i, &c);
-                mask.push(set);
-                if set {
-                    add(param(c));
-                }
-            }
+            out.mask.clear();
+            out.pick(new, true, |i, c| rel.sets(i, c));
             if let Some(old) = old {
-                for c in old.tuple().columns() {
-                    let on = !matches!(c, Column::Unchanged);
-                    mask.push(on);
-                    if on {
-                        add(param(c));
-                    }
-                }
+                out.pick(old.tuple(), true, present);
             }
         }
         (Change::Delete { old }, Kind::DeleteFull) => {
-            mask.clear();
-            mask.resize(rel.columns.len(), false);
-            for c in old.tuple().columns() {
-                let on = !matches!(c, Column::Unchanged);
-                mask.push(on);
-                if on {
-                    add(param(c));
-                }
-            }
+            out.mask.clear();
+            out.mask.resize(rel.columns.len(), false);
+            out.pick(old.tuple(), true, present);
         }
-        (Change::Delete { old }, _) => {
-            for (i, c) in old.tuple().columns().enumerate() {
-                if rel.columns.get(i).is_some_and(|c| c.key) {
-                    add(param(c));
-                }
-            }
-        }
+        (Change::Delete { old }, _) => out.pick(old.tuple(), false, key),
         _ => {}
+    }
+}
+
+/// Where [`push_params`] appends: the statement's parameters and the
+/// shape's column mask.
+struct Params<'p, 'a> {
+    mask: &'p mut Vec<bool>,
+    formats: &'p mut Vec<Format>,
+    params: &'p mut Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> Params<'_, 'a> {
+    fn add(&mut self, (f, v): (Format, Option<&'a [u8]>)) {
+        self.formats.push(f);
+        self.params.push(v);
+    }
+
+    /// The columns of `tuple` that `on` picks, in order; with `masked`,
+    /// each column's pick goes to the mask too.
+    fn pick(&mut self, tuple: &'a Tuple, masked: bool, on: impl Fn(usize, &Column<'a>) -> bool) {
+        for (i, c) in tuple.columns().enumerate() {
+            let picked = on(i, &c);
+            if masked {
+                self.mask.push(picked);
+            }
+            if picked {
+                self.add(param(c));
+            }
+        }
     }
 }
 

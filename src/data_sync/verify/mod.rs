@@ -40,6 +40,7 @@ use super::copy::pool::ServerCopy;
 use super::ctx::{default_parallel, Ctx};
 use super::endpoints::Endpoints;
 use super::error::{DataSyncError, Result};
+use super::on_move::{self, OnMove};
 use super::options::Options;
 use super::plan::{Plan, TablePlan};
 use super::preflight;
@@ -142,25 +143,24 @@ pub async fn run(
     task: &Arc<Task>,
     shutdown: &CancellationToken,
 ) -> Result<Report> {
-    let result = run_in(config, opts, request, task, shutdown).await;
-    task.end(result.as_ref().map(|_| false));
-    result
+    on_move::whole(task, async {
+        run_in(&OnMove::open(&config, opts, task, shutdown)?, request).await
+    })
+    .await
 }
 
-/// [`run`] as one step of a longer task (a cutover): `task` does not end.
-pub async fn run_in(
-    config: Arc<Config>,
-    opts: &Options,
-    request: &Request,
-    task: &Arc<Task>,
-    shutdown: &CancellationToken,
-) -> Result<Report> {
-    let slot = opts.slot_name();
-    task.set_slot(slot.clone());
-    task.set_phase(Phase::Preflight);
-    let endpoints = Endpoints::of_move(config.clone(), opts)?;
+/// [`run`] as one step of a longer task (a cutover): `on.task` does not end.
+pub async fn run_in(on: &OnMove<'_>, request: &Request) -> Result<Report> {
+    let OnMove {
+        config,
+        opts,
+        endpoints,
+        task,
+        shutdown,
+        slot,
+    } = on;
     let findings = tokio::select! {
-        f = preflight::run(&endpoints, &opts.publication, &slot, preflight::Intent::Inspect {
+        f = preflight::run(endpoints, &opts.publication, slot, preflight::Intent::Inspect {
             command: "pgdog verify",
             temporary_slot: true,
         }) => f?,
@@ -186,10 +186,10 @@ pub async fn run_in(
             }
         }
     }
-    preflight::refresh_dest_tables(&endpoints, &mut plan).await?;
+    preflight::refresh_dest_tables(endpoints, &mut plan).await?;
 
     task.set_phase(Phase::Verifying);
-    let point = consistent_point(&endpoints, &findings, &plan, &slot, task, shutdown).await?;
+    let point = consistent_point(endpoints, &findings, &plan, slot, task, shutdown).await?;
     let Point {
         sources,
         dests,
@@ -198,7 +198,7 @@ pub async fn run_in(
         applied_itself,
     } = point;
     let result = compare(
-        &config, &plan, &tables, &sources, &dests, request, task, shutdown,
+        config, &plan, &tables, &sources, &dests, request, task, shutdown,
     )
     .await;
     for s in sources.into_iter().chain(dests) {
