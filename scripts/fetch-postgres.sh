@@ -9,9 +9,8 @@
 set -euo pipefail
 version="${1:-17.10.0-beta.17}"
 major="${version%%.*}"
-root="$(cd "$(dirname "$0")/.." && pwd)"
-if [ "$(id -u)" = 0 ]; then default_dir=/opt/pgdog-pg; else default_dir="$root/.pg"; fi
-dest="${PGDOG_PG_DIR:-$default_dir}/$major"
+source "$(dirname "$0")/pg-dir.sh"
+dest="$pg_dir/$major"
 
 if [ -x "$dest/bin/postgres" ] && "$dest/bin/postgres" --version >/dev/null 2>&1; then
   echo "PostgreSQL $major already in $dest"

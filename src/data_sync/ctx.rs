@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::copy::book::TableBook;
+use super::chunks::book::TableBook;
 use super::endpoints::Endpoints;
 use super::plan::Plan;
 use super::progress::Task;

@@ -327,22 +327,31 @@ mod tests {
             Rerun::Refuse { fix: f, .. } => f.contains(fix),
             _ => false,
         };
-        for s in Stage::ALL {
+        // A cutover run again, by the text of the record it finds.
+        let cutover_again = [
+            ("freezing", "from the start"),
+            ("frozen", "from the start"),
+            ("drained", "from the start"),
+            ("sequences", "from the start"),
+            ("verified", "from the start"),
+            ("aborted", "from the start"),
+            ("rolled_back", "from the start"),
+            ("switching", "finishes the switch"),
+            ("cut_over", "finishes the switch"),
+            ("rolling_back", "--rollback again"),
+            ("completing", "--complete again"),
+        ];
+        assert_eq!(cutover_again.len(), Stage::ALL.len());
+        for (text, expected) in cutover_again {
+            let s = Stage::parse(text).unwrap();
             let c = rerun(Cutover, Some(s), slot);
-            match s {
-                Stage::Freezing
-                | Stage::Draining
-                | Stage::Sequences
-                | Stage::Verifying
-                | Stage::Verified
-                | Stage::Aborted
-                | Stage::RolledBack => assert_eq!(c, Rerun::FromStart, "{s:?}"),
-                Stage::Reversing | Stage::Switched => {
-                    assert_eq!(c, Rerun::FinishSwitch, "{s:?}")
-                }
-                Stage::RollingBack => assert!(refused(&c, "--rollback again"), "{c:?}"),
-                Stage::Completing => assert!(refused(&c, "--complete again"), "{c:?}"),
+            match expected {
+                "from the start" => assert_eq!(c, Rerun::FromStart, "{text}"),
+                "finishes the switch" => assert_eq!(c, Rerun::FinishSwitch, "{text}"),
+                fix => assert!(refused(&c, fix), "{text}: {c:?}"),
             }
+        }
+        for s in Stage::ALL {
             let r = rerun(Rollback, Some(s), slot);
             if matches!(s, Stage::Switched | Stage::RollingBack) {
                 assert_eq!(r, Rerun::Finish, "{s:?}");

@@ -12,6 +12,7 @@
 pub mod analyze;
 pub mod barrier;
 pub mod catalog;
+pub mod chunks;
 pub mod copy;
 pub mod ctx;
 pub mod cutover;

@@ -12,53 +12,56 @@ use super::error::{ConnectionError, Result};
 use super::options::{ChannelBinding, ConnectOptions};
 use super::tls::server_end_point_hash;
 
-/// Answer authentication requests until AuthenticationOk.
-pub(super) async fn authenticate(conn: &mut Connection, options: &ConnectOptions) -> Result<()> {
-    let mut used_channel_binding = false;
-    loop {
-        let msg = conn.recv().await?;
-        let auth = match msg {
-            Message::Authentication(a) => a,
-            Message::ErrorResponse(fields) => return Err(conn.server_error(fields)),
-            other => return Err(conn.unexpected(&other, "authenticating")),
-        };
-        match auth {
-            Authentication::Ok => {
-                if options.channel_binding == ChannelBinding::Require && !used_channel_binding {
-                    return Err(auth_error(
+impl Connection {
+    /// Answer authentication requests until AuthenticationOk.
+    pub(super) async fn authenticate(&mut self, options: &ConnectOptions) -> Result<()> {
+        let conn = self;
+        let mut used_channel_binding = false;
+        loop {
+            let msg = conn.recv().await?;
+            let auth = match msg {
+                Message::Authentication(a) => a,
+                Message::ErrorResponse(fields) => return Err(conn.server_error(fields)),
+                other => return Err(conn.unexpected(&other, "authenticating")),
+            };
+            match auth {
+                Authentication::Ok => {
+                    if options.channel_binding == ChannelBinding::Require && !used_channel_binding {
+                        return Err(auth_error(
                         conn,
                         "channel binding is required but the server did not use SCRAM-SHA-256-PLUS; \
                          connect with TLS to a server that offers it, or relax channel_binding",
                     ));
+                    }
+                    return Ok(());
                 }
-                return Ok(());
-            }
-            Authentication::CleartextPassword => {
-                let password = need_password(conn, options, "cleartext password")?;
-                frontend::password(password.as_bytes(), conn.buffer());
-                conn.flush().await?;
-            }
-            Authentication::Md5Password { salt } => {
-                let password = need_password(conn, options, "MD5")?;
-                let hashed = md5_hash(options.user.as_bytes(), password.as_bytes(), salt);
-                frontend::password(hashed.as_bytes(), conn.buffer());
-                conn.flush().await?;
-            }
-            Authentication::Sasl { mechanisms } => {
-                let password = need_password(conn, options, "SCRAM-SHA-256")?.to_string();
-                used_channel_binding = scram(conn, options, &password, &mechanisms).await?;
-            }
-            Authentication::SaslContinue { .. } | Authentication::SaslFinal { .. } => {
-                return Err(auth_error(conn, "server sent a SASL message out of order"));
-            }
-            Authentication::Unsupported { code } => {
-                return Err(auth_error(
+                Authentication::CleartextPassword => {
+                    let password = need_password(conn, options, "cleartext password")?;
+                    frontend::password(password.as_bytes(), conn.buffer());
+                    conn.flush().await?;
+                }
+                Authentication::Md5Password { salt } => {
+                    let password = need_password(conn, options, "MD5")?;
+                    let hashed = md5_hash(options.user.as_bytes(), password.as_bytes(), salt);
+                    frontend::password(hashed.as_bytes(), conn.buffer());
+                    conn.flush().await?;
+                }
+                Authentication::Sasl { mechanisms } => {
+                    let password = need_password(conn, options, "SCRAM-SHA-256")?.to_string();
+                    used_channel_binding = scram(conn, options, &password, &mechanisms).await?;
+                }
+                Authentication::SaslContinue { .. } | Authentication::SaslFinal { .. } => {
+                    return Err(auth_error(conn, "server sent a SASL message out of order"));
+                }
+                Authentication::Unsupported { code } => {
+                    return Err(auth_error(
                     conn,
                     &format!(
                         "the server asks for an authentication method pgdog does not support (code {code}: Kerberos, GSSAPI or SSPI); \
                          use scram-sha-256, md5, password or trust in pg_hba.conf for this user"
                     ),
                 ));
+                }
             }
         }
     }

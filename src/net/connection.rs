@@ -15,7 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use super::auth;
 use super::error::{ConnectionError, Result, ServerAddr, ServerError};
 use super::options::ConnectOptions;
 use super::stream::Stream;
@@ -100,7 +99,7 @@ impl Connection {
         }
         frontend::startup(&params, &mut conn.write_buf);
         conn.flush().await?;
-        auth::authenticate(&mut conn, options).await?;
+        conn.authenticate(options).await?;
         // After AuthenticationOk: ParameterStatus, BackendKeyData, then
         // ReadyForQuery (or an ErrorResponse, e.g. too many connections).
         loop {

@@ -1,43 +1,11 @@
-//! Errors of the sharding subsystem: a key whose bytes cannot be read
-//! ([`ValueError`]), a mapping that cannot be built ([`MappingError`]), and
-//! the error the data-sync engine sees for one row ([`ShardingError`]).
+//! Errors of the sharding subsystem: a mapping that cannot be built
+//! ([`MappingError`]), and the error the data-sync engine sees for one row
+//! ([`ShardingError`]), which carries why a key's bytes could not be read
+//! ([`ValueError`], beside the parsing in [`super::value`]).
 
 use thiserror::Error;
 
-use super::value::{DataType, Format, Kind};
-
-/// Why the bytes of one sharding key could not be read as its data type.
-///
-/// Never carries the key's bytes: a binary value may be anything, and error
-/// messages end up in logs.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum ValueError {
-    /// A binary integer that is not an int2, int4 or int8.
-    #[error("binary integer is {actual} bytes long; expected 2, 4 or 8")]
-    IntegerLength { actual: usize },
-    /// A binary uuid that is not 16 bytes.
-    #[error("binary uuid is {actual} bytes long; expected 16")]
-    UuidLength { actual: usize },
-    /// Text that is not UTF-8.
-    #[error(
-        "not valid UTF-8 (first bad byte at offset {valid_up_to}); \
-         sharding on text needs a UTF8 source database"
-    )]
-    NotUtf8 { valid_up_to: usize },
-    /// Text-format integer with something other than an optional sign and
-    /// decimal digits (surrounding whitespace is allowed, as in Postgres).
-    #[error("not a decimal integer")]
-    NotANumber,
-    /// Text-format integer outside the bigint range.
-    #[error("integer out of the bigint range")]
-    OutOfRange,
-    /// Text that Postgres' `uuid_in` would reject.
-    #[error(
-        "not a uuid (unexpected input at byte {at}); expected 32 hex digits, \
-         optionally with a hyphen after any group of 4 and wrapped in braces"
-    )]
-    BadUuid { at: usize },
-}
+use super::value::{DataType, Format, Kind, ValueError};
 
 /// Why a list/range mapping (or a [`Sharder`](super::Sharder) around it) is
 /// not usable. `rule` is the index of the offending rule in config order.

@@ -12,8 +12,9 @@ pub mod value;
 
 use std::num::NonZeroUsize;
 
-pub use error::{MappingError, ShardingError, ValueError};
+pub use error::{MappingError, ShardingError};
 pub use mapping::{Mapping, Rule};
+pub use value::ValueError;
 pub use value::{DataType, Format, Kind, Value, ValueRef};
 
 /// How a table's key picks a shard.

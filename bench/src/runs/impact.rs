@@ -284,6 +284,9 @@ async fn init_source(s: &Setup<'_>, source: &Cluster, who: &str) -> Result<()> {
     Ok(())
 }
 
+/// One figure of the impact of a move: its name, its value, how it shows.
+type Figure = (&'static str, fn(&Impact) -> f64, fn(f64) -> String);
+
 /// The section's rows: each move's figures, against the native one.
 fn report_impact(report: &mut Report, args: &Args, figures: &[(&str, i64, Impact)]) {
     let (_, bytes, _) = figures[0];
@@ -302,33 +305,22 @@ fn report_impact(report: &mut Report, args: &Args, figures: &[(&str, i64, Impact
                 format!("{:.2}x native", v / base.max(1e-9))
             }
         };
-        let rows: [(&str, String, f64, f64); 5] = [
-            (
-                "largest xmin horizon age",
-                format!("{:.1} s", f.horizon),
-                f.horizon,
-                native.horizon,
-            ),
+        // What, the figure of a move as a number, and as shown; in order.
+        let seconds: fn(f64) -> String = |v| format!("{v:.1} s");
+        let megabytes: fn(f64) -> String = |v| format!("{:.0} MB", v / 1e6);
+        let figures: [Figure; 5] = [
+            ("largest xmin horizon age", |m| m.horizon, seconds),
             (
                 "largest WAL retained by the slot",
-                format!("{:.0} MB", f.wal as f64 / 1e6),
-                f.wal as f64,
-                native.wal as f64,
+                |m| m.wal as f64,
+                megabytes,
             ),
-            ("copy time", format!("{:.1} s", f.copy), f.copy, native.copy),
-            (
-                "time to caught up",
-                format!("{:.1} s", f.caught_up),
-                f.caught_up,
-                native.caught_up,
-            ),
-            (
-                "growth of pgbench_accounts",
-                format!("{:.0} MB", f.growth as f64 / 1e6),
-                f.growth as f64,
-                native.growth as f64,
-            ),
+            ("copy time", |m| m.copy, seconds),
+            ("time to caught up", |m| m.caught_up, seconds),
+            ("growth of pgbench_accounts", |m| m.growth as f64, megabytes),
         ];
+        let rows =
+            figures.map(|(what, figure, show)| (what, show(figure(f)), figure(f), figure(&native)));
         for (what, value, v, base) in rows {
             report.row(
                 "source impact",

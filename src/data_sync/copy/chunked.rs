@@ -3,7 +3,7 @@
 //! recorded as that transaction's first statement), written to every
 //! destination shard that needs it in one transaction per shard together
 //! with its record in `pgdog.copy_chunks`, and entered in the chunk book
-//! ([`super::book`]) that the stream decides by. A large table is split
+//! ([`super::super::chunks::book`]) that the stream decides by. A large table is split
 //! into key ranges worked by several workers at once; the rows of a chunk
 //! follow a target time per chunk, not a fixed count.
 //!
@@ -21,15 +21,15 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use super::super::catalog::TableName;
+use super::super::chunks::book::{Chunk, Range, Snapshot, TableBook};
+use super::super::chunks::key::{Bound, ChunkKey, KeyKind, KeyValue};
 use super::super::ctx::Ctx;
 use super::super::error::{DataSyncError, Result};
 use super::super::plan::TablePlan;
 use super::super::progress::{CopyState, TableCopy};
 use super::super::retry::{Retrier, RetryPolicy, Wait};
 use super::super::state::{self, StoredChunk};
-use super::book::{Chunk, Range, Snapshot, TableBook};
 use super::chunk::copy_stream;
-use super::key::{Bound, ChunkKey};
 use super::pool::DestPool;
 use crate::net::Connection;
 
@@ -846,10 +846,9 @@ pub fn fail_point(point: &str) {
     }
 }
 
-/// The canonical text of a key value, as [`super::key::KeyKind::parse`]
+/// The canonical text of a key value, as [`KeyKind::parse`](super::super::chunks::key::KeyKind::parse)
 /// reads it back.
-fn canonical_text(v: &super::key::KeyValue, kind: super::key::KeyKind) -> String {
-    use super::key::{KeyKind, KeyValue};
+fn canonical_text(v: &KeyValue, kind: KeyKind) -> String {
     match (v, kind) {
         (KeyValue::Int(i), _) => i.to_string(),
         (KeyValue::Bytes(b), KeyKind::Uuid) => b.iter().map(|x| format!("{x:02x}")).collect(),
@@ -859,7 +858,7 @@ fn canonical_text(v: &super::key::KeyValue, kind: super::key::KeyKind) -> String
 
 #[cfg(test)]
 mod tests {
-    use super::super::key::{KeyKind, KeyValue};
+    use super::super::super::chunks::key::{KeyKind, KeyValue};
     use super::*;
 
     fn bound(v: i64) -> Bound {
@@ -870,7 +869,7 @@ mod tests {
     }
 
     fn book() -> TableBook {
-        super::super::book::test_book()
+        super::super::super::chunks::book::test_book()
     }
 
     fn chunk(lo: Option<i64>, hi: Option<i64>) -> Chunk {

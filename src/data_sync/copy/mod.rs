@@ -5,11 +5,9 @@
 //! interrupted table is cleaned and copied again as a whole (a table is the
 //! unit of resumption).
 
-pub(crate) mod book;
 mod chunk;
 pub(crate) mod chunked;
 mod job;
-pub(crate) mod key;
 pub(crate) mod pool;
 pub(crate) mod rows;
 mod shape;

@@ -4,10 +4,10 @@
 
 use super::super::error::Result;
 use super::super::lifecycle::{Action, Stage};
-use super::cut::{Cut, STOP_TIMEOUT};
+use super::cut::Cut;
 use super::request::Done;
 use super::rollback::Finishing;
-use super::stream::{Holder, OwnStream};
+use super::stream::{OwnStream, STOP_TIMEOUT};
 use super::{freeze, reverse};
 
 pub(super) async fn complete(cut: &Cut<'_>) -> Result<Done> {
@@ -20,20 +20,14 @@ pub(super) async fn complete(cut: &Cut<'_>) -> Result<Done> {
     let opts = cut.opts;
     cut.task.set_step("ending the reverse stream");
     if reverse::slots_exist(&rev_endpoints, &record.reverse_slot).await? {
-        let id = cut.holder("cutover complete");
-        Holder {
-            endpoints: &rev_endpoints,
-            slot: &record.reverse_slot,
-            id: &id,
-            shutdown: cut.shutdown,
-        }
-        .end_stream(
-            "completed by pgdog cutover --complete",
-            false,
-            STOP_TIMEOUT,
-            OwnStream::none(),
-        )
-        .await?;
+        cut.holder("cutover complete", &rev_endpoints, &record.reverse_slot)
+            .end_stream(
+                "completed by pgdog cutover --complete",
+                false,
+                STOP_TIMEOUT,
+                OwnStream::none(),
+            )
+            .await?;
     }
     cut.task
         .set_step("dropping the reverse slots and publications");

@@ -3,29 +3,37 @@
 //! only along the lifecycle's transitions), and the crash tests' fail
 //! points.
 
-use std::time::Duration;
-
 use tracing::info;
 
 use crate::net::Connection;
 
+use super::super::endpoints::Endpoints;
 use super::super::error::{DataSyncError, Result};
 use super::super::lifecycle::{rerun, Action, Rerun, Stage};
 use super::super::options::{Mode, Options};
 use super::super::preflight;
 use super::super::state::{self, CutoverRecord};
-
-/// How long a stream has to let go of its slots once told to stop.
-pub(super) const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+use super::stream::Holder;
 
 /// What every step of one command works with: the move, its endpoints,
 /// the command's task and stop token, and the forward move's slot.
 pub(super) use super::super::on_move::OnMove as Cut;
 
 impl Cut<'_> {
-    /// Who holds the move's barrier, in its record.
-    pub(super) fn holder(&self, what: &str) -> String {
-        format!("{what} pid {} task {}", std::process::id(), self.task.id)
+    /// `what` (this command, named in the barrier's record) holding the
+    /// stream of the move of `slot` that reads `endpoints`.
+    pub(super) fn holder<'b>(
+        &'b self,
+        what: &str,
+        endpoints: &'b Endpoints,
+        slot: &'b str,
+    ) -> Holder<'b> {
+        Holder {
+            endpoints,
+            slot,
+            id: format!("{what} pid {} task {}", std::process::id(), self.task.id),
+            shutdown: self.shutdown,
+        }
     }
 
     /// Step `n` of 7, in SHOW TASKS and the log.

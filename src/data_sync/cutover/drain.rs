@@ -13,7 +13,7 @@ use super::super::error::Result;
 use super::super::lifecycle::Stage;
 use super::super::state::CutoverRecord;
 use super::cut::{enter, fail_point, Cut};
-use super::stream::{lsn_list, Holder, OwnStream};
+use super::stream::{lsn_list, OwnStream};
 
 /// Leaves the record at [`Stage::Sequences`].
 pub(super) async fn run(
@@ -26,13 +26,7 @@ pub(super) async fn run(
 ) -> Result<()> {
     cut.step(3, &format!("draining up to {}", lsn_list(frozen)));
     let started = Instant::now();
-    let id = cut.holder("cutover");
-    let holder = Holder {
-        endpoints: &cut.endpoints,
-        slot: &cut.slot,
-        id: &id,
-        shutdown: cut.shutdown,
-    };
+    let holder = cut.holder("cutover", &cut.endpoints, &cut.slot);
     let hold = holder.hold_at(frozen, deadline, own).await?;
     hold.release().await?;
     info!(

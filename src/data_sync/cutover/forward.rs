@@ -16,9 +16,9 @@ use super::super::options::default_slot_name;
 use super::super::plan::Plan;
 use super::super::progress::Phase;
 use super::super::state::CutoverRecord;
-use super::cut::{earlier, enter, forward_plan, Cut, STOP_TIMEOUT};
+use super::cut::{earlier, enter, forward_plan, Cut};
 use super::request::{Done, Request};
-use super::stream::{Holder, OwnStream};
+use super::stream::{OwnStream, STOP_TIMEOUT};
 use super::{drain, freeze, freezing, lag, precheck, set_sequences, switch, verifying};
 
 pub(super) async fn cutover(cut: &Cut<'_>, request: &Request) -> Result<Done> {
@@ -79,20 +79,14 @@ pub(super) async fn cutover(cut: &Cut<'_>, request: &Request) -> Result<Done> {
     enter(&mut dest0, &cut.slot, &mut record, Stage::Reversing, None).await?;
     dest0.close().await;
     cut.step(6, "ending the forward stream");
-    let id = cut.holder("cutover");
-    Holder {
-        endpoints: &cut.endpoints,
-        slot: &cut.slot,
-        id: &id,
-        shutdown: cut.shutdown,
-    }
-    .end_stream(
-        &format!("cut over to {} by pgdog cutover", cut.opts.to_database),
-        true,
-        STOP_TIMEOUT,
-        own,
-    )
-    .await?;
+    cut.holder("cutover", &cut.endpoints, &cut.slot)
+        .end_stream(
+            &format!("cut over to {} by pgdog cutover", cut.opts.to_database),
+            true,
+            STOP_TIMEOUT,
+            own,
+        )
+        .await?;
     switch::switch(cut, plan, record).await
 }
 

@@ -16,7 +16,7 @@ use super::forward::unfreeze_source;
 use super::freezing::Side;
 use super::request::{Done, Request};
 use super::reverse;
-use super::stream::{Holder, OwnStream};
+use super::stream::OwnStream;
 
 /// What `--rollback` and `--complete` start from: the finished cutover's
 /// record, now at `stage` (rolling back or completing) so that a rerun
@@ -131,22 +131,16 @@ async fn stream_back_the_rest(
 
     cut.step(2, "draining the reverse stream");
     let own = OwnStream::ensure(rev_endpoints, &findings, &rev_plan, cut.task).await?;
-    let id = cut.holder("cutover rollback");
-    Holder {
-        endpoints: rev_endpoints,
-        slot: &record.reverse_slot,
-        id: &id,
-        shutdown: cut.shutdown,
-    }
-    .end_stream(
-        "rolled back by pgdog cutover --rollback",
-        true,
-        deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1)),
-        own,
-    )
-    .await?;
+    cut.holder("cutover rollback", rev_endpoints, &record.reverse_slot)
+        .end_stream(
+            "rolled back by pgdog cutover --rollback",
+            true,
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1)),
+            own,
+        )
+        .await?;
     fail_point("rollback-drained");
 
     cut.step(

@@ -17,7 +17,9 @@ use super::super::plan::Plan;
 use super::super::progress::Task;
 use super::super::retry::Wait;
 use super::super::{preflight, state};
-use super::cut::STOP_TIMEOUT;
+
+/// How long a stream has to let go of its slots once told to stop.
+pub(super) const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A stream of `slot` the command runs itself when no `data-sync` does,
 /// and stops when dropped.
@@ -180,7 +182,7 @@ pub(super) struct Holder<'a> {
     pub endpoints: &'a Endpoints,
     pub slot: &'a str,
     /// The barrier holder's id.
-    pub id: &'a str,
+    pub id: String,
     pub shutdown: &'a CancellationToken,
 }
 
@@ -194,7 +196,7 @@ impl Holder<'_> {
         own: &mut OwnStream,
     ) -> Result<Hold> {
         let slot = self.slot;
-        let mut hold = Hold::begin(self.endpoints, slot, self.id).await?;
+        let mut hold = Hold::begin(self.endpoints, slot, &self.id).await?;
         let result = async {
             let left = || deadline.saturating_duration_since(Instant::now());
             let what = format!("cutover: pausing the move of slot \"{slot}\"");
@@ -276,7 +278,7 @@ impl Holder<'_> {
             let targets = mark_lsns(endpoints, "pgdog cutover: end of stream").await?;
             self.hold_at(&targets, deadline, &mut own).await?
         } else {
-            let mut hold = Hold::begin(endpoints, slot, self.id).await?;
+            let mut hold = Hold::begin(endpoints, slot, &self.id).await?;
             let what = format!("pausing the stream of slot \"{slot}\" to end it");
             if let Err(e) = self
                 .wait_for(&mut hold, "paused", timeout, &what, &mut own)

@@ -10,10 +10,10 @@ use super::super::lifecycle::Stage;
 use super::super::plan::Plan;
 use super::super::progress::Phase;
 use super::super::state::CutoverRecord;
-use super::cut::{enter, fail_point, reverse_options, Cut, STOP_TIMEOUT};
+use super::cut::{enter, fail_point, reverse_options, Cut};
 use super::request::Done;
 use super::reverse;
-use super::stream::{active_pids, Holder, OwnStream};
+use super::stream::{active_pids, OwnStream, STOP_TIMEOUT};
 use crate::data_sync::endpoints::Endpoints;
 
 pub(super) async fn switch(cut: &Cut<'_>, plan: &Plan, mut record: CutoverRecord) -> Result<Done> {
@@ -25,20 +25,14 @@ pub(super) async fn switch(cut: &Cut<'_>, plan: &Plan, mut record: CutoverRecord
         .iter()
         .any(Option::is_some)
     {
-        let id = cut.holder("cutover");
-        Holder {
-            endpoints,
-            slot,
-            id: &id,
-            shutdown: cut.shutdown,
-        }
-        .end_stream(
-            &format!("cut over to {} by pgdog cutover", opts.to_database),
-            true,
-            STOP_TIMEOUT,
-            OwnStream::none(),
-        )
-        .await?;
+        cut.holder("cutover", endpoints, slot)
+            .end_stream(
+                &format!("cut over to {} by pgdog cutover", opts.to_database),
+                true,
+                STOP_TIMEOUT,
+                OwnStream::none(),
+            )
+            .await?;
     }
     fail_point("switching");
     let late_note = late_writes(cut).await;

@@ -151,14 +151,9 @@ pub async fn run(
 
 /// [`run`] as one step of a longer task (a cutover): `on.task` does not end.
 pub async fn run_in(on: &OnMove<'_>, request: &Request) -> Result<Report> {
-    let OnMove {
-        config,
-        opts,
-        endpoints,
-        task,
-        shutdown,
-        slot,
-    } = on;
+    let (endpoints, slot) = (&on.endpoints, &on.slot);
+    let (task, shutdown) = (on.task, on.shutdown);
+    let (config, opts) = (on.config, on.opts);
     let findings = tokio::select! {
         f = preflight::run(endpoints, &opts.publication, slot, preflight::Intent::Inspect {
             command: "pgdog verify",

@@ -207,7 +207,7 @@ impl Session<'_> {
     /// its row from one chunk to another).
     async fn decide_chunked(
         &mut self,
-        book: &crate::data_sync::copy::book::TableBook,
+        book: &crate::data_sync::chunks::book::TableBook,
         rel: &Arc<RelationInfo>,
         relation_oid: u32,
         msg: &Message,
@@ -313,10 +313,10 @@ impl Session<'_> {
     /// chunked table, waiting for a chunk being written where one holds it.
     async fn decide_row(
         &mut self,
-        book: &crate::data_sync::copy::book::TableBook,
-        key: &crate::data_sync::copy::key::Key,
+        book: &crate::data_sync::chunks::book::TableBook,
+        key: &crate::data_sync::chunks::key::Key,
     ) -> Result<Vec<bool>> {
-        use crate::data_sync::copy::book::Decision;
+        use crate::data_sync::chunks::book::Decision;
         let Some(txn) = &self.txn else {
             return Err(self.stream_error("change outside a transaction"));
         };

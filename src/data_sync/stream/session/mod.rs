@@ -62,7 +62,7 @@ pub struct Session<'a> {
     /// Per destination: last source commit applied before this session.
     applied_before: Vec<Lsn>,
     /// Tables of this source shard copied in chunks, by plan index.
-    books: HashMap<usize, std::sync::Arc<crate::data_sync::copy::book::TableBook>>,
+    books: HashMap<usize, std::sync::Arc<crate::data_sync::chunks::book::TableBook>>,
     /// Per relation of a chunked table: where each chunk key column sits
     /// in its tuples.
     key_positions: HashMap<u32, Vec<usize>>,
