@@ -98,6 +98,12 @@ impl Endpoints {
         self.options(&self.dest.shards[d].primary, &self.dest_user, "destination")
     }
 
+    /// `destination shard 1 (127.0.0.1:6432)`, for messages.
+    pub fn describe_dest(&self, d: usize) -> String {
+        let o = self.dest(d);
+        format!("destination shard {d} ({}:{})", o.host, o.port)
+    }
+
     pub async fn connect_source(&self, s: usize, replication: bool) -> Result<Connection> {
         Ok(Connection::connect(&self.source(s).replication(replication)).await?)
     }

@@ -4,16 +4,33 @@
 //! the copy is complete as of the snapshot's LSN.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use tracing::info;
 
 use super::super::catalog::TableName;
 use super::super::ctx::Ctx;
 use super::super::error::{DataSyncError, Result};
+use super::super::progress::TableCopy;
 use super::super::state;
 use super::chunk::{copy_stream, ChunkResult};
 use super::pool::{DestPool, ServerCopy};
-use super::Job;
+
+/// One table from one source shard.
+#[derive(Debug)]
+pub struct Job {
+    /// Index into the plan's tables.
+    pub table: usize,
+    pub source_shard: usize,
+    /// Destination shards that still need it.
+    pub dests: Vec<usize>,
+    /// Parallel streams it may use (permits it holds).
+    pub permits: u32,
+    /// The server it reads: the shard's primary or one of its replicas.
+    pub server: crate::config::Database,
+    pub on_replica: bool,
+    pub progress: Arc<TableCopy>,
+}
 
 /// The `COPY` of one range of the table, `None` for the whole table.
 fn select_sql(ctx: &Ctx, job: &Job, range: Option<(u64, Option<u64>)>) -> String {

@@ -25,23 +25,8 @@ use super::progress::{CopyState, TableCopy};
 use super::retry::{Retrier, RetryPolicy};
 use super::snapshot::{self, SharedSnapshot};
 use crate::net::replication::SnapshotAction;
+use job::Job;
 use pool::{DestPool, ServerCopy};
-
-/// One table from one source shard.
-#[derive(Debug)]
-pub struct Job {
-    /// Index into the plan's tables.
-    pub table: usize,
-    pub source_shard: usize,
-    /// Destination shards that still need it.
-    pub dests: Vec<usize>,
-    /// Parallel streams it may use (permits it holds).
-    pub permits: u32,
-    /// The server it reads: the shard's primary or one of its replicas.
-    pub server: crate::config::Database,
-    pub on_replica: bool,
-    pub progress: Arc<TableCopy>,
-}
 
 /// Finished copies recorded on one destination shard.
 type Finished = HashMap<(usize, super::catalog::TableName), pgdog_protocol::Lsn>;

@@ -12,7 +12,7 @@ use crate::data_sync::state;
 
 use super::catalog::{Object, Objects};
 use super::plan::{Planned, Step};
-use super::{describe_shard, is_identity, Source};
+use super::source::Source;
 
 /// Kinds whose existence on a shard the catalog query reports one to one
 /// with pg_dump's entries: those that belong to a table, and types and
@@ -99,7 +99,7 @@ fn expected<'a>(
     }
     match through {
         Through::PreData { deferred_identity } => {
-            let deferred = deferred_identity && is_identity(e, Some(src));
+            let deferred = deferred_identity && e.is_identity(Some(src));
             (p.step == Step::Pre && !deferred).then_some(src)
         }
         Through::PostData => Some(src),
@@ -132,7 +132,7 @@ pub async fn created(
             &dest,
             &created,
             through,
-            &describe_shard(endpoints, d),
+            &endpoints.describe_dest(d),
         ));
     }
     if problems.is_empty() {

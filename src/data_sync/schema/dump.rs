@@ -3,6 +3,8 @@
 //! ...; Schema: ...` header. Nothing is parsed out of the SQL itself: what
 //! an entry is comes from its header, what it belongs to from the catalog.
 
+use super::catalog::Object;
+
 /// One archive entry of the dump: a table, an index, a function...
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -24,6 +26,13 @@ impl Entry {
             Some(s) => format!("{} {s}.{}", self.kind, self.tag),
             None => format!("{} {}", self.kind, self.tag),
         }
+    }
+
+    /// A table's primary key or replica identity index (or its attachment
+    /// to a partitioned parent's), `src` being its object on the source.
+    pub fn is_identity(&self, src: Option<&Object>) -> bool {
+        matches!(self.kind.as_str(), "CONSTRAINT" | "INDEX" | "INDEX ATTACH")
+            && src.is_some_and(|o| o.has('r'))
     }
 }
 

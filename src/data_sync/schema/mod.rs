@@ -16,6 +16,8 @@
 //! - [`catalog`]: what each entry belongs to, what exists, what matches.
 //! - [`plan`]: which entries a move takes, and when.
 //! - [`apply`]: running them.
+//! - [`settings`]: how schema sync runs, from `[general]`.
+//! - [`source`]: the source's schema, read once.
 //! - [`check`]: what was created, against what pg_dump listed.
 
 pub mod apply;
@@ -25,9 +27,10 @@ pub mod dump;
 pub mod grants;
 pub mod pg_dump;
 pub mod plan;
+pub mod settings;
+pub mod source;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -42,7 +45,9 @@ use crate::data_sync::state;
 
 use apply::{Statement, Work};
 use catalog::{Key, Objects};
-use plan::{SchemaPlan, Step};
+use plan::Step;
+pub use settings::{default_parallel, Settings};
+pub use source::{read_source, Source};
 
 /// Which phases to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -50,134 +55,6 @@ pub enum Phases {
     Pre,
     Post,
     All,
-}
-
-/// How schema sync works, from `[general]`.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// `[general] pg_dump`: a program or the directory holding it.
-    pub pg_dump: Option<PathBuf>,
-    /// Index builds and foreign key validations at once, per destination
-    /// shard.
-    pub parallel: usize,
-    /// `maintenance_work_mem` of those sessions.
-    pub maintenance_work_mem: String,
-}
-
-impl Settings {
-    pub fn from_config(config: &Config) -> Settings {
-        Settings {
-            pg_dump: config.general.pg_dump.clone(),
-            parallel: config
-                .general
-                .schema_sync_parallel
-                .unwrap_or_else(default_parallel),
-            maintenance_work_mem: config.general.schema_sync_maintenance_work_mem.clone(),
-        }
-    }
-}
-
-/// Default index builds at once per destination shard: 4, as a table
-/// has a few indexes and each build also takes the server's parallel
-/// maintenance workers; raise it for servers with many cores.
-pub fn default_parallel() -> usize {
-    4
-}
-
-/// The source side, read once: pg_dump's entries and the catalog's list of
-/// the publication's objects.
-#[derive(Debug, Clone)]
-pub struct Source {
-    pub pg_dump: pg_dump::PgDump,
-    pub objects: Objects,
-    pub plan: SchemaPlan,
-}
-
-/// Read the schema of source shard 0 (every source shard holds the same
-/// schema).
-pub async fn read_source(
-    endpoints: &Endpoints,
-    publication: &str,
-    settings: &Settings,
-) -> Result<Source> {
-    let mut conn = endpoints.connect_source(0, false).await?;
-    if crate::data_sync::catalog::publication(&mut conn, publication)
-        .await?
-        .is_none()
-    {
-        let o = endpoints.source(0);
-        return Err(DataSyncError::preflight(
-            format!(
-                "publication \"{publication}\" does not exist on source shard 0 ({}:{})",
-                o.host, o.port
-            ),
-            format!("create it on every source shard: CREATE PUBLICATION {} FOR ALL TABLES (or FOR TABLE ...)", quote_ident(publication)),
-        ));
-    }
-    let server_major = conn.server_version_num() / 10000;
-    let pg_dump = pg_dump::find(settings.pg_dump.as_deref(), server_major).await?;
-    info!(pg_dump = %pg_dump.path.display(), version = %pg_dump.version, "reading the source schema");
-    let objects = catalog::objects(&mut conn, Some(publication)).await?;
-    let others = catalog::other_relations(&mut conn, &objects).await?;
-    let omitted_relations: Vec<plan::Omitted> = others
-        .iter()
-        .map(|(t, kind)| plan::Omitted {
-            what: format!("{kind} {}.{}", t.schema, t.name),
-            reason: "not in the publication".into(),
-            table: None,
-            required: false,
-        })
-        .collect();
-    let others: Vec<TableName> = others.into_iter().map(|(t, _)| t).collect();
-    conn.close().await;
-    // The schema is read from shard 0 and made once for all: the other
-    // source shards must have the same objects.
-    let mut problems = Vec::new();
-    for s in 1..endpoints.source.shards.len() {
-        let mut conn = endpoints.connect_source(s, false).await?;
-        let theirs = catalog::objects(&mut conn, Some(publication)).await?;
-        conn.close().await;
-        let o = endpoints.source(s);
-        let what = format!("source shard {s} ({}:{})", o.host, o.port);
-        problems.extend(compare_sources(&objects, &theirs, &what));
-    }
-    if !problems.is_empty() {
-        return Err(DataSyncError::Preflight { problems });
-    }
-    let o = endpoints.source(0);
-    let config = &endpoints.config.general;
-    let text = pg_dump
-        .schema(
-            &o,
-            &config.tls_verify,
-            config.tls_server_ca_certificate.as_deref(),
-            &format!("source shard 0 ({}:{})", o.host, o.port),
-            &others,
-        )
-        .await?;
-    let mut plan = plan::plan(dump::parse(&text), &objects);
-    plan.omitted.splice(0..0, omitted_relations);
-    // What belongs to a moved table is never left out without a word; a
-    // key the move needs stops it here, before anything is created.
-    let required: Vec<Problem> = plan
-        .unmatched()
-        .filter(|o| o.required)
-        .map(|o| Problem {
-            problem: format!("schema sync would leave out {}: {}", o.what, o.reason),
-            fix: "this is a mismatch between pg_dump's output and pgdog's catalog query (please report it); meanwhile create the schema on every destination shard yourself and run with --skip-schema-sync".into(),
-        })
-        .collect();
-    if !required.is_empty() {
-        return Err(DataSyncError::Preflight { problems: required });
-    }
-    for o in plan.unmatched() {
-        warn!("schema sync leaves out {o}");
-    }
-    Ok(Source {
-        pg_dump,
-        objects,
-        plan,
-    })
 }
 
 /// Put what the move leaves out in `SHOW SCHEMA_SYNC`, each entry by
@@ -209,50 +86,6 @@ pub fn report_left_out(task: &Task, source: &Source) {
     }
 }
 
-/// How `theirs` (another source shard's objects) differs from `first`
-/// (shard 0's), at most 20 problems. Only the objects schema sync makes
-/// count; extensions available and the like may differ.
-fn compare_sources(first: &Objects, theirs: &Objects, what: &str) -> Vec<Problem> {
-    // Roles belong to each server (and what pgdog's user may do with them
-    // to how it was set up there); a destination shard's matter.
-    let ignored = [
-        "AVAILABLE EXTENSION",
-        "EXTENSION",
-        "SCHEMA",
-        "COLLATION",
-        "ROLE",
-        "OWNABLE ROLE",
-        "PRIVILEGE",
-    ];
-    let describe = |k: &Key| match &k.schema {
-        Some(s) => format!("{} {s}.{}", k.kind, k.tag),
-        None => format!("{} {}", k.kind, k.tag),
-    };
-    let fix = "make the source shards' schemas the same (schema sync reads shard 0's and creates it on every destination shard)";
-    let mut out = Vec::new();
-    let mut keys: Vec<&Key> = first.by_key.keys().chain(theirs.by_key.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    for k in keys {
-        if ignored.contains(&k.kind.as_str()) || out.len() >= 20 {
-            continue;
-        }
-        let problem = match (first.by_key.get(k), theirs.by_key.get(k)) {
-            (Some(_), None) => format!("{} is on source shard 0 but not on {what}", describe(k)),
-            (None, Some(_)) => format!("{} is on {what} but not on source shard 0", describe(k)),
-            (Some(a), Some(b)) if a.signature != b.signature => {
-                format!("{} differs between source shard 0 and {what}", describe(k))
-            }
-            _ => continue,
-        };
-        out.push(Problem {
-            problem,
-            fix: fix.into(),
-        });
-    }
-    out
-}
-
 /// What a run on one destination shard does.
 #[derive(Debug, Default)]
 struct ShardPlan {
@@ -261,11 +94,6 @@ struct ShardPlan {
     extra: HashMap<usize, String>,
     existed: usize,
     created_tables: Vec<TableName>,
-}
-
-fn describe_shard(endpoints: &Endpoints, d: usize) -> String {
-    let o = endpoints.dest(d);
-    format!("destination shard {d} ({}:{})", o.host, o.port)
 }
 
 /// The kinds whose existence the catalog query reports.
@@ -437,7 +265,7 @@ fn plan_pre(
         }
         // The copy needs no index: a move builds the primary key after it
         // with the others, before streaming needs it.
-        if defer_identity && is_identity(e, src) {
+        if defer_identity && e.is_identity(src) {
             continue;
         }
         if looked_up(&e.kind) {
@@ -502,13 +330,6 @@ fn differing<'a>(
 ) -> Option<(&'a str, &'a str)> {
     let (s, d) = (src?.signature.as_deref()?, dest.signature.as_deref()?);
     (s != d).then_some((s, d))
-}
-
-/// A table's primary key or replica identity index (or its attachment to
-/// a partitioned parent's).
-fn is_identity(e: &dump::Entry, src: Option<&catalog::Object>) -> bool {
-    matches!(e.kind.as_str(), "CONSTRAINT" | "INDEX" | "INDEX ATTACH")
-        && src.is_some_and(|o| o.has('r'))
 }
 
 /// Does a comment's (or grant's) tag name an object this run creates?
@@ -582,7 +403,7 @@ pub async fn pre_data(
             &dest,
             &ours,
             slot,
-            &describe_shard(endpoints, d),
+            &endpoints.describe_dest(d),
             defer_identity,
             &mut problems,
         ));
@@ -600,7 +421,7 @@ pub async fn pre_data(
         for (d, p) in plans.iter().enumerate() {
             println!(
                 "-- {}: pre-data, {} statements ({} objects exist already)",
-                describe_shard(endpoints, d),
+                endpoints.describe_dest(d),
                 p.statements.len(),
                 p.existed
             );
@@ -716,7 +537,7 @@ pub async fn post_data(
             None
         };
         conn.close().await;
-        let what = describe_shard(endpoints, d);
+        let what = endpoints.describe_dest(d);
         let steps = plan_post(source, &dest, only.as_ref(), &what);
         report.existed += steps.existed;
         if dry_run {
@@ -807,8 +628,8 @@ fn plan_post(
         let src = source.objects.get(&e.kind, schema, &e.tag);
         // Primary keys a move deferred (existing ones are skipped below).
         let step = match p.step {
-            Step::Pre if is_identity(e, src) && e.kind == "INDEX ATTACH" => Step::Attach,
-            Step::Pre if is_identity(e, src) => Step::Index,
+            Step::Pre if e.is_identity(src) && e.kind == "INDEX ATTACH" => Step::Attach,
+            Step::Pre if e.is_identity(src) => Step::Index,
             Step::Pre => continue,
             s => s,
         };
@@ -963,7 +784,7 @@ async fn run_post_shard(
             .push(format!(
                 "{} on {}: {}",
                 item.object,
-                describe_shard(endpoints, d),
+                endpoints.describe_dest(d),
                 item.message().unwrap_or_default()
             ));
     }
@@ -1085,39 +906,6 @@ mod tests {
         assert_eq!(
             validate_sql(&t, "order items order_items_fk"),
             "ALTER TABLE \"public\".\"order items\" VALIDATE CONSTRAINT \"order_items_fk\";"
-        );
-    }
-
-    #[test]
-    fn source_shards_must_agree() {
-        let objects = |list: &[(&str, &str, Option<&str>)]| {
-            let mut o = Objects::default();
-            for (kind, tag, sig) in list {
-                o.by_key.insert(
-                    Key::new(kind, Some("public"), tag),
-                    catalog::Object {
-                        signature: sig.map(str::to_string),
-                        ..Default::default()
-                    },
-                );
-            }
-            o
-        };
-        let first = objects(&[("TABLE", "t", Some("a integer")), ("INDEX", "t_a", None)]);
-        let same = objects(&[("TABLE", "t", Some("a integer")), ("INDEX", "t_a", None)]);
-        assert!(compare_sources(&first, &same, "source shard 1").is_empty());
-        let other = objects(&[("TABLE", "t", Some("a bigint")), ("INDEX", "t_b", None)]);
-        let problems: Vec<String> = compare_sources(&first, &other, "source shard 1")
-            .into_iter()
-            .map(|p| p.problem)
-            .collect();
-        assert_eq!(
-            problems,
-            [
-                "INDEX public.t_a is on source shard 0 but not on source shard 1",
-                "INDEX public.t_b is on source shard 1 but not on source shard 0",
-                "TABLE public.t differs between source shard 0 and source shard 1",
-            ]
         );
     }
 
