@@ -232,30 +232,8 @@ impl Message {
                 r.finish()?;
                 Message::ParameterStatus { name, value }
             }
-            b'K' => {
-                let mut r = Reader::new(body, "BackendKeyData");
-                let process_id = r.i32()?;
-                // 4 bytes in protocol 3.0; up to 256 in 3.2.
-                let secret_key = r.rest();
-                if secret_key.len() < 4 || secret_key.len() > 256 {
-                    return Err(r.invalid(secret_key.len() as i64));
-                }
-                Message::BackendKeyData {
-                    process_id,
-                    secret_key,
-                }
-            }
-            b'Z' => {
-                let mut r = Reader::new(body, "ReadyForQuery");
-                let status = match r.u8()? {
-                    b'I' => TransactionStatus::Idle,
-                    b'T' => TransactionStatus::InTransaction,
-                    b'E' => TransactionStatus::Failed,
-                    other => return Err(r.unknown_kind(other as i64)),
-                };
-                r.finish()?;
-                Message::ReadyForQuery { status }
-            }
+            b'K' => parse_backend_key_data(body)?,
+            b'Z' => parse_ready_for_query(body)?,
             b'T' => Message::RowDescription(parse_row_description(body)?),
             b'D' => Message::DataRow(parse_data_row(body)?),
             b'C' => {
@@ -287,32 +265,8 @@ impl Message {
             b'W' => Message::CopyBothResponse(parse_copy_response(body, "CopyBothResponse")?),
             b'd' => Message::CopyData(body),
             b'c' => empty(body, "CopyDone", Message::CopyDone)?,
-            b'A' => {
-                let mut r = Reader::new(body, "NotificationResponse");
-                let process_id = r.i32()?;
-                let channel = r.cstr()?;
-                let payload = r.cstr()?;
-                r.finish()?;
-                Message::NotificationResponse {
-                    process_id,
-                    channel,
-                    payload,
-                }
-            }
-            b'v' => {
-                let mut r = Reader::new(body, "NegotiateProtocolVersion");
-                let newest_minor = r.i32()?;
-                let n = r.count32()?;
-                let mut unrecognized_options = Vec::new();
-                for _ in 0..n {
-                    unrecognized_options.push(r.cstr()?);
-                }
-                r.finish()?;
-                Message::NegotiateProtocolVersion {
-                    newest_minor,
-                    unrecognized_options,
-                }
-            }
+            b'A' => parse_notification(body)?,
+            b'v' => parse_negotiate_protocol_version(body)?,
             other => {
                 return Err(ProtocolError::UnknownTag {
                     context: "backend message",
@@ -351,6 +305,65 @@ impl Message {
             Message::NegotiateProtocolVersion { .. } => "NegotiateProtocolVersion",
         }
     }
+}
+
+/// BackendKeyData: the process id and the cancel key.
+fn parse_backend_key_data(body: Bytes) -> Result<Message> {
+    let mut r = Reader::new(body, "BackendKeyData");
+    let process_id = r.i32()?;
+    // 4 bytes in protocol 3.0; up to 256 in 3.2.
+    let secret_key = r.rest();
+    if secret_key.len() < 4 || secret_key.len() > 256 {
+        return Err(r.invalid(secret_key.len() as i64));
+    }
+    Ok(Message::BackendKeyData {
+        process_id,
+        secret_key,
+    })
+}
+
+/// ReadyForQuery: the transaction status.
+fn parse_ready_for_query(body: Bytes) -> Result<Message> {
+    let mut r = Reader::new(body, "ReadyForQuery");
+    let status = match r.u8()? {
+        b'I' => TransactionStatus::Idle,
+        b'T' => TransactionStatus::InTransaction,
+        b'E' => TransactionStatus::Failed,
+        other => return Err(r.unknown_kind(other as i64)),
+    };
+    r.finish()?;
+    Ok(Message::ReadyForQuery { status })
+}
+
+/// NotificationResponse: a NOTIFY's process, channel and payload.
+fn parse_notification(body: Bytes) -> Result<Message> {
+    let mut r = Reader::new(body, "NotificationResponse");
+    let process_id = r.i32()?;
+    let channel = r.cstr()?;
+    let payload = r.cstr()?;
+    r.finish()?;
+    Ok(Message::NotificationResponse {
+        process_id,
+        channel,
+        payload,
+    })
+}
+
+/// NegotiateProtocolVersion: the newest minor version the server speaks,
+/// and the options it did not know.
+fn parse_negotiate_protocol_version(body: Bytes) -> Result<Message> {
+    let mut r = Reader::new(body, "NegotiateProtocolVersion");
+    let newest_minor = r.i32()?;
+    let n = r.count32()?;
+    let mut unrecognized_options = Vec::new();
+    for _ in 0..n {
+        unrecognized_options.push(r.cstr()?);
+    }
+    r.finish()?;
+    Ok(Message::NegotiateProtocolVersion {
+        newest_minor,
+        unrecognized_options,
+    })
 }
 
 fn empty(body: Bytes, context: &'static str, msg: Message) -> Result<Message> {

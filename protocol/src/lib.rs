@@ -14,6 +14,8 @@
 // Counts and lengths go through checked conversions: a narrowing `as`
 // would wrap silently on input nobody expected.
 #![warn(clippy::cast_possible_truncation)]
+// No function runs past 100 lines (clippy.toml at the root sets it).
+#![warn(clippy::too_many_lines)]
 
 pub mod backend;
 pub mod copy_binary;

@@ -61,6 +61,16 @@ impl Message {
     }
 
     fn encode_unchecked(&self, buf: &mut BytesMut) -> Result<()> {
+        if self.encode_control(buf) {
+            return Ok(());
+        }
+        self.encode_change(buf)
+    }
+
+    /// Begin, commit and origin, and the messages that open, close and
+    /// prepare streamed and two-phase transactions; false for anything
+    /// else, which [`Message::encode_change`] writes.
+    fn encode_control(&self, buf: &mut BytesMut) -> bool {
         match self {
             Message::Begin {
                 final_lsn,
@@ -89,6 +99,82 @@ impl Message {
                 buf.put_u64(commit_lsn.0);
                 put_cstr(buf, name);
             }
+            Message::StreamStart { xid, first_segment } => {
+                buf.put_u8(b'S');
+                buf.put_u32(*xid);
+                buf.put_u8(*first_segment as u8);
+            }
+            Message::StreamStop => buf.put_u8(b'E'),
+            Message::StreamCommit {
+                xid,
+                flags,
+                commit_lsn,
+                end_lsn,
+                commit_time,
+            } => {
+                buf.put_u8(b'c');
+                buf.put_u32(*xid);
+                buf.put_u8(*flags);
+                buf.put_u64(commit_lsn.0);
+                buf.put_u64(end_lsn.0);
+                buf.put_i64(*commit_time);
+            }
+            Message::StreamAbort { xid, subxid, abort } => {
+                buf.put_u8(b'A');
+                buf.put_u32(*xid);
+                buf.put_u32(*subxid);
+                if let Some((lsn, time)) = abort {
+                    buf.put_u64(lsn.0);
+                    buf.put_i64(*time);
+                }
+            }
+            Message::BeginPrepare(t) => {
+                buf.put_u8(b'b');
+                put_prepared(buf, t);
+            }
+            Message::Prepare { flags, txn } => {
+                buf.put_u8(b'P');
+                buf.put_u8(*flags);
+                put_prepared(buf, txn);
+            }
+            Message::CommitPrepared { flags, txn } => {
+                buf.put_u8(b'K');
+                buf.put_u8(*flags);
+                put_prepared(buf, txn);
+            }
+            Message::RollbackPrepared {
+                flags,
+                prepare_end_lsn,
+                rollback_end_lsn,
+                prepare_time,
+                rollback_time,
+                xid,
+                gid,
+            } => {
+                buf.put_u8(b'r');
+                buf.put_u8(*flags);
+                buf.put_u64(prepare_end_lsn.0);
+                buf.put_u64(rollback_end_lsn.0);
+                buf.put_i64(*prepare_time);
+                buf.put_i64(*rollback_time);
+                buf.put_u32(*xid);
+                put_cstr(buf, gid);
+            }
+            Message::StreamPrepare { flags, txn } => {
+                buf.put_u8(b'p');
+                buf.put_u8(*flags);
+                put_prepared(buf, txn);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// What a transaction holds: relations and types, row changes,
+    /// truncates and logical messages. Control messages are written by
+    /// [`Message::encode_control`].
+    fn encode_change(&self, buf: &mut BytesMut) -> Result<()> {
+        match self {
             Message::Relation { xid, relation } => {
                 buf.put_u8(b'R');
                 put_xid(buf, xid);
@@ -180,72 +266,7 @@ impl Message {
                 buf.put_u32(count("Message content", content.len(), u32::MAX as usize)?);
                 buf.put_slice(content);
             }
-            Message::StreamStart { xid, first_segment } => {
-                buf.put_u8(b'S');
-                buf.put_u32(*xid);
-                buf.put_u8(*first_segment as u8);
-            }
-            Message::StreamStop => buf.put_u8(b'E'),
-            Message::StreamCommit {
-                xid,
-                flags,
-                commit_lsn,
-                end_lsn,
-                commit_time,
-            } => {
-                buf.put_u8(b'c');
-                buf.put_u32(*xid);
-                buf.put_u8(*flags);
-                buf.put_u64(commit_lsn.0);
-                buf.put_u64(end_lsn.0);
-                buf.put_i64(*commit_time);
-            }
-            Message::StreamAbort { xid, subxid, abort } => {
-                buf.put_u8(b'A');
-                buf.put_u32(*xid);
-                buf.put_u32(*subxid);
-                if let Some((lsn, time)) = abort {
-                    buf.put_u64(lsn.0);
-                    buf.put_i64(*time);
-                }
-            }
-            Message::BeginPrepare(t) => {
-                buf.put_u8(b'b');
-                put_prepared(buf, t);
-            }
-            Message::Prepare { flags, txn } => {
-                buf.put_u8(b'P');
-                buf.put_u8(*flags);
-                put_prepared(buf, txn);
-            }
-            Message::CommitPrepared { flags, txn } => {
-                buf.put_u8(b'K');
-                buf.put_u8(*flags);
-                put_prepared(buf, txn);
-            }
-            Message::RollbackPrepared {
-                flags,
-                prepare_end_lsn,
-                rollback_end_lsn,
-                prepare_time,
-                rollback_time,
-                xid,
-                gid,
-            } => {
-                buf.put_u8(b'r');
-                buf.put_u8(*flags);
-                buf.put_u64(prepare_end_lsn.0);
-                buf.put_u64(rollback_end_lsn.0);
-                buf.put_i64(*prepare_time);
-                buf.put_i64(*rollback_time);
-                buf.put_u32(*xid);
-                put_cstr(buf, gid);
-            }
-            Message::StreamPrepare { flags, txn } => {
-                buf.put_u8(b'p');
-                buf.put_u8(*flags);
-                put_prepared(buf, txn);
-            }
+            _ => {}
         }
         Ok(())
     }

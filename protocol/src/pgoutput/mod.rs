@@ -216,185 +216,15 @@ impl Message {
     pub fn parse(data: Bytes, version: u32, in_stream: bool) -> Result<Message> {
         let mut r = Reader::new(data, "pgoutput message");
         let tag = r.u8()?;
-        let streamed = in_stream && version >= 2;
-        let xid = |r: &mut Reader| -> Result<Option<u32>> {
-            Ok(if streamed { Some(r.u32()?) } else { None })
-        };
         let msg = match tag {
-            b'B' => Message::Begin {
-                final_lsn: Lsn(r.u64()?),
-                commit_time: r.i64()?,
-                xid: r.u32()?,
-            },
-            b'C' => Message::Commit {
-                flags: r.u8()?,
-                commit_lsn: Lsn(r.u64()?),
-                end_lsn: Lsn(r.u64()?),
-                commit_time: r.i64()?,
-            },
-            b'O' => Message::Origin {
-                commit_lsn: Lsn(r.u64()?),
-                name: r.cstr()?,
-            },
-            b'R' => {
-                let xid = xid(&mut r)?;
-                let oid = r.u32()?;
-                let namespace = r.cstr()?;
-                let name = r.cstr()?;
-                let replica_identity = r.u8()?;
-                let n = r.count16()?;
-                let mut columns = Vec::new();
-                for _ in 0..n {
-                    let flags = r.u8()?;
-                    columns.push(RelationColumn {
-                        key: flags & 1 != 0,
-                        name: r.cstr()?,
-                        type_oid: r.u32()?,
-                        type_modifier: r.i32()?,
-                    });
-                }
-                Message::Relation {
-                    xid,
-                    relation: Relation {
-                        oid,
-                        namespace,
-                        name,
-                        replica_identity,
-                        columns,
-                    },
-                }
+            // What a transaction holds; inside a streamed transaction
+            // (protocol 2 and later) each starts with its xid.
+            b'R' | b'Y' | b'I' | b'U' | b'D' | b'T' | b'M' => {
+                let streamed = in_stream && version >= 2;
+                let xid = if streamed { Some(r.u32()?) } else { None };
+                parse_change(tag, xid, &mut r)?
             }
-            b'Y' => Message::Type {
-                xid: xid(&mut r)?,
-                oid: r.u32()?,
-                namespace: r.cstr()?,
-                name: r.cstr()?,
-            },
-            b'I' => {
-                let xid = xid(&mut r)?;
-                let relation = r.u32()?;
-                expect(&mut r, b'N')?;
-                Message::Insert {
-                    xid,
-                    relation,
-                    new: Tuple::parse(&mut r)?,
-                }
-            }
-            b'U' => {
-                let xid = xid(&mut r)?;
-                let relation = r.u32()?;
-                let old = match r.u8()? {
-                    b'K' => {
-                        let t = OldTuple::Key(Tuple::parse(&mut r)?);
-                        expect(&mut r, b'N')?;
-                        Some(t)
-                    }
-                    b'O' => {
-                        let t = OldTuple::Old(Tuple::parse(&mut r)?);
-                        expect(&mut r, b'N')?;
-                        Some(t)
-                    }
-                    b'N' => None,
-                    other => return Err(r.unknown_kind(other as i64)),
-                };
-                Message::Update {
-                    xid,
-                    relation,
-                    old,
-                    new: Tuple::parse(&mut r)?,
-                }
-            }
-            b'D' => {
-                let xid = xid(&mut r)?;
-                let relation = r.u32()?;
-                let old = match r.u8()? {
-                    b'K' => OldTuple::Key(Tuple::parse(&mut r)?),
-                    b'O' => OldTuple::Old(Tuple::parse(&mut r)?),
-                    other => return Err(r.unknown_kind(other as i64)),
-                };
-                Message::Delete { xid, relation, old }
-            }
-            b'T' => {
-                let xid = xid(&mut r)?;
-                let n = r.count32()?;
-                let options = r.u8()?;
-                let mut relations = Vec::new();
-                for _ in 0..n {
-                    relations.push(r.u32()?);
-                }
-                Message::Truncate {
-                    xid,
-                    options,
-                    relations,
-                }
-            }
-            b'M' => {
-                let xid = xid(&mut r)?;
-                let flags = r.u8()?;
-                let lsn = Lsn(r.u64()?);
-                let prefix = r.cstr()?;
-                let len = r.count32()?;
-                Message::Message {
-                    xid,
-                    transactional: flags & 1 != 0,
-                    lsn,
-                    prefix,
-                    content: r.bytes(len)?,
-                }
-            }
-            b'S' => Message::StreamStart {
-                xid: r.u32()?,
-                first_segment: r.u8()? == 1,
-            },
-            b'E' => Message::StreamStop,
-            b'c' => Message::StreamCommit {
-                xid: r.u32()?,
-                flags: r.u8()?,
-                commit_lsn: Lsn(r.u64()?),
-                end_lsn: Lsn(r.u64()?),
-                commit_time: r.i64()?,
-            },
-            b'A' => {
-                let xid = r.u32()?;
-                let subxid = r.u32()?;
-                // Version 4 adds the abort LSN and time, but only when the
-                // subscriber asked for parallel streaming; their presence is
-                // told by the length.
-                let abort = if version >= 4 && r.remaining() > 0 {
-                    Some((Lsn(r.u64()?), r.i64()?))
-                } else {
-                    None
-                };
-                Message::StreamAbort { xid, subxid, abort }
-            }
-            b'b' => Message::BeginPrepare(prepared(&mut r)?),
-            b'P' => Message::Prepare {
-                flags: r.u8()?,
-                txn: prepared(&mut r)?,
-            },
-            b'K' => Message::CommitPrepared {
-                flags: r.u8()?,
-                txn: prepared(&mut r)?,
-            },
-            b'r' => Message::RollbackPrepared {
-                flags: r.u8()?,
-                prepare_end_lsn: Lsn(r.u64()?),
-                rollback_end_lsn: Lsn(r.u64()?),
-                prepare_time: r.i64()?,
-                rollback_time: r.i64()?,
-                xid: r.u32()?,
-                gid: r.cstr()?,
-            },
-            b'p' => Message::StreamPrepare {
-                flags: r.u8()?,
-                txn: prepared(&mut r)?,
-            },
-            other => {
-                return Err(ProtocolError::UnknownTag {
-                    context: "pgoutput message",
-                    tag: other,
-                })
-            }
+            _ => parse_control(tag, version, &mut r)?,
         };
         r.finish()?;
         Ok(msg)
@@ -413,6 +243,205 @@ impl Message {
             _ => None,
         }
     }
+}
+
+impl Relation {
+    /// A Relation message's body after its xid.
+    fn parse(r: &mut Reader) -> Result<Relation> {
+        let oid = r.u32()?;
+        let namespace = r.cstr()?;
+        let name = r.cstr()?;
+        let replica_identity = r.u8()?;
+        let n = r.count16()?;
+        let mut columns = Vec::new();
+        for _ in 0..n {
+            let flags = r.u8()?;
+            columns.push(RelationColumn {
+                key: flags & 1 != 0,
+                name: r.cstr()?,
+                type_oid: r.u32()?,
+                type_modifier: r.i32()?,
+            });
+        }
+        Ok(Relation {
+            oid,
+            namespace,
+            name,
+            replica_identity,
+            columns,
+        })
+    }
+}
+
+/// The old tuple that `kind` announces: `K` the key's columns, `O` the
+/// whole row.
+fn old_tuple(r: &mut Reader, kind: u8) -> Result<OldTuple> {
+    match kind {
+        b'K' => Ok(OldTuple::Key(Tuple::parse(r)?)),
+        b'O' => Ok(OldTuple::Old(Tuple::parse(r)?)),
+        other => Err(r.unknown_kind(other as i64)),
+    }
+}
+
+/// An Update's old tuple, then the `N` of its new one; none when the
+/// message goes straight to `N`.
+fn update_old(r: &mut Reader) -> Result<Option<OldTuple>> {
+    let kind = r.u8()?;
+    if kind == b'N' {
+        return Ok(None);
+    }
+    let old = old_tuple(r, kind)?;
+    expect(r, b'N')?;
+    Ok(Some(old))
+}
+
+/// A relation, type, row change, truncate or logical message, after its
+/// tag and (in a streamed transaction) its xid.
+fn parse_change(tag: u8, xid: Option<u32>, r: &mut Reader) -> Result<Message> {
+    Ok(match tag {
+        b'R' => Message::Relation {
+            xid,
+            relation: Relation::parse(r)?,
+        },
+        b'Y' => Message::Type {
+            xid,
+            oid: r.u32()?,
+            namespace: r.cstr()?,
+            name: r.cstr()?,
+        },
+        b'I' => {
+            let relation = r.u32()?;
+            expect(r, b'N')?;
+            Message::Insert {
+                xid,
+                relation,
+                new: Tuple::parse(r)?,
+            }
+        }
+        b'U' => {
+            let relation = r.u32()?;
+            let old = update_old(r)?;
+            Message::Update {
+                xid,
+                relation,
+                old,
+                new: Tuple::parse(r)?,
+            }
+        }
+        b'D' => {
+            let relation = r.u32()?;
+            let kind = r.u8()?;
+            let old = old_tuple(r, kind)?;
+            Message::Delete { xid, relation, old }
+        }
+        b'T' => {
+            let n = r.count32()?;
+            let options = r.u8()?;
+            let mut relations = Vec::new();
+            for _ in 0..n {
+                relations.push(r.u32()?);
+            }
+            Message::Truncate {
+                xid,
+                options,
+                relations,
+            }
+        }
+        b'M' => {
+            let flags = r.u8()?;
+            let lsn = Lsn(r.u64()?);
+            let prefix = r.cstr()?;
+            let len = r.count32()?;
+            Message::Message {
+                xid,
+                transactional: flags & 1 != 0,
+                lsn,
+                prefix,
+                content: r.bytes(len)?,
+            }
+        }
+        other => {
+            return Err(ProtocolError::UnknownTag {
+                context: "pgoutput message",
+                tag: other,
+            })
+        }
+    })
+}
+
+/// Begin, commit and origin, and the messages that open, close and prepare
+/// streamed and two-phase transactions, after the tag.
+fn parse_control(tag: u8, version: u32, r: &mut Reader) -> Result<Message> {
+    Ok(match tag {
+        b'B' => Message::Begin {
+            final_lsn: Lsn(r.u64()?),
+            commit_time: r.i64()?,
+            xid: r.u32()?,
+        },
+        b'C' => Message::Commit {
+            flags: r.u8()?,
+            commit_lsn: Lsn(r.u64()?),
+            end_lsn: Lsn(r.u64()?),
+            commit_time: r.i64()?,
+        },
+        b'O' => Message::Origin {
+            commit_lsn: Lsn(r.u64()?),
+            name: r.cstr()?,
+        },
+        b'S' => Message::StreamStart {
+            xid: r.u32()?,
+            first_segment: r.u8()? == 1,
+        },
+        b'E' => Message::StreamStop,
+        b'c' => Message::StreamCommit {
+            xid: r.u32()?,
+            flags: r.u8()?,
+            commit_lsn: Lsn(r.u64()?),
+            end_lsn: Lsn(r.u64()?),
+            commit_time: r.i64()?,
+        },
+        b'A' => {
+            let xid = r.u32()?;
+            let subxid = r.u32()?;
+            // Version 4 adds the abort LSN and time, but only when the
+            // subscriber asked for parallel streaming; their presence is
+            // told by the length.
+            let abort = if version >= 4 && r.remaining() > 0 {
+                Some((Lsn(r.u64()?), r.i64()?))
+            } else {
+                None
+            };
+            Message::StreamAbort { xid, subxid, abort }
+        }
+        b'b' => Message::BeginPrepare(prepared(r)?),
+        b'P' => Message::Prepare {
+            flags: r.u8()?,
+            txn: prepared(r)?,
+        },
+        b'K' => Message::CommitPrepared {
+            flags: r.u8()?,
+            txn: prepared(r)?,
+        },
+        b'r' => Message::RollbackPrepared {
+            flags: r.u8()?,
+            prepare_end_lsn: Lsn(r.u64()?),
+            rollback_end_lsn: Lsn(r.u64()?),
+            prepare_time: r.i64()?,
+            rollback_time: r.i64()?,
+            xid: r.u32()?,
+            gid: r.cstr()?,
+        },
+        b'p' => Message::StreamPrepare {
+            flags: r.u8()?,
+            txn: prepared(r)?,
+        },
+        other => {
+            return Err(ProtocolError::UnknownTag {
+                context: "pgoutput message",
+                tag: other,
+            })
+        }
+    })
 }
 
 fn expect(r: &mut Reader, want: u8) -> Result<()> {
