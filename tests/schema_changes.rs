@@ -124,16 +124,16 @@ const MIGRATED: &[&str] = &[
 ];
 
 /// An application's migrations, each followed by writes that use it. The
-/// first half runs before pgdog is stopped and started again.
-fn migrations() -> Vec<&'static str> {
-    vec![
+/// first half runs before pgdog is stopped and started again. `token`'s
+/// default is `token_default`: a volatile one has `items` copied again
+/// while the migrations after it arrive.
+fn migrations(token_default: &str) -> Vec<String> {
+    [
         "ALTER TABLE items ADD COLUMN priority int NOT NULL DEFAULT 3",
         "UPDATE items SET priority = 7 WHERE id % 17 = 0",
         "ALTER TABLE items ADD COLUMN remark text DEFAULT 'none'",
         "INSERT INTO items (tenant, id, label, priority, remark) SELECT g % 997, 300000000 + g, 'm', 2, 'set' FROM generate_series(1, 50) g",
-        // A volatile default (the table copied again) has its own test
-        // below; here the defaults are constant.
-        "ALTER TABLE items ADD COLUMN token uuid DEFAULT '00000000-0000-0000-0000-000000000001'",
+        "ALTER TABLE items ADD COLUMN token uuid DEFAULT {token_default}",
         "ALTER TABLE items RENAME COLUMN remark TO note",
         "UPDATE items SET note = 'renamed' WHERE id % 19 = 0",
         "ALTER TABLE items ALTER COLUMN priority TYPE bigint",
@@ -156,12 +156,27 @@ fn migrations() -> Vec<&'static str> {
         "ALTER TABLE items DROP COLUMN note",
         "UPDATE items SET priority = priority + 1 WHERE id % 29 = 0",
     ]
+    .map(|sql| sql.replace("{token_default}", token_default))
+    .to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captured_ddl_reaches_every_shard_in_stream_order() {
+    migrations_during_a_move("'00000000-0000-0000-0000-000000000001'", 5_000, None).await;
+}
+
+/// The same migrations, with `items` copied again in chunks (for the
+/// volatile default) while the ones after it (a rename, a type change,
+/// SET NOT NULL, a dropped column) arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_while_a_volatile_default_copies_the_table_again() {
+    // Short chunks over many rows: the copy spans the migrations after it.
+    migrations_during_a_move("gen_random_uuid()", 200_000, Some(0.01)).await;
+}
+
+async fn migrations_during_a_move(token_default: &str, rows: u64, chunk_seconds: Option<f64>) {
     init_logging();
-    let fleet = items_fleet(5_000).await;
+    let fleet = items_fleet(rows).await;
     fleet
         .on_sources(
             "CREATE TABLE kinds (k int PRIMARY KEY, name text NOT NULL);
@@ -170,7 +185,11 @@ async fn captured_ddl_reaches_every_shard_in_stream_order() {
         )
         .await
         .unwrap();
-    let config = fleet.config(SHARDING).unwrap();
+    let mut config = (*fleet.config(SHARDING).unwrap()).clone();
+    if let Some(seconds) = chunk_seconds {
+        config.general.resharding_chunk_seconds = seconds;
+    }
+    let config = std::sync::Arc::new(config);
     let writer = Writer::start(fleet.source_options(), 100_000_000);
     let mut run = start(config.clone(), move_options("pub", Mode::Full));
     run.wait_streaming(Duration::from_secs(120)).await;
@@ -183,7 +202,7 @@ async fn captured_ddl_reaches_every_shard_in_stream_order() {
     let mut src = Connection::connect(&fleet.source_options()[0])
         .await
         .unwrap();
-    let all = migrations();
+    let all = migrations(token_default);
     let half = all.len() / 2;
     for (i, sql) in all.iter().enumerate() {
         if i == half {
@@ -217,7 +236,13 @@ async fn captured_ddl_reaches_every_shard_in_stream_order() {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "the move did not catch up");
+        if Instant::now() > deadline {
+            panic!(
+                "the move did not catch up: {:?}\n{}",
+                run.task.view(),
+                activity(&fleet).await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for d in &fleet.dests {

@@ -654,10 +654,9 @@ impl Pass<'_> {
                 .join(", ")
         );
         warn!("{message}");
-        self.task.set_waiting(Some(message.clone()));
-        let result = self.until_columns_exist(table, &names).await;
-        self.task.set_waiting(None);
-        result?;
+        let waiting = self.task.wait_on(message.clone());
+        self.until_columns_exist(table, &names).await?;
+        drop(waiting);
         if self.shutdown.is_cancelled() {
             return Ok(PassEnd::Done(Outcome::Stopped));
         }

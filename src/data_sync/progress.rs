@@ -535,8 +535,10 @@ pub struct Task {
     /// stops growing.
     ended: Shared<Option<Instant>>,
     /// What the task is waiting for, when something outside pgdog holds it
-    /// up (a transaction the slot creation must see end).
-    waiting: Shared<Option<String>>,
+    /// up: one entry per wait under way (several chunk workers can wait at
+    /// once), each removed when its [`Waiting`] guard is dropped.
+    waits: Shared<Vec<(u64, String)>>,
+    next_wait: AtomicU64,
     /// Snapshots taken for the copy, held or let go.
     snapshots: Shared<Vec<Arc<SnapshotHold>>>,
     /// Schema sync: pre-data per shard, then each index, constraint and
@@ -574,7 +576,8 @@ impl Task {
             errors: Shared::new(Vec::new()),
             stop: CancellationToken::new(),
             ended: Shared::new(None),
-            waiting: Shared::new(None),
+            waits: Shared::new(Vec::new()),
+            next_wait: AtomicU64::new(0),
             snapshots: Shared::new(Vec::new()),
             schema: Shared::new(Vec::new()),
             verify: Shared::new(Vec::new()),
@@ -641,12 +644,18 @@ impl Task {
         *self.step.lock() = Some(step.into());
     }
 
+    /// What the task waits on now: the latest wait under way, if any.
     pub fn waiting(&self) -> Option<String> {
-        self.waiting.lock().clone()
+        self.waits.lock().last().map(|(_, what)| what.clone())
     }
 
-    pub fn set_waiting(&self, what: Option<String>) {
-        *self.waiting.lock() = what;
+    /// Show that the task waits on `what` until the guard is dropped: when
+    /// the wait ends, fails, or its future is dropped because the pass
+    /// that ran it ended.
+    pub fn wait_on(&self, what: String) -> Waiting<'_> {
+        let id = self.next_wait.fetch_add(1, Ordering::Relaxed);
+        self.waits.lock().push((id, what));
+        Waiting { task: self, id }
     }
 
     /// The snapshots still held, oldest first.
@@ -790,6 +799,29 @@ impl Task {
     }
 }
 
+/// A wait the task shows (SHOW TASKS `waiting_on`) while this lives.
+#[derive(Debug)]
+pub struct Waiting<'a> {
+    task: &'a Task,
+    id: u64,
+}
+
+impl Waiting<'_> {
+    /// Say what is waited on now (the same wait, a new reason).
+    pub fn say(&self, what: String) {
+        let mut waits = self.task.waits.lock();
+        if let Some(entry) = waits.iter_mut().find(|(id, _)| *id == self.id) {
+            entry.1 = what;
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.task.waits.lock().retain(|(id, _)| *id != self.id);
+    }
+}
+
 /// One reading of a task's state, for SHOW TASKS and the reporters.
 #[derive(Debug, Clone)]
 pub struct TaskView {
@@ -828,5 +860,36 @@ impl Registry {
 
     pub fn get(&self, id: u64) -> Option<Arc<Task>> {
         self.tasks().into_iter().find(|t| t.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Task;
+
+    /// Two chunk workers wait at once; each wait shows until its guard is
+    /// dropped, in either order, and a wait whose future is dropped (the
+    /// pass that ran it ended) shows no more.
+    #[tokio::test]
+    async fn a_wait_shows_while_its_guard_lives() {
+        let task = Task::new(1, "src", "dst", "pub");
+        assert_eq!(task.waiting(), None);
+        let first = task.wait_on("first".into());
+        let second = task.wait_on("second".into());
+        assert_eq!(task.waiting().as_deref(), Some("second"));
+        second.say("second, again".into());
+        assert_eq!(task.waiting().as_deref(), Some("second, again"));
+        drop(second);
+        assert_eq!(task.waiting().as_deref(), Some("first"));
+        drop(first);
+        assert_eq!(task.waiting(), None);
+
+        let pending = async {
+            let _w = task.wait_on("never ends".into());
+            std::future::pending::<()>().await;
+        };
+        let cut_short = tokio::time::timeout(std::time::Duration::from_millis(10), pending).await;
+        assert!(cut_short.is_err());
+        assert_eq!(task.waiting(), None);
     }
 }

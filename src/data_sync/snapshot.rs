@@ -157,7 +157,7 @@ pub async fn create_slot(
             }
         }
     };
-    task.set_waiting(None);
+    // The watcher is gone, and what it showed with it.
     Ok(result?)
 }
 
@@ -179,6 +179,8 @@ fn watch_waits<'a>(
         // The creation began about a second ago (plus the connect).
         let began = Instant::now() - WATCH_EVERY;
         let mut logged: Option<Instant> = None;
+        // Shown in the task while a transaction holds the creation up.
+        let mut shown: Option<crate::data_sync::progress::Waiting<'_>> = None;
         let walsender = walsender.to_string();
         loop {
             let waited = format!("{:.3}", began.elapsed().as_secs_f64());
@@ -213,7 +215,11 @@ fn watch_waits<'a>(
                     logged = Some(Instant::now());
                 }
             }
-            task.set_waiting(msg);
+            match (msg, &shown) {
+                (Some(m), Some(waiting)) => waiting.say(m),
+                (Some(m), None) => shown = Some(task.wait_on(m)),
+                (None, _) => shown = None,
+            }
             tokio::time::sleep(WATCH_EVERY).await;
         }
     }

@@ -239,6 +239,33 @@ pub async fn on_source(src: &mut Connection, sql: &str) {
     }
 }
 
+/// What every session of every cluster of `fleet` is doing, for a test
+/// that waited too long to say why.
+pub async fn activity(fleet: &Fleet) -> String {
+    let mut out = String::new();
+    let clusters = fleet.sources.iter().map(|c| ("source", c));
+    for (side, cluster) in clusters.chain(fleet.dests.iter().map(|c| ("destination", c))) {
+        let Ok(mut c) = cluster.connect(pgdog::harness::fleet::DATABASE).await else {
+            continue;
+        };
+        let rows = c
+            .query("SELECT pid || ' ' || coalesce(application_name, '') || ' ' || coalesce(state, '') || ' ' || coalesce(wait_event_type || ':' || wait_event, '') || ' xact ' || coalesce(now() - xact_start, '0')::text || ' ' || left(coalesce(query, ''), 200) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'")
+            .await
+            .unwrap_or_default();
+        let locks = c
+            .query("SELECT pid || ' waits for ' || locktype || ' ' || mode || ' on ' || coalesce(relation::regclass::text, transactionid::text, '') FROM pg_locks WHERE NOT granted")
+            .await
+            .unwrap_or_default();
+        out.push_str(&format!("--- {side} {}\n", cluster.port()));
+        for r in rows.iter().chain(locks.iter()) {
+            out.push_str(r.text(0).unwrap_or(""));
+            out.push('\n');
+        }
+        c.close().await;
+    }
+    out
+}
+
 /// The first tenant at or after `from` (mod 997) that hash sharding over
 /// `n` source shards places on shard `s`.
 pub fn tenant_of(from: u64, s: usize, n: usize) -> u64 {

@@ -144,7 +144,7 @@ mod tests {
         assert_eq!(r.get(1, "kind"), Some("data-sync"));
         assert_eq!(r.get(0, "waiting_on"), None);
         assert_eq!(r.get(0, "snapshot_held"), None);
-        a.set_waiting(Some("source shard 0: waits for pid 7".into()));
+        let waiting = a.wait_on("source shard 0: waits for pid 7".into());
         a.add_snapshot(Arc::new(crate::data_sync::progress::SnapshotHold {
             source_shard: 0,
             server: "127.0.0.1:5432".into(),
@@ -157,6 +157,10 @@ mod tests {
             r.get(0, "waiting_on"),
             Some("source shard 0: waits for pid 7")
         );
+        // The wait ends: nothing is shown any more.
+        drop(waiting);
+        let after = ShowTasks.execute(&ctx).await.unwrap();
+        assert_eq!(after.get(0, "waiting_on"), None);
         let held = r.get(0, "snapshot_held").unwrap();
         assert!(
             held.contains("source shard 0 (127.0.0.1:5432) at 1/10"),

@@ -109,7 +109,7 @@ pub async fn wait_for_destinations(
         "the copy of {table} waits: its columns changed on source shard {source_shard} after the move was planned{statement}"
     );
     warn!("{message}");
-    ctx.task.set_waiting(Some(message));
+    let _waiting = ctx.task.wait_on(message);
     let names = text_array(columns.iter().map(|(c, _)| c.clone()));
     let types = text_array(columns.iter().map(|(_, ty)| ty.clone()));
     let mut wait = Wait::new(
@@ -146,6 +146,5 @@ pub async fn wait_for_destinations(
             break Err(stopped);
         }
     };
-    ctx.task.set_waiting(None);
     result
 }
