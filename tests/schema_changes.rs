@@ -450,3 +450,63 @@ async fn finish(
     )
     .await;
 }
+
+/// Two moves from one source share the DDL capture: the cleanup of one
+/// keeps it while the other's slot exists, and the last one (or one whose
+/// partner's slot was dropped by hand) removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capture_stays_while_another_move_uses_it() {
+    use pgdog::data_sync::ddl::capture::{self, Installed, Removal};
+    init_logging();
+    let cluster = pgdog::harness::cluster::Cluster::start_default().unwrap();
+    let mut c = cluster.connect("postgres").await.unwrap();
+    for slot in ["pgdog_a", "pgdog_b", "pgdog_c"] {
+        c.query_text(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[slot],
+        )
+        .await
+        .unwrap();
+    }
+    for slot in ["pgdog_a", "pgdog_b"] {
+        assert_eq!(
+            capture::install(&mut c, "the source", slot).await.unwrap(),
+            Installed::Yes
+        );
+    }
+    // Installed again by a rerun of the same move: listed once.
+    capture::install(&mut c, "the source", "pgdog_a")
+        .await
+        .unwrap();
+    assert_eq!(
+        capture::remove(&mut c, "pgdog_a").await.unwrap(),
+        Removal::KeptFor(vec!["pgdog_b".into()])
+    );
+    assert!(capture::installed(&mut c).await.unwrap());
+    assert_eq!(
+        capture::remove(&mut c, "pgdog_b").await.unwrap(),
+        Removal::Removed
+    );
+    assert!(!capture::installed(&mut c).await.unwrap());
+    assert_eq!(
+        capture::remove(&mut c, "pgdog_b").await.unwrap(),
+        Removal::NotInstalled
+    );
+
+    // A move abandoned without its cleanup: its slot dropped by hand.
+    capture::install(&mut c, "the source", "pgdog_b")
+        .await
+        .unwrap();
+    capture::install(&mut c, "the source", "pgdog_c")
+        .await
+        .unwrap();
+    c.query_text("SELECT pg_drop_replication_slot($1)", &["pgdog_b"])
+        .await
+        .unwrap();
+    assert_eq!(
+        capture::remove(&mut c, "pgdog_c").await.unwrap(),
+        Removal::Removed
+    );
+    assert!(!capture::installed(&mut c).await.unwrap());
+    c.close().await;
+}

@@ -478,7 +478,8 @@ impl Pass<'_> {
     async fn capture_ddl(&self) -> Result<()> {
         for s in 0..self.endpoints.source.shards.len() {
             let mut conn = self.endpoints.connect_source(s, false).await?;
-            let installed = ddl::capture::install(&mut conn, &format!("source shard {s}")).await;
+            let what = format!("source shard {s}");
+            let installed = ddl::capture::install(&mut conn, &what, self.slot).await;
             conn.close().await;
             match installed? {
                 ddl::capture::Installed::Yes => {}
@@ -805,8 +806,16 @@ pub async fn cleanup(endpoints: &Endpoints, slot: &str) -> Result<()> {
                 info!(source_shard = s, slot, "dropped replication slot");
             }
         }
-        if ddl::capture::remove(&mut conn).await? {
-            info!(source_shard = s, "removed the DDL capture's event triggers");
+        match ddl::capture::remove(&mut conn, slot).await? {
+            ddl::capture::Removal::NotInstalled => {}
+            ddl::capture::Removal::Removed => {
+                info!(source_shard = s, "removed the DDL capture's event triggers")
+            }
+            ddl::capture::Removal::KeptFor(slots) => info!(
+                source_shard = s,
+                "kept the DDL capture's event triggers: the moves of slots {} still use them",
+                slots.join(", ")
+            ),
         }
         conn.close().await;
     }

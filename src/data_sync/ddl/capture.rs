@@ -15,9 +15,15 @@
 //! = replica`, which is how pgdog applies changes: DDL that pgdog itself
 //! replays is never captured again (after a cutover the way back does not
 //! echo it).
+//!
+//! Several moves from one source share the triggers: the slot of each
+//! move that installed them is listed in the comment on
+//! `pgdog_ddl_capture`, and a move's cleanup drops them only when no other
+//! listed slot still exists on the server.
 
 use tracing::info;
 
+use super::super::catalog::quote_literal;
 use super::super::error::Result;
 use crate::net::Connection;
 
@@ -176,8 +182,9 @@ pub enum Installed {
 }
 
 /// Install the capture on the server `conn` is connected to, if its user
-/// may create event triggers. `what` names the server.
-pub async fn install(conn: &mut Connection, what: &str) -> Result<Installed> {
+/// may create event triggers, for the move of `slot`. `what` names the
+/// server.
+pub async fn install(conn: &mut Connection, what: &str, slot: &str) -> Result<Installed> {
     let rows = conn
         .query("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
         .await?;
@@ -188,6 +195,11 @@ pub async fn install(conn: &mut Connection, what: &str) -> Result<Installed> {
         )));
     }
     conn.execute(INSTALL_SQL).await?;
+    let mut users = users(conn).await?;
+    if !users.iter().any(|u| u == slot) {
+        users.push(slot.to_string());
+        set_users(conn, &users).await?;
+    }
     info!(
         "DDL capture installed on {what} (event triggers {})",
         TRIGGERS.join(", ")
@@ -206,14 +218,78 @@ pub async fn installed(conn: &mut Connection) -> Result<bool> {
         .is_some_and(|n| n != "0"))
 }
 
-/// Drop the triggers and their functions (nothing else pgdog keeps in
-/// the `pgdog` schema). Whether there was anything to drop.
-pub async fn remove(conn: &mut Connection) -> Result<bool> {
-    let had = installed(conn).await?;
+/// What a move's cleanup did with the capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// Nothing was installed.
+    NotInstalled,
+    /// The triggers and their functions were dropped.
+    Removed,
+    /// Kept: the moves of these slots, which still exist, use it.
+    KeptFor(Vec<String>),
+}
+
+/// The end of the move of `slot` on this server: drop the triggers and
+/// their functions (nothing else pgdog keeps in the `pgdog` schema),
+/// unless another move whose slot still exists here installed them too.
+pub async fn remove(conn: &mut Connection, slot: &str) -> Result<Removal> {
     // Dropping an event trigger needs the rights that created it; a
     // server without it has nothing to drop.
-    if had {
-        conn.execute(REMOVE_SQL).await?;
+    if !installed(conn).await? {
+        return Ok(Removal::NotInstalled);
     }
-    Ok(had)
+    let others: Vec<String> = users(conn)
+        .await?
+        .into_iter()
+        .filter(|u| u != slot)
+        .collect();
+    let mut alive = Vec::new();
+    for other in others {
+        let rows = conn
+            .query_text(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&other],
+            )
+            .await?;
+        if !rows.is_empty() {
+            alive.push(other);
+        }
+    }
+    if alive.is_empty() {
+        conn.execute(REMOVE_SQL).await?;
+        return Ok(Removal::Removed);
+    }
+    set_users(conn, &alive).await?;
+    Ok(Removal::KeptFor(alive))
 }
+
+/// The slots of the moves that installed the capture, from the comment on
+/// its main trigger (none before any did).
+async fn users(conn: &mut Connection) -> Result<Vec<String>> {
+    let rows = conn
+        .query(
+            "SELECT coalesce(obj_description(oid, 'pg_event_trigger'), '') FROM pg_event_trigger WHERE evtname = 'pgdog_ddl_capture'",
+        )
+        .await?;
+    let comment = rows.first().and_then(|r| r.text(0)).unwrap_or("");
+    Ok(comment
+        .strip_prefix(USERS_PREFIX)
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect())
+}
+
+async fn set_users(conn: &mut Connection, users: &[String]) -> Result<()> {
+    let comment = format!("{USERS_PREFIX}{}", users.join(" "));
+    conn.execute(&format!(
+        "COMMENT ON EVENT TRIGGER pgdog_ddl_capture IS {}",
+        quote_literal(&comment)
+    ))
+    .await?;
+    Ok(())
+}
+
+/// How the comment on `pgdog_ddl_capture` begins; the slots follow,
+/// separated by spaces (slot names have none).
+const USERS_PREFIX: &str = "pgdog: DDL capture for the moves of slots: ";
