@@ -452,8 +452,8 @@ async fn finish(
 }
 
 /// Two moves from one source share the DDL capture: the cleanup of one
-/// keeps it while the other's slot exists, and the last one (or one whose
-/// partner's slot was dropped by hand) removes it.
+/// keeps it while the other's slot exists or the other has just listed
+/// itself, and the last one removes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_capture_stays_while_another_move_uses_it() {
     use pgdog::data_sync::ddl::capture::{self, Installed, Removal};
@@ -493,20 +493,39 @@ async fn the_capture_stays_while_another_move_uses_it() {
         Removal::NotInstalled
     );
 
-    // A move abandoned without its cleanup: its slot dropped by hand.
-    capture::install(&mut c, "the source", "pgdog_b")
-        .await
-        .unwrap();
-    capture::install(&mut c, "the source", "pgdog_c")
-        .await
-        .unwrap();
-    c.query_text("SELECT pg_drop_replication_slot($1)", &["pgdog_b"])
-        .await
-        .unwrap();
+    // A move that listed itself and has not created its slot yet (its
+    // creation waits for long transactions) still counts.
+    for slot in ["pgdog_c", "pgdog_d"] {
+        capture::install(&mut c, "the source", slot).await.unwrap();
+    }
+    assert_eq!(
+        capture::remove(&mut c, "pgdog_c").await.unwrap(),
+        Removal::KeptFor(vec!["pgdog_d".into()])
+    );
+    // Until it is old: a move abandoned before it made its slot (its entry
+    // from more than an hour ago, written here by hand) does not.
+    c.execute(
+        "COMMENT ON EVENT TRIGGER pgdog_ddl_capture IS 'pgdog: DDL capture for the moves of slots: pgdog_d@1'",
+    )
+    .await
+    .unwrap();
     assert_eq!(
         capture::remove(&mut c, "pgdog_c").await.unwrap(),
         Removal::Removed
     );
     assert!(!capture::installed(&mut c).await.unwrap());
+
+    // A move abandoned without its cleanup, its slot dropped by hand: its
+    // entry is recent, so the capture stays for now.
+    for slot in ["pgdog_b", "pgdog_c"] {
+        capture::install(&mut c, "the source", slot).await.unwrap();
+    }
+    c.query_text("SELECT pg_drop_replication_slot($1)", &["pgdog_b"])
+        .await
+        .unwrap();
+    assert_eq!(
+        capture::remove(&mut c, "pgdog_c").await.unwrap(),
+        Removal::KeptFor(vec!["pgdog_b".into()])
+    );
     c.close().await;
 }

@@ -470,7 +470,7 @@ pub fn schema_entries(
     // pgdog's DDL capture (event triggers have no schema to exclude).
     pgdog::data_sync::schema::dump::parse(&String::from_utf8(out.stdout).unwrap())
         .into_iter()
-        .filter(|e| !(e.kind == "EVENT TRIGGER" && e.tag.starts_with("pgdog_ddl_")))
+        .filter(|e| !e.is_pgdog_capture())
         .collect()
 }
 

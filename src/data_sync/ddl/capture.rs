@@ -17,9 +17,12 @@
 //! echo it).
 //!
 //! Several moves from one source share the triggers: the slot of each
-//! move that installed them is listed in the comment on
+//! move that installed them is listed, with when, in the comment on
 //! `pgdog_ddl_capture`, and a move's cleanup drops them only when no other
-//! listed slot still exists on the server.
+//! listed move still uses them: its slot exists, or it listed itself
+//! within the last hour (a move lists its slot just before it creates it).
+//! Installing and removing take one advisory lock, so two moves never
+//! rewrite the list at once.
 
 use tracing::info;
 
@@ -194,12 +197,20 @@ pub async fn install(conn: &mut Connection, what: &str, slot: &str) -> Result<In
             "DDL on {what} is not captured: creating an event trigger needs a superuser, and pgdog's user is not one. A column added there makes the move wait until you add it on every destination shard (see \"Schema changes during a move\" in README.md)"
         )));
     }
-    conn.execute(INSTALL_SQL).await?;
-    let mut users = users(conn).await?;
-    if !users.iter().any(|u| u == slot) {
-        users.push(slot.to_string());
-        set_users(conn, &users).await?;
+    conn.execute(LOCK).await?;
+    let listed = async {
+        conn.execute(INSTALL_SQL).await?;
+        let since = server_now(conn).await?;
+        let mut users = users(conn).await?;
+        users.retain(|u| u.slot != slot);
+        users.push(User {
+            slot: slot.to_string(),
+            since,
+        });
+        set_users(conn, &users).await
     }
+    .await;
+    end(conn, listed).await?;
     info!(
         "DDL capture installed on {what} (event triggers {})",
         TRIGGERS.join(", ")
@@ -225,47 +236,97 @@ pub enum Removal {
     NotInstalled,
     /// The triggers and their functions were dropped.
     Removed,
-    /// Kept: the moves of these slots, which still exist, use it.
+    /// Kept: the moves of these slots still use it.
     KeptFor(Vec<String>),
 }
 
 /// The end of the move of `slot` on this server: drop the triggers and
 /// their functions (nothing else pgdog keeps in the `pgdog` schema),
-/// unless another move whose slot still exists here installed them too.
+/// unless another move listed with them still uses them.
 pub async fn remove(conn: &mut Connection, slot: &str) -> Result<Removal> {
     // Dropping an event trigger needs the rights that created it; a
     // server without it has nothing to drop.
     if !installed(conn).await? {
         return Ok(Removal::NotInstalled);
     }
-    let others: Vec<String> = users(conn)
-        .await?
-        .into_iter()
-        .filter(|u| u != slot)
-        .collect();
-    let mut alive = Vec::new();
-    for other in others {
-        let rows = conn
-            .query_text(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&other],
-            )
-            .await?;
-        if !rows.is_empty() {
-            alive.push(other);
+    conn.execute(LOCK).await?;
+    let removal = async {
+        let now = server_now(conn).await?;
+        let mut alive = Vec::new();
+        for user in users(conn).await?.into_iter().filter(|u| u.slot != slot) {
+            let starting = now - user.since < STARTING_SECONDS;
+            if starting || slot_exists(conn, &user.slot).await? {
+                alive.push(user);
+            }
         }
+        if alive.is_empty() {
+            conn.execute(REMOVE_SQL).await?;
+            return Ok(Removal::Removed);
+        }
+        set_users(conn, &alive).await?;
+        Ok(Removal::KeptFor(
+            alive.into_iter().map(|u| u.slot).collect(),
+        ))
     }
-    if alive.is_empty() {
-        conn.execute(REMOVE_SQL).await?;
-        return Ok(Removal::Removed);
-    }
-    set_users(conn, &alive).await?;
-    Ok(Removal::KeptFor(alive))
+    .await;
+    end(conn, removal).await
 }
 
-/// The slots of the moves that installed the capture, from the comment on
-/// its main trigger (none before any did).
-async fn users(conn: &mut Connection) -> Result<Vec<String>> {
+/// A move listed as using the capture: its slot, and when it listed
+/// itself (the server's clock, Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct User {
+    slot: String,
+    since: i64,
+}
+
+/// How long a listed move whose slot does not exist (yet) still counts as
+/// using the capture: it lists itself just before it creates its slot,
+/// which waits for the transactions running then to end.
+const STARTING_SECONDS: i64 = 3600;
+
+/// Taken in the transaction that installs or removes the capture.
+const LOCK: &str = "BEGIN; SELECT pg_advisory_xact_lock(hashtext('pgdog.ddl_capture'))";
+
+/// Commit the transaction [`LOCK`] began if `result` is good, else roll it
+/// back.
+async fn end<T>(conn: &mut Connection, result: Result<T>) -> Result<T> {
+    match result {
+        Ok(value) => {
+            conn.execute("COMMIT").await?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = conn.execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+async fn server_now(conn: &mut Connection) -> Result<i64> {
+    let rows = conn
+        .query("SELECT extract(epoch FROM now())::bigint")
+        .await?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.text(0))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0))
+}
+
+async fn slot_exists(conn: &mut Connection, slot: &str) -> Result<bool> {
+    let rows = conn
+        .query_text(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[slot],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
+/// The moves listed in the comment on the main trigger (none before any
+/// listed itself): `slot@since` words.
+async fn users(conn: &mut Connection) -> Result<Vec<User>> {
     let rows = conn
         .query(
             "SELECT coalesce(obj_description(oid, 'pg_event_trigger'), '') FROM pg_event_trigger WHERE evtname = 'pgdog_ddl_capture'",
@@ -276,12 +337,25 @@ async fn users(conn: &mut Connection) -> Result<Vec<String>> {
         .strip_prefix(USERS_PREFIX)
         .unwrap_or("")
         .split_whitespace()
-        .map(str::to_string)
+        .map(|word| match word.split_once('@') {
+            Some((slot, since)) => User {
+                slot: slot.to_string(),
+                since: since.parse().unwrap_or(0),
+            },
+            None => User {
+                slot: word.to_string(),
+                since: 0,
+            },
+        })
         .collect())
 }
 
-async fn set_users(conn: &mut Connection, users: &[String]) -> Result<()> {
-    let comment = format!("{USERS_PREFIX}{}", users.join(" "));
+async fn set_users(conn: &mut Connection, users: &[User]) -> Result<()> {
+    let words: Vec<String> = users
+        .iter()
+        .map(|u| format!("{}@{}", u.slot, u.since))
+        .collect();
+    let comment = format!("{USERS_PREFIX}{}", words.join(" "));
     conn.execute(&format!(
         "COMMENT ON EVENT TRIGGER pgdog_ddl_capture IS {}",
         quote_literal(&comment)
@@ -290,6 +364,6 @@ async fn set_users(conn: &mut Connection, users: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// How the comment on `pgdog_ddl_capture` begins; the slots follow,
+/// How the comment on `pgdog_ddl_capture` begins; the moves follow,
 /// separated by spaces (slot names have none).
 const USERS_PREFIX: &str = "pgdog: DDL capture for the moves of slots: ";

@@ -28,6 +28,16 @@ impl Entry {
         }
     }
 
+    /// pgdog's own DDL capture on the source (its event triggers and the
+    /// comment that lists the moves using them): not the application's.
+    pub fn is_pgdog_capture(&self) -> bool {
+        match self.kind.as_str() {
+            "EVENT TRIGGER" => self.tag.starts_with("pgdog_ddl_"),
+            "COMMENT" => self.tag.starts_with("EVENT TRIGGER pgdog_ddl_"),
+            _ => false,
+        }
+    }
+
     /// A table's primary key or replica identity index (or its attachment
     /// to a partitioned parent's), `src` being its object on the source.
     pub fn is_identity(&self, src: Option<&Object>) -> bool {

@@ -290,7 +290,7 @@ pub fn plan(entries: Vec<Entry>, source: &Objects) -> SchemaPlan {
     // DDL capture, which is not the application's).
     let mut decided: Vec<(Entry, Option<bool>)> = entries
         .into_iter()
-        .filter(|e| !(e.kind == "EVENT TRIGGER" && e.tag.starts_with("pgdog_ddl_")))
+        .filter(|e| !e.is_pgdog_capture())
         .map(|e| {
             let k = match e.kind.as_str() {
                 "SCHEMA" | "COMMENT" | "SECURITY LABEL" | "ACL" => None,
