@@ -529,3 +529,88 @@ async fn the_capture_stays_while_another_move_uses_it() {
     );
     c.close().await;
 }
+
+/// A migration that commits after schema sync read the source and before
+/// the move's slot exists reaches neither the shards (made from the
+/// earlier dump) nor the stream. The move stops before copying and names
+/// it; once the change is made on the shards as the message says, the
+/// same command resumes and the shards equal the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_while_pgdog_reads_the_schema_stops_the_move() {
+    init_logging();
+    let fleet = items_fleet(2_000).await;
+    fleet
+        .on_sources("CREATE TABLE blocker (x int)")
+        .await
+        .unwrap();
+    let config = fleet.config(SHARDING).unwrap();
+    // A transaction with an xid keeps the slot's creation waiting (schema
+    // sync is done by then).
+    let mut holder = Connection::connect(&fleet.source_options()[0])
+        .await
+        .unwrap();
+    holder
+        .execute("BEGIN; INSERT INTO blocker VALUES (1)")
+        .await
+        .unwrap();
+    let run = start(config.clone(), move_options("pub", Mode::Full));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run
+        .task
+        .waiting()
+        .is_some_and(|w| w.contains("creating replication slot"))
+    {
+        assert!(!run.handle.is_finished(), "the move ended");
+        assert!(
+            Instant::now() < deadline,
+            "the slot's creation did not wait"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut src = Connection::connect(&fleet.source_options()[0])
+        .await
+        .unwrap();
+    src.execute("CREATE INDEX items_label_idx ON items (label)")
+        .await
+        .unwrap();
+    holder.execute("COMMIT").await.unwrap();
+    holder.close().await;
+    src.close().await;
+
+    let ended = tokio::time::timeout(Duration::from_secs(60), run.handle).await;
+    let err = ended
+        .expect("the move went on after a migration it cannot replay")
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("INDEX public.items_label_idx was created on source shard 0 while pgdog read its schema"),
+        "{err}"
+    );
+    assert!(
+        err.contains("make the same change on every destination shard"),
+        "{err}"
+    );
+    for d in &fleet.dests {
+        let mut c = d.connect(DATABASE).await.unwrap();
+        let copied = c.query("SELECT count(*) FROM items").await.unwrap();
+        assert_eq!(copied[0].text(0), Some("0"), "nothing is copied");
+        c.execute("CREATE INDEX items_label_idx ON items (label)")
+            .await
+            .unwrap();
+        c.close().await;
+    }
+
+    // As the message says: the same command again resumes.
+    let writer = Writer::start(fleet.source_options(), 100_000_000);
+    let mut run = start(config, move_options("pub", Mode::Full));
+    run.wait_streaming(Duration::from_secs(120)).await;
+    finish(
+        &fleet,
+        run,
+        writer,
+        true,
+        &["tenant", "id", "qty", "label", "big", "updated"],
+    )
+    .await;
+}

@@ -217,6 +217,9 @@ impl Pass<'_> {
         let Some(exported) = self.create_slots(&findings).await? else {
             return Ok(PassEnd::Done(Outcome::Stopped));
         };
+        if let Some(source) = &schema {
+            self.schema_unchanged(source, &findings).await?;
+        }
         let mut ctx = self.ctx(&findings).await?;
         let prepared = self.chunks(&mut ctx, &findings).await?;
         if opts.mode != Mode::ReplicateOnly {
@@ -541,6 +544,30 @@ impl Pass<'_> {
         Ok(Some(exported))
     }
 
+    /// DDL between schema sync's read of a source shard and the creation
+    /// of the slot there would reach neither the shards nor the stream:
+    /// where this pass created the slot, the source's schema must still be
+    /// the one schema sync read.
+    async fn schema_unchanged(
+        &self,
+        source: &schema::Source,
+        findings: &preflight::Findings,
+    ) -> Result<()> {
+        for (s, existed) in findings.slot_exists.iter().enumerate() {
+            if *existed {
+                continue;
+            }
+            let mut conn = self.endpoints.connect_source(s, false).await?;
+            let publication = &self.opts.publication;
+            let unchanged =
+                schema::source::unchanged_since_read(&mut conn, publication, source, s, self.slot)
+                    .await;
+            conn.close().await;
+            unchanged?;
+        }
+        Ok(())
+    }
+
     /// What every task of the copy and the stream shares.
     async fn ctx(&self, findings: &preflight::Findings) -> Result<Ctx> {
         let endpoints = self.endpoints;
@@ -750,7 +777,13 @@ impl Pass<'_> {
         }
         if let Err(e) = streamed {
             if shutdown.is_cancelled() {
-                return Err(e);
+                // Stopped as the stream ended for a new plan (a schema
+                // change it just replayed and committed, say): a clean
+                // stop, not a failure.
+                return match PassEnd::after(&e) {
+                    Some(_) => Ok(PassEnd::Done(Outcome::Stopped)),
+                    None => Err(e),
+                };
             }
             return self.after_stream_error(e).await;
         }

@@ -7,6 +7,7 @@ use tracing::{info, warn};
 use crate::data_sync::catalog::{quote_ident, TableName};
 use crate::data_sync::endpoints::Endpoints;
 use crate::data_sync::error::{DataSyncError, Problem, Result};
+use crate::net::Connection;
 
 use super::catalog::{self, Key, Objects};
 use super::plan::{self, SchemaPlan};
@@ -113,8 +114,76 @@ pub async fn read_source(
 /// (shard 0's), at most 20 problems. Only the objects schema sync makes
 /// count; extensions available and the like may differ.
 fn compare_sources(first: &Objects, theirs: &Objects, what: &str) -> Vec<Problem> {
-    // Roles belong to each server (and what pgdog's user may do with them
-    // to how it was set up there); a destination shard's matter.
+    let fix = "make the source shards' schemas the same (schema sync reads shard 0's and creates it on every destination shard)";
+    changes(first, theirs)
+        .into_iter()
+        .map(|(k, change)| Problem {
+            problem: match change {
+                Change::Gone => format!("{} is on source shard 0 but not on {what}", describe(k)),
+                Change::New => format!("{} is on {what} but not on source shard 0", describe(k)),
+                Change::Altered => {
+                    format!("{} differs between source shard 0 and {what}", describe(k))
+                }
+            },
+            fix: fix.into(),
+        })
+        .collect()
+}
+
+/// DDL that committed on source shard `s` after schema sync read its
+/// schema and before the move's slot there was created is in neither the
+/// shards' schema (made from the earlier dump) nor the slot: compare the
+/// catalog now, through `conn`, with `source`'s, and stop before anything
+/// is copied if they differ.
+pub async fn unchanged_since_read(
+    conn: &mut Connection,
+    publication: &str,
+    source: &Source,
+    s: usize,
+    slot: &str,
+) -> Result<()> {
+    let now = catalog::objects(conn, Some(publication)).await?;
+    let fix = format!(
+        "make the same change on every destination shard, then run the same command again (it resumes from slot \"{slot}\"); or run it with --cleanup, drop the tables schema sync created on the destination shards, and start again"
+    );
+    let problems: Vec<Problem> = changes(&source.objects, &now)
+        .into_iter()
+        .map(|(k, change)| Problem {
+            problem: format!(
+                "{} {} on source shard {s} while pgdog read its schema (after the schema dump, before slot \"{slot}\" existed): the destination shards do not have the change, and the slot does not carry it",
+                describe(k),
+                match change {
+                    Change::Gone => "was dropped",
+                    Change::New => "was created",
+                    Change::Altered => "was altered",
+                }
+            ),
+            fix: fix.clone(),
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(DataSyncError::Preflight { problems })
+    }
+}
+
+/// How an object differs between two reads of a catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// In the first only.
+    Gone,
+    /// In the second only.
+    New,
+    /// In both, with another signature.
+    Altered,
+}
+
+/// The objects schema sync makes that differ between `first` and `then`,
+/// in key order, at most 20. Roles, extensions and the like belong to
+/// each server (and what pgdog's user may do with them to how it was set
+/// up there); pgdog's own DDL capture is not the application's.
+fn changes<'a>(first: &'a Objects, then: &'a Objects) -> Vec<(&'a Key, Change)> {
     let ignored = [
         "AVAILABLE EXTENSION",
         "EXTENSION",
@@ -124,33 +193,34 @@ fn compare_sources(first: &Objects, theirs: &Objects, what: &str) -> Vec<Problem
         "OWNABLE ROLE",
         "PRIVILEGE",
     ];
-    let describe = |k: &Key| match &k.schema {
-        Some(s) => format!("{} {s}.{}", k.kind, k.tag),
-        None => format!("{} {}", k.kind, k.tag),
+    let pgdogs = |k: &Key| {
+        k.schema.as_deref() == Some("pgdog")
+            || (k.kind == "EVENT TRIGGER" && k.tag.starts_with("pgdog_ddl_"))
     };
-    let fix = "make the source shards' schemas the same (schema sync reads shard 0's and creates it on every destination shard)";
-    let mut out = Vec::new();
-    let mut keys: Vec<&Key> = first.by_key.keys().chain(theirs.by_key.keys()).collect();
+    let mut keys: Vec<&Key> = first.by_key.keys().chain(then.by_key.keys()).collect();
     keys.sort();
     keys.dedup();
-    for k in keys {
-        if ignored.contains(&k.kind.as_str()) || out.len() >= 20 {
-            continue;
-        }
-        let problem = match (first.by_key.get(k), theirs.by_key.get(k)) {
-            (Some(_), None) => format!("{} is on source shard 0 but not on {what}", describe(k)),
-            (None, Some(_)) => format!("{} is on {what} but not on source shard 0", describe(k)),
-            (Some(a), Some(b)) if a.signature != b.signature => {
-                format!("{} differs between source shard 0 and {what}", describe(k))
-            }
-            _ => continue,
-        };
-        out.push(Problem {
-            problem,
-            fix: fix.into(),
-        });
+    keys.into_iter()
+        .filter(|k| !ignored.contains(&k.kind.as_str()) && !pgdogs(k))
+        .filter_map(|k| {
+            let change = match (first.by_key.get(k), then.by_key.get(k)) {
+                (Some(_), None) => Change::Gone,
+                (None, Some(_)) => Change::New,
+                (Some(a), Some(b)) if a.signature != b.signature => Change::Altered,
+                _ => return None,
+            };
+            Some((k, change))
+        })
+        .take(20)
+        .collect()
+}
+
+/// `INDEX public.orders_pkey`, for messages.
+fn describe(k: &Key) -> String {
+    match &k.schema {
+        Some(s) => format!("{} {s}.{}", k.kind, k.tag),
+        None => format!("{} {}", k.kind, k.tag),
     }
-    out
 }
 
 #[cfg(test)]
