@@ -337,9 +337,11 @@ async fn a_volatile_default_copies_the_table_again() {
     let mut src = Connection::connect(&fleet.source_options()[0])
         .await
         .unwrap();
-    src.execute("ALTER TABLE items ADD COLUMN token uuid NOT NULL DEFAULT gen_random_uuid()")
-        .await
-        .unwrap();
+    on_source(
+        &mut src,
+        "ALTER TABLE items ADD COLUMN token uuid NOT NULL DEFAULT gen_random_uuid()",
+    )
+    .await;
     src.close().await;
     // The copy starts again, and ends.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -92,6 +92,7 @@ DECLARE
     dropped text[] := coalesce(nullif(current_setting('pgdog.ddl_dropped', true), '')::text[], '{}');
     rewrites text[] := coalesce(nullif(current_setting('pgdog.ddl_rewrites', true), '')::text[], '{}');
     ours boolean := false;
+    attached boolean;
 BEGIN
     PERFORM set_config('pgdog.ddl_dropped', '', true);
     PERFORM set_config('pgdog.ddl_rewrites', '', true);
@@ -140,6 +141,28 @@ BEGIN
     END LOOP;
     IF ours THEN
         RETURN;
+    END IF;
+    -- A table attached with rows as a partition: a publication through
+    -- the root never streams those rows. Each partitioned table above it
+    -- is listed as rewritten (reason 256, pgdog's own), so a move that
+    -- publishes one of them copies it again. The attached table's row in
+    -- pg_class was written by this transaction (age 0, or below for a
+    -- subtransaction).
+    IF tag = 'ALTER TABLE' AND q ~* 'attach\s+partition' THEN
+        FOR r IN SELECT DISTINCT k.oid AS relid
+                   FROM unnest(tables) x
+                   JOIN pg_class k ON k.oid = split_part(x, E'\t', 1)::oid
+                  WHERE k.relispartition AND age(k.xmin) <= 0 LOOP
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', r.relid::regclass) INTO attached;
+            IF attached THEN
+                rewrites := rewrites || ARRAY(SELECT a.relid::oid::text || E'\t256' FROM pg_partition_ancestors(r.relid) a WHERE a.relid <> r.relid);
+                tables := tables || ARRAY(
+                    SELECT k.oid::text || E'\t' || s.nspname || E'\t' || k.relname
+                    FROM pg_partition_ancestors(r.relid) a
+                    JOIN pg_class k ON k.oid = a.relid
+                    JOIN pg_namespace s ON s.oid = k.relnamespace);
+            END IF;
+        END LOOP;
     END IF;
     PERFORM pg_logical_emit_message(true, 'pgdog.ddl',
         pgdog.ddl_field('1') || pgdog.ddl_field(tag) || pgdog.ddl_field(n::text)

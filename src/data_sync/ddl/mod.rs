@@ -30,6 +30,11 @@ pub const PREFIX: &str = "pgdog.ddl";
 /// rows a new column's (volatile) default, a value no row change carries.
 pub const REWRITE_DEFAULT: u32 = 2;
 
+/// pgdog's own reason, next to the server's: a table was attached with
+/// rows as a partition below this partitioned table. Published through
+/// its root, those rows never reach the stream.
+pub const REWRITE_ATTACHED: u32 = 256;
+
 /// An object a command dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dropped {

@@ -6,7 +6,9 @@ use pgdog_protocol::Lsn;
 use tracing::{debug, info, warn};
 
 use super::super::super::catalog::{quote_literal, text_array, TableName};
-use super::super::super::ddl::{self, abbreviate, pending, Decision, Event, REWRITE_DEFAULT};
+use super::super::super::ddl::{
+    self, abbreviate, pending, Decision, Event, REWRITE_ATTACHED, REWRITE_DEFAULT,
+};
 use super::super::super::error::{DataSyncError, Result};
 use super::super::super::state;
 use super::Session;
@@ -58,6 +60,7 @@ impl Session<'_> {
                 return Ok(());
             }
         };
+        self.copy_attached_again(&event).await?;
         match ddl::decide(&event, |oid, name| self.moved_table(oid, name)) {
             Decision::Skip(why) => {
                 debug!(source_shard = self.s, tag = %event.tag, "schema change not replayed: {why}");
@@ -85,20 +88,7 @@ impl Session<'_> {
                 if self.applied_before.iter().all(|a| commit_lsn <= *a) {
                     return Ok(());
                 }
-                let rewritten: Vec<usize> = event
-                    .rewrites
-                    .iter()
-                    .filter(|(_, why)| why & REWRITE_DEFAULT != 0)
-                    .filter_map(|(oid, _)| {
-                        self.moved_table(
-                            *oid,
-                            &TableName {
-                                schema: String::new(),
-                                name: String::new(),
-                            },
-                        )
-                    })
-                    .collect();
+                let rewritten = self.rewritten(&event, REWRITE_DEFAULT);
                 let replay = Replay {
                     event: &event,
                     statement: &statement,
@@ -106,6 +96,7 @@ impl Session<'_> {
                     index: index.as_deref(),
                     only_if_exists: &only_if_exists,
                     rewritten: &rewritten,
+                    why: "rewrote the table on the source with values no change carries",
                 };
                 self.replay(&replay).await?;
                 // Later changes of these tables in this transaction have
@@ -136,6 +127,73 @@ impl Session<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// The moved tables `event` lists as rewritten for `reason`.
+    fn rewritten(&self, event: &Event, reason: u32) -> Vec<usize> {
+        let unnamed = TableName {
+            schema: String::new(),
+            name: String::new(),
+        };
+        let mut out: Vec<usize> = event
+            .rewrites
+            .iter()
+            .filter(|(_, why)| why & reason != 0)
+            .filter_map(|(oid, _)| {
+                let name = event
+                    .tables
+                    .iter()
+                    .find(|(o, _)| o == oid)
+                    .map_or(&unnamed, |(_, n)| n);
+                self.moved_table(*oid, name)
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// A table attached with rows under a table this move publishes
+    /// through its root: those rows are in no change, so the partitioned
+    /// table is emptied on the destination shards and copied again (in
+    /// chunks, while the stream goes on), as for a volatile default.
+    async fn copy_attached_again(&mut self, event: &Event) -> Result<()> {
+        let tables: Vec<usize> = self
+            .rewritten(event, REWRITE_ATTACHED)
+            .into_iter()
+            .filter(|t| self.ctx.plan.tables[*t].dest_table.relkind == 'p')
+            .collect();
+        let commit_lsn = self.txn.as_ref().map(|t| t.commit_lsn).unwrap_or_default();
+        if tables.is_empty() || self.applied_before.iter().all(|a| commit_lsn <= *a) {
+            return Ok(());
+        }
+        let statement = event.statement().unwrap_or_else(|_| event.query.clone());
+        let r = Replay {
+            event,
+            statement: &statement,
+            concurrently: false,
+            index: None,
+            only_if_exists: &[],
+            rewritten: &tables,
+            why:
+                "attached a partition with rows, which a publication through the root never streams",
+        };
+        let slot = self.ctx.plan.slot.clone();
+        for d in 0..self.dests.len() {
+            if commit_lsn <= self.applied_before[d] {
+                continue;
+            }
+            self.copy_rewritten_again(d, &slot, &r).await?;
+            if let Some(txn) = &mut self.txn {
+                txn.touched[d] = true;
+            }
+        }
+        self.restarting.extend(tables.iter().copied());
+        self.ddl_replan = Some(format!(
+            "`{}` attached a partition with rows",
+            abbreviate(&statement)
+        ));
+        Ok(())
     }
 
     async fn replay(&mut self, r: &Replay<'_>) -> Result<()> {
@@ -279,8 +337,9 @@ impl Session<'_> {
             warn!(
                 table = %table.table.name,
                 dest_shard = d,
-                "`{}` rewrote the table on the source with values no change carries: it is copied again",
-                abbreviate(r.statement)
+                "`{}` {}: it is copied again",
+                abbreviate(r.statement),
+                r.why
             );
         }
         Ok(())
@@ -329,4 +388,6 @@ struct Replay<'a> {
     index: Option<&'a str>,
     only_if_exists: &'a [String],
     rewritten: &'a [usize],
+    /// Why the tables in `rewritten` are copied again, for the log.
+    why: &'a str,
 }
