@@ -616,3 +616,85 @@ async fn a_migration_while_pgdog_reads_the_schema_stops_the_move() {
     )
     .await;
 }
+
+/// Two source shards run one migration with a volatile default: each
+/// destination shard runs it once, and each source shard's rows (only
+/// its own) are copied again, so the shards get every source shard's
+/// values, not values of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volatile_default_on_two_source_shards() {
+    init_logging();
+    let n = 2;
+    let fleet = pgdog::harness::Fleet::start(n, 2, pgdog::harness::ClusterOptions::default())
+        .await
+        .unwrap();
+    fleet.on_sources(ITEMS_SCHEMA).await.unwrap();
+    for (s, c) in fleet.sources.iter().enumerate() {
+        // Each source shard holds the tenants the source rule gives it.
+        c.exec(
+            DATABASE,
+            &format!(
+                "{}
+                 CREATE TABLE pgdog_check (k bigint) PARTITION BY HASH (k);
+                 DELETE FROM items WHERE NOT satisfies_hash_partition('pgdog_check'::regclass, {n}, {s}, tenant);
+                 DROP TABLE pgdog_check;",
+                items_rows(10_000, s, n)
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    fleet
+        .on_sources("CREATE PUBLICATION pub FOR TABLE items")
+        .await
+        .unwrap();
+    let mut config = (*fleet
+        .config(&format!(
+            "{SHARDING}\n{}",
+            SHARDING.replace("\"dest\"", "\"source\"")
+        ))
+        .unwrap())
+    .clone();
+    config.general.resharding_chunk_seconds = 0.01;
+    let config = std::sync::Arc::new(config);
+    let writer = Writer::start(fleet.source_options(), 100_000_000);
+    let mut run = start(config, move_options("pub", Mode::Full));
+    run.wait_streaming(Duration::from_secs(120)).await;
+    for opts in fleet.source_options() {
+        let mut src = Connection::connect(&opts).await.unwrap();
+        on_source(
+            &mut src,
+            "ALTER TABLE items ADD COLUMN token uuid NOT NULL DEFAULT gen_random_uuid()",
+        )
+        .await;
+        src.close().await;
+    }
+    // Each source shard's copy starts again, and ends.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run.task.phase() == Phase::Streaming {
+        assert!(Instant::now() < deadline, "the table was not copied again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    run.wait_streaming(Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    writer.stop().await;
+    fleet
+        .wait_caught_up(&run.slot, Duration::from_secs(60))
+        .await
+        .unwrap();
+    run.wait_streaming(Duration::from_secs(120)).await;
+    assert_eq!(run.missing_rows(), 0);
+    run.stop().await.unwrap();
+    verify_equal(
+        &fleet,
+        &[check(
+            "items",
+            &["tenant", "id", "qty", "label", "big", "updated", "token"],
+            Some("tenant"),
+            DataType::Bigint,
+            2,
+            true,
+        )],
+    )
+    .await;
+}

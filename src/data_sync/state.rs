@@ -469,13 +469,13 @@ pub fn forget_chunks_sql(slot: &str, source_shard: usize, table: &TableName) -> 
     )
 }
 
-/// SQL forgetting the copy of `table` from every source shard: its rows
-/// are gone (a TRUNCATE in the same transaction), and the next plan
-/// copies it again.
-pub fn forget_copy_sql(slot: &str, table: &TableName) -> [String; 2] {
+/// SQL forgetting the copy of `table` from `source_shard`: its rows from
+/// there are gone (removed in the same transaction), and the next plan
+/// copies them again.
+pub fn forget_copy_sql(slot: &str, source_shard: usize, table: &TableName) -> [String; 2] {
     let q = super::catalog::quote_literal;
     let whr = format!(
-        "slot_name = {} AND table_schema = {} AND table_name = {}",
+        "slot_name = {} AND source_shard = {source_shard} AND table_schema = {} AND table_name = {}",
         q(slot),
         q(&table.schema),
         q(&table.name)

@@ -141,6 +141,10 @@ async fn run_source(
         let result = session::Session::run(&ctx, s, &status, verify.clone()).await;
         match result {
             Ok(()) | Err(DataSyncError::Stopped) => return Ok(()),
+            // A schema change the session replayed and committed needs a
+            // new plan even when the stream was told to stop at the same
+            // moment (the copy ending, say): the caller decides.
+            Err(e @ DataSyncError::SchemaChanged { .. }) => return Err(e),
             Err(_) if ctx.shutdown.is_cancelled() => return Ok(()),
             Err(e) => {
                 let Some(wait) = retrier.after(&e) else {

@@ -231,6 +231,8 @@ impl Session<'_> {
                     .await?;
                 if rows.first().and_then(|row| row.text(0)) == Some("t") {
                     self.record_applied(d, &slot, r).await?;
+                    // Each source shard copies its own rows again.
+                    self.copy_rewritten_again(d, &slot, r).await?;
                     continue;
                 }
             }
@@ -294,11 +296,18 @@ impl Session<'_> {
     }
 
     /// A rewrite gave existing rows values no change carries (a volatile
-    /// default): on shard `d` the table is emptied and copied again.
+    /// default): on shard `d` the table's rows from this source shard are
+    /// removed and copied again. With several source shards, each runs
+    /// the migration and copies its own rows again; a table that is the
+    /// same on every source shard is read from source shard 0 only.
     async fn copy_rewritten_again(&mut self, d: usize, slot: &str, r: &Replay<'_>) -> Result<()> {
-        // A rewrite gave existing rows values no change carries (a
-        // volatile default): the table is copied again.
+        let n = self.ctx.plan.source_shards();
         for &t in r.rewritten {
+            let rows = match self.ctx.plan.tables[t].source_rows_predicate(self.s, n) {
+                Some(pred) if n > 1 => format!(" WHERE {pred}"),
+                None if n > 1 && self.s != 0 => continue,
+                _ => String::new(),
+            };
             // A chunk read before the rewrite commits first, so its
             // rows go with the others.
             if let Some(book) = self.books.get(&t).cloned() {
@@ -327,11 +336,11 @@ impl Session<'_> {
             };
             self.dests[d]
                 .query_in_group(
-                    &format!("DELETE FROM {only}{}", table.table.name.quoted()),
+                    &format!("DELETE FROM {only}{}{rows}", table.table.name.quoted()),
                     &[],
                 )
                 .await?;
-            for sql in state::forget_copy_sql(slot, &table.table.name) {
+            for sql in state::forget_copy_sql(slot, self.s, &table.table.name) {
                 self.dests[d].query_in_group(&sql, &[]).await?;
             }
             warn!(
