@@ -698,3 +698,113 @@ async fn a_volatile_default_on_two_source_shards() {
     )
     .await;
 }
+
+/// A table added to the publication mid-move, with rows and written to,
+/// joins the move: created on the shards, copied, streamed, routed by its
+/// rule. A table that leaves the publication is reported in the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_joins_the_publication_and_another_leaves() {
+    init_logging();
+    let fleet = items_fleet(5_000).await;
+    fleet
+        .on_sources(
+            "CREATE TABLE audit (id bigint PRIMARY KEY, what text);
+             INSERT INTO audit SELECT g, 'event ' || g FROM generate_series(1, 100) g;
+             ALTER PUBLICATION pub ADD TABLE audit;",
+        )
+        .await
+        .unwrap();
+    let rules = format!(
+        "{SHARDING}\n[[sharded_tables]]\ndatabase = \"dest\"\nname = \"orders\"\ncolumn = \"tenant\"\ndata_type = \"bigint\"\n"
+    );
+    let config = fleet.config(&rules).unwrap();
+    let writer = Writer::start(fleet.source_options(), 100_000_000);
+    let mut run = start(config, move_options("pub", Mode::Full));
+    run.wait_streaming(Duration::from_secs(120)).await;
+
+    let mut src = Connection::connect(&fleet.source_options()[0])
+        .await
+        .unwrap();
+    on_source(
+        &mut src,
+        "CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, tenant bigint NOT NULL, \"Total\" numeric(12,2));
+         INSERT INTO orders (tenant, \"Total\") SELECT g % 97, g * 1.5 FROM generate_series(1, 3000) g;
+         ALTER PUBLICATION pub ADD TABLE orders;",
+    )
+    .await;
+    // The application goes on writing to it while pgdog takes it in.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut i = 0;
+    while !run.task.routing().iter().any(|r| r.table.name == "orders") {
+        assert!(!run.handle.is_finished(), "the move ended");
+        assert!(Instant::now() < deadline, "orders never joined the move");
+        i += 1;
+        on_source(
+            &mut src,
+            &format!(
+                "INSERT INTO orders (tenant, \"Total\") VALUES ({}, 1); UPDATE orders SET \"Total\" = \"Total\" + 1 WHERE id = {}",
+                i % 97,
+                1 + i * 7 % 3000
+            ),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let routing = run.task.routing();
+    let orders = routing.iter().find(|r| r.table.name == "orders").unwrap();
+    assert_eq!(orders.dest, "sharded by \"tenant\" (hash, its own rule)");
+    run.wait_streaming(Duration::from_secs(120)).await;
+    on_source(
+        &mut src,
+        "DELETE FROM orders WHERE id % 10 = 0; UPDATE orders SET tenant = tenant + 1 WHERE id % 13 = 0",
+    )
+    .await;
+
+    on_source(&mut src, "ALTER PUBLICATION pub DROP TABLE audit").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !run
+        .task
+        .notes()
+        .iter()
+        .any(|n| n.contains("table public.audit left publication \"pub\""))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "audit leaving was not reported: {:?}",
+            run.task.notes()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    src.close().await;
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writer.stop().await;
+    fleet
+        .wait_caught_up(&run.slot, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(run.missing_rows(), 0);
+    run.stop().await.unwrap();
+    verify_equal(
+        &fleet,
+        &[
+            check(
+                "items",
+                &["tenant", "id", "qty", "label", "big", "updated"],
+                Some("tenant"),
+                DataType::Bigint,
+                2,
+                false,
+            ),
+            check(
+                "orders",
+                &["id", "tenant", "Total"],
+                Some("tenant"),
+                DataType::Bigint,
+                2,
+                false,
+            ),
+        ],
+    )
+    .await;
+}
