@@ -217,3 +217,88 @@ async fn chunks_and_a_stream_make_exactly_the_source() {
     c.close().await;
     let _ = DATABASE;
 }
+
+/// A row moved from a key not copied yet into a copied range, with a
+/// TOASTed value the UPDATE left unchanged, then deleted, all before the
+/// stream reaches the UPDATE (pgdog was stopped meanwhile): the stream
+/// looks for the unchanged value on the source, finds no row there, and
+/// inserts nothing. Before, the stream failed on it ("an INSERT with an
+/// unchanged TOAST value") and the move ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_row_deleted_before_the_stream_reaches_it() {
+    init_logging();
+    let fleet = items_fleet(300_000).await;
+    let rule = "[[sharded_tables]]\ndatabase = \"dest\"\nname = \"items\"\ncolumn = \"tenant\"\ndata_type = \"bigint\"\n";
+    let mut config = (*fleet.config(rule).unwrap()).clone();
+    config.general.resharding_chunk_seconds = 0.01;
+    let config = Arc::new(config);
+    let run = start(config.clone(), move_options("pub", Mode::Full));
+    // Stop once the lowest tenants are copied, long before the highest.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let copied = |tenant: u32| {
+        let fleet = &fleet;
+        async move {
+            let mut n = 0u64;
+            for d in &fleet.dests {
+                let mut c = d.connect(DATABASE).await.unwrap();
+                let r = c
+                    .query(&format!(
+                        "SELECT count(*) FROM items WHERE tenant = {tenant}"
+                    ))
+                    .await
+                    .unwrap_or_default();
+                n += r
+                    .first()
+                    .and_then(|r| r.text(0))
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .unwrap_or(0);
+                c.close().await;
+            }
+            n
+        }
+    };
+    while copied(0).await == 0 {
+        assert!(!run.handle.is_finished(), "the move ended");
+        assert!(std::time::Instant::now() < deadline, "nothing was copied");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    run.stop().await.unwrap();
+    assert_eq!(copied(996).await, 0, "the last tenant is not copied yet");
+
+    let mut src = Connection::connect(&fleet.source_options()[0])
+        .await
+        .unwrap();
+    let moved = src
+        .query("SELECT count(*) FROM items WHERE tenant = 996 AND big IS NOT NULL")
+        .await
+        .unwrap();
+    assert_ne!(moved[0].text(0), Some("0"), "rows with TOASTed values");
+    src.execute("UPDATE items SET tenant = 0 WHERE tenant = 996 AND big IS NOT NULL")
+        .await
+        .unwrap();
+    src.execute("DELETE FROM items WHERE tenant = 0 AND big IS NOT NULL AND id % 997 = 996")
+        .await
+        .unwrap();
+    src.close().await;
+
+    let mut run = start(config, move_options("pub", Mode::Full));
+    run.wait_streaming(Duration::from_secs(180)).await;
+    fleet
+        .wait_caught_up(&run.slot, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(!run.handle.is_finished(), "the move ended");
+    run.stop().await.unwrap();
+    verify_equal(
+        &fleet,
+        &[check(
+            "items",
+            &["tenant", "id", "qty", "label", "big", "updated"],
+            Some("tenant"),
+            DataType::Bigint,
+            2,
+            false,
+        )],
+    )
+    .await;
+}

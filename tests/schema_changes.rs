@@ -431,17 +431,24 @@ async fn schema_changes_while_a_table_is_copied_in_chunks() {
 /// the move stops, and `items` with `columns` equals the source.
 async fn finish(
     fleet: &pgdog::harness::Fleet,
-    run: InProcess,
+    mut run: InProcess,
     writer: Writer,
     no_missing: bool,
     columns: &[&str],
 ) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     writer.stop().await;
-    fleet
+    if let Err(e) = fleet
         .wait_caught_up(&run.slot, Duration::from_secs(60))
         .await
-        .unwrap();
+    {
+        let ended = if run.handle.is_finished() {
+            format!("the move ended: {:?}", (&mut run.handle).await)
+        } else {
+            format!("{:?}", run.task.view())
+        };
+        panic!("{e}: {ended}\n{}", activity(fleet).await);
+    }
     if no_missing {
         assert_eq!(run.missing_rows(), 0);
     }

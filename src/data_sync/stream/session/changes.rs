@@ -383,7 +383,16 @@ impl Session<'_> {
         self.decided = Some(new_decided);
         let to = self.shard_of(rel, new)?;
         let fill = if new.columns().any(|c| matches!(c, Column::Unchanged)) {
-            self.source_row(rel, new).await?
+            match self.source_row(rel, new).await? {
+                Some(row) => Some(row),
+                // Not on the source either: a later change in the stream
+                // deletes it (or moves it on), so there is nothing to
+                // insert.
+                None => {
+                    self.decided = None;
+                    return Ok(());
+                }
+            }
         } else {
             None
         };
