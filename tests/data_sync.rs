@@ -111,16 +111,7 @@ async fn run_move_on(n: usize, m: usize, rows: u64, options: ClusterOptions) {
     // Sources must be split the way the source config says.
     if n > 1 {
         for (s, c) in fleet.sources.iter().enumerate() {
-            c.exec(
-                DATABASE,
-                &format!(
-                    "CREATE TABLE pgdog_check (k bigint) PARTITION BY HASH (k);
-                     DELETE FROM items WHERE NOT satisfies_hash_partition('pgdog_check'::regclass, {n}, {s}, tenant);
-                     DROP TABLE pgdog_check;"
-                ),
-            )
-            .await
-            .unwrap();
+            c.exec(DATABASE, &keep_own_tenants(s, n)).await.unwrap();
         }
     }
     let config = fleet.config(&extra).unwrap();

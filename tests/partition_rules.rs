@@ -353,27 +353,25 @@ async fn pagila(via_root: bool) {
     .await;
     let mut leaves: Vec<&str> = MONTHS.to_vec();
     leaves.push("payment_p2022_08");
-    {
-        sql(
-            &fleet.sources[0],
-            "CREATE TABLE payment_p2022_09 (LIKE payment INCLUDING DEFAULTS);
-             INSERT INTO payment_p2022_09 (payment_id, customer_id, staff_id, amount, payment_date)
-               SELECT 500000 + g, 1 + g % 600, 1, 2.5, '2022-09-01'::timestamptz + g * interval '1 hour' FROM generate_series(1, 400) g;
-             ALTER TABLE payment ATTACH PARTITION payment_p2022_09 FOR VALUES FROM ('2022-09-01 00:00:00+00') TO ('2022-10-01 00:00:00+00');
-             INSERT INTO payment (customer_id, staff_id, amount, payment_date) VALUES (7, 1, 3.5, '2022-09-15');",
-        )
-        .await;
-        leaves.push("payment_p2022_09");
-        // Taken into the move: copied, then streamed (through the root,
-        // as rows of payment).
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !attached_rows_moved(&fleet, &run, via_root).await {
-            assert!(
-                Instant::now() < deadline,
-                "the attached partition never joined the move"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    sql(
+        &fleet.sources[0],
+        "CREATE TABLE payment_p2022_09 (LIKE payment INCLUDING DEFAULTS);
+         INSERT INTO payment_p2022_09 (payment_id, customer_id, staff_id, amount, payment_date)
+           SELECT 500000 + g, 1 + g % 600, 1, 2.5, '2022-09-01'::timestamptz + g * interval '1 hour' FROM generate_series(1, 400) g;
+         ALTER TABLE payment ATTACH PARTITION payment_p2022_09 FOR VALUES FROM ('2022-09-01 00:00:00+00') TO ('2022-10-01 00:00:00+00');
+         INSERT INTO payment (customer_id, staff_id, amount, payment_date) VALUES (7, 1, 3.5, '2022-09-15');",
+    )
+    .await;
+    leaves.push("payment_p2022_09");
+    // Taken into the move: copied, then streamed (through the root,
+    // as rows of payment).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !attached_rows_moved(&fleet, &run, via_root).await {
+        assert!(
+            Instant::now() < deadline,
+            "the attached partition never joined the move"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     run.wait_streaming(Duration::from_secs(120)).await;

@@ -136,6 +136,17 @@ pub fn items_rows(rows: u64, s: usize, n: usize) -> String {
     )
 }
 
+/// SQL that keeps on source shard `s` of `n` only the `items` rows whose
+/// tenant PostgreSQL's own hash partitioning gives that shard: the source
+/// is then split the way a source rule on `tenant` says.
+pub fn keep_own_tenants(s: usize, n: usize) -> String {
+    format!(
+        "CREATE TABLE pgdog_check (k bigint) PARTITION BY HASH (k);
+         DELETE FROM items WHERE NOT satisfies_hash_partition('pgdog_check'::regclass, {n}, {s}, tenant);
+         DROP TABLE pgdog_check;"
+    )
+}
+
 /// One source with `rows` rows of `items` and a publication `pub` of it,
 /// and two empty destination shards (schema sync creates the table).
 pub async fn items_fleet(rows: u64) -> Fleet {
